@@ -1,0 +1,71 @@
+/*
+ * The job protocol between ccgate-fcgi and ccgate-poold.
+ *
+ * A unix stream socket.  Each message is a frame: a 4-byte big-endian
+ * length, then that many bytes of one JSON object.  Every object carries
+ * "v" (PROTO_VERSION) and "type".  One connection per job: the client sends
+ * "job" and reads "event" frames until "done" or "error"; closing the
+ * connection cancels the job.  Other connections send one control message
+ * ("stats", "set_limits", "drain", "delete", "ping") and read one answer.
+ *
+ * Whoever changes a message's meaning or removes a field bumps
+ * PROTO_VERSION; adding an optional field does not.  docs/protocol.md is
+ * the reference and must change with this file.
+ */
+#ifndef CCGATE_PROTO_H
+#define CCGATE_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#define PROTO_VERSION		1
+#define PROTO_HEADER_LEN	4
+#define PROTO_DEFAULT_MAX	(1024 * 1024)
+#define PROTO_MIN_MAX		1024
+
+/* Message types. */
+#define PROTO_JOB		"job"
+#define PROTO_EVENT		"event"
+#define PROTO_DONE		"done"
+#define PROTO_ERROR		"error"
+#define PROTO_STATS		"stats"
+#define PROTO_SET_LIMITS	"set_limits"
+#define PROTO_DRAIN		"drain"
+#define PROTO_DELETE		"delete"
+#define PROTO_PING		"ping"
+#define PROTO_OK		"ok"
+
+/* Error codes carried by "error" frames. */
+#define PROTO_E_BAD_REQUEST	"bad_request"
+#define PROTO_E_BUSY		"busy"
+#define PROTO_E_TIMEOUT		"timeout"
+#define PROTO_E_CLI_FAILED	"cli_failed"
+#define PROTO_E_UPSTREAM	"upstream_error"
+#define PROTO_E_RESUME_FAILED	"resume_failed"
+#define PROTO_E_SHUTTING_DOWN	"shutting_down"
+#define PROTO_E_INTERNAL	"internal"
+
+/* Incremental frame decoder, for non-blocking sockets. */
+struct proto_reader {
+	uint8_t	*buf;
+	size_t	 len;
+	size_t	 cap;
+	size_t	 max;
+};
+
+void	 proto_reader_init(struct proto_reader *, size_t);
+void	 proto_reader_free(struct proto_reader *);
+int	 proto_reader_feed(struct proto_reader *, const void *, size_t);
+int	 proto_reader_next(struct proto_reader *, json_t **, char **);
+
+json_t	*proto_decode(const void *, size_t, char **);
+int	 proto_encode(const json_t *, size_t, uint8_t **, size_t *, char **);
+json_t	*proto_new(const char *);
+const char *proto_type(const json_t *);
+
+int	 proto_write_fd(int, const json_t *, size_t, char **);
+json_t	*proto_read_fd(int, size_t, int, char **);
+
+#endif

@@ -1,0 +1,102 @@
+/* Small helpers shared by both programs: clocks, UUIDs, name checks. */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "util.h"
+
+/* Milliseconds on the monotonic clock. */
+uint64_t
+util_now_ms(void)
+{
+	struct timespec	ts;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+		return (0);
+	return ((uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
+}
+
+/* Write a random (version 4) UUID into out. */
+int
+util_uuid4(char out[UUID_LEN + 1])
+{
+	uint8_t	b[16];
+	size_t	off = 0;
+	ssize_t	n;
+
+	while (off < sizeof b) {
+		n = getrandom(b + off, sizeof b - off, 0);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return (-1);
+		off += (size_t)n;
+	}
+	b[6] = (b[6] & 0x0f) | 0x40;
+	b[8] = (b[8] & 0x3f) | 0x80;
+	snprintf(out, UUID_LEN + 1,
+	    "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+	    "%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3], b[4], b[5],
+	    b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+	return (0);
+}
+
+/* Return 1 if s is a UUID in canonical lower-case form. */
+int
+util_valid_uuid(const char *s)
+{
+	size_t	i;
+
+	if (s == NULL || strlen(s) != UUID_LEN)
+		return (0);
+	for (i = 0; i < UUID_LEN; i++) {
+		if (i == 8 || i == 13 || i == 18 || i == 23) {
+			if (s[i] != '-')
+				return (0);
+		} else if (!((s[i] >= '0' && s[i] <= '9') ||
+		    (s[i] >= 'a' && s[i] <= 'f')))
+			return (0);
+	}
+	return (1);
+}
+
+/*
+ * Return 1 if s may name a tenant: 1..TENANT_MAX characters of
+ * [A-Za-z0-9_.@-], not starting with '.' or '-'.  A tenant names a
+ * directory, so nothing that could climb out of its parent is allowed.
+ */
+int
+util_valid_tenant(const char *s)
+{
+	size_t	i, len;
+
+	if (s == NULL || (len = strlen(s)) == 0 || len > TENANT_MAX)
+		return (0);
+	if (s[0] == '.' || s[0] == '-')
+		return (0);
+	for (i = 0; i < len; i++) {
+		char	c = s[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		    (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+		    c == '@' || c == '-'))
+			return (0);
+	}
+	return (1);
+}
+
+/* Set O_NONBLOCK on fd. */
+int
+util_set_nonblock(int fd)
+{
+	int	fl;
+
+	if ((fl = fcntl(fd, F_GETFL)) == -1)
+		return (-1);
+	return (fcntl(fd, F_SETFL, fl | O_NONBLOCK));
+}

@@ -1,0 +1,17 @@
+/* Small helpers shared by both programs. */
+#ifndef CCGATE_UTIL_H
+#define CCGATE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define UUID_LEN	36
+#define TENANT_MAX	64
+
+uint64_t	util_now_ms(void);
+int		util_uuid4(char [UUID_LEN + 1]);
+int		util_valid_uuid(const char *);
+int		util_valid_tenant(const char *);
+int		util_set_nonblock(int);
+
+#endif

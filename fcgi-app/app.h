@@ -1,0 +1,220 @@
+/*
+ * ccgate-fcgi and ccgate-admin: shared declarations.
+ *
+ * The core (auth, db, conversations, chat turns, dialects) is kept apart
+ * from the FastCGI transport (fcgi.c, request.c) so that another front end
+ * (the WebSocket one) can reuse it.
+ *   appconf.c	 configuration
+ *   db.c	 MariaDB: per-thread connections, prepared statements, retry
+ *   auth.c	 API keys: format, keyed hash, lookup
+ *   route.c	 method + path -> handler
+ *   request.c	 the request context over FastCGI; responses, SSE
+ *   dialect.c	 error and answer shapes of the three API dialects
+ *   input.c	 validation of request fields
+ *   poolc.c	 client of ccgate-poold (poolc.h)
+ *   chat.c	 chat turns (native routes)
+ *   conv.c	 conversations
+ *   health.c	 /healthz, /readyz
+ *   usage.c	 usage records
+ */
+#ifndef CCGATE_APP_H
+#define CCGATE_APP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "util.h"
+
+#define APP_MAX_MODELS	32
+
+/* Configuration of ccgate-fcgi and ccgate-admin (one file, ccgate.conf). */
+struct app_config {
+	char	*listen;
+	long	 listen_mode;
+	char	*listen_group;
+	long	 threads;
+	char	*db_host;
+	long	 db_port;
+	char	*db_socket;
+	char	*db_user;
+	char	*db_password;
+	char	*db_name;
+	long	 db_timeout_s;
+	char	*key_secret_file;
+	uint8_t	 key_secret[32];
+	int	 have_secret;
+	char	*poold_socket;
+	long	 max_body;
+	long	 max_message;
+	long	 max_json_depth;
+	long	 job_timeout_ms;
+	char	*default_model;
+	char	*models[APP_MAX_MODELS];
+	int	 nmodels;
+	char	*node;
+	char	*sql_dir;
+	long	 verbose;
+};
+
+extern struct app_config	*appconf;
+
+struct app_config	*appconf_load(const char *, char **);
+void			 appconf_free(struct app_config *);
+
+/* db.c */
+struct db;
+struct db_res {
+	size_t		 nrows;
+	size_t		 ncols;
+	char		**cells;	/* nrows * ncols, NULL for SQL NULL */
+	unsigned long	*lens;
+};
+
+struct db	*db_thread(void);
+void		 db_thread_free(void);
+int		 db_connect(struct db *, char **);
+int		 db_run(struct db *, struct db_res **, uint64_t *, const char *,
+		     const char *, ...);
+int		 db_exec_multi(struct db *, const char *, char **);
+int		 db_begin(struct db *);
+int		 db_commit(struct db *);
+int		 db_rollback(struct db *);
+const char	*db_error(struct db *);
+int		 db_ping(struct db *);
+const char	*db_cell(const struct db_res *, size_t, size_t);
+void		 db_res_free(struct db_res *);
+
+/* auth.c */
+#define KEY_PREFIX	"ccg_"
+#define KEY_ID_LEN	16
+#define KEY_SECRET_LEN	43
+#define KEY_LEN		(4 + KEY_ID_LEN + 1 + KEY_SECRET_LEN)
+
+struct apikey {
+	char	 id[KEY_ID_LEN + 1];
+	char	 tenant[TENANT_MAX + 1];
+	char	 name[128];
+	char	 status[16];
+};
+
+enum auth_result {
+	AUTH_OK = 0,
+	AUTH_MISSING,
+	AUTH_MALFORMED,
+	AUTH_UNKNOWN,
+	AUTH_SUSPENDED,
+	AUTH_EXPIRED,
+	AUTH_REVOKED,
+	AUTH_DB_ERROR
+};
+
+int		 auth_key_parse(const char *, char [KEY_ID_LEN + 1]);
+void		 auth_key_hash(const uint8_t [32], const char *,
+		     uint8_t [32]);
+int		 auth_key_generate(char [KEY_LEN + 1], char [KEY_ID_LEN + 1]);
+enum auth_result auth_check(struct db *, const char *, struct apikey *);
+const char	*auth_strerror(enum auth_result);
+int		 auth_load_secret(const char *, uint8_t [32], char **);
+int		 auth_key_create(struct db *, const char *, const char *,
+		     char [KEY_LEN + 1], char [KEY_ID_LEN + 1], char **);
+
+/* route.c */
+enum dialect {
+	DIALECT_NATIVE,
+	DIALECT_OPENAI,
+	DIALECT_ANTHROPIC,
+	DIALECT_PLAIN
+};
+
+enum route_id {
+	ROUTE_NONE = 0,
+	ROUTE_HEALTHZ,
+	ROUTE_READYZ,
+	ROUTE_CHAT,
+	ROUTE_CONV_CREATE,
+	ROUTE_CONV_GET,
+	ROUTE_MAX
+};
+
+struct route {
+	enum route_id	 id;
+	enum dialect	 dialect;
+	const char	*name;		/* for logs and usage: "/api/chat" */
+	char		 param[64];	/* :id */
+	int		 status;	/* 0, or 404 / 405 when id is NONE */
+	char		 allow[64];	/* with 405: the Allow header */
+};
+
+void		 route_match(const char *, const char *, struct route *);
+
+/* request.c: one request over FastCGI; owns what it allocates. */
+struct request;
+
+const char	*req_param(struct request *, const char *);
+const char	*req_header(struct request *, const char *);
+const char	*req_id(struct request *);
+json_t		*req_json_body(struct request *, int);
+void		 req_add_header(struct request *, const char *, const char *);
+void		 req_send_json(struct request *, int, json_t *);
+void		 req_send_empty(struct request *, int);
+int		 req_sse_start(struct request *);
+int		 req_sse_data(struct request *, const char *);
+int		 req_sse_json(struct request *, json_t *);
+int		 req_sent(struct request *);
+void		 req_error(struct request *, int, const char *, const char *,
+		     ...) __attribute__((format(printf, 4, 5)));
+struct route	*req_route(struct request *);
+struct apikey	*req_key(struct request *);
+int		 req_authenticate(struct request *);
+void		 req_usage(struct request *, const char *, long long,
+		     long long, long long, long long, double, long long,
+		     const char *);
+
+/* input.c */
+int		 input_str(struct request *, json_t *, const char *, int,
+		     size_t, const char **);
+int		 input_int(struct request *, json_t *, const char *, long long,
+		     long long, long long *);
+int		 input_number(struct request *, json_t *, const char *, double,
+		     double, double *);
+int		 input_bool(struct request *, json_t *, const char *, int *);
+int		 input_model(struct request *, json_t *, const char **);
+
+/* dialect.c */
+json_t		*dialect_error(enum dialect, const char *, const char *);
+const char	*dialect_error_type(enum dialect, int);
+
+/* chat.c, conv.c, health.c */
+void		 chat_handle(struct request *);
+void		 conv_create_handle(struct request *);
+void		 conv_get_handle(struct request *);
+void		 health_live(struct request *);
+void		 health_ready(struct request *);
+
+/* Conversations, shared by the routes and the chat turn. */
+struct conversation {
+	char	 id[UUID_LEN + 1];
+	char	 tenant[TENANT_MAX + 1];
+	char	*title;
+	char	*model;
+	char	*system_prompt;
+	char	 cli_session_id[UUID_LEN + 1];
+	char	 created_at[32];
+};
+
+int		 conv_load(struct db *, const char *, const char *,
+		     struct conversation *);
+int		 conv_insert(struct db *, const struct apikey *, const char *,
+		     const char *, const char *, struct conversation *);
+void		 conv_clear(struct conversation *);
+int		 conv_add_message(struct db *, const char *, const char *,
+		     const char *, const char *, long long, long long,
+		     double);
+int		 conv_set_session(struct db *, const char *, const char *);
+char		*conv_title_from_message(const char *);
+void		 chat_turn(struct request *, struct conversation *,
+		     const char *, long long, int);
+
+#endif

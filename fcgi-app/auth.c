@@ -1,0 +1,272 @@
+/*
+ * API keys.  A key is "ccg_" + a 16-character public id ([a-z2-7]) + "_" +
+ * 43 characters of base64url secret (32 random bytes):
+ *
+ *	ccg_abcdefgh234567ab_<43 characters>
+ *
+ * The public id finds the row; the whole key is checked against a keyed
+ * BLAKE2b hash (libsodium crypto_generichash, keyed with the server secret,
+ * so a stolen database alone cannot be used to test guesses offline) with
+ * a constant-time compare.  The key itself is never stored.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "app.h"
+#include "log.h"
+
+#define KEY_ID_ALPHABET		"abcdefghijklmnopqrstuvwxyz234567"
+#define KEY_SECRET_ALPHABET	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+/*
+ * Check a key's format and copy its public id into id.  Returns 0 or -1;
+ * nothing about a malformed key is looked up.
+ */
+int
+auth_key_parse(const char *key, char id[KEY_ID_LEN + 1])
+{
+	size_t	i;
+
+	if (key == NULL || strlen(key) != KEY_LEN ||
+	    strncmp(key, KEY_PREFIX, 4) != 0 || key[4 + KEY_ID_LEN] != '_')
+		return (-1);
+	for (i = 4; i < 4 + KEY_ID_LEN; i++) {
+		if (strchr(KEY_ID_ALPHABET, key[i]) == NULL)
+			return (-1);
+	}
+	for (i = 5 + KEY_ID_LEN; i < KEY_LEN; i++) {
+		if (strchr(KEY_SECRET_ALPHABET, key[i]) == NULL)
+			return (-1);
+	}
+	memcpy(id, key + 4, KEY_ID_LEN);
+	id[KEY_ID_LEN] = '\0';
+	return (0);
+}
+
+/* The keyed hash of a whole key. */
+void
+auth_key_hash(const uint8_t secret[32], const char *key, uint8_t out[32])
+{
+	crypto_generichash(out, 32, (const unsigned char *)key, strlen(key),
+	    secret, 32);
+}
+
+/* Make a new random key; returns 0 or -1. */
+int
+auth_key_generate(char key[KEY_LEN + 1], char id[KEY_ID_LEN + 1])
+{
+	uint8_t	raw[32];
+	char	b64[64];
+	size_t	i;
+
+	if (sodium_init() < 0)
+		return (-1);
+	for (i = 0; i < KEY_ID_LEN; i++)
+		id[i] = KEY_ID_ALPHABET[randombytes_uniform(32)];
+	id[KEY_ID_LEN] = '\0';
+	randombytes_buf(raw, sizeof raw);
+	sodium_bin2base64(b64, sizeof b64, raw, sizeof raw,
+	    sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+	sodium_memzero(raw, sizeof raw);
+	if (strlen(b64) != KEY_SECRET_LEN)
+		return (-1);
+	snprintf(key, KEY_LEN + 1, "%s%s_%s", KEY_PREFIX, id, b64);
+	sodium_memzero(b64, sizeof b64);
+	return (0);
+}
+
+/*
+ * Load the 32-byte hashing secret: 64 hexadecimal digits in a file that
+ * only the service may read.
+ */
+int
+auth_load_secret(const char *path, uint8_t secret[32], char **cause)
+{
+	char	buf[130];
+	size_t	binlen;
+	ssize_t	n;
+	int	fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		if (asprintf(cause, "%s: %s", path, strerror(errno)) == -1)
+			*cause = NULL;
+		return (-1);
+	}
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n < 64) {
+		if (asprintf(cause, "%s: expected 64 hexadecimal digits",
+		    path) == -1)
+			*cause = NULL;
+		return (-1);
+	}
+	buf[n] = '\0';
+	buf[strcspn(buf, "\r\n")] = '\0';
+	if (strlen(buf) != 64 || sodium_hex2bin(secret, 32, buf, 64, NULL,
+	    &binlen, NULL) != 0 || binlen != 32) {
+		sodium_memzero(buf, sizeof buf);
+		if (asprintf(cause, "%s: expected 64 hexadecimal digits",
+		    path) == -1)
+			*cause = NULL;
+		return (-1);
+	}
+	sodium_memzero(buf, sizeof buf);
+	return (0);
+}
+
+/* A client-facing message for an authentication result. */
+const char *
+auth_strerror(enum auth_result r)
+{
+	switch (r) {
+	case AUTH_OK:
+		return ("ok");
+	case AUTH_MISSING:
+		return ("no API key: send Authorization: Bearer <key> or "
+		    "x-api-key: <key>");
+	case AUTH_MALFORMED:
+	case AUTH_UNKNOWN:
+		return ("invalid API key");
+	case AUTH_SUSPENDED:
+		return ("this API key is suspended");
+	case AUTH_EXPIRED:
+		return ("this API key has expired");
+	case AUTH_REVOKED:
+		return ("this API key has been revoked");
+	case AUTH_DB_ERROR:
+		return ("the key store is unavailable");
+	}
+	return ("invalid API key");
+}
+
+/*
+ * Check a presented key.  On AUTH_OK, out describes the key.  A key whose
+ * previous secret is still in its rotation grace period is accepted too.
+ */
+enum auth_result
+auth_check(struct db *db, const char *key, struct apikey *out)
+{
+	struct db_res	*res = NULL;
+	uint8_t		 hash[32];
+	const char	*status, *h, *prev;
+	char		 id[KEY_ID_LEN + 1];
+	enum auth_result r = AUTH_UNKNOWN;
+	int		 match;
+
+	memset(out, 0, sizeof *out);
+	if (key == NULL || *key == '\0')
+		return (AUTH_MISSING);
+	if (auth_key_parse(key, id) != 0)
+		return (AUTH_MALFORMED);
+	auth_key_hash(appconf->key_secret, key, hash);
+	if (db_run(db, &res, NULL,
+	    "SELECT key_hash, tenant, name, status, "
+	    "expires_at IS NOT NULL AND expires_at <= UTC_TIMESTAMP(), "
+	    "IF(prev_valid_until > UTC_TIMESTAMP(), prev_key_hash, NULL) "
+	    "FROM api_keys WHERE id = ?", "s", id) != 0) {
+		r = AUTH_DB_ERROR;
+		goto out;
+	}
+	if (res->nrows != 1)
+		goto out;
+	h = db_cell(res, 0, 0);
+	prev = db_cell(res, 0, 5);
+	match = h != NULL && res->lens[0] == 32 &&
+	    sodium_memcmp(h, hash, 32) == 0;
+	if (!match && prev != NULL && res->lens[5] == 32)
+		match = sodium_memcmp(prev, hash, 32) == 0;
+	if (!match)
+		goto out;
+	status = db_cell(res, 0, 3);
+	if (status != NULL && strcmp(status, "revoked") == 0)
+		r = AUTH_REVOKED;
+	else if (status != NULL && strcmp(status, "suspended") == 0)
+		r = AUTH_SUSPENDED;
+	else if ((status != NULL && strcmp(status, "expired") == 0) ||
+	    strcmp(db_cell(res, 0, 4) ? db_cell(res, 0, 4) : "0", "1") == 0)
+		r = AUTH_EXPIRED;
+	else
+		r = AUTH_OK;
+	snprintf(out->id, sizeof out->id, "%s", id);
+	snprintf(out->tenant, sizeof out->tenant, "%s", db_cell(res, 0, 1));
+	snprintf(out->name, sizeof out->name, "%s", db_cell(res, 0, 2));
+	snprintf(out->status, sizeof out->status, "%s", status);
+	if (r == AUTH_OK && db_run(db, NULL, NULL,
+	    "UPDATE api_keys SET last_used_at = UTC_TIMESTAMP() WHERE id = ? "
+	    "AND (last_used_at IS NULL OR "
+	    "last_used_at < UTC_TIMESTAMP() - INTERVAL 10 SECOND)",
+	    "s", id) != 0)
+		log_warnx("cannot record last_used_at of key %s", id);
+out:
+	sodium_memzero(hash, sizeof hash);
+	db_res_free(res);
+	return (r);
+}
+
+/*
+ * Create a key named name, owned by user (NULL: the key is its own tenant).
+ * The full key is written to key and shown once; only its hash is stored.
+ */
+int
+auth_key_create(struct db *db, const char *name, const char *user,
+    char key[KEY_LEN + 1], char id[KEY_ID_LEN + 1], char **cause)
+{
+	uint8_t	 hash[32];
+	char	 tenant[TENANT_MAX + 1];
+	json_t	*meta;
+	char	*metas;
+	int	 rc;
+
+	if (name == NULL || *name == '\0' || strlen(name) > 100) {
+		*cause = strdup("a key needs a name of 1 to 100 characters");
+		return (-1);
+	}
+	if (user != NULL && !util_valid_tenant(user)) {
+		*cause = strdup("user: 1 to 64 characters of A-Z a-z 0-9 "
+		    "_ . @ -, not starting with . or -");
+		return (-1);
+	}
+	if (!appconf->have_secret) {
+		if (asprintf(cause, "no key secret: create %s first",
+		    appconf->key_secret_file) == -1)
+			*cause = NULL;
+		return (-1);
+	}
+	if (auth_key_generate(key, id) != 0) {
+		*cause = strdup("cannot generate a key");
+		return (-1);
+	}
+	if (user != NULL)
+		snprintf(tenant, sizeof tenant, "%s", user);
+	else
+		snprintf(tenant, sizeof tenant, "key-%s", id);
+	auth_key_hash(appconf->key_secret, key, hash);
+	meta = json_pack("{s:s?}", "user_id", user);
+	metas = meta != NULL ? json_dumps(meta, JSON_COMPACT) : NULL;
+	json_decref(meta);
+	if (metas == NULL) {
+		*cause = strdup("out of memory");
+		return (-1);
+	}
+	rc = db_run(db, NULL, NULL,
+	    "INSERT INTO api_keys (id, name, key_hash, tenant, status, "
+	    "metadata, created_at) VALUES (?, ?, ?, ?, 'active', ?, "
+	    "UTC_TIMESTAMP())", "ssbss", id, name, hash, sizeof hash, tenant,
+	    metas);
+	free(metas);
+	sodium_memzero(hash, sizeof hash);
+	if (rc != 0) {
+		sodium_memzero(key, KEY_LEN + 1);
+		*cause = strdup(db_error(db));
+		return (-1);
+	}
+	return (0);
+}

@@ -1,0 +1,476 @@
+/*
+ * Chat turns.  A turn stores the user's message, hands the job to
+ * ccgate-poold, relays its events (as SSE when streaming), and stores the
+ * answer, its usage and the CLI session that now holds the conversation.
+ * If the CLI session cannot be resumed (its transcript is gone), a new
+ * session is primed with the messages kept in MariaDB.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app.h"
+#include "log.h"
+#include "poolc.h"
+#include "proto.h"
+#include "request.h"
+
+#define CHAT_HEARTBEAT_MS	15000
+#define CHAT_PRIME_MAX		(512 * 1024)
+
+enum turn_end {
+	TURN_DONE,
+	TURN_ERROR,
+	TURN_GONE
+};
+
+struct turn {
+	struct request		*r;
+	struct conversation	*conv;
+	const char		*message;	/* what the user sent */
+	const char		*send;		/* what the CLI is sent */
+	long long		 max_tokens;
+	int			 stream;
+	int			 resume;
+	json_t			*done;
+	char			*partial;
+	char			 code[32];
+	char			 error[1024];
+	uint64_t		 started;
+	long long		 ttft_ms;
+};
+
+/* Map a pool error code to an HTTP status. */
+static int
+chat_status(const char *code)
+{
+	if (strcmp(code, PROTO_E_BUSY) == 0 ||
+	    strcmp(code, PROTO_E_SHUTTING_DOWN) == 0 ||
+	    strcmp(code, "unavailable") == 0)
+		return (503);
+	if (strcmp(code, PROTO_E_TIMEOUT) == 0)
+		return (504);
+	if (strcmp(code, PROTO_E_BAD_REQUEST) == 0)
+		return (400);
+	if (strcmp(code, PROTO_E_INTERNAL) == 0)
+		return (500);
+	return (502);
+}
+
+/* Set the turn's error. */
+static void
+chat_set_error(struct turn *t, const char *code, const char *msg)
+{
+	snprintf(t->code, sizeof t->code, "%s", code);
+	snprintf(t->error, sizeof t->error, "%s", msg);
+}
+
+/* Build the job message for the turn. */
+static json_t *
+chat_job(struct turn *t)
+{
+	json_t	*job = proto_new(PROTO_JOB);
+
+	if (job == NULL)
+		return (NULL);
+	if (json_object_set_new(job, "id", json_string(req_id(t->r))) ||
+	    json_object_set_new(job, "tenant",
+	    json_string(t->conv->tenant)) ||
+	    json_object_set_new(job, "conversation", json_string(t->conv->id)) ||
+	    json_object_set_new(job, "model", json_string(t->conv->model)) ||
+	    json_object_set_new(job, "message", json_string(t->send)) ||
+	    json_object_set_new(job, "timeout_ms",
+	    json_integer(appconf->job_timeout_ms))) {
+		json_decref(job);
+		return (NULL);
+	}
+	if (t->resume && t->conv->cli_session_id[0] != '\0')
+		json_object_set_new(job, "resume",
+		    json_string(t->conv->cli_session_id));
+	if (t->conv->system_prompt != NULL)
+		json_object_set_new(job, "system_prompt",
+		    json_string(t->conv->system_prompt));
+	if (t->max_tokens > 0)
+		json_object_set_new(job, "max_tokens",
+		    json_integer(t->max_tokens));
+	return (job);
+}
+
+/* Send one delta to a streaming client. */
+static int
+chat_send_delta(struct turn *t, const char *text)
+{
+	json_t	*ev;
+	int	 rc;
+
+	if (req_sse_start(t->r) != 0)
+		return (-1);
+	if ((ev = json_pack("{s:s, s:s}", "type", "delta", "text", text)) ==
+	    NULL)
+		return (-1);
+	rc = req_sse_json(t->r, ev);
+	json_decref(ev);
+	return (rc);
+}
+
+/* Keep the partial text of a job that failed. */
+static void
+chat_keep_partial(struct turn *t, json_t *f)
+{
+	const char	*text = json_string_value(json_object_get(f, "text"));
+
+	free(t->partial);
+	t->partial = text != NULL && *text != '\0' ? strdup(text) : NULL;
+}
+
+/*
+ * Run one job on the pool and relay its events.  Returns how it ended;
+ * on TURN_DONE t->done holds the done frame.
+ */
+static enum turn_end
+chat_run(struct turn *t)
+{
+	struct poolc	*pc;
+	json_t		*job, *f;
+	const char	*type, *text;
+	char		*cause = NULL;
+	uint64_t	 deadline;
+	int		 why, wait;
+	enum turn_end	 end = TURN_ERROR;
+
+	if ((job = chat_job(t)) == NULL) {
+		chat_set_error(t, PROTO_E_INTERNAL, "out of memory");
+		return (TURN_ERROR);
+	}
+	if ((pc = poolc_open(appconf->poold_socket, &cause)) == NULL ||
+	    poolc_send(pc, job, &cause) != 0) {
+		log_warnx("request %s: %s", req_id(t->r), cause);
+		chat_set_error(t, "unavailable",
+		    "the CLI pool is unavailable; retry shortly");
+		free(cause);
+		json_decref(job);
+		poolc_close(pc);
+		return (TURN_ERROR);
+	}
+	json_decref(job);
+	deadline = util_now_ms() + (uint64_t)appconf->job_timeout_ms + 30000;
+
+	for (;;) {
+		wait = CHAT_HEARTBEAT_MS;
+		if (util_now_ms() >= deadline) {
+			chat_set_error(t, PROTO_E_TIMEOUT,
+			    "the job passed its time limit");
+			break;
+		}
+		f = poolc_next(pc, req_fd(t->r), wait, &why, &cause);
+		if (f == NULL) {
+			if (why == POOLC_GONE) {
+				end = TURN_GONE;
+				break;
+			}
+			if (why == POOLC_TIMEOUT) {
+				if (!t->stream)
+					continue;
+				if (req_sse_start(t->r) != 0 ||
+				    req_sse_data(t->r, ": keep-alive") != 0) {
+					end = TURN_GONE;
+					break;
+				}
+				continue;
+			}
+			log_warnx("request %s: pool: %s", req_id(t->r), cause);
+			free(cause);
+			cause = NULL;
+			chat_set_error(t, "unavailable",
+			    "lost the connection to the CLI pool");
+			break;
+		}
+		type = proto_type(f);
+		if (strcmp(type, PROTO_EVENT) == 0) {
+			text = json_string_value(json_object_get(f, "text"));
+			if (text != NULL && t->ttft_ms < 0)
+				t->ttft_ms = (long long)(util_now_ms() -
+				    t->started);
+			if (text != NULL && t->stream &&
+			    chat_send_delta(t, text) != 0) {
+				json_decref(f);
+				end = TURN_GONE;
+				break;
+			}
+			json_decref(f);
+			continue;
+		}
+		if (strcmp(type, PROTO_DONE) == 0) {
+			t->done = f;
+			end = TURN_DONE;
+			break;
+		}
+		if (strcmp(type, PROTO_ERROR) == 0) {
+			chat_set_error(t, json_string_value(json_object_get(f,
+			    "code")) ? json_string_value(json_object_get(f,
+			    "code")) : PROTO_E_INTERNAL,
+			    json_string_value(json_object_get(f, "message")) ?
+			    json_string_value(json_object_get(f, "message")) :
+			    "the CLI pool failed");
+			chat_keep_partial(t, f);
+		} else
+			chat_set_error(t, PROTO_E_INTERNAL,
+			    "unexpected message from the CLI pool");
+		json_decref(f);
+		break;
+	}
+	poolc_close(pc);
+	return (end);
+}
+
+/*
+ * The message that primes a new CLI session with a conversation's stored
+ * history (all messages but the last, which is the new turn).  Keeps the
+ * most recent turns that fit in CHAT_PRIME_MAX.
+ */
+static char *
+chat_prime(struct db *db, struct turn *t)
+{
+	struct db_res	*res;
+	char		*out = NULL, *hist = NULL;
+	size_t		 i, start, total = 0;
+	FILE		*f;
+	size_t		 len;
+
+	if (db_run(db, &res, NULL, "SELECT role, content FROM messages WHERE "
+	    "conversation_id = ? ORDER BY id", "s", t->conv->id) != 0)
+		return (NULL);
+	start = res->nrows > 0 ? res->nrows - 1 : 0;
+	while (start > 0 && total + res->lens[(start - 1) * 2 + 1] + 32 <
+	    CHAT_PRIME_MAX) {
+		start--;
+		total += res->lens[start * 2 + 1] + 32;
+	}
+	if ((f = open_memstream(&hist, &len)) == NULL) {
+		db_res_free(res);
+		return (NULL);
+	}
+	fprintf(f, "This conversation continues from earlier turns, quoted "
+	    "below. Answer the new message as the assistant would, with "
+	    "that context.\n\n");
+	for (i = start; res->nrows > 0 && i < res->nrows - 1; i++)
+		fprintf(f, "[%s]\n%s\n\n", db_cell(res, i, 0),
+		    db_cell(res, i, 1) ? db_cell(res, i, 1) : "");
+	fprintf(f, "[new message from the user]\n%s", t->message);
+	if (fclose(f) != 0) {
+		free(hist);
+		hist = NULL;
+	}
+	out = hist;
+	db_res_free(res);
+	return (out);
+}
+
+/* The answer object shared by the non-stream body and the done event. */
+static json_t *
+chat_answer(struct turn *t, const char *type)
+{
+	json_t		*u = json_object_get(t->done, "usage");
+	json_int_t	 in, out;
+
+	in = json_integer_value(json_object_get(u, "input_tokens"));
+	out = json_integer_value(json_object_get(u, "output_tokens"));
+	return (json_pack("{s:s?, s:b, s:s, s:s, s:O, s:s, s:{s:I, s:I, s:I, "
+	    "s:O}, s:I}", "type", type, "success", 1, "conversation_id",
+	    t->conv->id, "session_id",
+	    json_string_value(json_object_get(t->done, "session_id")),
+	    "response", json_object_get(t->done, "text"),
+	    "model", t->conv->model, "usage", "input_tokens", in,
+	    "output_tokens", out, "total_tokens", in + out, "cost_usd",
+	    json_object_get(t->done, "cost_usd"), "duration_ms",
+	    (json_int_t)(util_now_ms() - t->started)));
+}
+
+/* Store the answer and send it. */
+static void
+chat_finish_done(struct db *db, struct turn *t)
+{
+	json_t		*u = json_object_get(t->done, "usage");
+	json_t		*ans;
+	const char	*sid, *text;
+	long long	 in, out;
+	double		 cost;
+
+	sid = json_string_value(json_object_get(t->done, "session_id"));
+	text = json_string_value(json_object_get(t->done, "text"));
+	in = json_integer_value(json_object_get(u, "input_tokens"));
+	out = json_integer_value(json_object_get(u, "output_tokens"));
+	cost = json_number_value(json_object_get(t->done, "cost_usd"));
+	req_usage(t->r, t->conv->model, in, out,
+	    json_integer_value(json_object_get(u, "cache_read_input_tokens")),
+	    json_integer_value(json_object_get(u,
+	    "cache_creation_input_tokens")), cost, t->ttft_ms, NULL);
+	if ((sid != NULL && util_valid_uuid(sid) &&
+	    conv_set_session(db, t->conv->id, sid) != 0) ||
+	    conv_add_message(db, t->conv->id, "assistant", text ? text : "",
+	    req_id(t->r), in, out, cost) != 0)
+		log_warnx("request %s: the answer could not be stored",
+		    req_id(t->r));
+	if (t->stream) {
+		ans = chat_answer(t, "done");
+		if (req_sse_start(t->r) != 0 || ans == NULL ||
+		    req_sse_json(t->r, ans) != 0 ||
+		    req_sse_data(t->r, "[DONE]") != 0)
+			log_info("request %s: client left before the end",
+			    req_id(t->r));
+		json_decref(ans);
+		return;
+	}
+	ans = chat_answer(t, NULL);
+	if (ans != NULL)
+		json_object_del(ans, "type");
+	req_send_json(t->r, 200, ans);
+}
+
+/* Store what a failed turn produced and answer with the error. */
+static void
+chat_finish_error(struct db *db, struct turn *t, enum turn_end end)
+{
+	int	 status = end == TURN_GONE ? 499 : chat_status(t->code);
+	json_t	*ev;
+
+	if (end == TURN_GONE)
+		chat_set_error(t, "cancelled", "the client closed the "
+		    "connection");
+	req_usage(t->r, t->conv->model, 0, 0, 0, 0, 0.0, t->ttft_ms, t->error);
+	if (t->partial != NULL && conv_add_message(db, t->conv->id,
+	    "assistant", t->partial, req_id(t->r), 0, 0, 0.0) != 0)
+		log_warnx("request %s: partial answer not stored",
+		    req_id(t->r));
+	if (end == TURN_GONE) {
+		req_error(t->r, 499, "cancelled", "%s", t->error);
+		return;
+	}
+	if (status == 503)
+		req_add_header(t->r, "Retry-After", "2");
+	if (req_sent(t->r)) {
+		ev = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error",
+		    "type", dialect_error_type(DIALECT_NATIVE, status),
+		    "message", t->error);
+		if (ev != NULL && req_sse_json(t->r, ev) == 0)
+			(void)req_sse_data(t->r, "[DONE]");
+		json_decref(ev);
+	}
+	req_error(t->r, status, NULL, "%s", t->error);
+}
+
+/*
+ * Run a turn of conversation conv: store the user's message, run the job
+ * (priming a new session if the old one cannot be resumed), store and send
+ * the answer.
+ */
+void
+chat_turn(struct request *r, struct conversation *conv, const char *message,
+    long long max_tokens, int stream)
+{
+	struct db	*db = db_thread();
+	struct turn	 t;
+	enum turn_end	 end;
+	char		*primed = NULL;
+
+	memset(&t, 0, sizeof t);
+	t.r = r;
+	t.conv = conv;
+	t.message = t.send = message;
+	t.max_tokens = max_tokens;
+	t.stream = stream;
+	t.resume = 1;
+	t.ttft_ms = -1;
+	t.started = util_now_ms();
+	if (db == NULL || conv_add_message(db, conv->id, "user", message,
+	    req_id(r), 0, 0, 0.0) != 0) {
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "the database is unavailable; retry "
+		    "shortly");
+		return;
+	}
+	end = chat_run(&t);
+	if (end == TURN_ERROR && strcmp(t.code, PROTO_E_RESUME_FAILED) == 0 &&
+	    !req_sent(r) && (primed = chat_prime(db, &t)) != NULL) {
+		log_info("request %s: session %s is gone; priming a new one",
+		    req_id(r), conv->cli_session_id);
+		t.send = primed;
+		t.resume = 0;
+		end = chat_run(&t);
+	}
+	if (end == TURN_DONE)
+		chat_finish_done(db, &t);
+	else
+		chat_finish_error(db, &t, end);
+	json_decref(t.done);
+	free(t.partial);
+	free(primed);
+}
+
+/* POST /api/chat */
+void
+chat_handle(struct request *r)
+{
+	struct conversation	 conv;
+	struct db		*db;
+	json_t			*body;
+	const char		*message, *conv_id, *model, *sp;
+	long long		 max_tokens = 0;
+	double			 temperature = 0;
+	int			 stream = 0, rc;
+
+	if (req_authenticate(r) != 0 || (body = req_json_body(r, 1)) == NULL)
+		return;
+	if (input_str(r, body, "message", 1, (size_t)appconf->max_message,
+	    &message) != 0 ||
+	    input_str(r, body, "conversation_id", 0, 64, &conv_id) != 0 ||
+	    input_model(r, body, &model) != 0 ||
+	    input_str(r, body, "system_prompt", 0,
+	    (size_t)appconf->max_message, &sp) != 0 ||
+	    input_int(r, body, "max_tokens", 1, 1000000, &max_tokens) != 0 ||
+	    input_number(r, body, "temperature", 0.0, 2.0, &temperature) != 0 ||
+	    input_bool(r, body, "stream", &stream) != 0)
+		return;
+	if (json_object_get(body, "temperature") != NULL)
+		req_add_header(r, "X-Ccgate-Ignored", "temperature");
+	if ((db = db_thread()) == NULL) {
+		req_error(r, 500, NULL, "out of memory");
+		return;
+	}
+	if (conv_id != NULL) {
+		rc = conv_load(db, req_key(r)->tenant, conv_id, &conv);
+		if (rc == 1) {
+			req_error(r, 404, NULL, "conversation_id: no such "
+			    "conversation");
+			return;
+		}
+		if (rc == 0 && sp != NULL && (conv.system_prompt == NULL ||
+		    strcmp(sp, conv.system_prompt) != 0)) {
+			conv_clear(&conv);
+			req_error(r, 400, NULL, "system_prompt: a conversation "
+			    "keeps the system prompt it was created with");
+			return;
+		}
+		if (rc == 0 && model != NULL && strcmp(model, conv.model) != 0) {
+			free(conv.model);
+			if ((conv.model = strdup(model)) == NULL)
+				rc = -1;
+		}
+	} else {
+		char	*title = conv_title_from_message(message);
+
+		rc = title == NULL ? -1 : conv_insert(db, req_key(r), model, sp,
+		    title, &conv);
+		free(title);
+	}
+	if (rc != 0) {
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "the database is unavailable; retry "
+		    "shortly");
+		return;
+	}
+	chat_turn(r, &conv, message, max_tokens, stream);
+	conv_clear(&conv);
+}

@@ -1,0 +1,543 @@
+/*
+ * One request over FastCGI.  The request context owns everything the
+ * request allocates (the body, the parsed JSON, extra headers) and frees
+ * it in req_free; handlers only borrow.  The usage record is written after
+ * the response is finished, so a client never waits on that insert.
+ */
+#include "config.h"
+
+#include <sys/socket.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <fcgiapp.h>
+
+#include "app.h"
+#include "log.h"
+#include "request.h"
+
+#define REQ_MAX_HEADERS	2048
+
+struct request {
+	FCGX_Request	*fx;
+	char		 id[64];
+	char		 method[16];
+	char		*path;
+	struct route	 route;
+	struct apikey	 key;
+	int		 have_key;
+	int		 status;
+	int		 sent;
+	int		 sse;
+	char		 headers[REQ_MAX_HEADERS];
+	size_t		 headers_len;
+	char		*body;
+	size_t		 body_len;
+	json_t		*json;
+	uint64_t	 started_ms;
+
+	/* The usage record. */
+	char		*u_model;
+	char		*u_error;
+	long long	 u_in;
+	long long	 u_out;
+	long long	 u_cache_read;
+	long long	 u_cache_creation;
+	double		 u_cost;
+	long long	 u_ttft;
+};
+
+/* A FastCGI parameter, or NULL. */
+const char *
+req_param(struct request *r, const char *name)
+{
+	return (FCGX_GetParam(name, r->fx->envp));
+}
+
+/* A request header by its CGI name ("HTTP_X_API_KEY"), or NULL. */
+const char *
+req_header(struct request *r, const char *cgi_name)
+{
+	return (FCGX_GetParam(cgi_name, r->fx->envp));
+}
+
+/* The request id (from nginx's X-Request-Id, else generated). */
+const char *
+req_id(struct request *r)
+{
+	return (r->id);
+}
+
+/* The matched route. */
+struct route *
+req_route(struct request *r)
+{
+	return (&r->route);
+}
+
+/* The authenticated key (after req_authenticate). */
+struct apikey *
+req_key(struct request *r)
+{
+	return (r->have_key ? &r->key : NULL);
+}
+
+/* Return 1 once the status line has gone out. */
+int
+req_sent(struct request *r)
+{
+	return (r->sent);
+}
+
+/* Return 1 if s is safe in a header value: printable, no CR or LF. */
+static int
+req_header_safe(const char *s)
+{
+	for (; *s != '\0'; s++) {
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+			return (0);
+	}
+	return (1);
+}
+
+/* Add a response header (before anything is sent). */
+void
+req_add_header(struct request *r, const char *name, const char *value)
+{
+	int	n;
+
+	if (r->sent || !req_header_safe(name) || !req_header_safe(value))
+		return;
+	n = snprintf(r->headers + r->headers_len,
+	    sizeof r->headers - r->headers_len, "%s: %s\r\n", name, value);
+	if (n > 0 && (size_t)n < sizeof r->headers - r->headers_len)
+		r->headers_len += (size_t)n;
+	else
+		r->headers[r->headers_len] = '\0';
+}
+
+/* Write the status line and headers. */
+static void
+req_head(struct request *r, int status, const char *ctype)
+{
+	r->status = status;
+	r->sent = 1;
+	FCGX_FPrintF(r->fx->out, "Status: %d\r\n", status);
+	if (ctype != NULL)
+		FCGX_FPrintF(r->fx->out, "Content-Type: %s\r\n", ctype);
+	FCGX_FPrintF(r->fx->out, "X-Request-Id: %s\r\n%s\r\n", r->id,
+	    r->headers);
+}
+
+/* Send a JSON response; takes the reference to body. */
+void
+req_send_json(struct request *r, int status, json_t *body)
+{
+	char	*s;
+
+	if (r->sent) {
+		json_decref(body);
+		return;
+	}
+	s = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+	json_decref(body);
+	if (s == NULL) {
+		req_head(r, 500, "application/json");
+		FCGX_PutS("{\"success\":false,\"error\":{\"type\":\"api_error\","
+		    "\"message\":\"out of memory\"}}\n", r->fx->out);
+		return;
+	}
+	req_head(r, status, "application/json");
+	FCGX_PutS(s, r->fx->out);
+	FCGX_PutS("\n", r->fx->out);
+	free(s);
+}
+
+/* Send a response without a body (204). */
+void
+req_send_empty(struct request *r, int status)
+{
+	if (!r->sent)
+		req_head(r, status, NULL);
+}
+
+/*
+ * Send an error in the route's dialect.  type NULL derives the type from
+ * the status.  The message is also the usage record's error.
+ */
+void
+req_error(struct request *r, int status, const char *type, const char *fmt,
+    ...)
+{
+	va_list	 ap;
+	char	 msg[1024];
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	if (type == NULL)
+		type = dialect_error_type(r->route.dialect, status);
+	free(r->u_error);
+	r->u_error = strdup(msg);
+	if (r->sent) {
+		r->status = status;
+		return;
+	}
+	if (status == 405 && r->route.allow[0] != '\0')
+		req_add_header(r, "Allow", r->route.allow);
+	req_send_json(r, status, dialect_error(r->route.dialect, type, msg));
+}
+
+/* Start a Server-Sent Events response. */
+int
+req_sse_start(struct request *r)
+{
+	if (r->sent)
+		return (r->sse ? 0 : -1);
+	req_add_header(r, "Cache-Control", "no-cache");
+	req_add_header(r, "X-Accel-Buffering", "no");
+	req_head(r, 200, "text/event-stream");
+	r->sse = 1;
+	return (FCGX_FFlush(r->fx->out) == 0 ? 0 : -1);
+}
+
+/* Send one "data:" event (or a comment line if data starts with ':'). */
+int
+req_sse_data(struct request *r, const char *data)
+{
+	if (!r->sse)
+		return (-1);
+	if (data[0] == ':')
+		FCGX_FPrintF(r->fx->out, "%s\n\n", data);
+	else
+		FCGX_FPrintF(r->fx->out, "data: %s\n\n", data);
+	if (FCGX_FFlush(r->fx->out) != 0 || FCGX_GetError(r->fx->out) != 0)
+		return (-1);
+	return (0);
+}
+
+/* Send a JSON object as one event (borrowed). */
+int
+req_sse_json(struct request *r, json_t *obj)
+{
+	char	*s;
+	int	 rc;
+
+	if ((s = json_dumps(obj, JSON_COMPACT)) == NULL)
+		return (-1);
+	rc = req_sse_data(r, s);
+	free(s);
+	return (rc);
+}
+
+/* The descriptor of the connection to nginx (for noticing a close). */
+int
+req_fd(struct request *r)
+{
+	return (r->fx->ipcFd);
+}
+
+/*
+ * Return 0 if JSON text nests at most max deep.  Checked before parsing,
+ * so a deeply nested body costs nothing to refuse.
+ */
+int
+req_json_depth_ok(const char *s, size_t len, long max)
+{
+	long	depth = 0;
+	int	instr = 0, esc = 0;
+	size_t	i;
+
+	for (i = 0; i < len; i++) {
+		char	c = s[i];
+
+		if (instr) {
+			if (esc)
+				esc = 0;
+			else if (c == '\\')
+				esc = 1;
+			else if (c == '"')
+				instr = 0;
+			continue;
+		}
+		if (c == '"')
+			instr = 1;
+		else if (c == '{' || c == '[') {
+			if (++depth > max)
+				return (-1);
+		} else if (c == '}' || c == ']')
+			depth--;
+	}
+	return (0);
+}
+
+/* Read the body, bounded by max_body. */
+static int
+req_read_body(struct request *r)
+{
+	const char	*cl = req_param(r, "CONTENT_LENGTH");
+	char		*end;
+	long long	 len;
+	int		 n;
+
+	if (cl == NULL || *cl == '\0')
+		return (0);
+	errno = 0;
+	len = strtoll(cl, &end, 10);
+	if (*end != '\0' || errno != 0 || len < 0) {
+		req_error(r, 400, NULL, "invalid Content-Length");
+		return (-1);
+	}
+	if (len > appconf->max_body) {
+		req_error(r, 413, NULL, "the body exceeds %ld bytes",
+		    appconf->max_body);
+		return (-1);
+	}
+	if ((r->body = malloc((size_t)len + 1)) == NULL) {
+		req_error(r, 500, NULL, "out of memory");
+		return (-1);
+	}
+	while (r->body_len < (size_t)len) {
+		n = FCGX_GetStr(r->body + r->body_len,
+		    (int)((size_t)len - r->body_len), r->fx->in);
+		if (n <= 0)
+			break;
+		r->body_len += (size_t)n;
+	}
+	r->body[r->body_len] = '\0';
+	if (r->body_len != (size_t)len) {
+		req_error(r, 400, NULL, "the body is shorter than its "
+		    "Content-Length");
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * Parse the body as a JSON object (borrowed by the caller).  An empty body
+ * is an empty object unless required.  On error the answer is sent and
+ * NULL returned.
+ */
+json_t *
+req_json_body(struct request *r, int required)
+{
+	json_error_t	err;
+
+	if (r->json != NULL)
+		return (r->json);
+	if (r->body_len == 0) {
+		if (required) {
+			req_error(r, 400, NULL, "a JSON body is required");
+			return (NULL);
+		}
+		return (r->json = json_object());
+	}
+	if (req_json_depth_ok(r->body, r->body_len,
+	    appconf->max_json_depth) != 0) {
+		req_error(r, 400, NULL, "the JSON body nests deeper than %ld",
+		    appconf->max_json_depth);
+		return (NULL);
+	}
+	r->json = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES,
+	    &err);
+	if (r->json == NULL) {
+		req_error(r, 400, NULL, "invalid JSON body: %s (at byte %d)",
+		    err.text, err.position);
+		return (NULL);
+	}
+	if (!json_is_object(r->json)) {
+		req_error(r, 400, NULL, "the JSON body must be an object");
+		return (NULL);
+	}
+	return (r->json);
+}
+
+/* Find the presented key: Authorization: Bearer, else x-api-key. */
+static const char *
+req_presented_key(struct request *r)
+{
+	const char	*a = req_header(r, "HTTP_AUTHORIZATION");
+
+	if (a != NULL && strncasecmp(a, "Bearer ", 7) == 0) {
+		a += 7;
+		while (*a == ' ')
+			a++;
+		return (a);
+	}
+	return (req_header(r, "HTTP_X_API_KEY"));
+}
+
+/* Authenticate the request's key; on failure the answer is sent. */
+int
+req_authenticate(struct request *r)
+{
+	struct db		*db = db_thread();
+	enum auth_result	 ar;
+
+	if (db == NULL) {
+		req_error(r, 500, NULL, "out of memory");
+		return (-1);
+	}
+	ar = auth_check(db, req_presented_key(r), &r->key);
+	if (ar == AUTH_OK) {
+		r->have_key = 1;
+		return (0);
+	}
+	if (ar == AUTH_DB_ERROR) {
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "%s", auth_strerror(ar));
+		return (-1);
+	}
+	if (ar != AUTH_MISSING && ar != AUTH_MALFORMED && ar != AUTH_UNKNOWN)
+		r->have_key = 1;	/* known key: its usage row names it */
+	if (r->route.dialect == DIALECT_NATIVE ||
+	    r->route.dialect == DIALECT_OPENAI)
+		req_add_header(r, "WWW-Authenticate", "Bearer");
+	req_error(r, 401, NULL, "%s", auth_strerror(ar));
+	return (-1);
+}
+
+/* Set the usage record's figures (the status comes from the answer). */
+void
+req_usage(struct request *r, const char *model, long long in, long long out,
+    long long cache_read, long long cache_creation, double cost,
+    long long ttft_ms, const char *error)
+{
+	free(r->u_model);
+	r->u_model = model != NULL ? strdup(model) : NULL;
+	r->u_in = in;
+	r->u_out = out;
+	r->u_cache_read = cache_read;
+	r->u_cache_creation = cache_creation;
+	r->u_cost = cost;
+	r->u_ttft = ttft_ms;
+	if (error != NULL) {
+		free(r->u_error);
+		r->u_error = strdup(error);
+	}
+}
+
+/* Write the usage record (after the response is finished). */
+static void
+req_write_usage(struct request *r, uint64_t duration_ms)
+{
+	struct db	*db;
+
+	if (r->route.id == ROUTE_HEALTHZ || r->route.id == ROUTE_READYZ)
+		return;
+	if ((db = db_thread()) == NULL)
+		return;
+	if (db_run(db, NULL, NULL,
+	    "INSERT INTO usage_logs (request_id, key_id, tenant, route, "
+	    "endpoint, method, status_code, model, input_tokens, "
+	    "output_tokens, cache_read_tokens, cache_creation_tokens, "
+	    "total_tokens, cost_usd, ttft_ms, duration_ms, error, node, "
+	    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+	    "?, ?, ?, UTC_TIMESTAMP(3))", "ssssssisiiiiidiiss",
+	    r->id, r->have_key ? r->key.id : NULL,
+	    r->have_key ? r->key.tenant : NULL, r->route.name, r->path,
+	    r->method, (long long)r->status, r->u_model, r->u_in, r->u_out,
+	    r->u_cache_read, r->u_cache_creation, r->u_in + r->u_out,
+	    r->u_cost, r->u_ttft, (long long)duration_ms, r->u_error,
+	    appconf->node) != 0)
+		log_warnx("request %s: usage record lost: %s", r->id,
+		    db_error(db));
+}
+
+/* Free what the request owns. */
+static void
+req_free(struct request *r)
+{
+	json_decref(r->json);
+	free(r->body);
+	free(r->path);
+	free(r->u_model);
+	free(r->u_error);
+}
+
+/* Run the route's handler. */
+static void
+req_dispatch(struct request *r)
+{
+	switch (r->route.id) {
+	case ROUTE_HEALTHZ:
+		health_live(r);
+		return;
+	case ROUTE_READYZ:
+		health_ready(r);
+		return;
+	case ROUTE_NONE:
+	case ROUTE_MAX:
+		break;
+	default:
+		if (req_read_body(r) != 0)
+			return;
+		break;
+	}
+	switch (r->route.id) {
+	case ROUTE_CHAT:
+		chat_handle(r);
+		break;
+	case ROUTE_CONV_CREATE:
+		conv_create_handle(r);
+		break;
+	case ROUTE_CONV_GET:
+		conv_get_handle(r);
+		break;
+	default:
+		if (r->route.status == 405)
+			req_error(r, 405, NULL, "method %s is not allowed here",
+			    r->method);
+		else
+			req_error(r, 404, NULL, "no such route: %s %s",
+			    r->method, r->path);
+		break;
+	}
+}
+
+/* Handle one accepted FastCGI request, then finish it. */
+void
+req_handle(FCGX_Request *fx)
+{
+	struct request	 r;
+	const char	*v, *rid;
+	size_t		 plen;
+	uint64_t	 duration;
+
+	memset(&r, 0, sizeof r);
+	r.fx = fx;
+	r.started_ms = util_now_ms();
+	v = req_param(&r, "REQUEST_METHOD");
+	snprintf(r.method, sizeof r.method, "%s", v != NULL ? v : "GET");
+	v = req_param(&r, "REQUEST_URI");
+	if (v == NULL)
+		v = req_param(&r, "DOCUMENT_URI");
+	if (v == NULL)
+		v = "/";
+	plen = strcspn(v, "?");
+	if (plen > 2048)
+		plen = 2048;
+	r.path = strndup(v, plen);
+	rid = req_header(&r, "HTTP_X_REQUEST_ID");
+	if (rid != NULL && *rid != '\0' && strlen(rid) < sizeof r.id &&
+	    req_header_safe(rid))
+		snprintf(r.id, sizeof r.id, "%s", rid);
+	else if (util_uuid4(r.id) != 0)
+		snprintf(r.id, sizeof r.id, "unknown");
+	route_match(r.method, r.path != NULL ? r.path : "/", &r.route);
+	if (r.path == NULL)
+		req_error(&r, 500, NULL, "out of memory");
+	else
+		req_dispatch(&r);
+	if (!r.sent)
+		req_error(&r, 500, NULL, "no answer");
+	duration = util_now_ms() - r.started_ms;
+	FCGX_Finish_r(fx);
+	req_write_usage(&r, duration);
+	req_free(&r);
+}

@@ -1,0 +1,122 @@
+/*
+ * Routing: method and path to a route.  Paths are matched segment by
+ * segment against a fixed table; ":id" captures one segment.  A path that
+ * matches with another method answers 405 with Allow; anything else 404,
+ * in the dialect of the path's family (/v1/... or /api/...).
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "app.h"
+
+struct route_def {
+	const char	*method;
+	const char	*pattern;
+	enum route_id	 id;
+	enum dialect	 dialect;
+};
+
+static const struct route_def routes[] = {
+	{ "GET",  "/healthz",			ROUTE_HEALTHZ, DIALECT_PLAIN },
+	{ "GET",  "/readyz",			ROUTE_READYZ, DIALECT_PLAIN },
+	{ "POST", "/api/chat",			ROUTE_CHAT, DIALECT_NATIVE },
+	{ "POST", "/api/conversations",		ROUTE_CONV_CREATE,
+	    DIALECT_NATIVE },
+	{ "GET",  "/api/conversations/:id",	ROUTE_CONV_GET,
+	    DIALECT_NATIVE },
+	{ NULL, NULL, ROUTE_NONE, DIALECT_PLAIN }
+};
+
+/*
+ * Match path against pattern; on success copy the :id segment (if any)
+ * into param.  A segment too long for param still matches, with param
+ * left empty, so the handler answers 404 for it like any unknown id.
+ */
+static int
+route_path_match(const char *pattern, const char *path, char *param,
+    size_t plen)
+{
+	const char	*p = pattern, *s = path;
+	size_t		 n;
+
+	param[0] = '\0';
+	while (*p != '\0') {
+		if (*p == ':') {
+			n = strcspn(s, "/");
+			if (n == 0)
+				return (0);
+			if (n < plen) {
+				memcpy(param, s, n);
+				param[n] = '\0';
+			}
+			s += n;
+			p += strcspn(p, "/");
+			continue;
+		}
+		if (*p != *s)
+			return (0);
+		p++;
+		s++;
+	}
+	return (*s == '\0');
+}
+
+/* The dialect of a path's family, for 404 and 405 answers. */
+static enum dialect
+route_family(const char *path)
+{
+	if (strcmp(path, "/v1/messages") == 0 ||
+	    strncmp(path, "/v1/messages/", 13) == 0)
+		return (DIALECT_ANTHROPIC);
+	if (strncmp(path, "/v1/", 4) == 0)
+		return (DIALECT_OPENAI);
+	if (strncmp(path, "/api/", 5) == 0)
+		return (DIALECT_NATIVE);
+	return (DIALECT_PLAIN);
+}
+
+/* Resolve method and path (without the query string) into r. */
+void
+route_match(const char *method, const char *path, struct route *r)
+{
+	const struct route_def	*d;
+	char			 param[sizeof r->param];
+	int			 path_known = 0;
+
+	memset(r, 0, sizeof *r);
+	r->dialect = route_family(path);
+	r->name = path;
+	for (d = routes; d->method != NULL; d++) {
+		if (!route_path_match(d->pattern, path, param, sizeof param))
+			continue;
+		if (strcmp(d->method, method) == 0) {
+			r->id = d->id;
+			r->dialect = d->dialect;
+			r->name = d->pattern;
+			memcpy(r->param, param, sizeof r->param);
+			return;
+		}
+		path_known = 1;
+		r->dialect = d->dialect;
+		r->name = d->pattern;
+	}
+	if (path_known) {
+		/* Build Allow from every method the path answers. */
+		char	buf[64] = "";
+
+		for (d = routes; d->method != NULL; d++) {
+			if (!route_path_match(d->pattern, path, param,
+			    sizeof param))
+				continue;
+			if (buf[0] != '\0')
+				strncat(buf, ", ", sizeof buf - strlen(buf) - 1);
+			strncat(buf, d->method, sizeof buf - strlen(buf) - 1);
+		}
+		r->status = 405;
+		snprintf(r->allow, sizeof r->allow, "%s", buf);
+		return;
+	}
+	r->status = 404;
+}

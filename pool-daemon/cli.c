@@ -1,0 +1,147 @@
+/*
+ * Parse one stream-json line from the claude CLI.  Input is hostile in
+ * principle (a CLI of another version, a truncated line): every field is
+ * type-checked and bounded, and unknown shapes are CLI_OTHER, not errors.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "cli.h"
+
+/* Copy a JSON string member into a bounded buffer. */
+static void
+cli_copy(char *dst, size_t len, json_t *obj, const char *key)
+{
+	const char	*s = json_string_value(json_object_get(obj, key));
+
+	if (s != NULL)
+		snprintf(dst, len, "%s", s);
+}
+
+/* Read a non-negative integer member, or 0. */
+static long long
+cli_int(json_t *obj, const char *key)
+{
+	json_t	*v = json_object_get(obj, key);
+
+	if (json_is_integer(v) && json_integer_value(v) >= 0)
+		return ((long long)json_integer_value(v));
+	return (0);
+}
+
+/* Free what a parsed message holds and zero it. */
+void
+cli_msg_clear(struct cli_msg *m)
+{
+	free(m->text);
+	memset(m, 0, sizeof *m);
+}
+
+/* Duplicate a string member into m->text. */
+static int
+cli_set_text(struct cli_msg *m, json_t *v)
+{
+	const char	*s = json_string_value(v);
+
+	if (s == NULL)
+		return (0);
+	if ((m->text = strndup(s, json_string_length(v))) == NULL)
+		return (-1);
+	return (0);
+}
+
+/*
+ * Parse line (len bytes, no newline) into m, which the caller clears
+ * with cli_msg_clear.  Returns 0, or -1 with *cause set if the line is
+ * not a JSON object.
+ */
+int
+cli_parse_line(const char *line, size_t len, struct cli_msg *m, char **cause)
+{
+	json_error_t	 err;
+	json_t		*obj, *ev, *delta, *usage, *tools;
+	const char	*type, *subtype;
+	int		 rc = 0;
+
+	memset(m, 0, sizeof *m);
+	if (len > CLI_MAX_LINE) {
+		if (cause != NULL)
+			*cause = strdup("line too long");
+		return (-1);
+	}
+	obj = json_loadb(line, len, 0, &err);
+	if (obj == NULL || !json_is_object(obj)) {
+		if (cause != NULL && asprintf(cause, "bad CLI line: %s",
+		    obj == NULL ? err.text : "not an object") == -1)
+			*cause = NULL;
+		json_decref(obj);
+		return (-1);
+	}
+	type = json_string_value(json_object_get(obj, "type"));
+	subtype = json_string_value(json_object_get(obj, "subtype"));
+	if (subtype != NULL)
+		snprintf(m->subtype, sizeof m->subtype, "%s", subtype);
+	if (json_string_length(json_object_get(obj, "session_id")) ==
+	    sizeof m->session_id - 1)
+		cli_copy(m->session_id, sizeof m->session_id, obj,
+		    "session_id");
+	if (type == NULL)
+		goto out;
+
+	if (strcmp(type, "system") == 0 && subtype != NULL &&
+	    strcmp(subtype, "init") == 0) {
+		m->kind = CLI_INIT;
+		cli_copy(m->model, sizeof m->model, obj, "model");
+		tools = json_object_get(obj, "tools");
+		m->ntools = json_is_array(tools) ? (int)json_array_size(tools) :
+		    0;
+	} else if (strcmp(type, "system") == 0 && subtype != NULL &&
+	    strcmp(subtype, "api_retry") == 0) {
+		m->kind = CLI_RETRY;
+		m->error_status = (int)cli_int(obj, "error_status");
+	} else if (strcmp(type, "stream_event") == 0) {
+		ev = json_object_get(obj, "event");
+		if (!json_is_object(ev))
+			goto out;
+		type = json_string_value(json_object_get(ev, "type"));
+		if (type == NULL || strcmp(type, "content_block_delta") != 0)
+			goto out;
+		delta = json_object_get(ev, "delta");
+		type = json_string_value(json_object_get(delta, "type"));
+		if (type == NULL || strcmp(type, "text_delta") != 0)
+			goto out;
+		if (cli_set_text(m, json_object_get(delta, "text")) != 0)
+			rc = -1;
+		else if (m->text != NULL)
+			m->kind = CLI_DELTA;
+	} else if (strcmp(type, "result") == 0) {
+		m->kind = CLI_RESULT;
+		m->is_error = json_is_true(json_object_get(obj, "is_error"));
+		m->error_status = (int)cli_int(obj, "api_error_status");
+		m->duration_ms = cli_int(obj, "duration_ms");
+		if (json_is_number(json_object_get(obj, "total_cost_usd")))
+			m->cost_usd = json_number_value(json_object_get(obj,
+			    "total_cost_usd"));
+		usage = json_object_get(obj, "usage");
+		if (json_is_object(usage)) {
+			m->input_tokens = cli_int(usage, "input_tokens");
+			m->output_tokens = cli_int(usage, "output_tokens");
+			m->cache_read_tokens = cli_int(usage,
+			    "cache_read_input_tokens");
+			m->cache_creation_tokens = cli_int(usage,
+			    "cache_creation_input_tokens");
+		}
+		if (cli_set_text(m, json_object_get(obj, "result")) != 0)
+			rc = -1;
+	}
+out:
+	if (rc != 0 && cause != NULL)
+		*cause = strdup("out of memory");
+	json_decref(obj);
+	return (rc);
+}

@@ -1,0 +1,1051 @@
+/*
+ * Jobs and scheduling.  A job runs, in order of preference, on:
+ *   1. its conversation's own live process (bound, idle): no spawn;
+ *   2. a warm process, if it starts a conversation with the default
+ *      profile: the warm process is bound to the tenant there and then;
+ *   3. a new process, started with --resume for an existing conversation
+ *      or --session-id for a new one, if the pool has room;
+ *   4. otherwise it waits in a FIFO queue, bounded in length and time;
+ *      the least recently used idle process is evicted to make room.
+ * Turns of one conversation never run at once: a second waits its turn.
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "log.h"
+#include "poold.h"
+
+static void	pool_finish(struct job *, json_t *);
+static void	pool_fail(struct job *, const char *, const char *);
+static void	pool_job_free(struct job *);
+
+/* Forget a profile's allocations. */
+void
+profile_clear(struct profile *pr)
+{
+	free(pr->system_prompt);
+	pr->system_prompt = NULL;
+}
+
+/* Return 1 if a process started for a can run a job that wants b. */
+int
+profile_equal(const struct profile *a, const struct profile *b)
+{
+	if (strcmp(a->model, b->model) != 0 || a->tools != b->tools ||
+	    a->max_tokens != b->max_tokens)
+		return (0);
+	if (a->system_prompt == NULL || b->system_prompt == NULL)
+		return (a->system_prompt == b->system_prompt);
+	return (strcmp(a->system_prompt, b->system_prompt) == 0);
+}
+
+/* The profile of warm processes. */
+static void
+pool_default_profile(struct profile *pr)
+{
+	memset(pr, 0, sizeof *pr);
+	snprintf(pr->model, sizeof pr->model, "%s",
+	    poold->cf->default_model != NULL ? poold->cf->default_model : "");
+}
+
+/* Record a latency sample in a ring. */
+static void
+pool_sample(uint32_t *ring, uint64_t *n, uint64_t ms)
+{
+	ring[*n % POOLD_SAMPLES] = ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+	(*n)++;
+}
+
+/* Return 1 if s is a model name we pass on: [A-Za-z0-9._:@/[]-], leading alnum. */
+static int
+pool_valid_model(const char *s)
+{
+	size_t	i, len = strlen(s);
+
+	if (len == 0)
+		return (1);
+	if (len >= POOLD_MAX_MODEL || !((s[0] >= 'a' && s[0] <= 'z') ||
+	    (s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= '0' && s[0] <= '9')))
+		return (0);
+	for (i = 0; i < len; i++) {
+		if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		    "0123456789._:@/[]-", s[i]) == NULL)
+			return (0);
+	}
+	return (1);
+}
+
+/* Copy an optional string member; fail if present and not a string. */
+static int
+pool_opt_str(json_t *msg, const char *key, const char **out)
+{
+	json_t	*v = json_object_get(msg, key);
+
+	*out = NULL;
+	if (v == NULL || json_is_null(v))
+		return (0);
+	if (!json_is_string(v))
+		return (-1);
+	*out = json_string_value(v);
+	return (0);
+}
+
+/*
+ * Validate a job message and queue it.  Returns 0, or -1 with *cause set
+ * and nothing queued (the caller answers bad_request).
+ */
+int
+pool_submit(struct client *c, json_t *msg, char **cause)
+{
+	struct poold_config	*cf = poold->cf;
+	struct job		*job, *q;
+	const char		*tenant, *conv, *resume, *model, *sp, *text, *id;
+	json_t			*v;
+	long			 max_tokens = 0, timeout = cf->job_timeout_ms;
+	int			 tools = 0, qlen = 0;
+
+	if (pool_opt_str(msg, "tenant", &tenant) != 0 || tenant == NULL ||
+	    !util_valid_tenant(tenant))
+		return (*cause = strdup("tenant: missing or invalid"), -1);
+	if (pool_opt_str(msg, "conversation", &conv) != 0 || conv == NULL ||
+	    !util_valid_uuid(conv))
+		return (*cause = strdup("conversation: missing or invalid"), -1);
+	if (pool_opt_str(msg, "resume", &resume) != 0 ||
+	    (resume != NULL && *resume != '\0' && !util_valid_uuid(resume)))
+		return (*cause = strdup("resume: invalid"), -1);
+	if (pool_opt_str(msg, "model", &model) != 0 ||
+	    (model != NULL && !pool_valid_model(model)))
+		return (*cause = strdup("model: invalid"), -1);
+	if (pool_opt_str(msg, "system_prompt", &sp) != 0 ||
+	    (sp != NULL && strlen(sp) > POOLD_MAX_PROMPT))
+		return (*cause = strdup("system_prompt: invalid"), -1);
+	if (pool_opt_str(msg, "message", &text) != 0 || text == NULL ||
+	    *text == '\0')
+		return (*cause = strdup("message: missing or empty"), -1);
+	if (pool_opt_str(msg, "id", &id) != 0)
+		return (*cause = strdup("id: invalid"), -1);
+	if ((v = json_object_get(msg, "max_tokens")) != NULL &&
+	    !json_is_null(v)) {
+		if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+		    json_integer_value(v) > 1000000)
+			return (*cause = strdup("max_tokens: invalid"), -1);
+		max_tokens = (long)json_integer_value(v);
+	}
+	if ((v = json_object_get(msg, "timeout_ms")) != NULL &&
+	    !json_is_null(v)) {
+		if (!json_is_integer(v) || json_integer_value(v) < 1)
+			return (*cause = strdup("timeout_ms: invalid"), -1);
+		if (json_integer_value(v) < timeout)
+			timeout = (long)json_integer_value(v);
+	}
+	if ((v = json_object_get(msg, "tools")) != NULL && !json_is_null(v)) {
+		if (!json_is_boolean(v))
+			return (*cause = strdup("tools: invalid"), -1);
+		tools = json_is_true(v);
+	}
+
+	if ((job = calloc(1, sizeof *job)) == NULL)
+		return (*cause = strdup("out of memory"), -1);
+	job->client = c;
+	job->state = JOB_QUEUED;
+	job->accepted_at = util_now_ms();
+	job->timeout_ms = timeout;
+	snprintf(job->id, sizeof job->id, "%s", id != NULL ? id : "");
+	snprintf(job->tenant, sizeof job->tenant, "%s", tenant);
+	snprintf(job->conversation, sizeof job->conversation, "%s", conv);
+	snprintf(job->resume, sizeof job->resume, "%s",
+	    resume != NULL ? resume : "");
+	pool_default_profile(&job->profile);
+	if (model != NULL && *model != '\0')
+		snprintf(job->profile.model, sizeof job->profile.model, "%s",
+		    model);
+	job->profile.tools = tools;
+	job->profile.max_tokens = max_tokens;
+	if ((sp != NULL && *sp != '\0' &&
+	    (job->profile.system_prompt = strdup(sp)) == NULL) ||
+	    (job->message = strdup(text)) == NULL) {
+		pool_job_free(job);
+		return (*cause = strdup("out of memory"), -1);
+	}
+	poold->stats.jobs++;
+	client_set_job(c, job);
+
+	if (poold->draining) {
+		pool_fail(job, PROTO_E_SHUTTING_DOWN,
+		    "the pool is draining; retry shortly");
+		return (0);
+	}
+	TAILQ_FOREACH(q, &poold->queue, entry)
+		qlen++;
+	if (qlen >= cf->queue_max) {
+		pool_fail(job, PROTO_E_BUSY, "the queue is full");
+		return (0);
+	}
+	TAILQ_INSERT_TAIL(&poold->queue, job, entry);
+	pool_dispatch();
+	return (0);
+}
+
+/* Free a job that is in no list. */
+static void
+pool_job_free(struct job *job)
+{
+	profile_clear(&job->profile);
+	free(job->message);
+	free(job->text);
+	free(job);
+}
+
+/* Send a frame to the job's client; the job is over. */
+static void
+pool_finish(struct job *job, json_t *frame)
+{
+	uint64_t	now = util_now_ms();
+
+	if (job->state == JOB_QUEUED)
+		TAILQ_REMOVE(&poold->queue, job, entry);
+	if (job->proc != NULL) {
+		job->proc->job = NULL;
+		job->proc = NULL;
+	}
+	job->state = JOB_FINISHED;
+	if (job->started_at != 0)
+		pool_sample(poold->stats.dur, &poold->stats.ndur,
+		    now - job->started_at);
+	if (job->client != NULL && frame != NULL) {
+		(void)client_send(job->client, frame);
+		client_job_finished(job->client);
+	}
+	json_decref(frame);
+	pool_job_free(job);
+}
+
+/* End a job with an error frame. */
+static void
+pool_fail(struct job *job, const char *code, const char *message)
+{
+	json_t	*f;
+
+	poold->stats.failed++;
+	if (strcmp(code, PROTO_E_BUSY) == 0)
+		poold->stats.busy++;
+	else if (strcmp(code, PROTO_E_TIMEOUT) == 0)
+		poold->stats.timeouts++;
+	else if (strcmp(code, PROTO_E_CLI_FAILED) == 0)
+		poold->stats.cli_failed++;
+	else if (strcmp(code, PROTO_E_UPSTREAM) == 0)
+		poold->stats.upstream_errors++;
+	else if (strcmp(code, PROTO_E_RESUME_FAILED) == 0)
+		poold->stats.resume_failed++;
+	f = proto_new(PROTO_ERROR);
+	if (f != NULL) {
+		json_object_set_new(f, "code", json_string(code));
+		json_object_set_new(f, "message", json_string(message));
+		if (job->textlen > 0) {
+			json_object_set_new(f, "text", json_stringn(job->text,
+			    job->textlen));
+			json_object_set_new(f, "incomplete", json_true());
+		}
+		if (job->session_id[0] != '\0')
+			json_object_set_new(f, "session_id",
+			    json_string(job->session_id));
+	}
+	pool_finish(job, f);
+}
+
+/* The client of a job went away: cancel it and free its slot at once. */
+void
+pool_cancel(struct job *job)
+{
+	struct proc	*p = job->proc;
+
+	poold->stats.cancelled++;
+	job->client = NULL;
+	if (p != NULL) {
+		log_info("job %s cancelled: killing CLI %ld", job->id,
+		    (long)p->pid);
+		proc_kill(p);
+	}
+	pool_finish(job, NULL);
+	pool_dispatch();
+}
+
+/* Count live (not dying) processes in a state, optionally for a tenant. */
+static int
+pool_count(enum proc_state st, const char *tenant)
+{
+	struct proc	*p;
+	int		 n = 0;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->state == st && (tenant == NULL ||
+		    strcmp(p->tenant, tenant) == 0))
+			n++;
+	}
+	return (n);
+}
+
+/* Return 1 if another job of the same conversation is running. */
+static int
+pool_conversation_busy(const struct job *job)
+{
+	struct proc	*p;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->job != NULL && p->job != job &&
+		    strcmp(p->job->conversation, job->conversation) == 0 &&
+		    strcmp(p->job->tenant, job->tenant) == 0)
+			return (1);
+	}
+	return (0);
+}
+
+/* Number of the tenant's running jobs. */
+static int
+pool_tenant_jobs(const char *tenant)
+{
+	struct proc	*p;
+	int		 n = 0;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->job != NULL && strcmp(p->job->tenant, tenant) == 0)
+			n++;
+	}
+	return (n);
+}
+
+/* Start job on p: write the user's turn to the CLI. */
+static int
+pool_start(struct job *job, struct proc *p, enum proc_origin origin)
+{
+	json_t	*line;
+	char	*s, *cause = NULL;
+	size_t	 len;
+	int	 rc;
+
+	if (origin == ORIGIN_WARM) {
+		if (workspace_tenant(poold->cf->state_dir, job->tenant,
+		    &cause) != 0 || workspace_slot_bind(poold->cf->state_dir,
+		    p->slot, job->tenant, &cause) != 0) {
+			log_warnx("bind warm CLI: %s", cause);
+			free(cause);
+			return (-1);
+		}
+		snprintf(p->tenant, sizeof p->tenant, "%s", job->tenant);
+	}
+	snprintf(p->conversation, sizeof p->conversation, "%s",
+	    job->conversation);
+	line = json_pack("{s:s, s:{s:s, s:s}}", "type", "user", "message",
+	    "role", "user", "content", job->message);
+	if (line == NULL)
+		return (-1);
+	s = json_dumps(line, JSON_COMPACT);
+	json_decref(line);
+	if (s == NULL)
+		return (-1);
+	len = strlen(s);
+	s[len] = '\n';	/* json_dumps' NUL becomes the line's end */
+	rc = proc_write(p, s, len + 1);
+	free(s);
+	if (rc != 0)
+		return (-1);
+
+	TAILQ_REMOVE(&poold->queue, job, entry);
+	job->state = JOB_RUNNING;
+	job->proc = p;
+	job->origin = origin;
+	job->started_at = job->last_output_at = util_now_ms();
+	snprintf(job->session_id, sizeof job->session_id, "%s", p->session_id);
+	p->job = job;
+	p->state = PROC_BUSY;
+	p->last_used_at = job->started_at;
+	poold->stats.by_origin[origin]++;
+	pool_sample(poold->stats.qwait, &poold->stats.nqwait,
+	    job->started_at - job->accepted_at);
+	log_debug("job %s on CLI %ld (%s)", job->id, (long)p->pid,
+	    origin == ORIGIN_WARM ? "warm" : origin == ORIGIN_BOUND ? "bound" :
+	    origin == ORIGIN_RESUMED ? "resumed" : "spawned");
+	return (0);
+}
+
+/* Find the idle process bound to job's conversation. */
+static struct proc *
+pool_find_bound(const struct job *job)
+{
+	struct proc	*p;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->state == PROC_BOUND &&
+		    strcmp(p->tenant, job->tenant) == 0 &&
+		    strcmp(p->conversation, job->conversation) == 0)
+			return (p);
+	}
+	return (NULL);
+}
+
+/* Find a warm process of the given profile (oldest first). */
+static struct proc *
+pool_find_warm(const struct profile *pr)
+{
+	struct proc	*p;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->state == PROC_WARM && profile_equal(&p->profile, pr))
+			return (p);
+	}
+	return (NULL);
+}
+
+/*
+ * Kill the least recently used idle process to make room: a bound one
+ * first (its session resumes later), then a warm one.  Returns 1 if one
+ * was killed.
+ */
+static int
+pool_evict(void)
+{
+	struct proc	*p, *lru = NULL;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->state == PROC_BOUND && (lru == NULL ||
+		    p->last_used_at < lru->last_used_at))
+			lru = p;
+	}
+	if (lru == NULL) {
+		TAILQ_FOREACH(p, &poold->procs, entry) {
+			if (p->state == PROC_WARM) {
+				lru = p;
+				break;
+			}
+		}
+	}
+	if (lru == NULL)
+		return (0);
+	log_info("evicting idle CLI %ld to make room", (long)lru->pid);
+	poold->stats.evicted++;
+	proc_kill(lru);
+	return (1);
+}
+
+/* Try to place one queued job.  Returns 1 if it started (or ended). */
+static int
+pool_place(struct job *job, int *evicting)
+{
+	struct poold_config	*cf = poold->cf;
+	struct profile		 def;
+	struct proc		*p;
+	char			*cause = NULL;
+	int			 resume;
+
+	if (pool_conversation_busy(job) ||
+	    pool_tenant_jobs(job->tenant) >= cf->tenant_max_jobs)
+		return (0);
+
+	if ((p = pool_find_bound(job)) != NULL) {
+		if (profile_equal(&p->profile, &job->profile)) {
+			if (pool_start(job, p, ORIGIN_BOUND) == 0)
+				return (1);
+			proc_kill(p);
+			return (0);
+		}
+		/* The conversation changed profile: resume it in a new one. */
+		proc_kill(p);
+	}
+
+	pool_default_profile(&def);
+	if (job->resume[0] == '\0' && profile_equal(&job->profile, &def) &&
+	    (p = pool_find_warm(&def)) != NULL &&
+	    pool_count(PROC_BOUND, job->tenant) + pool_count(PROC_BUSY,
+	    job->tenant) < cf->tenant_max_processes) {
+		if (pool_start(job, p, ORIGIN_WARM) == 0)
+			return (1);
+		proc_kill(p);
+		return (0);
+	}
+
+	if (poold->nprocs >= cf->max_instances) {
+		if (!*evicting && pool_count(PROC_DYING, NULL) == 0)
+			*evicting = pool_evict();
+		return (0);
+	}
+	resume = job->resume[0] != '\0';
+	p = proc_spawn(&job->profile, job->tenant, resume ? job->resume : NULL,
+	    resume, &cause);
+	if (p == NULL) {
+		log_warnx("spawn CLI: %s", cause);
+		pool_fail(job, PROTO_E_CLI_FAILED, cause != NULL ? cause :
+		    "cannot start the CLI");
+		free(cause);
+		return (1);
+	}
+	p->state = PROC_BOUND;
+	if (pool_start(job, p, resume ? ORIGIN_RESUMED : ORIGIN_SPAWNED) != 0) {
+		proc_kill(p);
+		pool_fail(job, PROTO_E_CLI_FAILED, "cannot write to the CLI");
+	}
+	return (1);
+}
+
+/*
+ * Place what can be placed, in FIFO order (a job blocked only by its own
+ * conversation or tenant does not hold up the others), then top up the
+ * warm set.
+ */
+void
+pool_dispatch(void)
+{
+	struct poold_config	*cf = poold->cf;
+	struct profile		 def;
+	struct job		*job, *next;
+	struct proc		*p;
+	char			*cause = NULL;
+	int			 evicting = 0, waiting = 0;
+
+	if (poold->stopping)
+		return;
+	for (job = TAILQ_FIRST(&poold->queue); job != NULL; job = next) {
+		next = TAILQ_NEXT(job, entry);
+		if (!pool_place(job, &evicting))
+			waiting++;
+	}
+	if (waiting > 0 || poold->draining)
+		return;
+	if (util_now_ms() < poold->warm_backoff_until)
+		return;
+	pool_default_profile(&def);
+	while (pool_count(PROC_WARM, NULL) < cf->min_instances &&
+	    poold->nprocs < cf->max_instances) {
+		p = proc_spawn(&def, NULL, NULL, 0, &cause);
+		if (p == NULL) {
+			log_warnx("spawn warm CLI: %s", cause);
+			free(cause);
+			break;
+		}
+		poold->stats.spawned_warm++;
+	}
+}
+
+/* Append a delta to the job's text. */
+static int
+pool_append(struct job *job, const char *s)
+{
+	size_t	 n = strlen(s), ncap;
+	char	*nb;
+
+	if (job->textlen + n + 1 > job->textcap) {
+		ncap = job->textcap ? job->textcap : 1024;
+		while (ncap < job->textlen + n + 1)
+			ncap *= 2;
+		if ((nb = realloc(job->text, ncap)) == NULL)
+			return (-1);
+		job->text = nb;
+		job->textcap = ncap;
+	}
+	memcpy(job->text + job->textlen, s, n + 1);
+	job->textlen += n;
+	return (0);
+}
+
+/* A turn ended with a result line. */
+static void
+pool_result(struct proc *p, struct job *job, struct cli_msg *m)
+{
+	struct poold_config	*cf = poold->cf;
+	json_t			*f, *usage, *proc;
+	uint64_t		 now = util_now_ms();
+	char			 msg[512];
+
+	if (m->session_id[0] != '\0' && util_valid_uuid(m->session_id))
+		snprintf(job->session_id, sizeof job->session_id, "%s",
+		    m->session_id);
+	p->turns++;
+	p->last_used_at = now;
+	p->state = PROC_BOUND;
+	snprintf(p->session_id, sizeof p->session_id, "%s", job->session_id);
+
+	if (m->is_error) {
+		if (job->origin == ORIGIN_RESUMED && job->textlen == 0 &&
+		    strcmp(m->subtype, "error_during_execution") == 0) {
+			proc_kill(p);
+			pool_fail(job, PROTO_E_RESUME_FAILED,
+			    "the CLI session could not be resumed");
+			return;
+		}
+		snprintf(msg, sizeof msg, "%s", m->text != NULL ? m->text :
+		    "the CLI reported an error");
+		pool_fail(job, PROTO_E_UPSTREAM, msg);
+		return;
+	}
+	if (job->textlen == 0 && m->text != NULL && pool_append(job,
+	    m->text) != 0) {
+		pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+		return;
+	}
+
+	f = proto_new(PROTO_DONE);
+	usage = json_pack("{s:I, s:I, s:I, s:I}",
+	    "input_tokens", (json_int_t)m->input_tokens,
+	    "output_tokens", (json_int_t)m->output_tokens,
+	    "cache_read_input_tokens", (json_int_t)m->cache_read_tokens,
+	    "cache_creation_input_tokens", (json_int_t)m->cache_creation_tokens);
+	proc = json_pack("{s:I, s:s, s:i}", "pid", (json_int_t)p->pid,
+	    "origin", job->origin == ORIGIN_WARM ? "warm" :
+	    job->origin == ORIGIN_BOUND ? "bound" :
+	    job->origin == ORIGIN_RESUMED ? "resumed" : "spawned",
+	    "turns", (int)p->turns);
+	if (f == NULL || usage == NULL || proc == NULL) {
+		json_decref(f);
+		json_decref(usage);
+		json_decref(proc);
+		pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+		return;
+	}
+	json_object_set_new(f, "text", json_stringn(job->text ? job->text : "",
+	    job->textlen));
+	json_object_set_new(f, "session_id", json_string(job->session_id));
+	json_object_set_new(f, "usage", usage);
+	json_object_set_new(f, "cost_usd", json_real(m->cost_usd));
+	json_object_set_new(f, "duration_ms",
+	    json_integer((json_int_t)(now - job->started_at)));
+	json_object_set_new(f, "cli_duration_ms",
+	    json_integer((json_int_t)m->duration_ms));
+	json_object_set_new(f, "model", json_string(job->profile.model));
+	json_object_set_new(f, "process", proc);
+	poold->stats.succeeded++;
+	pool_finish(job, f);
+
+	if ((cf->max_messages_per_instance > 0 &&
+	    p->turns >= (unsigned)cf->max_messages_per_instance) ||
+	    (cf->max_instance_age_ms > 0 &&
+	    now - p->started_at >= (uint64_t)cf->max_instance_age_ms)) {
+		log_info("recycling CLI %ld after %u turns", (long)p->pid,
+		    p->turns);
+		poold->stats.recycled++;
+		proc_kill(p);
+	}
+	pool_dispatch();
+}
+
+/* One stdout line from a CLI. */
+void
+pool_proc_line(struct proc *p, const char *line, size_t len)
+{
+	struct job	*job = p->job;
+	struct cli_msg	 m;
+	char		*cause = NULL;
+	json_t		*f;
+	uint64_t	 now;
+
+	if (job == NULL || p->state == PROC_DYING)
+		return;
+	if (cli_parse_line(line, len, &m, &cause) != 0) {
+		log_debug("CLI %ld: %s", (long)p->pid, cause);
+		free(cause);
+		return;
+	}
+	now = util_now_ms();
+	job->last_output_at = now;
+	if (!job->got_output) {
+		job->got_output = 1;
+		job->first_event_at = now;
+	}
+	switch (m.kind) {
+	case CLI_INIT:
+		if (util_valid_uuid(m.session_id)) {
+			snprintf(job->session_id, sizeof job->session_id, "%s",
+			    m.session_id);
+			snprintf(p->session_id, sizeof p->session_id, "%s",
+			    m.session_id);
+		}
+		break;
+	case CLI_DELTA:
+		if (job->textlen == 0)
+			pool_sample(poold->stats.ttfe, &poold->stats.nttfe,
+			    now - job->started_at);
+		if (pool_append(job, m.text) != 0 ||
+		    (f = proto_new(PROTO_EVENT)) == NULL) {
+			proc_kill(p);
+			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+			break;
+		}
+		json_object_set_new(f, "text", json_string(m.text));
+		if (client_send(job->client, f) != 0) {
+			json_decref(f);
+			pool_cancel(job);
+			break;
+		}
+		json_decref(f);
+		break;
+	case CLI_RETRY:
+		job->retries_seen++;
+		job->last_retry_status = m.error_status;
+		break;
+	case CLI_RESULT:
+		pool_result(p, job, &m);
+		break;
+	case CLI_OTHER:
+		break;
+	}
+	cli_msg_clear(&m);
+}
+
+/* A process is gone (exited and at EOF): end its job, free it. */
+void
+pool_proc_gone(struct proc *p)
+{
+	struct job	*job = p->job;
+	char		 msg[POOLD_STDERR_KEEP + 128], *nl;
+	const char	*tail;
+
+	TAILQ_REMOVE(&poold->procs, p, entry);
+	poold->nprocs--;
+	if (p->crashed && p->turns == 0 && job == NULL) {
+		/* A warm process that died unused: do not respawn in a loop. */
+		if (poold->warm_failures < 7)
+			poold->warm_failures++;
+		poold->warm_backoff_until = util_now_ms() +
+		    (250ULL << poold->warm_failures);
+		log_warnx("warm CLI %ld died at start (status %d): %s",
+		    (long)p->pid, p->status, p->errtail);
+	} else if (p->turns > 0)
+		poold->warm_failures = 0;
+	if (job != NULL) {
+		job->proc = NULL;
+		p->job = NULL;
+		if (job->origin == ORIGIN_RESUMED && job->textlen == 0 &&
+		    strstr(p->errtail, "No conversation found") != NULL) {
+			pool_fail(job, PROTO_E_RESUME_FAILED,
+			    "the CLI session could not be resumed");
+		} else if (job->textlen == 0 && job->attempts == 0 &&
+		    !poold->stopping) {
+			/* Died before any answer: once more, elsewhere. */
+			log_warnx("CLI %ld died before answering; retrying job",
+			    (long)p->pid);
+			poold->stats.retried++;
+			job->attempts++;
+			job->state = JOB_QUEUED;
+			job->got_output = 0;
+			TAILQ_INSERT_HEAD(&poold->queue, job, entry);
+		} else {
+			tail = p->errtail;
+			while ((nl = strrchr(tail, '\n')) != NULL &&
+			    nl[1] == '\0')
+				*nl = '\0';
+			if ((nl = strrchr(tail, '\n')) != NULL)
+				tail = nl + 1;
+			snprintf(msg, sizeof msg, "the CLI exited during the "
+			    "turn (status %d)%s%s", p->status,
+			    *tail != '\0' ? ": " : "", tail);
+			pool_fail(job, PROTO_E_CLI_FAILED, msg);
+		}
+	}
+	proc_free(p);
+	if (poold->stopping && poold->nprocs == 0)
+		loop_stop(poold->loop);
+	pool_dispatch();
+}
+
+/* Time limits, idle and age recycling, health checks; once per tick. */
+void
+pool_tick(void *arg)
+{
+	struct poold_config	*cf = poold->cf;
+	struct job		*job, *jnext;
+	struct proc		*p, *pnext;
+	uint64_t		 now;
+
+	proc_reap();
+	now = util_now_ms();
+	for (job = TAILQ_FIRST(&poold->queue); job != NULL; job = jnext) {
+		jnext = TAILQ_NEXT(job, entry);
+		if (now - job->accepted_at >= (uint64_t)cf->queue_max_wait_ms)
+			pool_fail(job, PROTO_E_BUSY,
+			    "no CLI process became free in time");
+	}
+	for (p = TAILQ_FIRST(&poold->procs); p != NULL; p = pnext) {
+		pnext = TAILQ_NEXT(p, entry);
+		if ((job = p->job) != NULL) {
+			const char	*why = NULL;
+
+			if (now - job->started_at >= (uint64_t)job->timeout_ms)
+				why = "the job passed its time limit";
+			else if (!job->got_output && now - job->started_at >=
+			    (uint64_t)cf->first_event_timeout_ms)
+				why = "the CLI produced no output in time";
+			else if (job->got_output && now - job->last_output_at >=
+			    (uint64_t)cf->stall_timeout_ms)
+				why = "the CLI stalled";
+			if (why != NULL) {
+				log_warnx("job %s on CLI %ld: %s", job->id,
+				    (long)p->pid, why);
+				proc_kill(p);
+				pool_fail(job, PROTO_E_TIMEOUT, why);
+			}
+			continue;
+		}
+		if (p->state == PROC_BOUND && now - p->last_used_at >=
+		    (uint64_t)cf->idle_timeout_ms) {
+			log_debug("CLI %ld idle: stopping", (long)p->pid);
+			proc_kill(p);
+		} else if ((p->state == PROC_BOUND || p->state == PROC_WARM) &&
+		    cf->max_instance_age_ms > 0 && now - p->started_at >=
+		    (uint64_t)cf->max_instance_age_ms) {
+			poold->stats.recycled++;
+			proc_kill(p);
+		}
+	}
+	if (now - poold->last_health >= (uint64_t)cf->health_check_interval_ms) {
+		poold->last_health = now;
+		TAILQ_FOREACH(p, &poold->procs, entry) {
+			if (p->state != PROC_DYING && !p->reaped &&
+			    kill(p->pid, 0) == -1 && errno == ESRCH) {
+				log_warnx("CLI %ld vanished", (long)p->pid);
+				p->reaped = 1;
+				proc_kill(p);
+			}
+		}
+	}
+	if (poold->stopping) {
+		int	busy = 0;
+
+		TAILQ_FOREACH(p, &poold->procs, entry)
+			busy += p->job != NULL;
+		TAILQ_FOREACH(p, &poold->procs, entry) {
+			if (p->job == NULL || now >= poold->stop_deadline)
+				proc_kill(p);
+		}
+		if (busy == 0 && poold->nprocs == 0)
+			loop_stop(poold->loop);
+		return;
+	}
+	pool_dispatch();
+}
+
+/* Return 1 if no job is queued or running. */
+int
+pool_idle(void)
+{
+	struct proc	*p;
+
+	if (!TAILQ_EMPTY(&poold->queue))
+		return (0);
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->job != NULL)
+			return (0);
+	}
+	return (1);
+}
+
+/* Begin shutdown: refuse queued jobs, let running ones finish (bounded). */
+void
+pool_shutdown(void)
+{
+	struct job	*job;
+
+	if (poold->stopping)
+		return;
+	log_info("shutting down: %d CLI processes", poold->nprocs);
+	poold->draining = 1;
+	while ((job = TAILQ_FIRST(&poold->queue)) != NULL)
+		pool_fail(job, PROTO_E_SHUTTING_DOWN, "the pool is stopping");
+	poold->stopping = 1;
+	poold->stop_deadline = util_now_ms() +
+	    (uint64_t)poold->cf->shutdown_grace_ms;
+	pool_tick(NULL);
+}
+
+/* Compare for qsort. */
+static int
+pool_cmp_u32(const void *a, const void *b)
+{
+	uint32_t	x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return (x < y ? -1 : x > y);
+}
+
+/* Percentiles 50, 95, 99 of a sample ring as a JSON object. */
+static json_t *
+pool_percentiles(const uint32_t *ring, uint64_t n)
+{
+	uint32_t	 sorted[POOLD_SAMPLES];
+	size_t		 k = n < POOLD_SAMPLES ? (size_t)n : POOLD_SAMPLES;
+
+	if (k == 0)
+		return (json_pack("{s:n, s:n, s:n, s:I}", "p50", "p95", "p99",
+		    "samples", (json_int_t)0));
+	memcpy(sorted, ring, k * sizeof *sorted);
+	qsort(sorted, k, sizeof *sorted, pool_cmp_u32);
+	return (json_pack("{s:I, s:I, s:I, s:I}",
+	    "p50", (json_int_t)sorted[(k - 1) * 50 / 100],
+	    "p95", (json_int_t)sorted[(k - 1) * 95 / 100],
+	    "p99", (json_int_t)sorted[(k - 1) * 99 / 100],
+	    "samples", (json_int_t)k));
+}
+
+/* Build the answer to a stats control message. */
+json_t *
+pool_stats(void)
+{
+	struct poold_config	*cf = poold->cf;
+	struct poold_stats	*st = &poold->stats;
+	struct proc		*p;
+	struct job		*job;
+	json_t			*f, *procs, *one;
+	uint64_t		 now = util_now_ms();
+	int			 qlen = 0, busy;
+	static const char *const names[] = { "warm", "bound", "busy", "dying" };
+
+	TAILQ_FOREACH(job, &poold->queue, entry)
+		qlen++;
+	if ((procs = json_array()) == NULL)
+		return (NULL);
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		one = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, "
+		    "s:I, s:b}",
+		    "pid", (json_int_t)p->pid,
+		    "state", names[p->state],
+		    "tenant", p->tenant,
+		    "conversation", p->conversation,
+		    "session_id", p->session_id,
+		    "model", p->profile.model,
+		    "age_ms", (json_int_t)(now - p->started_at),
+		    "idle_ms", (json_int_t)(p->job != NULL ? 0 :
+		    now - p->last_used_at),
+		    "turns", (json_int_t)p->turns,
+		    "rss_kb", (json_int_t)proc_rss_kb(p->pid),
+		    "tools", p->profile.tools);
+		if (one != NULL)
+			json_array_append_new(procs, one);
+	}
+	busy = pool_count(PROC_BUSY, NULL);
+	f = proto_new(PROTO_STATS);
+	if (f == NULL) {
+		json_decref(procs);
+		return (NULL);
+	}
+	json_object_set_new(f, "uptime_ms",
+	    json_integer((json_int_t)(now - st->started_at)));
+	json_object_set_new(f, "draining", json_boolean(poold->draining));
+	json_object_set_new(f, "limits", json_pack("{s:I, s:I, s:I, s:I, s:I, "
+	    "s:I}", "min_instances", (json_int_t)cf->min_instances,
+	    "max_instances", (json_int_t)cf->max_instances,
+	    "tenant_max_jobs", (json_int_t)cf->tenant_max_jobs,
+	    "tenant_max_processes", (json_int_t)cf->tenant_max_processes,
+	    "queue_max", (json_int_t)cf->queue_max,
+	    "queue_max_wait_ms", (json_int_t)cf->queue_max_wait_ms));
+	json_object_set_new(f, "totals", json_pack("{s:I, s:I, s:I, s:I, s:I, "
+	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	    "jobs", (json_int_t)st->jobs,
+	    "succeeded", (json_int_t)st->succeeded,
+	    "failed", (json_int_t)st->failed,
+	    "cancelled", (json_int_t)st->cancelled,
+	    "busy", (json_int_t)st->busy,
+	    "timeout", (json_int_t)st->timeouts,
+	    "cli_failed", (json_int_t)st->cli_failed,
+	    "upstream_error", (json_int_t)st->upstream_errors,
+	    "resume_failed", (json_int_t)st->resume_failed,
+	    "retried", (json_int_t)st->retried,
+	    "spawned", (json_int_t)st->spawned,
+	    "spawned_warm", (json_int_t)st->spawned_warm,
+	    "spawn_failed", (json_int_t)st->spawn_failed,
+	    "exited", (json_int_t)st->exited,
+	    "recycled", (json_int_t)st->recycled,
+	    "evicted", (json_int_t)st->evicted));
+	json_object_set_new(f, "placed", json_pack("{s:I, s:I, s:I, s:I}",
+	    "warm", (json_int_t)st->by_origin[ORIGIN_WARM],
+	    "bound", (json_int_t)st->by_origin[ORIGIN_BOUND],
+	    "spawned", (json_int_t)st->by_origin[ORIGIN_SPAWNED],
+	    "resumed", (json_int_t)st->by_origin[ORIGIN_RESUMED]));
+	json_object_set_new(f, "processes_by_state", json_pack("{s:i, s:i, "
+	    "s:i, s:i, s:i}", "warm", pool_count(PROC_WARM, NULL),
+	    "bound", pool_count(PROC_BOUND, NULL), "busy", busy,
+	    "dying", pool_count(PROC_DYING, NULL), "total", poold->nprocs));
+	json_object_set_new(f, "utilisation", json_real(cf->max_instances > 0 ?
+	    (double)busy / (double)cf->max_instances : 0.0));
+	json_object_set_new(f, "queue_length", json_integer(qlen));
+	json_object_set_new(f, "queue_wait_ms",
+	    pool_percentiles(st->qwait, st->nqwait));
+	json_object_set_new(f, "time_to_first_event_ms",
+	    pool_percentiles(st->ttfe, st->nttfe));
+	json_object_set_new(f, "job_duration_ms",
+	    pool_percentiles(st->dur, st->ndur));
+	json_object_set_new(f, "processes", procs);
+	json_object_set_new(f, "daemon_rss_kb",
+	    json_integer(proc_rss_kb(getpid())));
+	return (f);
+}
+
+/* Apply a set_limits control message (seed 000's initialize). */
+int
+pool_set_limits(json_t *msg, char **cause)
+{
+	struct poold_config	*cf = poold->cf;
+	json_t			*mn = json_object_get(msg, "min_instances");
+	json_t			*mx = json_object_get(msg, "max_instances");
+	long			 min = cf->min_instances, max = cf->max_instances;
+
+	if (mn != NULL) {
+		if (!json_is_integer(mn))
+			return (*cause = strdup("min_instances: not an integer"),
+			    -1);
+		min = (long)json_integer_value(mn);
+	}
+	if (mx != NULL) {
+		if (!json_is_integer(mx))
+			return (*cause = strdup("max_instances: not an integer"),
+			    -1);
+		max = (long)json_integer_value(mx);
+	}
+	if (max < 1 || max > 1024 || min < 0 || min > max)
+		return (*cause = strdup("need 0 <= min_instances <= "
+		    "max_instances, 1 <= max_instances <= 1024"), -1);
+	cf->min_instances = min;
+	cf->max_instances = max;
+	log_info("limits set: min %ld, max %ld", min, max);
+	while (poold->nprocs > cf->max_instances && pool_evict())
+		;
+	pool_dispatch();
+	return (0);
+}
+
+/* Apply a delete control message: a conversation's process and transcript. */
+int
+pool_delete(json_t *msg, char **cause)
+{
+	const char	*tenant, *sid, *conv;
+	struct proc	*p;
+	int		 n;
+
+	tenant = json_string_value(json_object_get(msg, "tenant"));
+	sid = json_string_value(json_object_get(msg, "session_id"));
+	conv = json_string_value(json_object_get(msg, "conversation"));
+	if (!util_valid_tenant(tenant))
+		return (*cause = strdup("tenant: missing or invalid"), -1);
+	if (sid != NULL && !util_valid_uuid(sid))
+		return (*cause = strdup("session_id: invalid"), -1);
+	if (conv != NULL && !util_valid_uuid(conv))
+		return (*cause = strdup("conversation: invalid"), -1);
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (strcmp(p->tenant, tenant) != 0)
+			continue;
+		if ((conv != NULL && strcmp(p->conversation, conv) == 0) ||
+		    (sid != NULL && strcmp(p->session_id, sid) == 0)) {
+			if (p->job != NULL)
+				pool_cancel(p->job);
+			proc_kill(p);
+		}
+	}
+	if (sid == NULL)
+		return (0);
+	n = workspace_delete_session(poold->cf->state_dir, tenant, sid);
+	if (n < 0)
+		return (*cause = strdup("cannot remove the transcript"), -1);
+	return (n);
+}

@@ -1,0 +1,347 @@
+/*
+ * ccgate-poold: start-up, configuration, signals and shutdown.
+ *
+ * Usage: ccgate-poold [-dnv] [-f config]
+ *   -f	configuration file (default SYSCONFDIR/ccgate/poold.conf)
+ *   -n	check the configuration and exit
+ *   -v	more verbose logging (repeat for debug)
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+#include <errno.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "log.h"
+#include "poold.h"
+
+#define POOLD_TICK_MS	100
+
+struct poold	*poold;
+
+static const char *const poold_keys[] = {
+	"socket", "socket_mode", "socket_group", "state_dir", "cli_path",
+	"cli_env_path", "default_model", "run_as_user", "min_instances",
+	"max_instances", "tenant_max_jobs", "tenant_max_processes", "queue_max",
+	"queue_max_wait_ms", "job_timeout_ms", "first_event_timeout_ms",
+	"stall_timeout_ms", "idle_timeout_ms", "max_messages_per_instance",
+	"max_instance_age_ms", "health_check_interval_ms", "shutdown_grace_ms",
+	"max_frame", "rlimit_nofile", "rlimit_nproc", "log_verbose", NULL
+};
+static const char *const poold_prefixes[] = { "env.", NULL };
+
+/* Free a configuration. */
+void
+poold_config_free(struct poold_config *cf)
+{
+	int	i;
+
+	if (cf == NULL)
+		return;
+	free(cf->socket_path);
+	free(cf->socket_group);
+	free(cf->state_dir);
+	free(cf->cli_path);
+	free(cf->cli_env_path);
+	free(cf->default_model);
+	free(cf->run_as_user);
+	for (i = 0; i < cf->nenv; i++)
+		free(cf->env[i]);
+	free(cf);
+}
+
+/* Duplicate a configured string (or a default); NULL stays NULL. */
+static int
+poold_config_str(const struct conf *c, const char *key, const char *def,
+    char **out)
+{
+	const char	*v = conf_str(c, key, def);
+
+	*out = NULL;
+	if (v == NULL || *v == '\0')
+		return (0);
+	return ((*out = strdup(v)) == NULL ? -1 : 0);
+}
+
+/* Read one integer setting. */
+#define POOLD_INT(key, field, def, min, max) do {			\
+	if (conf_long(c, key, def, min, max, &cf->field, cause) != 0)	\
+		goto fail;						\
+} while (0)
+
+/* Load and validate the configuration file. */
+struct poold_config *
+poold_config_load(const char *path, char **cause)
+{
+	struct poold_config	*cf;
+	struct conf		*c;
+	struct passwd		*pw;
+	const char		*mode;
+	char			*end;
+	size_t			 i;
+	long			 m;
+
+	if ((c = conf_load(path, cause)) == NULL)
+		return (NULL);
+	if (conf_check(c, poold_keys, poold_prefixes, cause) != 0) {
+		conf_free(c);
+		return (NULL);
+	}
+	if ((cf = calloc(1, sizeof *cf)) == NULL) {
+		conf_free(c);
+		*cause = strdup("out of memory");
+		return (NULL);
+	}
+	if (poold_config_str(c, "socket", LOCALSTATEDIR "/run/ccgate/poold.sock",
+	    &cf->socket_path) != 0 ||
+	    poold_config_str(c, "socket_group", NULL, &cf->socket_group) != 0 ||
+	    poold_config_str(c, "state_dir", LOCALSTATEDIR "/lib/ccgate",
+	    &cf->state_dir) != 0 ||
+	    poold_config_str(c, "cli_path", "/usr/bin/claude",
+	    &cf->cli_path) != 0 ||
+	    poold_config_str(c, "cli_env_path", "/usr/local/bin:/usr/bin:/bin",
+	    &cf->cli_env_path) != 0 ||
+	    poold_config_str(c, "default_model", NULL, &cf->default_model) != 0 ||
+	    poold_config_str(c, "run_as_user", NULL, &cf->run_as_user) != 0) {
+		*cause = strdup("out of memory");
+		goto fail;
+	}
+	if (cf->state_dir[0] != '/' || cf->cli_path[0] != '/') {
+		if (asprintf(cause, "%s: state_dir and cli_path must be "
+		    "absolute", path) == -1)
+			*cause = NULL;
+		goto fail;
+	}
+	mode = conf_str(c, "socket_mode", "0660");
+	m = strtol(mode, &end, 8);
+	if (*mode == '\0' || *end != '\0' || m < 0 || m > 0777) {
+		if (asprintf(cause, "%s: socket_mode: not an octal mode: %s",
+		    path, mode) == -1)
+			*cause = NULL;
+		goto fail;
+	}
+	cf->socket_mode = (mode_t)m;
+	POOLD_INT("min_instances", min_instances, 2, 0, 1024);
+	POOLD_INT("max_instances", max_instances, 10, 1, 1024);
+	POOLD_INT("tenant_max_jobs", tenant_max_jobs, 4, 1, 1024);
+	POOLD_INT("tenant_max_processes", tenant_max_processes, 8, 1, 1024);
+	POOLD_INT("queue_max", queue_max, 256, 0, 100000);
+	POOLD_INT("queue_max_wait_ms", queue_max_wait_ms, 30000, 0, 3600000);
+	POOLD_INT("job_timeout_ms", job_timeout_ms, 600000, 100, 86400000);
+	POOLD_INT("first_event_timeout_ms", first_event_timeout_ms, 120000, 100,
+	    86400000);
+	POOLD_INT("stall_timeout_ms", stall_timeout_ms, 120000, 100, 86400000);
+	POOLD_INT("idle_timeout_ms", idle_timeout_ms, 300000, 0, 86400000);
+	POOLD_INT("max_messages_per_instance", max_messages_per_instance, 100, 0,
+	    1000000);
+	POOLD_INT("max_instance_age_ms", max_instance_age_ms, 3600000, 0,
+	    604800000);
+	POOLD_INT("health_check_interval_ms", health_check_interval_ms, 30000,
+	    100, 3600000);
+	POOLD_INT("shutdown_grace_ms", shutdown_grace_ms, 10000, 0, 3600000);
+	POOLD_INT("max_frame", max_frame, PROTO_DEFAULT_MAX, PROTO_MIN_MAX,
+	    64 * 1024 * 1024);
+	POOLD_INT("rlimit_nofile", rlimit_nofile, 4096, 64, 1048576);
+	POOLD_INT("rlimit_nproc", rlimit_nproc, 0, 0, 1048576);
+	POOLD_INT("log_verbose", verbose, 0, 0, 2);
+	if (cf->min_instances > cf->max_instances) {
+		if (asprintf(cause, "%s: min_instances exceeds max_instances",
+		    path) == -1)
+			*cause = NULL;
+		goto fail;
+	}
+	if (cf->run_as_user != NULL) {
+		if ((pw = getpwnam(cf->run_as_user)) == NULL) {
+			if (asprintf(cause, "%s: run_as_user: unknown user %s",
+			    path, cf->run_as_user) == -1)
+				*cause = NULL;
+			goto fail;
+		}
+		cf->run_uid = pw->pw_uid;
+		cf->run_gid = pw->pw_gid;
+	}
+	for (i = 0; i < c->n; i++) {
+		struct conf_entry	*e = &c->entries[i];
+
+		if (strncmp(e->key, "env.", 4) != 0)
+			continue;
+		if (cf->nenv == POOLD_ENV_MAX) {
+			if (asprintf(cause, "%s: too many env. keys", path) == -1)
+				*cause = NULL;
+			goto fail;
+		}
+		if (asprintf(&cf->env[cf->nenv], "%s=%s", e->key + 4,
+		    e->value) == -1) {
+			*cause = strdup("out of memory");
+			goto fail;
+		}
+		cf->nenv++;
+	}
+	conf_free(c);
+	return (cf);
+fail:
+	conf_free(c);
+	poold_config_free(cf);
+	return (NULL);
+}
+
+/* Reload the configuration on SIGHUP; the socket and state stay. */
+static void
+poold_reload(void)
+{
+	struct poold_config	*ncf, *ocf = poold->cf;
+	char			*cause = NULL, *tmp;
+
+	if ((ncf = poold_config_load(poold->config_path, &cause)) == NULL) {
+		log_warnx("reload failed, keeping the old configuration: %s",
+		    cause);
+		free(cause);
+		return;
+	}
+	if (strcmp(ncf->socket_path, ocf->socket_path) != 0 ||
+	    strcmp(ncf->state_dir, ocf->state_dir) != 0)
+		log_warnx("socket and state_dir changes need a restart");
+	tmp = ncf->socket_path;
+	ncf->socket_path = ocf->socket_path;
+	ocf->socket_path = tmp;
+	tmp = ncf->state_dir;
+	ncf->state_dir = ocf->state_dir;
+	ocf->state_dir = tmp;
+	poold->cf = ncf;
+	poold_config_free(ocf);
+	log_setverbose((int)ncf->verbose > log_getverbose() ?
+	    (int)ncf->verbose : log_getverbose());
+	log_info("configuration reloaded");
+	pool_dispatch();
+}
+
+/* Signals, delivered by the loop. */
+static void
+poold_signal_cb(int sig, void *arg)
+{
+	switch (sig) {
+	case SIGCHLD:
+		proc_reap();
+		break;
+	case SIGHUP:
+		poold_reload();
+		break;
+	case SIGTERM:
+	case SIGINT:
+		if (poold->listen_fd != -1) {
+			loop_del(poold->loop, &poold->listen_io);
+			close(poold->listen_fd);
+			poold->listen_fd = -1;
+			if (unlink(poold->cf->socket_path) == -1)
+				log_warn("unlink %s", poold->cf->socket_path);
+		}
+		pool_shutdown();
+		if (poold->nprocs == 0)
+			loop_stop(poold->loop);
+		break;
+	}
+}
+
+/* Print usage and exit. */
+static void __attribute__((noreturn))
+usage(void)
+{
+	fprintf(stderr, "usage: ccgate-poold [-nv] [-f config]\n");
+	exit(2);
+}
+
+int
+main(int argc, char **argv)
+{
+	static const int	 sigs[] = { SIGCHLD, SIGHUP, SIGTERM, SIGINT };
+	const char		*path = SYSCONFDIR "/ccgate/poold.conf";
+	char			*cause = NULL;
+	int			 ch, check = 0, verbose = 0;
+
+	while ((ch = getopt(argc, argv, "f:nv")) != -1) {
+		switch (ch) {
+		case 'f':
+			path = optarg;
+			break;
+		case 'n':
+			check = 1;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		default:
+			usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+	log_init("ccgate-poold", verbose);
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+		fatal("signal");
+
+	if ((poold = calloc(1, sizeof *poold)) == NULL)
+		fatal("calloc");
+	TAILQ_INIT(&poold->procs);
+	TAILQ_INIT(&poold->queue);
+	poold->listen_fd = -1;
+	if ((poold->config_path = strdup(path)) == NULL)
+		fatal("strdup");
+	if ((poold->cf = poold_config_load(path, &cause)) == NULL)
+		fatalx("%s", cause);
+	if (check) {
+		printf("configuration OK\n");
+		poold_config_free(poold->cf);
+		free(poold->config_path);
+		free(poold);
+		return (0);
+	}
+	if (poold->cf->verbose > verbose)
+		log_setverbose((int)poold->cf->verbose);
+	if (access(poold->cf->cli_path, X_OK) != 0)
+		log_warn("cli_path %s is not executable", poold->cf->cli_path);
+
+	if (workspace_init(poold->cf->state_dir, &cause) != 0)
+		fatalx("state directory: %s", cause);
+	poold->neutral_dir = workspace_path(poold->cf->state_dir, "neutral",
+	    NULL);
+	if (poold->neutral_dir == NULL)
+		fatal("asprintf");
+	poold->listen_fd = server_listen(poold->cf->socket_path,
+	    poold->cf->socket_mode, poold->cf->socket_group, &cause);
+	if (poold->listen_fd == -1)
+		fatalx("%s", cause);
+
+	if ((poold->loop = loop_create(POOLD_TICK_MS, pool_tick, NULL)) == NULL)
+		fatal("event loop");
+	if (loop_signals(poold->loop, sigs, (int)(sizeof sigs / sizeof *sigs),
+	    poold_signal_cb, NULL) != 0)
+		fatal("signals");
+	if (loop_add(poold->loop, &poold->listen_io, poold->listen_fd, EPOLLIN,
+	    server_accept_cb, NULL) != 0)
+		fatal("watch listening socket");
+	poold->stats.started_at = util_now_ms();
+	poold->last_health = poold->stats.started_at;
+	log_info("listening on %s (min %ld, max %ld CLI processes)",
+	    poold->cf->socket_path, poold->cf->min_instances,
+	    poold->cf->max_instances);
+	pool_dispatch();
+
+	if (loop_run(poold->loop) != 0)
+		fatal("event loop");
+
+	server_close_all();
+	proc_reap();
+	log_info("stopped");
+	loop_free(poold->loop);
+	poold_config_free(poold->cf);
+	free(poold->neutral_dir);
+	free(poold->config_path);
+	free(poold);
+	return (0);
+}

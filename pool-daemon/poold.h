@@ -1,0 +1,261 @@
+/*
+ * ccgate-poold: the one process on a machine that owns claude CLI
+ * processes.  Shared declarations of the daemon's files:
+ *   poold.c	 start-up, configuration, signals, shutdown
+ *   server.c	 the listening socket and its clients (framing)
+ *   pool.c	 jobs and scheduling: warm, bound and new processes, queue
+ *   proc.c	 one CLI process: spawn, pipes, reaping
+ *   workspace.c tenant directories and warm slots
+ *   cli.c	 the CLI's stream-json lines
+ */
+#ifndef CCGATE_POOLD_H
+#define CCGATE_POOLD_H
+
+#include <sys/queue.h>
+#include <sys/types.h>
+#include <limits.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "loop.h"
+#include "proto.h"
+#include "util.h"
+
+#define POOLD_MAX_PROMPT	(256 * 1024)
+#define POOLD_MAX_MODEL		128
+#define POOLD_STDERR_KEEP	2048
+#define POOLD_ENV_MAX		64
+#define POOLD_SAMPLES		1024
+
+struct client;
+struct job;
+struct proc;
+
+/* The daemon's configuration, read at start and on SIGHUP. */
+struct poold_config {
+	char	*socket_path;
+	mode_t	 socket_mode;
+	char	*socket_group;
+	char	*state_dir;
+	char	*cli_path;
+	char	*cli_env_path;
+	char	*default_model;
+	char	*run_as_user;
+	uid_t	 run_uid;
+	gid_t	 run_gid;
+	long	 min_instances;
+	long	 max_instances;
+	long	 tenant_max_jobs;
+	long	 tenant_max_processes;
+	long	 queue_max;
+	long	 queue_max_wait_ms;
+	long	 job_timeout_ms;
+	long	 first_event_timeout_ms;
+	long	 stall_timeout_ms;
+	long	 idle_timeout_ms;
+	long	 max_messages_per_instance;
+	long	 max_instance_age_ms;
+	long	 health_check_interval_ms;
+	long	 shutdown_grace_ms;
+	long	 max_frame;
+	long	 rlimit_nofile;
+	long	 rlimit_nproc;
+	long	 verbose;
+	char	*env[POOLD_ENV_MAX];	/* "NAME=value" */
+	int	 nenv;
+};
+
+/* What a process was started for: a job may only run on a match. */
+struct profile {
+	char	model[POOLD_MAX_MODEL];
+	char	*system_prompt;		/* NULL: the CLI's own */
+	int	 tools;
+	long	 max_tokens;		/* 0: the CLI's default */
+};
+
+enum proc_state {
+	PROC_WARM,		/* started ahead of demand, no tenant yet */
+	PROC_BOUND,		/* idle, holding one conversation's session */
+	PROC_BUSY,		/* running a job */
+	PROC_DYING		/* killed, waiting for EOF and waitpid */
+};
+
+enum proc_origin {
+	ORIGIN_WARM,		/* taken from the warm set */
+	ORIGIN_BOUND,		/* the conversation's own live process */
+	ORIGIN_SPAWNED,		/* started for this job, new session */
+	ORIGIN_RESUMED		/* started for this job with --resume */
+};
+
+struct proc {
+	pid_t			 pid;
+	enum proc_state		 state;
+	struct profile		 profile;
+	char			 tenant[TENANT_MAX + 1];
+	char			 conversation[UUID_LEN + 1];
+	char			 session_id[UUID_LEN + 1];
+	int			 slot;		/* warm slot number, or -1 */
+	uint64_t		 started_at;
+	uint64_t		 last_used_at;
+	unsigned		 turns;
+	int			 resumed;	/* started with --resume */
+
+	int			 in_fd;
+	int			 out_fd;
+	int			 err_fd;
+	struct loop_io		 out_io;
+	struct loop_io		 err_io;
+	struct loop_io		 in_io;
+	char			*inbuf;		/* pending stdin bytes */
+	size_t			 inlen;
+	size_t			 inoff;
+	char			*line;		/* stdout line being assembled */
+	size_t			 linelen;
+	size_t			 linecap;
+	char			 errtail[POOLD_STDERR_KEEP];
+	size_t			 errlen;
+	int			 eof;
+	int			 reaped;
+	int			 crashed;	/* exited without being killed */
+	int			 status;
+
+	struct job		*job;
+	TAILQ_ENTRY(proc)	 entry;
+};
+TAILQ_HEAD(procs, proc);
+
+enum job_state {
+	JOB_QUEUED,
+	JOB_RUNNING,
+	JOB_FINISHED
+};
+
+struct job {
+	struct client		*client;
+	enum job_state		 state;
+	char			 id[64];
+	char			 tenant[TENANT_MAX + 1];
+	char			 conversation[UUID_LEN + 1];
+	char			 resume[UUID_LEN + 1];	/* "" for none */
+	struct profile		 profile;
+	char			*message;
+	uint64_t		 accepted_at;
+	uint64_t		 started_at;
+	uint64_t		 first_event_at;
+	uint64_t		 last_output_at;
+	long			 timeout_ms;
+	int			 attempts;
+	int			 got_output;
+	enum proc_origin	 origin;
+	struct proc		*proc;
+	char			*text;
+	size_t			 textlen;
+	size_t			 textcap;
+	char			 session_id[UUID_LEN + 1];
+	int			 retries_seen;
+	int			 last_retry_status;
+	TAILQ_ENTRY(job)	 entry;
+};
+TAILQ_HEAD(jobs, job);
+
+/* Counters and samples for statistics. */
+struct poold_stats {
+	uint64_t	jobs;
+	uint64_t	succeeded;
+	uint64_t	failed;
+	uint64_t	cancelled;
+	uint64_t	busy;
+	uint64_t	timeouts;
+	uint64_t	cli_failed;
+	uint64_t	upstream_errors;
+	uint64_t	resume_failed;
+	uint64_t	retried;
+	uint64_t	spawned;
+	uint64_t	spawned_warm;
+	uint64_t	spawn_failed;
+	uint64_t	exited;
+	uint64_t	recycled;
+	uint64_t	evicted;
+	uint64_t	by_origin[4];
+	uint32_t	ttfe[POOLD_SAMPLES];	/* time to first event, ms */
+	uint32_t	dur[POOLD_SAMPLES];	/* job duration, ms */
+	uint32_t	qwait[POOLD_SAMPLES];	/* time queued, ms */
+	uint64_t	nttfe;
+	uint64_t	ndur;
+	uint64_t	nqwait;
+	uint64_t	started_at;
+};
+
+/* The daemon. */
+struct poold {
+	struct poold_config	*cf;
+	char			*config_path;
+	struct loop		*loop;
+	int			 listen_fd;
+	struct loop_io		 listen_io;
+	struct procs		 procs;
+	struct jobs		 queue;
+	int			 nprocs;
+	int			 draining;
+	int			 stopping;
+	uint64_t		 stop_deadline;
+	uint64_t		 last_health;
+	int			 next_slot;
+	int			 warm_failures;
+	uint64_t		 warm_backoff_until;
+	char			*neutral_dir;
+	struct poold_stats	 stats;
+};
+
+extern struct poold	*poold;
+
+/* poold.c */
+struct poold_config	*poold_config_load(const char *, char **);
+void			 poold_config_free(struct poold_config *);
+
+/* server.c */
+int		 server_listen(const char *, mode_t, const char *, char **);
+void		 server_accept_cb(struct loop_io *, uint32_t);
+int		 client_send(struct client *, json_t *);
+void		 client_set_job(struct client *, struct job *);
+void		 client_job_finished(struct client *);
+int		 client_peer_gone(struct client *);
+void		 server_close_all(void);
+
+/* pool.c */
+int		 pool_submit(struct client *, json_t *, char **);
+void		 pool_cancel(struct job *);
+void		 pool_tick(void *);
+void		 pool_dispatch(void);
+void		 pool_proc_line(struct proc *, const char *, size_t);
+void		 pool_proc_gone(struct proc *);
+json_t		*pool_stats(void);
+int		 pool_set_limits(json_t *, char **);
+int		 pool_delete(json_t *, char **);
+void		 pool_shutdown(void);
+int		 pool_idle(void);
+int		 profile_equal(const struct profile *,
+		     const struct profile *);
+void		 profile_clear(struct profile *);
+
+/* proc.c */
+struct proc	*proc_spawn(const struct profile *, const char *, const char *,
+		     int, char **);
+int		 proc_write(struct proc *, const char *, size_t);
+void		 proc_kill(struct proc *);
+void		 proc_reap(void);
+void		 proc_free(struct proc *);
+long		 proc_rss_kb(pid_t);
+
+/* workspace.c */
+int		 workspace_init(const char *, char **);
+int		 workspace_tenant(const char *, const char *, char **);
+char		*workspace_path(const char *, const char *, const char *);
+int		 workspace_slot_create(const char *, int, char **);
+int		 workspace_slot_bind(const char *, int, const char *, char **);
+void		 workspace_slot_remove(const char *, int);
+int		 workspace_delete_session(const char *, const char *,
+		     const char *);
+
+#endif

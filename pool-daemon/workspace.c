@@ -1,0 +1,261 @@
+/*
+ * The daemon's state directory:
+ *
+ *   neutral/		empty, read-only: the cwd of every tools-off CLI, so
+ *			that a session's transcript folder (a slug of the cwd)
+ *			is the same for every process that resumes it
+ *   warm-home/		HOME of warm processes before they are bound
+ *   slots/<n>		a symlink, the HOME of warm process n: it points at
+ *			warm-home/ until the process is bound, then at its
+ *			tenant's home/, so the transcript lands there
+ *   tenants/<t>/	mode 0700, one per tenant:
+ *	workspace/	projects/, temp/, uploads/, README.md (seed 001);
+ *			the cwd of tool-enabled CLIs
+ *	home/		HOME; home/.claude is CLAUDE_CONFIG_DIR
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "poold.h"
+
+#define WORKSPACE_README \
+	"# Your ccgate workspace\n\n" \
+	"This folder belongs to you alone.  Tool-enabled sessions run here.\n\n" \
+	"- projects/  your projects\n" \
+	"- temp/      scratch space, may be cleaned\n" \
+	"- uploads/   files you upload\n"
+
+/* Format an error into *cause. */
+static void __attribute__((format(printf, 2, 3)))
+ws_error(char **cause, const char *fmt, ...)
+{
+	va_list	ap;
+
+	if (cause == NULL)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(cause, fmt, ap) == -1)
+		*cause = NULL;
+	va_end(ap);
+}
+
+/* Return a newly allocated "a/b[/c]". */
+char *
+workspace_path(const char *a, const char *b, const char *c)
+{
+	char	*p;
+	int	 r;
+
+	if (c != NULL)
+		r = asprintf(&p, "%s/%s/%s", a, b, c);
+	else
+		r = asprintf(&p, "%s/%s", a, b);
+	return (r == -1 ? NULL : p);
+}
+
+/* mkdir that accepts an existing directory; the mode is enforced. */
+static int
+ws_mkdir(const char *path, mode_t mode, char **cause)
+{
+	struct stat	sb;
+
+	if (mkdir(path, mode) == -1 && errno != EEXIST) {
+		ws_error(cause, "mkdir %s: %s", path, strerror(errno));
+		return (-1);
+	}
+	if (lstat(path, &sb) == -1 || !S_ISDIR(sb.st_mode)) {
+		ws_error(cause, "%s: not a directory", path);
+		return (-1);
+	}
+	if ((sb.st_mode & 07777) != mode && chmod(path, mode) == -1) {
+		ws_error(cause, "chmod %s: %s", path, strerror(errno));
+		return (-1);
+	}
+	return (0);
+}
+
+/* Create the fixed parts of the state directory. */
+int
+workspace_init(const char *state, char **cause)
+{
+	static const char *const	 dirs[] = { "tenants", "slots",
+	    "warm-home", "warm-home/.claude", NULL };
+	const char *const		*d;
+	char				*p;
+	int				 rc = 0;
+
+	if (ws_mkdir(state, 0711, cause) != 0)
+		return (-1);
+	for (d = dirs; *d != NULL && rc == 0; d++) {
+		if ((p = workspace_path(state, *d, NULL)) == NULL)
+			return (-1);
+		rc = ws_mkdir(p, 0700, cause);
+		free(p);
+	}
+	if (rc != 0)
+		return (-1);
+	if ((p = workspace_path(state, "neutral", NULL)) == NULL)
+		return (-1);
+	rc = ws_mkdir(p, 0555, cause);
+	free(p);
+	return (rc);
+}
+
+/*
+ * Create (or check) tenant t's directories.  The name is validated first:
+ * nothing is created for a bad one.
+ */
+int
+workspace_tenant(const char *state, const char *t, char **cause)
+{
+	static const char *const	 sub[] = { "workspace",
+	    "workspace/projects", "workspace/temp", "workspace/uploads",
+	    "home", "home/.claude", NULL };
+	const char *const		*s;
+	char				*base, *p;
+	int				 fd, rc = -1;
+
+	if (!util_valid_tenant(t)) {
+		ws_error(cause, "invalid tenant name");
+		return (-1);
+	}
+	if ((base = workspace_path(state, "tenants", t)) == NULL)
+		return (-1);
+	if (ws_mkdir(base, 0700, cause) != 0)
+		goto out;
+	for (s = sub; *s != NULL; s++) {
+		if ((p = workspace_path(base, *s, NULL)) == NULL)
+			goto out;
+		if (ws_mkdir(p, 0700, cause) != 0) {
+			free(p);
+			goto out;
+		}
+		free(p);
+	}
+	if ((p = workspace_path(base, "workspace/README.md", NULL)) == NULL)
+		goto out;
+	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd != -1) {
+		if (write(fd, WORKSPACE_README, strlen(WORKSPACE_README)) == -1)
+			log_warn("write %s", p);
+		close(fd);
+	} else if (errno != EEXIST) {
+		ws_error(cause, "create %s: %s", p, strerror(errno));
+		free(p);
+		goto out;
+	}
+	free(p);
+	rc = 0;
+out:
+	free(base);
+	return (rc);
+}
+
+/* Point slot n at target (relative to slots/) atomically. */
+static int
+ws_slot_point(const char *state, int n, const char *target, char **cause)
+{
+	char	link[PATH_MAX], tmp[PATH_MAX];
+
+	if (snprintf(link, sizeof link, "%s/slots/%d", state, n) >=
+	    (int)sizeof link || snprintf(tmp, sizeof tmp, "%s/slots/.%d.new",
+	    state, n) >= (int)sizeof tmp) {
+		ws_error(cause, "state path too long");
+		return (-1);
+	}
+	(void)unlink(tmp);
+	if (symlink(target, tmp) == -1 || rename(tmp, link) == -1) {
+		ws_error(cause, "slot %d: %s", n, strerror(errno));
+		(void)unlink(tmp);
+		return (-1);
+	}
+	return (0);
+}
+
+/* Create warm slot n, pointing at warm-home. */
+int
+workspace_slot_create(const char *state, int n, char **cause)
+{
+	return (ws_slot_point(state, n, "../warm-home", cause));
+}
+
+/* Point warm slot n at tenant t's home: its transcripts now go there. */
+int
+workspace_slot_bind(const char *state, int n, const char *t, char **cause)
+{
+	char	target[PATH_MAX];
+
+	if (!util_valid_tenant(t)) {
+		ws_error(cause, "invalid tenant name");
+		return (-1);
+	}
+	snprintf(target, sizeof target, "../tenants/%s/home", t);
+	return (ws_slot_point(state, n, target, cause));
+}
+
+/* Remove warm slot n. */
+void
+workspace_slot_remove(const char *state, int n)
+{
+	char	link[PATH_MAX];
+
+	snprintf(link, sizeof link, "%s/slots/%d", state, n);
+	if (unlink(link) == -1 && errno != ENOENT)
+		log_warn("unlink %s", link);
+}
+
+/* nftw callback removing everything. */
+static int
+ws_rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	if (remove(path) == -1)
+		log_warn("remove %s", path);
+	return (0);
+}
+
+/*
+ * Remove session sid's transcript (projects/<any>/<sid>.jsonl and a
+ * projects/<any>/<sid>/ folder) from tenant t.  Returns how many were
+ * removed, or -1.
+ */
+int
+workspace_delete_session(const char *state, const char *t, const char *sid)
+{
+	char		 dir[PATH_MAX], p[PATH_MAX * 2];
+	DIR		*d;
+	struct dirent	*de;
+	struct stat	 sb;
+	int		 n = 0;
+
+	if (!util_valid_tenant(t) || !util_valid_uuid(sid))
+		return (-1);
+	snprintf(dir, sizeof dir, "%s/tenants/%s/home/.claude/projects", state,
+	    t);
+	if ((d = opendir(dir)) == NULL)
+		return (errno == ENOENT ? 0 : -1);
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(p, sizeof p, "%s/%s/%s.jsonl", dir, de->d_name, sid);
+		if (unlink(p) == 0)
+			n++;
+		snprintf(p, sizeof p, "%s/%s/%s", dir, de->d_name, sid);
+		if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+			if (nftw(p, ws_rm_cb, 16, FTW_DEPTH | FTW_PHYS) == 0)
+				n++;
+		}
+	}
+	closedir(d);
+	return (n);
+}

@@ -1,0 +1,422 @@
+"""Integration harness: a private ccgate stack on loopback.
+
+Stack() starts, in a temporary directory and on random ports: a private
+MariaDB (unix socket only), the mock Anthropic upstream, ccgate-poold (with
+the real, pinned `claude` CLI pointed at the mock), ccgate-fcgi and nginx
+(TLS, from the same template the quick start uses).  stop() tears it all
+down and fails if any process it started, or any CLI, is left behind.
+
+Paths come from the environment that `make check` sets:
+  CCGATE_SRCDIR, CCGATE_BUILDDIR  source and build trees
+  CCGATE_CLAUDE                   the claude executable (deploy/install-claude)
+"""
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+SRCDIR = os.path.abspath(os.environ.get("CCGATE_SRCDIR", "."))
+BUILDDIR = os.path.abspath(os.environ.get("CCGATE_BUILDDIR", "."))
+CLAUDE = os.environ.get("CCGATE_CLAUDE", "")
+DEFAULT_MODEL = "claude-sonnet-4-5"
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=20.0, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers}
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return "<%d %s>" % (self.status, self.body[:300])
+
+
+class Stack:
+    """One private ccgate stack.  Options change poold and app settings."""
+
+    def __init__(self, poold_opts=None, app_opts=None, name="it"):
+        self.poold_opts = {
+            "min_instances": 2, "max_instances": 6, "idle_timeout_ms": 60000,
+            "queue_max_wait_ms": 20000, "job_timeout_ms": 60000,
+            "first_event_timeout_ms": 30000, "stall_timeout_ms": 30000,
+            "health_check_interval_ms": 1000, "shutdown_grace_ms": 5000,
+        }
+        self.poold_opts.update(poold_opts or {})
+        self.app_opts = {"threads": 32, "job_timeout_ms": 60000}
+        self.app_opts.update(app_opts or {})
+        self.dir = tempfile.mkdtemp(prefix="ccgate-%s-" % name)
+        self.procs = {}
+        self.keys = {}
+        self.port = None
+
+    # -- start and stop -------------------------------------------------
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def bin(self, name):
+        return os.path.join(BUILDDIR, name)
+
+    def start(self):
+        if not CLAUDE or not os.access(CLAUDE, os.X_OK):
+            raise RuntimeError("CCGATE_CLAUDE is not an executable claude CLI "
+                               "(run deploy/install-claude)")
+        try:
+            self._start_db()
+            self._start_mock()
+            self._write_configs()
+            self.start_poold()
+            self._migrate()
+            self.start_fcgi()
+            self._start_nginx()
+        except BaseException:
+            self.dump_logs()
+            self.stop(check=False)
+            raise
+        return self
+
+    def _run(self, args, **kw):
+        return subprocess.run(args, check=True, capture_output=True,
+                              text=True, **kw)
+
+    def _start_db(self):
+        self._run([os.path.join(SRCDIR, "deploy", "mariadb-private"), "start",
+                   self.path("db"), "it-password"])
+        with open(self.path("db.password"), "w") as f:
+            f.write("it-password\n")
+
+    def _start_mock(self):
+        log = open(self.path("mock.log"), "w")
+        self.procs["mock"] = subprocess.Popen(
+            [sys.executable, os.path.join(SRCDIR, "tests", "mock-upstream",
+                                          "mock_upstream.py"),
+             "--port-file", self.path("mock.port")],
+            stdout=log, stderr=log)
+        wait_for(lambda: os.path.exists(self.path("mock.port")), 10, "mock")
+        self.mock_port = int(open(self.path("mock.port")).read())
+
+    def _write_configs(self):
+        os.makedirs(self.path("run"), exist_ok=True)
+        lines = [
+            "socket = %s" % self.path("run", "poold.sock"),
+            "state_dir = %s" % self.path("state"),
+            "cli_path = %s" % CLAUDE,
+            "default_model = %s" % DEFAULT_MODEL,
+            "env.ANTHROPIC_BASE_URL = http://127.0.0.1:%d" % self.mock_port,
+            "env.ANTHROPIC_API_KEY = sk-ccgate-test",
+        ]
+        lines += ["%s = %s" % kv for kv in self.poold_opts.items()]
+        with open(self.path("poold.conf"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        lines = [
+            "listen = %s" % self.path("run", "fcgi.sock"),
+            "db_socket = %s" % self.path("db", "mysqld.sock"),
+            "db_user = ccgate",
+            "db_password_file = %s" % self.path("db.password"),
+            "db_name = ccgate",
+            "key_secret_file = %s" % self.path("key.secret"),
+            "poold_socket = %s" % self.path("run", "poold.sock"),
+            "default_model = %s" % DEFAULT_MODEL,
+            "models = %s, claude-haiku-4-5" % DEFAULT_MODEL,
+            "sql_dir = %s" % os.path.join(SRCDIR, "sql"),
+            "node = %s" % self.dir.rsplit("-", 1)[-1],
+        ]
+        lines += ["%s = %s" % kv for kv in self.app_opts.items()]
+        with open(self.path("ccgate.conf"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self._run([self.bin("ccgate-admin"), "secret", self.path("key.secret")])
+
+    def start_poold(self):
+        log = open(self.path("poold.log"), "a")
+        self.procs["poold"] = subprocess.Popen(
+            [self.bin("ccgate-poold"), "-v", "-f", self.path("poold.conf")],
+            stdout=log, stderr=log)
+        wait_for(lambda: self._poold_answers(), 20, "ccgate-poold")
+
+    def _poold_answers(self):
+        if self.procs["poold"].poll() is not None:
+            raise RuntimeError("ccgate-poold exited: see %s" %
+                               self.path("poold.log"))
+        try:
+            return self.poold({"type": "ping"})[0]["type"] == "ok"
+        except OSError:
+            return False
+
+    def _migrate(self):
+        out = self._run([self.bin("ccgate-admin"), "-f",
+                         self.path("ccgate.conf"), "migrate"])
+        self.migrate_output = out.stdout
+
+    def start_fcgi(self):
+        log = open(self.path("fcgi.log"), "a")
+        self.procs["fcgi"] = subprocess.Popen(
+            [self.bin("ccgate-fcgi"), "-v", "-f", self.path("ccgate.conf")],
+            stdout=log, stderr=log)
+        wait_for(lambda: os.path.exists(self.path("run", "fcgi.sock")), 10,
+                 "ccgate-fcgi")
+
+    def _start_nginx(self):
+        self.port = free_port()
+        os.makedirs(self.path("nginx-tmp"), exist_ok=True)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
+                        "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-keyout", self.path("tls.key"),
+                        "-out", self.path("tls.crt")],
+                       check=True, capture_output=True)
+        render = os.path.join(SRCDIR, "deploy", "render")
+        self._run([render, os.path.join(SRCDIR, "nginx", "ccgate-site.conf.in"),
+                   self.path("site.conf"),
+                   "LISTEN=127.0.0.1:%d" % self.port,
+                   "TLS_CERT=" + self.path("tls.crt"),
+                   "TLS_KEY=" + self.path("tls.key"),
+                   "MAX_BODY=%s" % self.app_opts.get("nginx_max_body", "2m"),
+                   "ERRORS_DIR=" + os.path.join(SRCDIR, "nginx", "errors"),
+                   "FCGI_SOCKET=" + self.path("run", "fcgi.sock"),
+                   "READ_TIMEOUT=660s"])
+        user = "user root root;" if os.geteuid() == 0 else ""
+        self._run([render, os.path.join(SRCDIR, "nginx",
+                                        "nginx-standalone.conf.in"),
+                   self.path("nginx.conf"), "USER_LINE=" + user,
+                   "VAR_DIR=" + self.path("nginx-tmp"),
+                   "DAEMON_LINE=daemon off;",
+                   "SITE_CONF=" + self.path("site.conf")])
+        log = open(self.path("nginx.log"), "w")
+        self.procs["nginx"] = subprocess.Popen(
+            ["nginx", "-p", self.path("nginx-tmp"), "-c",
+             self.path("nginx.conf")], stdout=log, stderr=log)
+
+        def up():
+            if self.procs["nginx"].poll() is not None:
+                raise RuntimeError("nginx exited: " +
+                                   open(self.path("nginx.log")).read())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return True
+            except OSError:
+                return False
+        wait_for(up, 10, "nginx")
+
+    def stop_proc(self, name, sig=signal.SIGTERM, timeout=20):
+        p = self.procs.pop(name, None)
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            raise AssertionError("%s did not stop on %s" % (name, sig))
+
+    def stop(self, check=True):
+        for name in ("nginx", "fcgi", "poold", "mock"):
+            try:
+                self.stop_proc(name)
+            except AssertionError:
+                if check:
+                    raise
+        subprocess.run([os.path.join(SRCDIR, "deploy", "mariadb-private"),
+                        "stop", self.path("db")], capture_output=True)
+        left = self.leftovers()
+        if left and check:
+            for pid, _ in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            raise AssertionError("processes left behind: %r" % left)
+        if check and not os.environ.get("CCGATE_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def leftovers(self):
+        """Processes whose cwd or command line lies in the stack's dir."""
+        left = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                cwd = os.readlink("/proc/%s/cwd" % pid)
+                cmd = open("/proc/%s/cmdline" % pid, "rb").read()
+                state = open("/proc/%s/stat" % pid).read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if cwd.startswith(self.dir) or self.dir.encode() in cmd:
+                left.append((int(pid), cmd.replace(b"\0", b" ")[:120].decode(
+                    errors="replace") + " [%s]" % state))
+        return left
+
+    def dump_logs(self):
+        for name in ("poold.log", "fcgi.log", "nginx.log", "mock.log",
+                     "nginx-tmp/nginx-error.log"):
+            p = self.path(name)
+            if os.path.exists(p):
+                data = open(p, errors="replace").read()[-4000:]
+                sys.stderr.write("----- %s -----\n%s\n" % (name, data))
+
+    # -- clients --------------------------------------------------------
+
+    def create_key(self, name, user=None):
+        args = [self.bin("ccgate-admin"), "-f", self.path("ccgate.conf"),
+                "key", "create", "--name", name, "--json"]
+        if user:
+            args += ["--user", user]
+        out = json.loads(self._run(args).stdout)
+        self.keys[name] = out["key"]
+        return out["key"]
+
+    def conn(self, timeout=60):
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return http.client.HTTPSConnection("127.0.0.1", self.port,
+                                           timeout=timeout, context=ctx)
+
+    def request(self, method, path, body=None, key=None, headers=None,
+                raw=None, timeout=60):
+        h = {"Content-Type": "application/json"}
+        if key:
+            h["Authorization"] = "Bearer " + key
+        h.update(headers or {})
+        data = raw if raw is not None else (
+            None if body is None else json.dumps(body).encode())
+        c = self.conn(timeout)
+        try:
+            c.request(method, path, body=data, headers=h)
+            r = c.getresponse()
+            return Response(r.status, r.getheaders(), r.read().decode())
+        finally:
+            c.close()
+
+    def stream(self, path, body, key=None, headers=None, timeout=60):
+        """POST and read an SSE response: (Response without body, events)."""
+        h = {"Content-Type": "application/json"}
+        if key:
+            h["Authorization"] = "Bearer " + key
+        h.update(headers or {})
+        c = self.conn(timeout)
+        try:
+            c.request("POST", path, body=json.dumps(body).encode(), headers=h)
+            r = c.getresponse()
+            resp = Response(r.status, r.getheaders(), "")
+            if r.status != 200:
+                resp.body = r.read().decode()
+                return resp, []
+            events = []
+            for line in r:
+                line = line.decode().rstrip("\n")
+                if line.startswith("data: "):
+                    data = line[6:]
+                    events.append(data if data == "[DONE]" else json.loads(data))
+            return resp, events
+        finally:
+            c.close()
+
+    def poold(self, msg, sock=None):
+        """Send one frame to ccgate-poold and read frames until the end."""
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(60)
+        s.connect(sock or self.path("run", "poold.sock"))
+        try:
+            b = json.dumps(dict({"v": 1}, **msg)).encode()
+            s.sendall(struct.pack(">I", len(b)) + b)
+            out = []
+            while True:
+                h = self._recvn(s, 4)
+                if h is None:
+                    return out
+                m = json.loads(self._recvn(s, struct.unpack(">I", h)[0]))
+                out.append(m)
+                if m["type"] != "event":
+                    return out
+        finally:
+            s.close()
+
+    @staticmethod
+    def _recvn(s, n):
+        b = b""
+        while len(b) < n:
+            c = s.recv(n - len(b))
+            if not c:
+                return None
+            b += c
+        return b
+
+    def stats(self):
+        return self.poold({"type": "stats"})[0]
+
+    def sql(self, query):
+        out = self._run([os.path.join(SRCDIR, "deploy", "mariadb-private"),
+                         "sql", self.path("db"), query]).stdout
+        return [line.split("\t") for line in out.splitlines()]
+
+    def mock_records(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.mock_port, timeout=10)
+        try:
+            c.request("GET", "/_records")
+            return json.loads(c.getresponse().read())
+        finally:
+            c.close()
+
+    def mock_control(self, **state):
+        c = http.client.HTTPConnection("127.0.0.1", self.mock_port, timeout=10)
+        try:
+            c.request("POST", "/_control", body=json.dumps(state))
+            return json.loads(c.getresponse().read())
+        finally:
+            c.close()
+
+
+def texts_of(record):
+    """The (role, text) turns the upstream received, CLI reminders dropped."""
+    out = []
+    for m in record["body"]["messages"]:
+        c = m["content"]
+        if isinstance(c, str):
+            out.append((m["role"], c))
+            continue
+        parts = [b.get("text", "") for b in c if b.get("type") == "text"
+                 and not b.get("text", "").startswith("<system-reminder>")]
+        out.append((m["role"], "\n".join(parts)))
+    return out
+
+
+def main():
+    """Run the calling module's tests; print a closing count line."""
+    import __main__
+    suite = unittest.defaultTestLoader.loadTestsFromModule(__main__)
+    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    failed = len(result.failures) + len(result.errors)
+    skipped = len(result.skipped)
+    passed = max(0, result.testsRun - failed - skipped)
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    sys.exit(0 if failed == 0 and skipped == 0 and result.testsRun > 0 else 1)

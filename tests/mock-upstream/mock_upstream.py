@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Mock Anthropic Messages API upstream for ccgate's tests.
+
+The real `claude` CLI is pointed here with ANTHROPIC_BASE_URL.  The mock
+answers POST /v1/messages (streaming and not), records every request it
+receives, and can be told how to behave, globally or per request:
+
+  POST /_control  {"mode": "normal"|"slow"|"fail"|"hang",
+                   "delay_ms": N, "status": N, "text": "...", "chunks": N}
+  GET  /_records  every recorded request: {"seq","path","body","response"}
+  POST /_reset    forget records and return to normal mode
+
+A user message may carry a directive that overrides the global mode for
+that request only, e.g. "[[mock:slow=200]]", "[[mock:fail=529]]",
+"[[mock:hang]]", "[[mock:chunks=50]]", "[[mock:text=hello]]".
+
+Answers are deterministic: the reply is "mock reply #<n>: <last user text>"
+and usage counts words, so tests can compare what ccgate recorded with what
+the mock answered (kept in each record's "response").
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LOCK = threading.Lock()
+STATE = {"mode": "normal", "delay_ms": 0, "status": 500, "text": None,
+         "chunks": 0}
+RECORDS = []
+DIRECTIVE = re.compile(r"\[\[mock:([a-z]+)(?:=([^\]]*))?\]\]")
+
+
+def user_text(msg):
+    """Return the plain text of one message's content."""
+    content = msg.get("content")
+    if isinstance(content, str):
+        return content
+    out = []
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "text":
+                out.append(block.get("text", ""))
+    return "\n".join(out)
+
+
+def last_user_text(body):
+    """Return the last user turn's text, without CLI reminders."""
+    for msg in reversed(body.get("messages", [])):
+        if msg.get("role") != "user":
+            continue
+        content = msg.get("content")
+        if isinstance(content, list):
+            texts = [b.get("text", "") for b in content
+                     if isinstance(b, dict) and b.get("type") == "text"
+                     and not b.get("text", "").startswith("<system-reminder>")]
+            if texts:
+                return texts[-1]
+        elif isinstance(content, str):
+            return content
+    return ""
+
+
+def count_words(body):
+    n = 0
+    for msg in body.get("messages", []):
+        n += len(user_text(msg).split())
+    system = body.get("system")
+    if isinstance(system, str):
+        n += len(system.split())
+    elif isinstance(system, list):
+        for block in system:
+            if isinstance(block, dict):
+                n += len(block.get("text", "").split())
+    return max(n, 1)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "ccgate-mock-upstream"
+
+    def log_message(self, fmt, *args):
+        if os.environ.get("MOCK_VERBOSE"):
+            sys.stderr.write("mock: " + fmt % args + "\n")
+
+    def _json(self, status, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            return None
+
+    def do_GET(self):
+        if self.path == "/_records":
+            with LOCK:
+                self._json(200, list(RECORDS))
+        elif self.path == "/_health":
+            self._json(200, {"ok": True})
+        else:
+            self._json(404, {"type": "error", "error": {
+                "type": "not_found_error", "message": self.path}})
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self):
+        body = self._body()
+        path = self.path.split("?", 1)[0]
+        if path == "/_control":
+            with LOCK:
+                STATE.update(body or {})
+            self._json(200, STATE)
+            return
+        if path == "/_reset":
+            with LOCK:
+                RECORDS.clear()
+                STATE.update({"mode": "normal", "delay_ms": 0, "status": 500,
+                              "text": None, "chunks": 0})
+            self._json(200, {"ok": True})
+            return
+        if body is None:
+            self._json(400, {"type": "error", "error": {
+                "type": "invalid_request_error", "message": "bad json"}})
+            return
+        if path == "/v1/messages/count_tokens":
+            self._json(200, {"input_tokens": count_words(body)})
+            return
+        if path != "/v1/messages":
+            self._json(404, {"type": "error", "error": {
+                "type": "not_found_error", "message": path}})
+            return
+        self.messages(body)
+
+    def messages(self, body):
+        with LOCK:
+            cfg = dict(STATE)
+            seq = len(RECORDS) + 1
+            record = {"seq": seq, "path": self.path, "time": time.time(),
+                      "body": body, "response": None}
+            RECORDS.append(record)
+        text_in = last_user_text(body)
+        for name, value in DIRECTIVE.findall(text_in):
+            if name in ("slow", "hang", "fail", "drip"):
+                cfg["mode"] = name
+                if name in ("slow", "drip") and value:
+                    cfg["delay_ms"] = int(value)
+                if name == "fail" and value:
+                    cfg["status"] = int(value)
+            elif name == "chunks":
+                cfg["chunks"] = int(value)
+            elif name == "text":
+                cfg["text"] = value
+        if cfg["mode"] == "hang":
+            time.sleep(3600)
+            return
+        if cfg["mode"] == "fail":
+            status = int(cfg.get("status") or 500)
+            etype = "overloaded_error" if status == 529 else "api_error"
+            record["response"] = {"status": status}
+            self._json(status, {"type": "error", "error": {
+                "type": etype, "message": "mock upstream failure %d" % status}})
+            return
+        if cfg["mode"] == "slow" and cfg.get("delay_ms"):
+            time.sleep(cfg["delay_ms"] / 1000.0)
+        reply = cfg["text"] or ("mock reply #%d: %s" % (seq, text_in.strip()))
+        words = reply.split(" ")
+        nchunks = int(cfg.get("chunks") or 0)
+        if nchunks > 0:
+            words = (words * (nchunks // max(len(words), 1) + 1))[:nchunks]
+            reply = " ".join(words)
+        usage = {"input_tokens": count_words(body), "output_tokens": len(words),
+                 "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        record["response"] = {"status": 200, "text": reply, "usage": usage}
+        model = body.get("model", "claude-mock")
+        msg_id = "msg_mock_%d" % seq
+        if not body.get("stream"):
+            self._json(200, {
+                "id": msg_id, "type": "message", "role": "assistant",
+                "model": model, "stop_reason": "end_turn",
+                "stop_sequence": None, "usage": usage,
+                "content": [{"type": "text", "text": reply}]})
+            return
+        drip = cfg["mode"] == "drip" and cfg.get("delay_ms")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+        def event(name, data):
+            self.wfile.write(("event: %s\ndata: %s\n\n" %
+                              (name, json.dumps(data))).encode())
+            self.wfile.flush()
+
+        try:
+            event("message_start", {"type": "message_start", "message": {
+                "id": msg_id, "type": "message", "role": "assistant",
+                "model": model, "content": [], "stop_reason": None,
+                "stop_sequence": None,
+                "usage": dict(usage, output_tokens=1)}})
+            event("content_block_start", {"type": "content_block_start",
+                                          "index": 0, "content_block": {
+                                              "type": "text", "text": ""}})
+            for i, word in enumerate(words):
+                piece = word if i == 0 else " " + word
+                if drip:
+                    time.sleep(cfg["delay_ms"] / 1000.0)
+                event("content_block_delta", {
+                    "type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": piece}})
+            event("content_block_stop", {"type": "content_block_stop",
+                                         "index": 0})
+            event("message_delta", {"type": "message_delta", "delta": {
+                "stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": len(words)}})
+            event("message_stop", {"type": "message_stop"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--port-file", help="write the bound port here")
+    args = ap.parse_args()
+    ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer.request_queue_size = 1024
+    srv = ThreadingHTTPServer((args.host, args.port), Handler)
+    port = srv.server_address[1]
+    if args.port_file:
+        tmp = args.port_file + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % port)
+        os.rename(tmp, args.port_file)
+    else:
+        print(port, flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

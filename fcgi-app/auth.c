@@ -78,7 +78,11 @@ auth_key_generate(char key[KEY_LEN + 1], char id[KEY_ID_LEN + 1])
 	sodium_memzero(raw, sizeof raw);
 	if (strlen(b64) != KEY_SECRET_LEN)
 		return (-1);
-	snprintf(key, KEY_LEN + 1, "%s%s_%s", KEY_PREFIX, id, b64);
+	memcpy(key, KEY_PREFIX, 4);
+	memcpy(key + 4, id, KEY_ID_LEN);
+	key[4 + KEY_ID_LEN] = '_';
+	memcpy(key + 5 + KEY_ID_LEN, b64, KEY_SECRET_LEN);
+	key[KEY_LEN] = '\0';
 	sodium_memzero(b64, sizeof b64);
 	return (0);
 }

@@ -247,6 +247,9 @@ class Stack:
                     raise
         subprocess.run([os.path.join(SRCDIR, "deploy", "mariadb-private"),
                         "stop", self.path("db")], capture_output=True)
+        reports = self.sanitizer_reports()
+        if reports and check:
+            raise AssertionError("sanitizer reports:\n" + "\n".join(reports))
         left = self.leftovers()
         if left and check:
             for pid, _ in left:
@@ -257,6 +260,20 @@ class Stack:
             raise AssertionError("processes left behind: %r" % left)
         if check and not os.environ.get("CCGATE_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+    def sanitizer_reports(self):
+        """ASan, LSan and UBSan reports in our daemons' logs."""
+        found = []
+        for name in ("poold.log", "fcgi.log"):
+            p = self.path(name)
+            if not os.path.exists(p):
+                continue
+            text = open(p, errors="replace").read()
+            for m in re.finditer(r"(ERROR: (Address|Leak)Sanitizer.*|"
+                                 r".*runtime error:.*)", text):
+                start = max(0, m.start() - 200)
+                found.append("%s: %s" % (name, text[start:m.end() + 1500]))
+        return found
 
     def leftovers(self):
         """Processes whose cwd or command line lies in the stack's dir."""

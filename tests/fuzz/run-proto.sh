@@ -1,0 +1,4 @@
+#!/bin/sh
+# Run the frame decoder's fuzz target over its seed corpus (or, built with
+# --enable-fuzzing, fuzz it for CCGATE_FUZZ_SECONDS, default 10).
+exec "$(dirname "$0")/run-target.sh" proto

@@ -1,0 +1,198 @@
+/* Unit tests: key format and hashing, routes, JSON depth, dialects. */
+#include "config.h"
+
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "app.h"
+#include "request.h"
+
+START_TEST(test_key_format)
+{
+	char	key[KEY_LEN + 1], id[KEY_ID_LEN + 1], id2[KEY_ID_LEN + 1];
+	char	bad[KEY_LEN + 1];
+
+	ck_assert_int_eq(auth_key_generate(key, id), 0);
+	ck_assert_uint_eq(strlen(key), KEY_LEN);
+	ck_assert_int_eq(strncmp(key, "ccg_", 4), 0);
+	ck_assert_int_eq(auth_key_parse(key, id2), 0);
+	ck_assert_str_eq(id, id2);
+
+	memcpy(bad, key, sizeof bad);
+	bad[0] = 'x';
+	ck_assert_int_eq(auth_key_parse(bad, id2), -1);
+	memcpy(bad, key, sizeof bad);
+	bad[20] = '-';			/* the separator */
+	ck_assert_int_eq(auth_key_parse(bad, id2), -1);
+	memcpy(bad, key, sizeof bad);
+	bad[5] = 'A';			/* ids are lower case base32 */
+	ck_assert_int_eq(auth_key_parse(bad, id2), -1);
+	memcpy(bad, key, sizeof bad);
+	bad[30] = '\'';			/* outside base64url */
+	ck_assert_int_eq(auth_key_parse(bad, id2), -1);
+	ck_assert_int_eq(auth_key_parse(NULL, id2), -1);
+	ck_assert_int_eq(auth_key_parse("", id2), -1);
+	ck_assert_int_eq(auth_key_parse("ccg_", id2), -1);
+	key[KEY_LEN - 1] = '\0';	/* one short */
+	ck_assert_int_eq(auth_key_parse(key, id2), -1);
+}
+END_TEST
+
+START_TEST(test_key_hash)
+{
+	uint8_t	s1[32], s2[32], h1[32], h2[32], h3[32];
+	char	key[KEY_LEN + 1], id[KEY_ID_LEN + 1];
+
+	memset(s1, 1, sizeof s1);
+	memset(s2, 2, sizeof s2);
+	ck_assert_int_eq(auth_key_generate(key, id), 0);
+	auth_key_hash(s1, key, h1);
+	auth_key_hash(s1, key, h2);
+	auth_key_hash(s2, key, h3);
+	ck_assert_int_eq(memcmp(h1, h2, 32), 0);
+	ck_assert_int_ne(memcmp(h1, h3, 32), 0);	/* keyed */
+	key[KEY_LEN - 1] ^= 1;
+	auth_key_hash(s1, key, h2);
+	ck_assert_int_ne(memcmp(h1, h2, 32), 0);
+}
+END_TEST
+
+START_TEST(test_two_keys_differ)
+{
+	char	k1[KEY_LEN + 1], k2[KEY_LEN + 1];
+	char	i1[KEY_ID_LEN + 1], i2[KEY_ID_LEN + 1];
+
+	ck_assert_int_eq(auth_key_generate(k1, i1), 0);
+	ck_assert_int_eq(auth_key_generate(k2, i2), 0);
+	ck_assert_str_ne(k1, k2);
+	ck_assert_str_ne(i1, i2);
+}
+END_TEST
+
+/* Match a route and check the outcome. */
+static void
+expect_route(const char *m, const char *p, enum route_id id, int status,
+    const char *param)
+{
+	struct route	r;
+
+	route_match(m, p, &r);
+	ck_assert_msg(r.id == id, "%s %s: route %d, want %d", m, p, r.id, id);
+	ck_assert_int_eq(r.status, status);
+	if (param != NULL)
+		ck_assert_str_eq(r.param, param);
+}
+
+START_TEST(test_routes)
+{
+	struct route	r;
+	char		long_id[300];
+
+	expect_route("GET", "/healthz", ROUTE_HEALTHZ, 0, NULL);
+	expect_route("POST", "/api/chat", ROUTE_CHAT, 0, NULL);
+	expect_route("POST", "/api/conversations", ROUTE_CONV_CREATE, 0, NULL);
+	expect_route("GET", "/api/conversations/abc", ROUTE_CONV_GET, 0, "abc");
+	expect_route("GET", "/api/chat", ROUTE_NONE, 405, NULL);
+	expect_route("POST", "/api/chat/", ROUTE_NONE, 404, NULL);
+	expect_route("GET", "/api/conversations/", ROUTE_NONE, 404, NULL);
+	expect_route("GET", "/api/conversations/a/b", ROUTE_NONE, 404, NULL);
+	expect_route("GET", "/", ROUTE_NONE, 404, NULL);
+	expect_route("GET", "", ROUTE_NONE, 404, NULL);
+	route_match("DELETE", "/api/chat", &r);
+	ck_assert_str_eq(r.allow, "POST");
+	ck_assert_int_eq(r.dialect, DIALECT_NATIVE);
+	route_match("GET", "/v1/nothing", &r);
+	ck_assert_int_eq(r.dialect, DIALECT_OPENAI);
+	route_match("GET", "/v1/messages/x", &r);
+	ck_assert_int_eq(r.dialect, DIALECT_ANTHROPIC);
+	/* An over-long id still matches, with the id left empty (404). */
+	memset(long_id, 'a', sizeof long_id);
+	memcpy(long_id, "/api/conversations/", 19);
+	long_id[sizeof long_id - 1] = '\0';
+	expect_route("GET", long_id, ROUTE_CONV_GET, 0, "");
+}
+END_TEST
+
+START_TEST(test_json_depth)
+{
+	const char	*ok = "{\"a\":[{\"b\":\"[[[[[[[[\"}]}";
+	const char	*deep = "[[[[[[[[[[]]]]]]]]]]";
+	const char	*esc = "{\"a\":\"\\\"[[[[[[[[[[\"}";
+
+	ck_assert_int_eq(req_json_depth_ok(ok, strlen(ok), 3), 0);
+	ck_assert_int_eq(req_json_depth_ok(deep, strlen(deep), 9), -1);
+	ck_assert_int_eq(req_json_depth_ok(deep, strlen(deep), 10), 0);
+	ck_assert_int_eq(req_json_depth_ok(esc, strlen(esc), 1), 0);
+}
+END_TEST
+
+START_TEST(test_dialects)
+{
+	json_t	*e;
+
+	e = dialect_error(DIALECT_NATIVE, "not_found_error", "gone");
+	ck_assert(json_is_false(json_object_get(e, "success")));
+	ck_assert_str_eq(json_string_value(json_object_get(json_object_get(e,
+	    "error"), "message")), "gone");
+	json_decref(e);
+	e = dialect_error(DIALECT_OPENAI, "invalid_request_error", "bad");
+	ck_assert(json_is_null(json_object_get(json_object_get(e, "error"),
+	    "param")));
+	json_decref(e);
+	e = dialect_error(DIALECT_ANTHROPIC, "overloaded_error", "busy");
+	ck_assert_str_eq(json_string_value(json_object_get(e, "type")),
+	    "error");
+	json_decref(e);
+	ck_assert_str_eq(dialect_error_type(DIALECT_NATIVE, 401),
+	    "authentication_error");
+	ck_assert_str_eq(dialect_error_type(DIALECT_OPENAI, 429),
+	    "rate_limit_exceeded");
+	ck_assert_str_eq(dialect_error_type(DIALECT_ANTHROPIC, 503),
+	    "overloaded_error");
+}
+END_TEST
+
+START_TEST(test_title)
+{
+	char	*t;
+	char	 long_msg[200];
+
+	t = conv_title_from_message("short");
+	ck_assert_str_eq(t, "short");
+	free(t);
+	/* 79 ASCII bytes then a 2-byte character: cut before it. */
+	memset(long_msg, 'a', 79);
+	memcpy(long_msg + 79, "\xc3\xa9tail", 7);
+	t = conv_title_from_message(long_msg);
+	ck_assert_uint_eq(strlen(t), 79);
+	free(t);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite	*s = suite_create("app");
+	TCase	*tc = tcase_create("core");
+	SRunner	*sr;
+	int	 failed;
+
+	if (sodium_init() < 0)
+		return (1);
+	tcase_add_test(tc, test_key_format);
+	tcase_add_test(tc, test_key_hash);
+	tcase_add_test(tc, test_two_keys_differ);
+	tcase_add_test(tc, test_routes);
+	tcase_add_test(tc, test_json_depth);
+	tcase_add_test(tc, test_dialects);
+	tcase_add_test(tc, test_title);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return (failed == 0 ? 0 : 1);
+}

@@ -1,0 +1,140 @@
+/* Unit tests: the CLI's stream-json lines, as the real CLI writes them. */
+#include "config.h"
+
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+/* Parse a line; fail the test on a parse error. */
+static void
+parse(const char *line, struct cli_msg *m)
+{
+	char	*cause = NULL;
+
+	ck_assert_msg(cli_parse_line(line, strlen(line), m, &cause) == 0,
+	    "%s", cause != NULL ? cause : "");
+}
+
+START_TEST(test_init)
+{
+	struct cli_msg	m;
+
+	parse("{\"type\":\"system\",\"subtype\":\"init\",\"cwd\":\"/x\","
+	    "\"session_id\":\"b336fb12-f0ce-4a61-8678-e60736e689a2\","
+	    "\"tools\":[],\"model\":\"claude-sonnet-4-5\"}", &m);
+	ck_assert_int_eq(m.kind, CLI_INIT);
+	ck_assert_str_eq(m.session_id, "b336fb12-f0ce-4a61-8678-e60736e689a2");
+	ck_assert_str_eq(m.model, "claude-sonnet-4-5");
+	ck_assert_int_eq(m.ntools, 0);
+	cli_msg_clear(&m);
+}
+END_TEST
+
+START_TEST(test_delta)
+{
+	struct cli_msg	m;
+
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"content_block_delta\",\"index\":0,\"delta\":{\"type\":"
+	    "\"text_delta\",\"text\":\" wor\\u00e9ld\\n\"}},\"session_id\":"
+	    "\"b336fb12-f0ce-4a61-8678-e60736e689a2\"}", &m);
+	ck_assert_int_eq(m.kind, CLI_DELTA);
+	ck_assert_str_eq(m.text, " wor\xc3\xa9ld\n");
+	cli_msg_clear(&m);
+	/* Other stream events and other delta types are not text. */
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"message_start\"}}", &m);
+	ck_assert_int_eq(m.kind, CLI_OTHER);
+	cli_msg_clear(&m);
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"content_block_delta\",\"delta\":{\"type\":\"input_json_delta\","
+	    "\"partial_json\":\"{\"}}}", &m);
+	ck_assert_int_eq(m.kind, CLI_OTHER);
+	cli_msg_clear(&m);
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"content_block_delta\",\"delta\":{\"type\":\"text_delta\","
+	    "\"text\":7}}}", &m);
+	ck_assert_int_eq(m.kind, CLI_OTHER);
+	cli_msg_clear(&m);
+}
+END_TEST
+
+START_TEST(test_result)
+{
+	struct cli_msg	m;
+
+	parse("{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":false,"
+	    "\"duration_ms\":77,\"result\":\"mock reply #1: hello there\","
+	    "\"session_id\":\"b336fb12-f0ce-4a61-8678-e60736e689a2\","
+	    "\"total_cost_usd\":0.012267,\"usage\":{\"input_tokens\":4064,"
+	    "\"cache_creation_input_tokens\":3,\"cache_read_input_tokens\":2,"
+	    "\"output_tokens\":5}}", &m);
+	ck_assert_int_eq(m.kind, CLI_RESULT);
+	ck_assert_int_eq(m.is_error, 0);
+	ck_assert_int_eq(m.input_tokens, 4064);
+	ck_assert_int_eq(m.output_tokens, 5);
+	ck_assert_int_eq(m.cache_read_tokens, 2);
+	ck_assert_int_eq(m.cache_creation_tokens, 3);
+	ck_assert_double_eq_tol(m.cost_usd, 0.012267, 1e-9);
+	ck_assert_int_eq(m.duration_ms, 77);
+	ck_assert_str_eq(m.text, "mock reply #1: hello there");
+	cli_msg_clear(&m);
+
+	parse("{\"type\":\"result\",\"subtype\":\"error_during_execution\","
+	    "\"is_error\":true,\"usage\":{\"input_tokens\":-5}}", &m);
+	ck_assert_int_eq(m.kind, CLI_RESULT);
+	ck_assert_int_eq(m.is_error, 1);
+	ck_assert_int_eq(m.input_tokens, 0);
+	ck_assert_str_eq(m.subtype, "error_during_execution");
+	cli_msg_clear(&m);
+}
+END_TEST
+
+START_TEST(test_retry_and_junk)
+{
+	struct cli_msg	 m;
+	char		*cause = NULL;
+
+	parse("{\"type\":\"system\",\"subtype\":\"api_retry\",\"attempt\":1,"
+	    "\"error_status\":529}", &m);
+	ck_assert_int_eq(m.kind, CLI_RETRY);
+	ck_assert_int_eq(m.error_status, 529);
+	cli_msg_clear(&m);
+	/* A session id that is not 36 characters is not taken. */
+	parse("{\"type\":\"system\",\"subtype\":\"init\",\"session_id\":"
+	    "\"b336fb12-f0ce-4a61-8678-e60736e689a2xxxx\"}", &m);
+	ck_assert_str_eq(m.session_id, "");
+	cli_msg_clear(&m);
+	parse("{}", &m);
+	ck_assert_int_eq(m.kind, CLI_OTHER);
+	cli_msg_clear(&m);
+	ck_assert_int_eq(cli_parse_line("not json", 8, &m, &cause), -1);
+	ck_assert_ptr_nonnull(strstr(cause, "bad CLI line"));
+	free(cause);
+	cause = NULL;
+	ck_assert_int_eq(cli_parse_line("[1]", 3, &m, &cause), -1);
+	free(cause);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite	*s = suite_create("cli");
+	TCase	*tc = tcase_create("lines");
+	SRunner	*sr;
+	int	 failed;
+
+	tcase_add_test(tc, test_init);
+	tcase_add_test(tc, test_delta);
+	tcase_add_test(tc, test_result);
+	tcase_add_test(tc, test_retry_and_junk);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return (failed == 0 ? 0 : 1);
+}

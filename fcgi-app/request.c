@@ -22,6 +22,8 @@
 #include "request.h"
 
 #define REQ_MAX_HEADERS	2048
+/* 12 significant digits: costs print as 0.012453, not 0.012453000000000001. */
+#define REQ_JSON_FLAGS	(JSON_COMPACT | JSON_REAL_PRECISION(12))
 
 struct request {
 	FCGX_Request	*fx;
@@ -144,7 +146,7 @@ req_send_json(struct request *r, int status, json_t *body)
 		json_decref(body);
 		return;
 	}
-	s = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+	s = body != NULL ? json_dumps(body, REQ_JSON_FLAGS) : NULL;
 	json_decref(body);
 	if (s == NULL) {
 		req_head(r, 500, "application/json");
@@ -228,7 +230,7 @@ req_sse_json(struct request *r, json_t *obj)
 	char	*s;
 	int	 rc;
 
-	if ((s = json_dumps(obj, JSON_COMPACT)) == NULL)
+	if ((s = json_dumps(obj, REQ_JSON_FLAGS)) == NULL)
 		return (-1);
 	rc = req_sse_data(r, s);
 	free(s);

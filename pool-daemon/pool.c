@@ -405,20 +405,22 @@ pool_find_warm(const struct profile *pr)
 
 /*
  * Kill the least recently used idle process to make room: a bound one
- * first (its session resumes later), then a warm one.  Returns 1 if one
+ * first (its session resumes later), then a warm one.  With tenant set,
+ * only that tenant's bound processes are candidates.  Returns 1 if one
  * was killed.
  */
 static int
-pool_evict(void)
+pool_evict(const char *tenant)
 {
 	struct proc	*p, *lru = NULL;
 
 	TAILQ_FOREACH(p, &poold->procs, entry) {
-		if (p->state == PROC_BOUND && (lru == NULL ||
+		if (p->state == PROC_BOUND && (tenant == NULL ||
+		    strcmp(p->tenant, tenant) == 0) && (lru == NULL ||
 		    p->last_used_at < lru->last_used_at))
 			lru = p;
 	}
-	if (lru == NULL) {
+	if (lru == NULL && tenant == NULL) {
 		TAILQ_FOREACH(p, &poold->procs, entry) {
 			if (p->state == PROC_WARM) {
 				lru = p;
@@ -459,11 +461,17 @@ pool_place(struct job *job, int *evicting)
 		proc_kill(p);
 	}
 
+	/* A tenant never holds more than tenant_max_processes live processes. */
+	if (pool_count(PROC_BOUND, job->tenant) + pool_count(PROC_BUSY,
+	    job->tenant) >= cf->tenant_max_processes) {
+		if (pool_count(PROC_DYING, NULL) == 0)
+			(void)pool_evict(job->tenant);
+		return (0);
+	}
+
 	pool_default_profile(&def);
 	if (job->resume[0] == '\0' && profile_equal(&job->profile, &def) &&
-	    (p = pool_find_warm(&def)) != NULL &&
-	    pool_count(PROC_BOUND, job->tenant) + pool_count(PROC_BUSY,
-	    job->tenant) < cf->tenant_max_processes) {
+	    (p = pool_find_warm(&def)) != NULL) {
 		if (pool_start(job, p, ORIGIN_WARM) == 0)
 			return (1);
 		proc_kill(p);
@@ -472,7 +480,7 @@ pool_place(struct job *job, int *evicting)
 
 	if (poold->nprocs >= cf->max_instances) {
 		if (!*evicting && pool_count(PROC_DYING, NULL) == 0)
-			*evicting = pool_evict();
+			*evicting = pool_evict(NULL);
 		return (0);
 	}
 	resume = job->resume[0] != '\0';
@@ -760,6 +768,7 @@ pool_tick(void *arg)
 	struct job		*job, *jnext;
 	struct proc		*p, *pnext;
 	uint64_t		 now;
+	int			 excess;
 
 	proc_reap();
 	now = util_now_ms();
@@ -799,6 +808,15 @@ pool_tick(void *arg)
 		    (uint64_t)cf->max_instance_age_ms) {
 			poold->stats.recycled++;
 			proc_kill(p);
+		}
+	}
+	/* Warm processes above min_instances (after set_limits) go, oldest first. */
+	excess = pool_count(PROC_WARM, NULL) - (int)cf->min_instances;
+	for (p = TAILQ_FIRST(&poold->procs); p != NULL && excess > 0;
+	    p = TAILQ_NEXT(p, entry)) {
+		if (p->state == PROC_WARM) {
+			proc_kill(p);
+			excess--;
 		}
 	}
 	if (now - poold->last_health >= (uint64_t)cf->health_check_interval_ms) {
@@ -1009,7 +1027,7 @@ pool_set_limits(json_t *msg, char **cause)
 	cf->min_instances = min;
 	cf->max_instances = max;
 	log_info("limits set: min %ld, max %ld", min, max);
-	while (poold->nprocs > cf->max_instances && pool_evict())
+	while (poold->nprocs > cf->max_instances && pool_evict(NULL))
 		;
 	pool_dispatch();
 	return (0);

@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Latency benchmark, one run, ratios against baselines measured in the
+same run (never absolute targets):
+
+  1. time to first delta, a turn on a warm CLI: the CLI driven directly
+     (stream-json on its pipes) against the gateway (HTTPS through nginx,
+     ccgate-fcgi, ccgate-poold, to the conversation's bound process);
+  2. a new conversation's first delta: a warm process against a cold spawn
+     (min_instances=0, as wrappers that spawn one CLI per request do).
+
+Both sides talk to the same mock upstream.  Run with `make bench`; writes
+docs/benchmarks.md (or the path in CCGATE_BENCH_OUT) and prints a table.
+"""
+
+import datetime
+import json
+import os
+import platform
+import select
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "integration"))
+from harness import Stack, CLAUDE, SRCDIR  # noqa: E402
+
+N_TURNS = int(os.environ.get("CCGATE_BENCH_TURNS", "40"))
+N_NEW = int(os.environ.get("CCGATE_BENCH_NEW", "12"))
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round((len(xs) - 1) * p / 100.0)))]
+
+
+def summary(xs):
+    return {"n": len(xs), "p50": pct(xs, 50), "p90": pct(xs, 90),
+            "mean": statistics.mean(xs)}
+
+
+def direct_cli(stack, n):
+    """Time to first text delta of n turns on one warm CLI, driven directly."""
+    home = stack.path("bench-direct")
+    os.makedirs(os.path.join(home, ".claude"), exist_ok=True)
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home,
+           "CLAUDE_CONFIG_DIR": os.path.join(home, ".claude"),
+           "LANG": "C.UTF-8", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+           "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+           "ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % stack.mock_port,
+           "ANTHROPIC_API_KEY": "sk-ccgate-test"}
+    p = subprocess.Popen(
+        [CLAUDE, "-p", "--input-format=stream-json",
+         "--output-format=stream-json", "--verbose",
+         "--include-partial-messages", "--setting-sources=user",
+         "--strict-mcp-config", "--tools=", "--model=claude-sonnet-4-5"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        cwd=home, env=env, bufsize=0)
+    buf = b""
+
+    def readline(timeout=30):
+        nonlocal buf
+        deadline = time.time() + timeout
+        while b"\n" not in buf:
+            r, _, _ = select.select([p.stdout], [], [], deadline - time.time())
+            if not r:
+                raise RuntimeError("direct CLI: no output")
+            chunk = os.read(p.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError("direct CLI exited")
+            buf += chunk
+        line, buf = buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def turn(text):
+        t0 = time.perf_counter()
+        p.stdin.write((json.dumps({"type": "user", "message": {
+            "role": "user", "content": text}}) + "\n").encode())
+        first = None
+        while True:
+            m = readline()
+            if (first is None and m.get("type") == "stream_event" and
+                    m["event"].get("type") == "content_block_delta"):
+                first = (time.perf_counter() - t0) * 1000
+            if m.get("type") == "result":
+                return first
+
+    time.sleep(1.5)          # let it finish starting: a warm process
+    turn("warm-up")
+    times = [turn("direct turn %d" % i) for i in range(n)]
+    p.stdin.close()
+    p.wait(10)
+    return times
+
+
+def gateway_first_delta(stack, conn, key, body):
+    """Time from sending the request to the first delta event, in ms."""
+    t0 = time.perf_counter()
+    conn.request("POST", "/api/chat", body=json.dumps(body).encode(),
+                 headers={"Authorization": "Bearer " + key,
+                          "Content-Type": "application/json"})
+    r = conn.getresponse()
+    if r.status != 200:
+        raise RuntimeError("gateway answered %d: %s" % (r.status, r.read()))
+    first, cid = None, None
+    for line in r:
+        if first is None and line.startswith(b'data: {"type":"delta"'):
+            first = (time.perf_counter() - t0) * 1000
+        if line.startswith(b'data: {"type":"done"'):
+            cid = json.loads(line[6:])["conversation_id"]
+        if line.startswith(b"data: [DONE]"):
+            break
+    r.read()
+    return first, cid
+
+
+def wait_warm(stack, n):
+    deadline = time.time() + 30
+    while stack.stats()["processes_by_state"]["warm"] < n:
+        if time.time() > deadline:
+            raise RuntimeError("warm processes did not come back")
+        time.sleep(0.05)
+    time.sleep(1.5)          # and let the newest finish starting
+
+
+def main():
+    stack = Stack({"min_instances": 2, "max_instances": 32,
+                   "tenant_max_processes": 64,
+                   "idle_timeout_ms": 600000}, name="bench").start()
+    try:
+        key = stack.create_key("bench", user="bench")
+        direct = direct_cli(stack, N_TURNS)
+
+        conn = stack.conn()
+        _, cid = gateway_first_delta(stack, conn, key, {
+            "message": "gateway warm-up", "stream": True})
+        bound = []
+        for i in range(N_TURNS):
+            t, _ = gateway_first_delta(stack, conn, key, {
+                "message": "gateway turn %d" % i, "stream": True,
+                "conversation_id": cid})
+            bound.append(t)
+
+        warm = []
+        for i in range(N_NEW):
+            wait_warm(stack, 2)
+            t, _ = gateway_first_delta(stack, conn, key, {
+                "message": "new warm %d" % i, "stream": True})
+            warm.append(t)
+        placed_warm = stack.stats()["placed"]["warm"]
+
+        stack.poold({"type": "set_limits", "min_instances": 0})
+        deadline = time.time() + 10
+        while stack.stats()["processes_by_state"]["warm"] > 0:
+            if time.time() > deadline:
+                raise RuntimeError("warm processes were not reaped")
+            time.sleep(0.05)
+        before = stack.stats()["placed"]["spawned"]
+        cold = []
+        for i in range(N_NEW):
+            t, _ = gateway_first_delta(stack, conn, key, {
+                "message": "new cold %d" % i, "stream": True})
+            cold.append(t)
+        spawned = stack.stats()["placed"]["spawned"] - before
+        conn.close()
+        if spawned != N_NEW or placed_warm < N_NEW:
+            raise RuntimeError("placement was not as planned: %d spawned, "
+                               "%d warm" % (spawned, placed_warm))
+    finally:
+        stack.stop()
+    report(direct, bound, warm, cold)
+
+
+def report(direct, bound, warm, cold):
+    d, b, w, c = (summary(x) for x in (direct, bound, warm, cold))
+    cpu = "unknown"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    now = datetime.datetime.now(datetime.timezone.utc)
+    rows = [
+        ("turn on a warm CLI, driven directly (baseline)", d),
+        ("turn on the conversation's bound CLI, through nginx + fcgi + poold", b),
+        ("new conversation, warm process (gateway)", w),
+        ("new conversation, cold spawn (gateway, min_instances=0)", c),
+    ]
+    table = ["| case | n | p50 ms | p90 ms | mean ms |", "|---|---|---|---|---|"]
+    for name, s in rows:
+        table.append("| %s | %d | %.1f | %.1f | %.1f |" % (
+            name, s["n"], s["p50"], s["p90"], s["mean"]))
+    ratios = [
+        "- Gateway overhead on a turn: p50 %.1f ms added (%.2fx the direct "
+        "CLI's time to first delta)." % (b["p50"] - d["p50"], b["p50"] / d["p50"]),
+        "- New conversation: a warm process gives the first delta %.1fx "
+        "sooner than a cold spawn (p50 %.1f ms against %.1f ms)." % (
+            c["p50"] / w["p50"], w["p50"], c["p50"]),
+    ]
+    text = "\n".join([
+        "# Benchmarks",
+        "",
+        "Measured by `make bench` (tests/bench/bench_latency.py) in one run,",
+        "each figure beside its baseline from the same run. Both sides talk",
+        "to the project's mock upstream on loopback, so these times are the",
+        "CLI's and ccgate's own, not the model's.",
+        "",
+        "- Date: %s" % now.strftime("%Y-%m-%d %H:%M UTC"),
+        "- Machine: %d cores (%s), %s, Linux %s" % (
+            os.cpu_count(), cpu, platform.machine(), platform.release()),
+        "- CLI: %s" % subprocess.run([CLAUDE, "--version"], capture_output=True,
+                                     text=True).stdout.strip(),
+        "- Time to first delta: from writing the turn (direct) or sending the",
+        "  HTTPS request on a kept-alive connection (gateway) to the first text",
+        "  delta.",
+        "",
+        "## Time to first delta",
+        "",
+    ] + table + ["", "## Ratios", ""] + ratios + [""])
+    out = os.environ.get("CCGATE_BENCH_OUT",
+                         os.path.join(SRCDIR, "docs", "benchmarks.md"))
+    with open(out, "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -154,7 +154,7 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 	if ((job = calloc(1, sizeof *job)) == NULL)
 		return (*cause = strdup("out of memory"), -1);
 	job->client = c;
-	job->state = JOB_QUEUED;
+	job->state = JOB_NEW;
 	job->accepted_at = util_now_ms();
 	job->timeout_ms = timeout;
 	snprintf(job->id, sizeof job->id, "%s", id != NULL ? id : "");
@@ -189,6 +189,7 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 		return (0);
 	}
 	TAILQ_INSERT_TAIL(&poold->queue, job, entry);
+	job->state = JOB_QUEUED;
 	pool_dispatch();
 	return (0);
 }
@@ -292,16 +293,21 @@ pool_count(enum proc_state st, const char *tenant)
 	return (n);
 }
 
-/* Return 1 if another job of the same conversation is running. */
+/*
+ * Return 1 if the conversation cannot take a turn now: another of its
+ * jobs is running, or its previous process is still exiting (and may
+ * still be writing the transcript a resume would read).
+ */
 static int
 pool_conversation_busy(const struct job *job)
 {
 	struct proc	*p;
 
 	TAILQ_FOREACH(p, &poold->procs, entry) {
-		if (p->job != NULL && p->job != job &&
-		    strcmp(p->job->conversation, job->conversation) == 0 &&
-		    strcmp(p->job->tenant, job->tenant) == 0)
+		if (strcmp(p->tenant, job->tenant) != 0 ||
+		    strcmp(p->conversation, job->conversation) != 0)
+			continue;
+		if ((p->job != NULL && p->job != job) || p->state == PROC_DYING)
 			return (1);
 	}
 	return (0);
@@ -432,7 +438,7 @@ pool_evict(const char *tenant)
 		return (0);
 	log_info("evicting idle CLI %ld to make room", (long)lru->pid);
 	poold->stats.evicted++;
-	proc_kill(lru);
+	proc_stop(lru);
 	return (1);
 }
 
@@ -458,7 +464,8 @@ pool_place(struct job *job, int *evicting)
 			return (0);
 		}
 		/* The conversation changed profile: resume it in a new one. */
-		proc_kill(p);
+		proc_stop(p);
+		return (0);
 	}
 
 	/* A tenant never holds more than tenant_max_processes live processes. */
@@ -636,7 +643,7 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 		log_info("recycling CLI %ld after %u turns", (long)p->pid,
 		    p->turns);
 		poold->stats.recycled++;
-		proc_kill(p);
+		proc_stop(p);
 	}
 	pool_dispatch();
 }
@@ -772,6 +779,7 @@ pool_tick(void *arg)
 
 	proc_reap();
 	now = util_now_ms();
+	proc_tick(now);
 	for (job = TAILQ_FIRST(&poold->queue); job != NULL; job = jnext) {
 		jnext = TAILQ_NEXT(job, entry);
 		if (now - job->accepted_at >= (uint64_t)cf->queue_max_wait_ms)
@@ -802,12 +810,12 @@ pool_tick(void *arg)
 		if (p->state == PROC_BOUND && now - p->last_used_at >=
 		    (uint64_t)cf->idle_timeout_ms) {
 			log_debug("CLI %ld idle: stopping", (long)p->pid);
-			proc_kill(p);
+			proc_stop(p);
 		} else if ((p->state == PROC_BOUND || p->state == PROC_WARM) &&
 		    cf->max_instance_age_ms > 0 && now - p->started_at >=
 		    (uint64_t)cf->max_instance_age_ms) {
 			poold->stats.recycled++;
-			proc_kill(p);
+			proc_stop(p);
 		}
 	}
 	/* Warm processes above min_instances (after set_limits) go, oldest first. */
@@ -815,7 +823,7 @@ pool_tick(void *arg)
 	for (p = TAILQ_FIRST(&poold->procs); p != NULL && excess > 0;
 	    p = TAILQ_NEXT(p, entry)) {
 		if (p->state == PROC_WARM) {
-			proc_kill(p);
+			proc_stop(p);
 			excess--;
 		}
 	}
@@ -836,8 +844,10 @@ pool_tick(void *arg)
 		TAILQ_FOREACH(p, &poold->procs, entry)
 			busy += p->job != NULL;
 		TAILQ_FOREACH(p, &poold->procs, entry) {
-			if (p->job == NULL || now >= poold->stop_deadline)
+			if (now >= poold->stop_deadline)
 				proc_kill(p);
+			else if (p->job == NULL)
+				proc_stop(p);
 		}
 		if (busy == 0 && poold->nprocs == 0)
 			loop_stop(poold->loop);
@@ -952,12 +962,20 @@ pool_stats(void)
 	    json_integer((json_int_t)(now - st->started_at)));
 	json_object_set_new(f, "draining", json_boolean(poold->draining));
 	json_object_set_new(f, "limits", json_pack("{s:I, s:I, s:I, s:I, s:I, "
-	    "s:I}", "min_instances", (json_int_t)cf->min_instances,
+	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	    "min_instances", (json_int_t)cf->min_instances,
 	    "max_instances", (json_int_t)cf->max_instances,
 	    "tenant_max_jobs", (json_int_t)cf->tenant_max_jobs,
 	    "tenant_max_processes", (json_int_t)cf->tenant_max_processes,
 	    "queue_max", (json_int_t)cf->queue_max,
-	    "queue_max_wait_ms", (json_int_t)cf->queue_max_wait_ms));
+	    "queue_max_wait_ms", (json_int_t)cf->queue_max_wait_ms,
+	    "job_timeout_ms", (json_int_t)cf->job_timeout_ms,
+	    "first_event_timeout_ms", (json_int_t)cf->first_event_timeout_ms,
+	    "stall_timeout_ms", (json_int_t)cf->stall_timeout_ms,
+	    "idle_timeout_ms", (json_int_t)cf->idle_timeout_ms,
+	    "max_messages_per_instance",
+	    (json_int_t)cf->max_messages_per_instance,
+	    "max_instance_age_ms", (json_int_t)cf->max_instance_age_ms));
 	json_object_set_new(f, "totals", json_pack("{s:I, s:I, s:I, s:I, s:I, "
 	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 	    "jobs", (json_int_t)st->jobs,
@@ -1027,7 +1045,9 @@ pool_set_limits(json_t *msg, char **cause)
 	cf->min_instances = min;
 	cf->max_instances = max;
 	log_info("limits set: min %ld, max %ld", min, max);
-	while (poold->nprocs > cf->max_instances && pool_evict(NULL))
+	/* Evict only the excess: stopping processes no longer count. */
+	while (poold->nprocs - pool_count(PROC_DYING, NULL) >
+	    cf->max_instances && pool_evict(NULL))
 		;
 	pool_dispatch();
 	return (0);

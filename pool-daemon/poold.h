@@ -27,6 +27,7 @@
 #define POOLD_STDERR_KEEP	2048
 #define POOLD_ENV_MAX		64
 #define POOLD_SAMPLES		1024
+#define POOLD_STOP_GRACE_MS	3000
 
 struct client;
 struct job;
@@ -118,6 +119,7 @@ struct proc {
 	int			 eof;
 	int			 reaped;
 	int			 crashed;	/* exited without being killed */
+	uint64_t		 kill_at;	/* stopping: SIGKILL from then */
 	int			 status;
 
 	struct job		*job;
@@ -126,6 +128,7 @@ struct proc {
 TAILQ_HEAD(procs, proc);
 
 enum job_state {
+	JOB_NEW,		/* validated, not yet queued */
 	JOB_QUEUED,
 	JOB_RUNNING,
 	JOB_FINISHED
@@ -244,6 +247,8 @@ struct proc	*proc_spawn(const struct profile *, const char *, const char *,
 		     int, char **);
 int		 proc_write(struct proc *, const char *, size_t);
 void		 proc_kill(struct proc *);
+void		 proc_stop(struct proc *);
+void		 proc_tick(uint64_t);
 void		 proc_reap(void);
 void		 proc_free(struct proc *);
 long		 proc_rss_kb(pid_t);

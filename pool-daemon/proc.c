@@ -498,16 +498,51 @@ proc_err_cb(struct loop_io *io, uint32_t events)
 	p->errtail[p->errlen] = '\0';
 }
 
-/* Kill the process group; the process is freed once reaped and at EOF. */
+/* Kill the process group now; it is freed once reaped and at EOF. */
 void
 proc_kill(struct proc *p)
+{
+	if (p->state == PROC_DYING && p->kill_at == 0)
+		return;
+	p->state = PROC_DYING;
+	p->kill_at = 0;
+	if (!p->reaped && kill(-p->pid, SIGKILL) == -1 && errno != ESRCH)
+		log_warn("kill %ld", (long)p->pid);
+	proc_close_fd(p, &p->in_io, &p->in_fd);
+}
+
+/*
+ * Stop an idle process gracefully: close its stdin so the CLI finishes
+ * writing its transcript and exits by itself (it writes the transcript
+ * just after each turn, so SIGKILL would lose context); proc_tick kills
+ * it if it is still there after POOLD_STOP_GRACE_MS.
+ */
+void
+proc_stop(struct proc *p)
 {
 	if (p->state == PROC_DYING)
 		return;
 	p->state = PROC_DYING;
-	if (!p->reaped && kill(-p->pid, SIGKILL) == -1 && errno != ESRCH)
-		log_warn("kill %ld", (long)p->pid);
+	p->kill_at = util_now_ms() + POOLD_STOP_GRACE_MS;
 	proc_close_fd(p, &p->in_io, &p->in_fd);
+}
+
+/* Kill stopping processes whose grace period is over. */
+void
+proc_tick(uint64_t now)
+{
+	struct proc	*p;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->state == PROC_DYING && p->kill_at != 0 &&
+		    now >= p->kill_at && !p->reaped) {
+			log_warnx("CLI %ld ignored end of input: killing",
+			    (long)p->pid);
+			p->kill_at = 0;
+			if (kill(-p->pid, SIGKILL) == -1 && errno != ESRCH)
+				log_warn("kill %ld", (long)p->pid);
+		}
+	}
 }
 
 /* A process is done once it has exited and its stdout reached EOF. */

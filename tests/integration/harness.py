@@ -125,8 +125,7 @@ class Stack:
         wait_for(lambda: os.path.exists(self.path("mock.port")), 10, "mock")
         self.mock_port = int(open(self.path("mock.port")).read())
 
-    def _write_configs(self):
-        os.makedirs(self.path("run"), exist_ok=True)
+    def write_poold_conf(self):
         lines = [
             "socket = %s" % self.path("run", "poold.sock"),
             "state_dir = %s" % self.path("state"),
@@ -138,6 +137,21 @@ class Stack:
         lines += ["%s = %s" % kv for kv in self.poold_opts.items()]
         with open(self.path("poold.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
+
+    def reconfigure(self, **opts):
+        """Change poold.conf and reload it with SIGHUP; wait until applied."""
+        self.poold_opts.update(opts)
+        self.write_poold_conf()
+        self.procs["poold"].send_signal(signal.SIGHUP)
+
+        def applied():
+            limits = self.stats()["limits"]
+            return all(limits.get(k, v) == v for k, v in opts.items())
+        wait_for(applied, 10, "poold to reload")
+
+    def _write_configs(self):
+        os.makedirs(self.path("run"), exist_ok=True)
+        self.write_poold_conf()
         lines = [
             "listen = %s" % self.path("run", "fcgi.sock"),
             "db_socket = %s" % self.path("db", "mysqld.sock"),
@@ -156,11 +170,11 @@ class Stack:
             f.write("\n".join(lines) + "\n")
         self._run([self.bin("ccgate-admin"), "secret", self.path("key.secret")])
 
-    def start_poold(self):
+    def start_poold(self, env=None):
         log = open(self.path("poold.log"), "a")
         self.procs["poold"] = subprocess.Popen(
             [self.bin("ccgate-poold"), "-v", "-f", self.path("poold.conf")],
-            stdout=log, stderr=log)
+            stdout=log, stderr=log, env=dict(os.environ, **(env or {})))
         wait_for(lambda: self._poold_answers(), 20, "ccgate-poold")
 
     def _poold_answers(self):
@@ -430,7 +444,11 @@ def texts_of(record):
 def main():
     """Run the calling module's tests; print a closing count line."""
     import __main__
-    suite = unittest.defaultTestLoader.loadTestsFromModule(__main__)
+    loader = unittest.defaultTestLoader
+    if len(sys.argv) > 1:    # names of classes or Class.test, for debugging
+        suite = loader.loadTestsFromNames(sys.argv[1:], __main__)
+    else:
+        suite = loader.loadTestsFromModule(__main__)
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     failed = len(result.failures) + len(result.errors)
     skipped = len(result.skipped)

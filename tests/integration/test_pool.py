@@ -1,0 +1,519 @@
+#!/usr/bin/env python3
+"""ccgate-poold as a process pool, against the real CLI and the mock
+upstream: sizing, conversations, queueing, time limits, cancellation,
+recovery, recycling, workspaces, child limits, statistics and control,
+reload and restart.  Jobs are sent on the daemon's own job protocol; the
+mock's [[mock:slow=N]], [[mock:hang]] and [[mock:drip=N]] keep them busy."""
+
+import concurrent.futures
+import os
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+import unittest
+import uuid
+import json
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Stack, UUID_RE, texts_of, wait_for, main  # noqa: E402
+
+stack = None
+pool = concurrent.futures.ThreadPoolExecutor(max_workers=16)
+BASE = {"min_instances": 1, "max_instances": 3, "tenant_max_jobs": 2,
+        "tenant_max_processes": 3, "queue_max": 2, "queue_max_wait_ms": 4000,
+        "job_timeout_ms": 20000, "first_event_timeout_ms": 8000,
+        "stall_timeout_ms": 6000, "idle_timeout_ms": 60000,
+        "max_messages_per_instance": 3, "health_check_interval_ms": 300,
+        "rlimit_nofile": 1000}
+
+
+def setUpModule():
+    global stack
+    stack = Stack(dict(BASE), name="pool").start()
+
+
+def tearDownModule():
+    pool.shutdown(wait=True)
+    stack.stop()
+
+
+def conv():
+    return str(uuid.uuid4())
+
+
+def job(tenant, conversation, message, **kw):
+    """Run one job on the protocol; the frames it answered."""
+    msg = {"type": "job", "tenant": tenant, "conversation": conversation,
+           "message": message}
+    msg.update(kw)
+    return stack.poold(msg)
+
+
+def job_async(*a, **kw):
+    return pool.submit(job, *a, **kw)
+
+
+def end(frames):
+    return frames[-1]
+
+
+def procs():
+    return stack.stats()["processes"]
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class OpenJob:
+    """A job connection held open by the test (to cancel by closing)."""
+
+    def __init__(self, tenant, conversation, message, **kw):
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.connect(stack.path("run", "poold.sock"))
+        body = {"v": 1, "type": "job", "tenant": tenant,
+                "conversation": conversation, "message": message}
+        body.update(kw)
+        b = json.dumps(body).encode()
+        self.s.sendall(struct.pack(">I", len(b)) + b)
+
+    def next(self, timeout=30):
+        self.s.settimeout(timeout)
+        h = stack._recvn(self.s, 4)
+        return json.loads(stack._recvn(self.s, struct.unpack(">I", h)[0]))
+
+    def close(self):
+        self.s.close()
+
+
+def live():
+    st = stack.stats()["processes_by_state"]
+    return st["total"] - st["dying"]
+
+
+class PoolTest(unittest.TestCase):
+    """Each test starts from a quiet pool: no job, at most one idle
+    process besides the warm one, the base configuration."""
+
+    def setUp(self):
+        if stack.poold_opts != BASE:
+            stack.reconfigure(**BASE)
+        stack.mock_control(mode="normal", delay_ms=0)
+        wait_for(lambda: stack.stats()["processes_by_state"]["busy"] == 0 and
+                 stack.stats()["queue_length"] == 0, 30, "an idle pool")
+        stack.poold({"type": "set_limits", "min_instances": 0,
+                     "max_instances": 1})
+        wait_for(lambda: stack.stats()["processes_by_state"]["total"] <= 1,
+                 10, "the pool to shrink")
+        stack.poold({"type": "set_limits", "min_instances": 1,
+                     "max_instances": 3})
+
+
+class Sizing(PoolTest):
+    def test_warm_set_refilled_and_max_never_exceeded(self):
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
+                 "one warm process")
+        # Four slow conversations of four tenants on max_instances=3.
+        futs = [job_async("size%d" % i, conv(), "slow [[mock:slow=1500]]")
+                for i in range(4)]
+        peak, queued = 0, 0
+        while not all(f.done() for f in futs):
+            st = stack.stats()
+            peak = max(peak, st["processes_by_state"]["total"] -
+                       st["processes_by_state"]["dying"])
+            queued = max(queued, st["queue_length"])
+            self.assertLessEqual(st["processes_by_state"]["total"], 3 + 1,
+                                 "at most one dying beside max_instances")
+            time.sleep(0.02)
+        self.assertEqual([end(f.result())["type"] for f in futs], ["done"] * 4,
+                         [end(f.result()) for f in futs])
+        self.assertLessEqual(peak, 3)
+        self.assertGreaterEqual(queued, 1, "a job waited its turn")
+        self.assertGreaterEqual(stack.stats()["totals"]["evicted"], 1)
+        # The warm set comes back once there is room.
+        stack.poold({"type": "set_limits", "max_instances": 8})
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
+                 "the warm set refilled")
+
+    def test_warm_above_min_reaped_and_limits_checked(self):
+        stack.poold({"type": "set_limits", "min_instances": 3,
+                     "max_instances": 6})
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 3, 15,
+                 "three warm")
+        stack.poold({"type": "set_limits", "min_instances": 1})
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
+                 "back to one warm")
+        for bad in ({"min_instances": 5, "max_instances": 2},
+                    {"max_instances": 0}, {"min_instances": "1"}):
+            a = stack.poold(dict({"type": "set_limits"}, **bad))[0]
+            self.assertEqual(a["type"], "error", bad)
+            self.assertEqual(a["code"], "bad_request")
+
+    def test_tenant_max_jobs(self):
+        stack.poold({"type": "set_limits", "max_instances": 6})
+        futs = [job_async("greedy", conv(), "slow [[mock:slow=1500]]")
+                for _ in range(3)]
+        wait_for(lambda: stack.stats()["queue_length"] == 1, 5,
+                 "the greedy tenant's third job to wait")
+        st = stack.stats()
+        busy = [p for p in st["processes"] if p["state"] == "busy"]
+        self.assertEqual(len(busy), 2)
+        # Another tenant is not held up by the greedy one's queued job.
+        t0 = time.time()
+        other = job("modest", conv(), "quick")
+        self.assertEqual(end(other)["type"], "done")
+        self.assertLess(time.time() - t0, 1.4)
+        self.assertTrue(all(end(f.result())["type"] == "done" for f in futs))
+
+
+class Conversations(PoolTest):
+    def test_turns_of_one_conversation_never_overlap(self):
+        c = conv()
+        first = job_async("serial", c, "first [[mock:slow=800]]")
+        time.sleep(0.2)
+        second = job_async("serial", c, "second")
+        a, b = end(first.result()), end(second.result())
+        self.assertEqual((a["type"], b["type"]), ("done", "done"))
+        turns = [t for t in texts_of(next(
+            r for r in reversed(stack.mock_records())
+            if texts_of(r)[-1] == ("user", "second")))]
+        self.assertEqual(turns, [("user", "first [[mock:slow=800]]"),
+                                 ("assistant", a["text"]), ("user", "second")])
+        self.assertEqual(b["process"]["origin"], "bound")
+
+    def test_resume_of_a_missing_transcript_is_resume_failed(self):
+        a = end(job("ghost", conv(), "hello"))
+        self.assertEqual(a["type"], "done")
+        ghost = str(uuid.uuid4())
+        e = end(job("ghost", conv(), "again", resume=ghost))
+        self.assertEqual(e["type"], "error")
+        self.assertEqual(e["code"], "resume_failed")
+
+
+class Queueing(PoolTest):
+    def fill(self, n=3):
+        """Occupy max_instances with slow jobs, one at a time."""
+        futs = []
+        for i in range(n):
+            futs.append(job_async("fill%d" % i, conv(),
+                                  "slow [[mock:slow=3000]]"))
+            wait_for(lambda: stack.stats()["processes_by_state"]["busy"] ==
+                     i + 1, 15, "job %d to run" % i)
+        return futs
+
+    def test_queue_full_and_wait_bound(self):
+        stack.reconfigure(queue_max_wait_ms=700)
+        futs = self.fill()
+        t0 = time.time()
+        waiting = [job_async("q%d" % i, conv(), "queued") for i in range(2)]
+        wait_for(lambda: stack.stats()["queue_length"] == 2, 5, "two queued")
+        over = end(job("q9", conv(), "one too many"))
+        self.assertEqual((over["type"], over["code"]), ("error", "busy"))
+        self.assertLess(time.time() - t0, 0.7, "a full queue answers at once")
+        for f in waiting:
+            e = end(f.result())
+            self.assertEqual((e["type"], e["code"]), ("error", "busy"))
+            self.assertIn("in time", e["message"])
+        for f in futs:
+            self.assertEqual(end(f.result())["type"], "done")
+
+    def test_queued_client_that_leaves_leaves_the_queue(self):
+        futs = self.fill()
+        before = stack.stats()["totals"]["cancelled"]
+        j = OpenJob("leaver", conv(), "never mind")
+        wait_for(lambda: stack.stats()["queue_length"] == 1, 5, "queued")
+        j.close()
+        wait_for(lambda: stack.stats()["queue_length"] == 0, 1.0,
+                 "the queue to drop the job")
+        self.assertEqual(stack.stats()["totals"]["cancelled"], before + 1)
+        for f in futs:
+            f.result()
+
+
+class Limits(PoolTest):
+    def test_stall_timeout_kills_and_frees_the_slot(self):
+        stack.reconfigure(stall_timeout_ms=2000)
+        before = stack.stats()["totals"]["timeout"]
+        t0 = time.time()
+        frames = job("hang", conv(), "wait forever [[mock:hang]]")
+        e = end(frames)
+        self.assertEqual((e["type"], e["code"]), ("error", "timeout"))
+        self.assertIn("stalled", e["message"])
+        self.assertLess(time.time() - t0, 2.0 + 2.0)
+        self.assertEqual(stack.stats()["totals"]["timeout"], before + 1)
+        wait_for(lambda: not [p for p in procs() if p["tenant"] == "hang"],
+                 2, "the hung CLI to be gone")
+
+    def test_job_timeout(self):
+        stack.reconfigure(stall_timeout_ms=20000)
+        e = end(job("slowpoke", conv(), "late [[mock:slow=4000]]",
+                    timeout_ms=1000))
+        self.assertEqual((e["type"], e["code"]), ("error", "timeout"))
+        self.assertIn("time limit", e["message"])
+
+    def test_cancel_running_job_frees_slot_within_a_second(self):
+        j = OpenJob("canceller", conv(), "long [[mock:drip=200]] "
+                    "[[mock:chunks=50]]")
+        self.assertEqual(j.next()["type"], "event")
+        pid = [p["pid"] for p in procs() if p["tenant"] == "canceller"][0]
+        before = stack.stats()["totals"]["cancelled"]
+        t0 = time.time()
+        j.close()
+        wait_for(lambda: not pid_alive(pid) and not [
+            p for p in procs() if p["pid"] == pid], 1.0,
+            "the cancelled CLI to be gone")
+        self.assertLess(time.time() - t0, 1.0)
+        self.assertEqual(stack.stats()["totals"]["cancelled"], before + 1)
+
+
+class Recovery(PoolTest):
+    def test_cli_killed_mid_turn(self):
+        j = OpenJob("victim", conv(), "story [[mock:drip=150]] "
+                    "[[mock:chunks=40]]")
+        got = [j.next(), j.next()]
+        self.assertEqual([g["type"] for g in got], ["event", "event"])
+        pid = [p["pid"] for p in procs() if p["tenant"] == "victim"][0]
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            f = j.next()
+            if f["type"] != "event":
+                break
+            got.append(f)
+        j.close()
+        self.assertEqual((f["type"], f["code"]), ("error", "cli_failed"))
+        self.assertTrue(f["incomplete"])
+        self.assertEqual(f["text"], "".join(g["text"] for g in got))
+        self.assertIn("status 9", f["message"])
+
+    def test_death_before_output_is_retried_once(self):
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
+                 "a warm process")
+        warm = [p["pid"] for p in procs() if p["state"] == "warm"][0]
+        os.kill(warm, signal.SIGSTOP)     # it cannot answer...
+        before = stack.stats()["totals"]["retried"]
+        f = job_async("unlucky", conv(), "retry me")
+        wait_for(lambda: [p for p in procs() if p["pid"] == warm and
+                          p["state"] == "busy"], 5, "the job on it")
+        os.kill(warm, signal.SIGKILL)     # ...and dies before any output
+        done = end(f.result())
+        self.assertEqual(done["type"], "done", done)
+        self.assertNotEqual(done["process"]["pid"], warm)
+        self.assertEqual(stack.stats()["totals"]["retried"], before + 1)
+
+    def test_recycled_after_max_messages_and_resumed(self):
+        c = conv()
+        first = end(job("recycle", c, "one"))
+        sid = first["session_id"]
+        end(job("recycle", c, "two", resume=sid))
+        third = end(job("recycle", c, "three", resume=sid))
+        self.assertEqual(third["process"]["turns"], 3)
+        wait_for(lambda: not [p for p in procs() if p["conversation"] == c],
+                 3, "the recycled process to go")
+        fourth = end(job("recycle", c, "four", resume=sid))
+        self.assertEqual(fourth["process"]["origin"], "resumed")
+        self.assertEqual(fourth["session_id"], sid)
+        turns = texts_of(next(r for r in reversed(stack.mock_records())
+                              if texts_of(r)[-1] == ("user", "four")))
+        self.assertEqual([t for r, t in turns if r == "user"],
+                         ["one", "two", "three", "four"])
+
+    def test_vanished_warm_process_is_replaced(self):
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
+                 "a warm process")
+        warm = [p["pid"] for p in procs() if p["state"] == "warm"][0]
+        os.kill(warm, signal.SIGKILL)
+        wait_for(lambda: [p for p in procs() if p["state"] == "warm" and
+                          p["pid"] != warm], 5, "a replacement")
+
+
+class Workspaces(PoolTest):
+    def test_layout_modes_and_isolation(self):
+        a = end(job("ws-alice", conv(), "hello from alice"))
+        end(job("ws-bob", conv(), "hello from bob"))
+        base = stack.path("state", "tenants", "ws-alice")
+        self.assertEqual(stat.S_IMODE(os.stat(base).st_mode), 0o700)
+        for sub in ("workspace/projects", "workspace/temp",
+                    "workspace/uploads", "workspace/README.md",
+                    "home/.claude"):
+            self.assertTrue(os.path.exists(os.path.join(base, sub)), sub)
+        found = []
+        for root, _, files in os.walk(stack.path("state")):
+            found += [os.path.join(root, f) for f in files
+                      if f == a["session_id"] + ".jsonl"]
+        self.assertEqual(len(found), 1)
+        self.assertTrue(found[0].startswith(base + "/home/.claude/projects/"))
+        bob = stack.path("state", "tenants", "ws-bob")
+        for root, _, files in os.walk(bob):
+            self.assertNotIn(a["session_id"] + ".jsonl", files)
+
+    def test_bad_tenant_names_create_nothing(self):
+        before = sorted(os.listdir(stack.path("state", "tenants")))
+        for t in ("../x", "a/b", "", ".hidden", "-rf", "x" * 65, "a\u00e9",
+                  "a\nb"):
+            e = end(job(t, conv(), "x"))
+            self.assertEqual((e["type"], e["code"]), ("error", "bad_request"),
+                             repr(t))
+            self.assertIn("tenant", e["message"])
+        self.assertEqual(sorted(os.listdir(stack.path("state", "tenants"))),
+                         before)
+        self.assertFalse(os.path.exists(stack.path("state", "x")))
+
+    def test_delete_removes_process_and_transcript(self):
+        c = conv()
+        a = end(job("deleter", c, "forget me"))
+        found = []
+
+        def transcript():
+            # The CLI writes it just after the turn ends.
+            for root, _, files in os.walk(stack.path("state", "tenants",
+                                                     "deleter")):
+                if a["session_id"] + ".jsonl" in files:
+                    found.append(os.path.join(root, a["session_id"] +
+                                              ".jsonl"))
+            return found
+        wait_for(transcript, 3, "the transcript")
+        path = found[0]
+        r = stack.poold({"type": "delete", "tenant": "deleter",
+                         "session_id": a["session_id"], "conversation": c})[0]
+        self.assertEqual(r["type"], "ok")
+        self.assertGreaterEqual(r["removed"], 1)
+        self.assertFalse(os.path.exists(path))
+        wait_for(lambda: not [p for p in procs() if p["conversation"] == c],
+                 2, "its process to stop")
+
+
+class Children(PoolTest):
+    def test_env_limits_group(self):
+        c = conv()
+        end(job("envcheck", c, "hi"))
+        pid = [p["pid"] for p in procs() if p["conversation"] == c][0]
+        env = dict(kv.split("=", 1) for kv in open(
+            "/proc/%d/environ" % pid, "rb").read().decode().split("\0") if kv)
+        self.assertNotIn("CCGATE_TEST_SECRET", env)
+        self.assertEqual(set(env) - {
+            "PATH", "HOME", "CLAUDE_CONFIG_DIR", "LANG", "TMPDIR",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_AUTOUPDATER",
+            "DISABLE_TELEMETRY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"},
+            set(), "unexpected variables in the CLI's environment")
+        limits = open("/proc/%d/limits" % pid).read()
+        core = [l for l in limits.splitlines() if l.startswith("Max core")][0]
+        self.assertEqual(core.split()[4:6], ["0", "0"])
+        nofile = [l for l in limits.splitlines()
+                  if l.startswith("Max open files")][0]
+        self.assertEqual(nofile.split()[3:5], ["1000", "1000"])
+        self.assertEqual(os.getpgid(pid), pid, "its own process group")
+        self.assertEqual(os.readlink("/proc/%d/cwd" % pid),
+                         stack.path("state", "neutral"))
+
+
+class Control(PoolTest):
+    def test_stats(self):
+        end(job("stats", conv(), "count me"))
+        st = stack.stats()
+        for k in ("jobs", "succeeded", "failed", "spawned", "busy", "timeout",
+                  "cli_failed", "cancelled"):
+            self.assertIn(k, st["totals"])
+        self.assertGreater(st["totals"]["succeeded"], 0)
+        for k in ("time_to_first_event_ms", "job_duration_ms",
+                  "queue_wait_ms"):
+            self.assertLessEqual(st[k]["p50"], st[k]["p95"])
+            self.assertLessEqual(st[k]["p95"], st[k]["p99"])
+        p = st["processes"][0]
+        for k in ("pid", "state", "tenant", "conversation", "model", "age_ms",
+                  "turns", "rss_kb"):
+            self.assertIn(k, p)
+        self.assertTrue(any(p["rss_kb"] > 10000 for p in st["processes"]))
+        self.assertGreater(st["daemon_rss_kb"], 0)
+
+    def test_drain(self):
+        self.assertEqual(stack.poold({"type": "drain", "on": True})[0]["type"],
+                         "ok")
+        try:
+            e = end(job("drained", conv(), "x"))
+            self.assertEqual((e["type"], e["code"]),
+                             ("error", "shutting_down"))
+        finally:
+            stack.poold({"type": "drain", "on": False})
+        self.assertEqual(end(job("drained", conv(), "x"))["type"], "done")
+
+    def test_sighup_reloads(self):
+        stack.reconfigure(queue_max=7, idle_timeout_ms=59000)
+        self.assertEqual(stack.stats()["limits"]["queue_max"], 7)
+
+    def test_bad_frames(self):
+        for msg, text in (({"type": "nope"}, "unknown message type"),
+                          ({"type": "job", "tenant": "t",
+                            "conversation": "not-a-uuid", "message": "x"},
+                           "conversation"),
+                          ({"type": "job", "tenant": "t",
+                            "conversation": conv(), "message": ""},
+                           "message"),
+                          ({"type": "job", "tenant": "t",
+                            "conversation": conv(), "message": "x",
+                            "model": "--dangerous"}, "model")):
+            e = stack.poold(msg)[0]
+            self.assertEqual((e["type"], e["code"]), ("error", "bad_request"))
+            self.assertIn(text, e["message"])
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(stack.path("run", "poold.sock"))
+        s.sendall(b"\x7f\xff\xff\xff")
+        h = stack._recvn(s, 4)
+        e = json.loads(stack._recvn(s, struct.unpack(">I", h)[0]))
+        self.assertIn("frame length", e["message"])
+        self.assertIsNone(stack._recvn(s, 1), "the peer is dropped")
+        s.close()
+        self.assertEqual(stack.poold({"type": "ping"})[0]["type"], "ok")
+
+    def test_refuses_to_start_twice(self):
+        import subprocess
+        r = subprocess.run([stack.bin("ccgate-poold"), "-f",
+                            stack.path("poold.conf")], capture_output=True,
+                           text=True, timeout=10)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("another ccgate-poold is running", r.stderr)
+        self.assertEqual(stack.poold({"type": "ping"})[0]["type"], "ok")
+
+
+class ZRestart(PoolTest):
+    """Last: restarts the daemon."""
+
+    def test_conversations_survive_restart_and_no_child_survives(self):
+        c = conv()
+        first = end(job("restart", c, "the code word is plover"))
+        old = [p["pid"] for p in procs()]
+        stack.stop_proc("poold")
+        self.assertFalse([p for p in old if pid_alive(p)],
+                         "a CLI outlived SIGTERM")
+        stack.start_poold(env={"CCGATE_TEST_SECRET": "do-not-leak"})
+        again = end(job("restart", c, "what is the code word?",
+                        resume=first["session_id"]))
+        self.assertEqual(again["type"], "done")
+        self.assertEqual(again["process"]["origin"], "resumed")
+        turns = texts_of(next(r for r in reversed(stack.mock_records())
+                              if texts_of(r)[-1] ==
+                              ("user", "what is the code word?")))
+        self.assertEqual(turns[0], ("user", "the code word is plover"))
+        # SIGKILL: the daemon cannot clean up; its children die with it.
+        old = [p["pid"] for p in procs()]
+        stack.procs["poold"].kill()
+        stack.procs["poold"].wait()
+        wait_for(lambda: not [p for p in old if pid_alive(p)], 3,
+                 "children of a killed daemon to die")
+        stack.start_poold(env={"CCGATE_TEST_SECRET": "do-not-leak"})
+        c2 = conv()
+        end(job("restart", c2, "hi"))
+        pid = [p["pid"] for p in procs() if p["conversation"] == c2][0]
+        env = open("/proc/%d/environ" % pid, "rb").read()
+        self.assertNotIn(b"do-not-leak", env)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,20 +15,7 @@
 #include <unistd.h>
 
 #include "conf.h"
-
-/* Format an error into *cause (if cause is not NULL). */
-static void __attribute__((format(printf, 2, 3)))
-conf_error(char **cause, const char *fmt, ...)
-{
-	va_list	ap;
-
-	if (cause == NULL)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(cause, fmt, ap) == -1)
-		*cause = NULL;
-	va_end(ap);
-}
+#include "util.h"
 
 /* Trim white space at both ends of s in place; return the new start. */
 static char *
@@ -74,13 +61,13 @@ conf_parse(const char *buf, size_t len, const char *name, char **cause)
 	int			 lineno = 0;
 
 	if (len > CONF_MAX_SIZE) {
-		conf_error(cause, "%s: file too large", name);
+		util_cause(cause, "%s: file too large", name);
 		return (NULL);
 	}
 	if ((cf = calloc(1, sizeof *cf)) == NULL ||
 	    (cf->path = strdup(name)) == NULL) {
 		free(cf);
-		conf_error(cause, "%s: out of memory", name);
+		util_cause(cause, "%s: out of memory", name);
 		return (NULL);
 	}
 	while (off < len) {
@@ -88,21 +75,21 @@ conf_parse(const char *buf, size_t len, const char *name, char **cause)
 		for (ll = 0; off + ll < len && buf[off + ll] != '\n'; ll++)
 			;
 		if (ll > CONF_MAX_LINE) {
-			conf_error(cause, "%s:%d: line too long", name, lineno);
+			util_cause(cause, "%s:%d: line too long", name, lineno);
 			goto fail;
 		}
 		memcpy(line, buf + off, ll);
 		line[ll] = '\0';
 		off += ll + 1;
 		if (memchr(line, '\0', ll) != NULL) {
-			conf_error(cause, "%s:%d: NUL byte", name, lineno);
+			util_cause(cause, "%s:%d: NUL byte", name, lineno);
 			goto fail;
 		}
 		key = conf_trim(line);
 		if (*key == '\0' || *key == '#')
 			continue;
 		if ((eq = strchr(key, '=')) == NULL) {
-			conf_error(cause, "%s:%d: expected key = value", name,
+			util_cause(cause, "%s:%d: expected key = value", name,
 			    lineno);
 			goto fail;
 		}
@@ -110,13 +97,13 @@ conf_parse(const char *buf, size_t len, const char *name, char **cause)
 		value = conf_trim(eq + 1);
 		key = conf_trim(key);
 		if (!conf_valid_key(key)) {
-			conf_error(cause, "%s:%d: invalid key \"%s\"", name,
+			util_cause(cause, "%s:%d: invalid key \"%s\"", name,
 			    lineno, key);
 			goto fail;
 		}
 		for (i = 0; i < cf->n; i++) {
 			if (strcmp(cf->entries[i].key, key) == 0) {
-				conf_error(cause, "%s:%d: duplicate key %s "
+				util_cause(cause, "%s:%d: duplicate key %s "
 				    "(first on line %d)", name, lineno, key,
 				    cf->entries[i].line);
 				goto fail;
@@ -137,7 +124,7 @@ conf_parse(const char *buf, size_t len, const char *name, char **cause)
 	return (cf);
 
 nomem:
-	conf_error(cause, "%s: out of memory", name);
+	util_cause(cause, "%s: out of memory", name);
 fail:
 	conf_free(cf);
 	return (NULL);
@@ -154,12 +141,12 @@ conf_load(const char *path, char **cause)
 	int		 fd;
 
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
-		conf_error(cause, "%s: %s", path, strerror(errno));
+		util_cause(cause, "%s: %s", path, strerror(errno));
 		return (NULL);
 	}
 	if ((buf = malloc(CONF_MAX_SIZE + 1)) == NULL) {
 		close(fd);
-		conf_error(cause, "%s: out of memory", path);
+		util_cause(cause, "%s: out of memory", path);
 		return (NULL);
 	}
 	for (;;) {
@@ -167,7 +154,7 @@ conf_load(const char *path, char **cause)
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1) {
-			conf_error(cause, "%s: %s", path, strerror(errno));
+			util_cause(cause, "%s: %s", path, strerror(errno));
 			close(fd);
 			free(buf);
 			return (NULL);
@@ -236,12 +223,12 @@ conf_long(const struct conf *cf, const char *key, long def, long min,
 	errno = 0;
 	n = strtol(v, &end, 10);
 	if (*v == '\0' || *end != '\0' || errno != 0) {
-		conf_error(cause, "%s: %s: not an integer: %s", cf->path, key,
+		util_cause(cause, "%s: %s: not an integer: %s", cf->path, key,
 		    v);
 		return (-1);
 	}
 	if (n < min || n > max) {
-		conf_error(cause, "%s: %s: %ld is outside %ld..%ld", cf->path,
+		util_cause(cause, "%s: %s: %ld is outside %ld..%ld", cf->path,
 		    key, n, min, max);
 		return (-1);
 	}
@@ -265,7 +252,7 @@ conf_bool(const struct conf *cf, const char *key, int def, int *out,
 	    strcmp(v, "off") == 0 || strcmp(v, "0") == 0)
 		*out = 0;
 	else {
-		conf_error(cause, "%s: %s: not a boolean: %s", cf->path, key,
+		util_cause(cause, "%s: %s: not a boolean: %s", cf->path, key,
 		    v);
 		return (-1);
 	}
@@ -296,7 +283,7 @@ conf_check(const struct conf *cf, const char *const *known,
 		}
 		if (k != NULL && *k != NULL)
 			continue;
-		conf_error(cause, "%s:%d: unknown key %s", cf->path,
+		util_cause(cause, "%s:%d: unknown key %s", cf->path,
 		    cf->entries[i].line, cf->entries[i].key);
 		return (-1);
 	}

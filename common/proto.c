@@ -15,20 +15,7 @@
 #include <unistd.h>
 
 #include "proto.h"
-
-/* Format an error into *cause. */
-static void __attribute__((format(printf, 2, 3)))
-proto_error(char **cause, const char *fmt, ...)
-{
-	va_list	ap;
-
-	if (cause == NULL)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(cause, fmt, ap) == -1)
-		*cause = NULL;
-	va_end(ap);
-}
+#include "util.h"
 
 /* Initialise a reader that accepts frames of at most max bytes. */
 void
@@ -93,7 +80,7 @@ proto_reader_next(struct proto_reader *r, json_t **out, char **cause)
 	flen = ((uint32_t)r->buf[0] << 24) | ((uint32_t)r->buf[1] << 16) |
 	    ((uint32_t)r->buf[2] << 8) | (uint32_t)r->buf[3];
 	if (flen == 0 || flen > r->max) {
-		proto_error(cause, "frame length %u outside 1..%zu", flen,
+		util_cause(cause, "frame length %u outside 1..%zu", flen,
 		    r->max);
 		return (-1);
 	}
@@ -118,20 +105,20 @@ proto_decode(const void *body, size_t len, char **cause)
 
 	obj = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
 	if (obj == NULL) {
-		proto_error(cause, "invalid JSON: %s", err.text);
+		util_cause(cause, "invalid JSON: %s", err.text);
 		return (NULL);
 	}
 	if (!json_is_object(obj)) {
-		proto_error(cause, "frame is not a JSON object");
+		util_cause(cause, "frame is not a JSON object");
 		goto fail;
 	}
 	v = json_object_get(obj, "v");
 	if (!json_is_integer(v) || json_integer_value(v) != PROTO_VERSION) {
-		proto_error(cause, "unsupported protocol version");
+		util_cause(cause, "unsupported protocol version");
 		goto fail;
 	}
 	if (proto_type(obj) == NULL) {
-		proto_error(cause, "frame has no type");
+		util_cause(cause, "frame has no type");
 		goto fail;
 	}
 	return (obj);
@@ -155,17 +142,17 @@ proto_encode(const json_t *obj, size_t max, uint8_t **out, size_t *outlen,
 	*out = NULL;
 	body = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII);
 	if (body == NULL) {
-		proto_error(cause, "cannot encode frame");
+		util_cause(cause, "cannot encode frame");
 		return (-1);
 	}
 	len = strlen(body);
 	if (len > max) {
-		proto_error(cause, "frame of %zu bytes exceeds %zu", len, max);
+		util_cause(cause, "frame of %zu bytes exceeds %zu", len, max);
 		free(body);
 		return (-1);
 	}
 	if ((frame = malloc(len + PROTO_HEADER_LEN)) == NULL) {
-		proto_error(cause, "out of memory");
+		util_cause(cause, "out of memory");
 		free(body);
 		return (-1);
 	}
@@ -212,7 +199,7 @@ proto_write_fd(int fd, const json_t *obj, size_t max, char **cause)
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1) {
-			proto_error(cause, "write: %s", strerror(errno));
+			util_cause(cause, "write: %s", strerror(errno));
 			free(frame);
 			return (-1);
 		}
@@ -236,22 +223,22 @@ proto_read_full(int fd, void *buf, size_t len, int timeout_ms, char **cause)
 		if (r == -1 && errno == EINTR)
 			continue;
 		if (r == -1) {
-			proto_error(cause, "poll: %s", strerror(errno));
+			util_cause(cause, "poll: %s", strerror(errno));
 			return (-1);
 		}
 		if (r == 0) {
-			proto_error(cause, "timed out");
+			util_cause(cause, "timed out");
 			return (-2);
 		}
 		n = read(fd, (uint8_t *)buf + off, len - off);
 		if (n == -1 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n == -1) {
-			proto_error(cause, "read: %s", strerror(errno));
+			util_cause(cause, "read: %s", strerror(errno));
 			return (-1);
 		}
 		if (n == 0) {
-			proto_error(cause, "connection closed");
+			util_cause(cause, "connection closed");
 			return (-1);
 		}
 		off += (size_t)n;
@@ -275,11 +262,11 @@ proto_read_fd(int fd, size_t max, int timeout_ms, char **cause)
 	flen = ((uint32_t)hdr[0] << 24) | ((uint32_t)hdr[1] << 16) |
 	    ((uint32_t)hdr[2] << 8) | (uint32_t)hdr[3];
 	if (flen == 0 || flen > max) {
-		proto_error(cause, "frame length %u outside 1..%zu", flen, max);
+		util_cause(cause, "frame length %u outside 1..%zu", flen, max);
 		return (NULL);
 	}
 	if ((body = malloc(flen)) == NULL) {
-		proto_error(cause, "out of memory");
+		util_cause(cause, "out of memory");
 		return (NULL);
 	}
 	if (proto_read_full(fd, body, flen, timeout_ms, cause) != 0) {

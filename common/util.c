@@ -3,7 +3,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
@@ -99,4 +101,21 @@ util_set_nonblock(int fd)
 	if ((fl = fcntl(fd, F_GETFL)) == -1)
 		return (-1);
 	return (fcntl(fd, F_SETFL, fl | O_NONBLOCK));
+}
+
+/*
+ * Set *cause to a newly allocated message (the caller frees it).  cause
+ * may be NULL; if memory runs out *cause is NULL.
+ */
+void
+util_cause(char **cause, const char *fmt, ...)
+{
+	va_list	ap;
+
+	if (cause == NULL)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(cause, fmt, ap) == -1)
+		*cause = NULL;
+	va_end(ap);
 }

@@ -13,5 +13,7 @@ int		util_uuid4(char [UUID_LEN + 1]);
 int		util_valid_uuid(const char *);
 int		util_valid_tenant(const char *);
 int		util_set_nonblock(int);
+void		util_cause(char **, const char *, ...)
+		    __attribute__((format(printf, 2, 3)));
 
 #endif

@@ -76,15 +76,13 @@ app_read_line(const char *path, char **cause)
 	int	fd;
 
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
-		if (asprintf(cause, "%s: %s", path, strerror(errno)) == -1)
-			*cause = NULL;
+		util_cause(cause, "%s: %s", path, strerror(errno));
 		return (NULL);
 	}
 	n = read(fd, buf, sizeof buf - 1);
 	close(fd);
 	if (n < 0) {
-		if (asprintf(cause, "%s: %s", path, strerror(errno)) == -1)
-			*cause = NULL;
+		util_cause(cause, "%s: %s", path, strerror(errno));
 		return (NULL);
 	}
 	buf[n] = '\0';
@@ -161,9 +159,8 @@ appconf_load(const char *path, char **cause)
 	cf->listen_mode = strtol(v, &end, 8);
 	if (*v == '\0' || *end != '\0' || cf->listen_mode < 0 ||
 	    cf->listen_mode > 0777) {
-		if (asprintf(cause, "%s: listen_mode: not an octal mode",
-		    path) == -1)
-			*cause = NULL;
+		util_cause(cause, "%s: listen_mode: not an octal mode",
+		    path);
 		goto fail;
 	}
 	APP_INT("threads", threads, 64, 1, 4096);

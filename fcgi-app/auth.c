@@ -100,16 +100,14 @@ auth_load_secret(const char *path, uint8_t secret[32], char **cause)
 	int	fd;
 
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
-		if (asprintf(cause, "%s: %s", path, strerror(errno)) == -1)
-			*cause = NULL;
+		util_cause(cause, "%s: %s", path, strerror(errno));
 		return (-1);
 	}
 	n = read(fd, buf, sizeof buf - 1);
 	close(fd);
 	if (n < 64) {
-		if (asprintf(cause, "%s: expected 64 hexadecimal digits",
-		    path) == -1)
-			*cause = NULL;
+		util_cause(cause, "%s: expected 64 hexadecimal digits",
+		    path);
 		return (-1);
 	}
 	buf[n] = '\0';
@@ -117,9 +115,8 @@ auth_load_secret(const char *path, uint8_t secret[32], char **cause)
 	if (strlen(buf) != 64 || sodium_hex2bin(secret, 32, buf, 64, NULL,
 	    &binlen, NULL) != 0 || binlen != 32) {
 		sodium_memzero(buf, sizeof buf);
-		if (asprintf(cause, "%s: expected 64 hexadecimal digits",
-		    path) == -1)
-			*cause = NULL;
+		util_cause(cause, "%s: expected 64 hexadecimal digits",
+		    path);
 		return (-1);
 	}
 	sodium_memzero(buf, sizeof buf);
@@ -202,7 +199,8 @@ auth_check(struct db *db, const char *key, struct apikey *out)
 	snprintf(out->id, sizeof out->id, "%s", id);
 	snprintf(out->tenant, sizeof out->tenant, "%s", db_cell(res, 0, 1));
 	snprintf(out->name, sizeof out->name, "%s", db_cell(res, 0, 2));
-	snprintf(out->status, sizeof out->status, "%s", status);
+	snprintf(out->status, sizeof out->status, "%s",
+	    status != NULL ? status : "");
 	if (r == AUTH_OK && db_run(db, NULL, NULL,
 	    "UPDATE api_keys SET last_used_at = UTC_TIMESTAMP() WHERE id = ? "
 	    "AND (last_used_at IS NULL OR "
@@ -239,9 +237,8 @@ auth_key_create(struct db *db, const char *name, const char *user,
 		return (-1);
 	}
 	if (!appconf->have_secret) {
-		if (asprintf(cause, "no key secret: create %s first",
-		    appconf->key_secret_file) == -1)
-			*cause = NULL;
+		util_cause(cause, "no key secret: create %s first",
+		    appconf->key_secret_file);
 		return (-1);
 	}
 	if (auth_key_generate(key, id) != 0) {

@@ -216,7 +216,7 @@ db_prepare(struct db *db, const char *sql, unsigned int *errnum)
 
 /* Return 1 if st is in the cache. */
 static int
-db_cached(struct db *db, MYSQL_STMT *st)
+db_cached(const struct db *db, const MYSQL_STMT *st)
 {
 	int	i;
 

@@ -42,9 +42,8 @@ poolc_open(const char *path, char **cause)
 	pc->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (pc->fd == -1 || connect(pc->fd, (struct sockaddr *)&sa,
 	    sizeof sa) == -1) {
-		if (asprintf(cause, "the pool daemon is not answering (%s)",
-		    strerror(errno)) == -1)
-			*cause = NULL;
+		util_cause(cause, "the pool daemon is not answering (%s)",
+		    strerror(errno));
 		if (pc->fd != -1)
 			close(pc->fd);
 		free(pc);
@@ -87,8 +86,7 @@ poolc_next(struct poolc *pc, int watch_fd, int timeout_ms, int *why,
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1) {
-			if (asprintf(cause, "poll: %s", strerror(errno)) == -1)
-				*cause = NULL;
+			util_cause(cause, "poll: %s", strerror(errno));
 			return (NULL);
 		}
 		break;

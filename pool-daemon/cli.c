@@ -12,6 +12,7 @@
 #include <jansson.h>
 
 #include "cli.h"
+#include "util.h"
 
 /* Copy a JSON string member into a bounded buffer. */
 static void
@@ -76,9 +77,8 @@ cli_parse_line(const char *line, size_t len, struct cli_msg *m, char **cause)
 	}
 	obj = json_loadb(line, len, 0, &err);
 	if (obj == NULL || !json_is_object(obj)) {
-		if (cause != NULL && asprintf(cause, "bad CLI line: %s",
-		    obj == NULL ? err.text : "not an object") == -1)
-			*cause = NULL;
+		util_cause(cause, "bad CLI line: %s",
+		    obj == NULL ? err.text : "not an object");
 		json_decref(obj);
 		return (-1);
 	}

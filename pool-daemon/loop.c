@@ -169,7 +169,7 @@ loop_set_tick(struct loop *loop, int tick_ms)
 
 /* Return 1 if io was removed earlier in this round. */
 static int
-loop_was_removed(struct loop *loop, struct loop_io *io)
+loop_was_removed(const struct loop *loop, const struct loop_io *io)
 {
 	int	i;
 

@@ -113,17 +113,15 @@ poold_config_load(const char *path, char **cause)
 		goto fail;
 	}
 	if (cf->state_dir[0] != '/' || cf->cli_path[0] != '/') {
-		if (asprintf(cause, "%s: state_dir and cli_path must be "
-		    "absolute", path) == -1)
-			*cause = NULL;
+		util_cause(cause, "%s: state_dir and cli_path must be "
+		    "absolute", path);
 		goto fail;
 	}
 	mode = conf_str(c, "socket_mode", "0660");
 	m = strtol(mode, &end, 8);
 	if (*mode == '\0' || *end != '\0' || m < 0 || m > 0777) {
-		if (asprintf(cause, "%s: socket_mode: not an octal mode: %s",
-		    path, mode) == -1)
-			*cause = NULL;
+		util_cause(cause, "%s: socket_mode: not an octal mode: %s",
+		    path, mode);
 		goto fail;
 	}
 	cf->socket_mode = (mode_t)m;
@@ -151,16 +149,14 @@ poold_config_load(const char *path, char **cause)
 	POOLD_INT("rlimit_nproc", rlimit_nproc, 0, 0, 1048576);
 	POOLD_INT("log_verbose", verbose, 0, 0, 2);
 	if (cf->min_instances > cf->max_instances) {
-		if (asprintf(cause, "%s: min_instances exceeds max_instances",
-		    path) == -1)
-			*cause = NULL;
+		util_cause(cause, "%s: min_instances exceeds max_instances",
+		    path);
 		goto fail;
 	}
 	if (cf->run_as_user != NULL) {
 		if ((pw = getpwnam(cf->run_as_user)) == NULL) {
-			if (asprintf(cause, "%s: run_as_user: unknown user %s",
-			    path, cf->run_as_user) == -1)
-				*cause = NULL;
+			util_cause(cause, "%s: run_as_user: unknown user %s",
+			    path, cf->run_as_user);
 			goto fail;
 		}
 		cf->run_uid = pw->pw_uid;
@@ -172,8 +168,7 @@ poold_config_load(const char *path, char **cause)
 		if (strncmp(e->key, "env.", 4) != 0)
 			continue;
 		if (cf->nenv == POOLD_ENV_MAX) {
-			if (asprintf(cause, "%s: too many env. keys", path) == -1)
-				*cause = NULL;
+			util_cause(cause, "%s: too many env. keys", path);
 			goto fail;
 		}
 		if (asprintf(&cf->env[cf->nenv], "%s=%s", e->key + 4,

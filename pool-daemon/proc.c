@@ -30,20 +30,6 @@ static void	proc_err_cb(struct loop_io *, uint32_t);
 static void	proc_in_cb(struct loop_io *, uint32_t);
 static void	proc_check_done(struct proc *);
 
-/* Format an error into *cause. */
-static void __attribute__((format(printf, 2, 3)))
-proc_error(char **cause, const char *fmt, ...)
-{
-	va_list	ap;
-
-	if (cause == NULL)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(cause, fmt, ap) == -1)
-		*cause = NULL;
-	va_end(ap);
-}
-
 /* Free a NULL-terminated array of strings. */
 static void
 proc_free_strv(char **v)
@@ -215,7 +201,7 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *session,
 	pid_t			 pid, parent = getpid();
 
 	if ((p = calloc(1, sizeof *p)) == NULL) {
-		proc_error(cause, "out of memory");
+		util_cause(cause, "out of memory");
 		return (NULL);
 	}
 	p->in_fd = p->out_fd = p->err_fd = -1;
@@ -224,12 +210,12 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *session,
 	p->profile.system_prompt = NULL;
 	if (pr->system_prompt != NULL &&
 	    (p->profile.system_prompt = strdup(pr->system_prompt)) == NULL) {
-		proc_error(cause, "out of memory");
+		util_cause(cause, "out of memory");
 		goto fail;
 	}
 	if (session == NULL) {
 		if (util_uuid4(sid) != 0) {
-			proc_error(cause, "getrandom failed");
+			util_cause(cause, "getrandom failed");
 			goto fail;
 		}
 		session = sid;
@@ -259,18 +245,18 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *session,
 	argv = proc_argv(&p->profile, session, resume);
 	envp = proc_envp(&p->profile, home, tenant != NULL ? tmpdir : NULL);
 	if (argv == NULL || envp == NULL) {
-		proc_error(cause, "out of memory");
+		util_cause(cause, "out of memory");
 		goto fail;
 	}
 	if (pipe2(in, O_CLOEXEC) == -1 || pipe2(out, O_CLOEXEC) == -1 ||
 	    pipe2(err, O_CLOEXEC) == -1) {
-		proc_error(cause, "pipe: %s", strerror(errno));
+		util_cause(cause, "pipe: %s", strerror(errno));
 		goto fail;
 	}
 
 	sigfillset(&all);
 	if (sigprocmask(SIG_SETMASK, &all, &old) == -1) {
-		proc_error(cause, "sigprocmask: %s", strerror(errno));
+		util_cause(cause, "sigprocmask: %s", strerror(errno));
 		goto fail;
 	}
 	pid = fork();
@@ -279,7 +265,7 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *session,
 	if (sigprocmask(SIG_SETMASK, &old, NULL) == -1)
 		log_warn("sigprocmask");
 	if (pid == -1) {
-		proc_error(cause, "fork: %s", strerror(errno));
+		util_cause(cause, "fork: %s", strerror(errno));
 		goto fail;
 	}
 	/* Also set in the parent, so kill(-pid) works before the child runs. */

@@ -42,18 +42,6 @@ static struct clients	clients = TAILQ_HEAD_INITIALIZER(clients);
 
 static void	client_io_cb(struct loop_io *, uint32_t);
 
-/* Format an error into *cause. */
-static void __attribute__((format(printf, 2, 3)))
-server_error(char **cause, const char *fmt, ...)
-{
-	va_list	ap;
-
-	va_start(ap, fmt);
-	if (vasprintf(cause, fmt, ap) == -1)
-		*cause = NULL;
-	va_end(ap);
-}
-
 /*
  * Create the listening socket.  Refuses to start if another daemon
  * answers there; a stale socket file is replaced.  The socket is bound
@@ -70,56 +58,56 @@ server_listen(const char *path, mode_t mode, const char *group, char **cause)
 	memset(&sa, 0, sizeof sa);
 	sa.sun_family = AF_UNIX;
 	if (strlen(path) >= sizeof sa.sun_path) {
-		server_error(cause, "socket path too long: %s", path);
+		util_cause(cause, "socket path too long: %s", path);
 		return (-1);
 	}
 	strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
 
 	probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (probe == -1) {
-		server_error(cause, "socket: %s", strerror(errno));
+		util_cause(cause, "socket: %s", strerror(errno));
 		return (-1);
 	}
 	if (connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0) {
 		close(probe);
-		server_error(cause, "another ccgate-poold is running on %s",
+		util_cause(cause, "another ccgate-poold is running on %s",
 		    path);
 		return (-1);
 	}
 	close(probe);
 	if (unlink(path) == -1 && errno != ENOENT) {
-		server_error(cause, "unlink %s: %s", path, strerror(errno));
+		util_cause(cause, "unlink %s: %s", path, strerror(errno));
 		return (-1);
 	}
 
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd == -1) {
-		server_error(cause, "socket: %s", strerror(errno));
+		util_cause(cause, "socket: %s", strerror(errno));
 		return (-1);
 	}
 	old = umask(0177);
 	if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == -1) {
 		umask(old);
-		server_error(cause, "bind %s: %s", path, strerror(errno));
+		util_cause(cause, "bind %s: %s", path, strerror(errno));
 		close(fd);
 		return (-1);
 	}
 	umask(old);
 	if (group != NULL && *group != '\0') {
 		if ((gr = getgrnam(group)) == NULL) {
-			server_error(cause, "unknown group %s", group);
+			util_cause(cause, "unknown group %s", group);
 			close(fd);
 			return (-1);
 		}
 		if (chown(path, (uid_t)-1, gr->gr_gid) == -1) {
-			server_error(cause, "chown %s: %s", path,
+			util_cause(cause, "chown %s: %s", path,
 			    strerror(errno));
 			close(fd);
 			return (-1);
 		}
 	}
 	if (chmod(path, mode) == -1 || listen(fd, 1024) == -1) {
-		server_error(cause, "listen %s: %s", path, strerror(errno));
+		util_cause(cause, "listen %s: %s", path, strerror(errno));
 		close(fd);
 		return (-1);
 	}

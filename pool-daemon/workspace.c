@@ -36,20 +36,6 @@
 	"- temp/      scratch space, may be cleaned\n" \
 	"- uploads/   files you upload\n"
 
-/* Format an error into *cause. */
-static void __attribute__((format(printf, 2, 3)))
-ws_error(char **cause, const char *fmt, ...)
-{
-	va_list	ap;
-
-	if (cause == NULL)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(cause, fmt, ap) == -1)
-		*cause = NULL;
-	va_end(ap);
-}
-
 /* Return a newly allocated "a/b[/c]". */
 char *
 workspace_path(const char *a, const char *b, const char *c)
@@ -71,15 +57,15 @@ ws_mkdir(const char *path, mode_t mode, char **cause)
 	struct stat	sb;
 
 	if (mkdir(path, mode) == -1 && errno != EEXIST) {
-		ws_error(cause, "mkdir %s: %s", path, strerror(errno));
+		util_cause(cause, "mkdir %s: %s", path, strerror(errno));
 		return (-1);
 	}
 	if (lstat(path, &sb) == -1 || !S_ISDIR(sb.st_mode)) {
-		ws_error(cause, "%s: not a directory", path);
+		util_cause(cause, "%s: not a directory", path);
 		return (-1);
 	}
 	if ((sb.st_mode & 07777) != mode && chmod(path, mode) == -1) {
-		ws_error(cause, "chmod %s: %s", path, strerror(errno));
+		util_cause(cause, "chmod %s: %s", path, strerror(errno));
 		return (-1);
 	}
 	return (0);
@@ -127,7 +113,7 @@ workspace_tenant(const char *state, const char *t, char **cause)
 	int				 fd, rc = -1;
 
 	if (!util_valid_tenant(t)) {
-		ws_error(cause, "invalid tenant name");
+		util_cause(cause, "invalid tenant name");
 		return (-1);
 	}
 	if ((base = workspace_path(state, "tenants", t)) == NULL)
@@ -151,7 +137,7 @@ workspace_tenant(const char *state, const char *t, char **cause)
 			log_warn("write %s", p);
 		close(fd);
 	} else if (errno != EEXIST) {
-		ws_error(cause, "create %s: %s", p, strerror(errno));
+		util_cause(cause, "create %s: %s", p, strerror(errno));
 		free(p);
 		goto out;
 	}
@@ -171,12 +157,12 @@ ws_slot_point(const char *state, int n, const char *target, char **cause)
 	if (snprintf(link, sizeof link, "%s/slots/%d", state, n) >=
 	    (int)sizeof link || snprintf(tmp, sizeof tmp, "%s/slots/.%d.new",
 	    state, n) >= (int)sizeof tmp) {
-		ws_error(cause, "state path too long");
+		util_cause(cause, "state path too long");
 		return (-1);
 	}
 	(void)unlink(tmp);
 	if (symlink(target, tmp) == -1 || rename(tmp, link) == -1) {
-		ws_error(cause, "slot %d: %s", n, strerror(errno));
+		util_cause(cause, "slot %d: %s", n, strerror(errno));
 		(void)unlink(tmp);
 		return (-1);
 	}
@@ -197,7 +183,7 @@ workspace_slot_bind(const char *state, int n, const char *t, char **cause)
 	char	target[PATH_MAX];
 
 	if (!util_valid_tenant(t)) {
-		ws_error(cause, "invalid tenant name");
+		util_cause(cause, "invalid tenant name");
 		return (-1);
 	}
 	snprintf(target, sizeof target, "../tenants/%s/home", t);

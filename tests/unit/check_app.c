@@ -9,6 +9,7 @@
 
 #include "app.h"
 #include "request.h"
+#include "unit.h"
 
 START_TEST(test_key_format)
 {
@@ -175,24 +176,18 @@ END_TEST
 int
 main(void)
 {
-	Suite	*s = suite_create("app");
-	TCase	*tc = tcase_create("core");
-	SRunner	*sr;
-	int	 failed;
+	const TTest *const tests[] = {
+		test_key_format,
+		test_key_hash,
+		test_two_keys_differ,
+		test_routes,
+		test_json_depth,
+		test_dialects,
+		test_title,
+		NULL
+	};
 
 	if (sodium_init() < 0)
 		return (1);
-	tcase_add_test(tc, test_key_format);
-	tcase_add_test(tc, test_key_hash);
-	tcase_add_test(tc, test_two_keys_differ);
-	tcase_add_test(tc, test_routes);
-	tcase_add_test(tc, test_json_depth);
-	tcase_add_test(tc, test_dialects);
-	tcase_add_test(tc, test_title);
-	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return (failed == 0 ? 0 : 1);
+	return (unit_run("app", "core", tests));
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "unit.h"
 
 /* Parse a line; fail the test on a parse error. */
 static void
@@ -122,19 +123,13 @@ END_TEST
 int
 main(void)
 {
-	Suite	*s = suite_create("cli");
-	TCase	*tc = tcase_create("lines");
-	SRunner	*sr;
-	int	 failed;
+	const TTest *const tests[] = {
+		test_init,
+		test_delta,
+		test_result,
+		test_retry_and_junk,
+		NULL
+	};
 
-	tcase_add_test(tc, test_init);
-	tcase_add_test(tc, test_delta);
-	tcase_add_test(tc, test_result);
-	tcase_add_test(tc, test_retry_and_junk);
-	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return (failed == 0 ? 0 : 1);
+	return (unit_run("cli", "lines", tests));
 }

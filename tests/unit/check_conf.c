@@ -7,6 +7,7 @@
 
 #include "conf.h"
 #include "util.h"
+#include "unit.h"
 
 static const char *const known[] = { "socket", "min_instances", "flag",
     NULL };
@@ -149,20 +150,14 @@ END_TEST
 int
 main(void)
 {
-	Suite	*s = suite_create("conf");
-	TCase	*tc = tcase_create("parse");
-	SRunner	*sr;
-	int	 failed;
+	const TTest *const tests[] = {
+		test_values,
+		test_errors,
+		test_ranges,
+		test_line_limit,
+		test_names,
+		NULL
+	};
 
-	tcase_add_test(tc, test_values);
-	tcase_add_test(tc, test_errors);
-	tcase_add_test(tc, test_ranges);
-	tcase_add_test(tc, test_line_limit);
-	tcase_add_test(tc, test_names);
-	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return (failed == 0 ? 0 : 1);
+	return (unit_run("conf", "parse", tests));
 }

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "proto.h"
+#include "unit.h"
 
 /* Encode a message and decode it back through a reader. */
 START_TEST(test_roundtrip)
@@ -180,20 +181,14 @@ END_TEST
 int
 main(void)
 {
-	Suite	*s = suite_create("proto");
-	TCase	*tc = tcase_create("codec");
-	SRunner	*sr;
-	int	 failed;
+	const TTest *const tests[] = {
+		test_roundtrip,
+		test_two_frames,
+		test_limits_and_malformed,
+		test_encode_limit,
+		test_fd_helpers,
+		NULL
+	};
 
-	tcase_add_test(tc, test_roundtrip);
-	tcase_add_test(tc, test_two_frames);
-	tcase_add_test(tc, test_limits_and_malformed);
-	tcase_add_test(tc, test_encode_limit);
-	tcase_add_test(tc, test_fd_helpers);
-	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return (failed == 0 ? 0 : 1);
+	return (unit_run("proto", "codec", tests));
 }

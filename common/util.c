@@ -23,6 +23,17 @@ util_now_ms(void)
 	return ((uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000);
 }
 
+/* Microseconds on the monotonic clock. */
+uint64_t
+util_now_us(void)
+{
+	struct timespec	ts;
+
+	if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0)
+		return (0);
+	return ((uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000);
+}
+
 /* Write a random (version 4) UUID into out. */
 int
 util_uuid4(char out[UUID_LEN + 1])

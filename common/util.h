@@ -9,6 +9,7 @@
 #define TENANT_MAX	64
 
 uint64_t	util_now_ms(void);
+uint64_t	util_now_us(void);
 int		util_uuid4(char [UUID_LEN + 1]);
 int		util_valid_uuid(const char *);
 int		util_valid_tenant(const char *);

@@ -156,6 +156,7 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 	job->client = c;
 	job->state = JOB_NEW;
 	job->accepted_at = util_now_ms();
+	job->accepted_us = util_now_us();
 	job->timeout_ms = timeout;
 	snprintf(job->id, sizeof job->id, "%s", id != NULL ? id : "");
 	snprintf(job->tenant, sizeof job->tenant, "%s", tenant);
@@ -190,7 +191,9 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 	}
 	TAILQ_INSERT_TAIL(&poold->queue, job, entry);
 	job->state = JOB_QUEUED;
+	poold->submitting = job;
 	pool_dispatch();
+	poold->submitting = NULL;
 	return (0);
 }
 
@@ -364,6 +367,8 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 		return (-1);
 
 	TAILQ_REMOVE(&poold->queue, job, entry);
+	job->dispatch_us = util_now_us() - job->accepted_us;
+	job->waited = job != poold->submitting;
 	job->state = JOB_RUNNING;
 	job->proc = p;
 	job->origin = origin;
@@ -656,7 +661,7 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 	struct cli_msg	 m;
 	char		*cause = NULL;
 	json_t		*f;
-	uint64_t	 now;
+	uint64_t	 now, line_us = util_now_us();
 
 	if (job == NULL || p->state == PROC_DYING)
 		return;
@@ -697,6 +702,16 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			break;
 		}
 		json_decref(f);
+		if (job->textlen == strlen(m.text) && !job->waited) {
+			/*
+			 * The daemon's own share of the first event: from the
+			 * frame to the CLI's stdin (less time spent queued)
+			 * plus from the CLI's line to the client's frame.
+			 */
+			pool_sample(poold->stats.overhead,
+			    &poold->stats.noverhead, job->dispatch_us +
+			    (util_now_us() - line_us));
+		}
 		break;
 	case CLI_RETRY:
 		job->retries_seen++;
@@ -830,10 +845,27 @@ pool_tick(void *arg)
 	if (now - poold->last_health >= (uint64_t)cf->health_check_interval_ms) {
 		poold->last_health = now;
 		TAILQ_FOREACH(p, &poold->procs, entry) {
-			if (p->state != PROC_DYING && !p->reaped &&
-			    kill(p->pid, 0) == -1 && errno == ESRCH) {
+			char	st;
+
+			if (p->state == PROC_DYING || p->reaped)
+				continue;
+			if (kill(p->pid, 0) == -1 && errno == ESRCH) {
 				log_warnx("CLI %ld vanished", (long)p->pid);
 				p->reaped = 1;
+				proc_kill(p);
+				continue;
+			}
+			/*
+			 * An idle CLI that is stopped or a zombie will never
+			 * answer: replace it.  A busy one is watched by the
+			 * stall timeout instead.
+			 */
+			st = proc_sched_state(p->pid);
+			if (p->job == NULL && (st == 'T' || st == 't' ||
+			    st == 'Z' || st == 'X')) {
+				log_warnx("CLI %ld is not runnable (state %c): "
+				    "replacing it", (long)p->pid, st);
+				poold->stats.unhealthy++;
 				proc_kill(p);
 			}
 		}
@@ -977,7 +1009,7 @@ pool_stats(void)
 	    (json_int_t)cf->max_messages_per_instance,
 	    "max_instance_age_ms", (json_int_t)cf->max_instance_age_ms));
 	json_object_set_new(f, "totals", json_pack("{s:I, s:I, s:I, s:I, s:I, "
-	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 	    "jobs", (json_int_t)st->jobs,
 	    "succeeded", (json_int_t)st->succeeded,
 	    "failed", (json_int_t)st->failed,
@@ -993,7 +1025,8 @@ pool_stats(void)
 	    "spawn_failed", (json_int_t)st->spawn_failed,
 	    "exited", (json_int_t)st->exited,
 	    "recycled", (json_int_t)st->recycled,
-	    "evicted", (json_int_t)st->evicted));
+	    "evicted", (json_int_t)st->evicted,
+	    "unhealthy", (json_int_t)st->unhealthy));
 	json_object_set_new(f, "placed", json_pack("{s:I, s:I, s:I, s:I}",
 	    "warm", (json_int_t)st->by_origin[ORIGIN_WARM],
 	    "bound", (json_int_t)st->by_origin[ORIGIN_BOUND],
@@ -1012,6 +1045,8 @@ pool_stats(void)
 	    pool_percentiles(st->ttfe, st->nttfe));
 	json_object_set_new(f, "job_duration_ms",
 	    pool_percentiles(st->dur, st->ndur));
+	json_object_set_new(f, "daemon_overhead_us",
+	    pool_percentiles(st->overhead, st->noverhead));
 	json_object_set_new(f, "processes", procs);
 	json_object_set_new(f, "daemon_rss_kb",
 	    json_integer(proc_rss_kb(getpid())));

@@ -144,6 +144,9 @@ struct job {
 	struct profile		 profile;
 	char			*message;
 	uint64_t		 accepted_at;
+	uint64_t		 accepted_us;	/* frame decoded */
+	uint64_t		 dispatch_us;	/* frame in to turn written */
+	int			 waited;	/* was queued: no overhead sample */
 	uint64_t		 started_at;
 	uint64_t		 first_event_at;
 	uint64_t		 last_output_at;
@@ -180,13 +183,16 @@ struct poold_stats {
 	uint64_t	exited;
 	uint64_t	recycled;
 	uint64_t	evicted;
+	uint64_t	unhealthy;
 	uint64_t	by_origin[4];
 	uint32_t	ttfe[POOLD_SAMPLES];	/* time to first event, ms */
 	uint32_t	dur[POOLD_SAMPLES];	/* job duration, ms */
 	uint32_t	qwait[POOLD_SAMPLES];	/* time queued, ms */
+	uint32_t	overhead[POOLD_SAMPLES]; /* daemon's own time, us */
 	uint64_t	nttfe;
 	uint64_t	ndur;
 	uint64_t	nqwait;
+	uint64_t	noverhead;
 	uint64_t	started_at;
 };
 
@@ -205,6 +211,7 @@ struct poold {
 	uint64_t		 stop_deadline;
 	uint64_t		 last_health;
 	int			 next_slot;
+	struct job		*submitting;	/* the job pool_submit places */
 	int			 warm_failures;
 	uint64_t		 warm_backoff_until;
 	char			*neutral_dir;
@@ -252,6 +259,7 @@ void		 proc_tick(uint64_t);
 void		 proc_reap(void);
 void		 proc_free(struct proc *);
 long		 proc_rss_kb(pid_t);
+char		 proc_sched_state(pid_t);
 
 /* workspace.c */
 int		 workspace_init(const char *, char **);

@@ -614,3 +614,26 @@ proc_rss_kb(pid_t pid)
 		return (-1);
 	return (resident * (sysconf(_SC_PAGESIZE) / 1024));
 }
+
+/*
+ * The scheduler state of pid from /proc/PID/stat ('R', 'S', 'T', 'Z'...),
+ * or 0 if it cannot be read (the process is gone).
+ */
+char
+proc_sched_state(pid_t pid)
+{
+	char	 path[64], buf[512], *rp;
+	FILE	*f;
+	size_t	 n;
+
+	snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+	if ((f = fopen(path, "re")) == NULL)
+		return (0);
+	n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* The command name may hold spaces and parentheses: skip to the last. */
+	if ((rp = strrchr(buf, ')')) == NULL || rp[1] != ' ')
+		return (0);
+	return (rp[2]);
+}

@@ -50,11 +50,16 @@ workspace_path(const char *a, const char *b, const char *c)
 	return (r == -1 ? NULL : p);
 }
 
-/* mkdir that accepts an existing directory; the mode is enforced. */
+/*
+ * mkdir that accepts an existing directory; the mode is enforced.  With
+ * own set and run_as_user configured, the directory belongs to that user
+ * (the CLI runs as it and writes there).
+ */
 static int
-ws_mkdir(const char *path, mode_t mode, char **cause)
+ws_mkdir(const char *path, mode_t mode, int own, char **cause)
 {
-	struct stat	sb;
+	struct poold_config	*cf = poold != NULL ? poold->cf : NULL;
+	struct stat		 sb;
 
 	if (mkdir(path, mode) == -1 && errno != EEXIST) {
 		util_cause(cause, "mkdir %s: %s", path, strerror(errno));
@@ -68,34 +73,49 @@ ws_mkdir(const char *path, mode_t mode, char **cause)
 		util_cause(cause, "chmod %s: %s", path, strerror(errno));
 		return (-1);
 	}
+	if (own && cf != NULL && cf->run_as_user != NULL &&
+	    (sb.st_uid != cf->run_uid || sb.st_gid != cf->run_gid) &&
+	    chown(path, cf->run_uid, cf->run_gid) == -1) {
+		util_cause(cause, "chown %s: %s", path, strerror(errno));
+		return (-1);
+	}
 	return (0);
 }
 
-/* Create the fixed parts of the state directory. */
+/*
+ * Create the fixed parts of the state directory.  tenants/ and slots/ can
+ * be crossed but not listed by others (a CLI run as run_as_user must reach
+ * its own tenant's folder, and no one else's).
+ */
 int
 workspace_init(const char *state, char **cause)
 {
-	static const char *const	 dirs[] = { "tenants", "slots",
-	    "warm-home", "warm-home/.claude", NULL };
-	const char *const		*d;
-	char				*p;
-	int				 rc = 0;
+	static const struct {
+		const char	*name;
+		mode_t		 mode;
+		int		 own;
+	} dirs[] = {
+		{ "tenants", 0711, 0 },
+		{ "slots", 0711, 0 },
+		{ "warm-home", 0700, 1 },
+		{ "warm-home/.claude", 0700, 1 },
+		{ "neutral", 0555, 0 },
+	};
+	char	*p;
+	size_t	 i;
+	int	 rc;
 
-	if (ws_mkdir(state, 0711, cause) != 0)
+	if (ws_mkdir(state, 0711, 0, cause) != 0)
 		return (-1);
-	for (d = dirs; *d != NULL && rc == 0; d++) {
-		if ((p = workspace_path(state, *d, NULL)) == NULL)
+	for (i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+		if ((p = workspace_path(state, dirs[i].name, NULL)) == NULL)
 			return (-1);
-		rc = ws_mkdir(p, 0700, cause);
+		rc = ws_mkdir(p, dirs[i].mode, dirs[i].own, cause);
 		free(p);
+		if (rc != 0)
+			return (-1);
 	}
-	if (rc != 0)
-		return (-1);
-	if ((p = workspace_path(state, "neutral", NULL)) == NULL)
-		return (-1);
-	rc = ws_mkdir(p, 0555, cause);
-	free(p);
-	return (rc);
+	return (0);
 }
 
 /*
@@ -118,12 +138,12 @@ workspace_tenant(const char *state, const char *t, char **cause)
 	}
 	if ((base = workspace_path(state, "tenants", t)) == NULL)
 		return (-1);
-	if (ws_mkdir(base, 0700, cause) != 0)
+	if (ws_mkdir(base, 0700, 1, cause) != 0)
 		goto out;
 	for (s = sub; *s != NULL; s++) {
 		if ((p = workspace_path(base, *s, NULL)) == NULL)
 			goto out;
-		if (ws_mkdir(p, 0700, cause) != 0) {
+		if (ws_mkdir(p, 0700, 1, cause) != 0) {
 			free(p);
 			goto out;
 		}
@@ -135,6 +155,9 @@ workspace_tenant(const char *state, const char *t, char **cause)
 	if (fd != -1) {
 		if (write(fd, WORKSPACE_README, strlen(WORKSPACE_README)) == -1)
 			log_warn("write %s", p);
+		if (poold->cf->run_as_user != NULL && fchown(fd,
+		    poold->cf->run_uid, poold->cf->run_gid) == -1)
+			log_warn("chown %s", p);
 		close(fd);
 	} else if (errno != EEXIST) {
 		util_cause(cause, "create %s: %s", p, strerror(errno));

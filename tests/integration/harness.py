@@ -126,15 +126,16 @@ class Stack:
         self.mock_port = int(open(self.path("mock.port")).read())
 
     def write_poold_conf(self):
-        lines = [
-            "socket = %s" % self.path("run", "poold.sock"),
-            "state_dir = %s" % self.path("state"),
-            "cli_path = %s" % CLAUDE,
-            "default_model = %s" % DEFAULT_MODEL,
-            "env.ANTHROPIC_BASE_URL = http://127.0.0.1:%d" % self.mock_port,
-            "env.ANTHROPIC_API_KEY = sk-ccgate-test",
-        ]
-        lines += ["%s = %s" % kv for kv in self.poold_opts.items()]
+        conf = {
+            "socket": self.path("run", "poold.sock"),
+            "state_dir": self.path("state"),
+            "cli_path": CLAUDE,
+            "default_model": DEFAULT_MODEL,
+            "env.ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % self.mock_port,
+            "env.ANTHROPIC_API_KEY": "sk-ccgate-test",
+        }
+        conf.update(self.poold_opts)
+        lines = ["%s = %s" % kv for kv in conf.items()]
         with open(self.path("poold.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
 

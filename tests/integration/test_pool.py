@@ -334,6 +334,18 @@ class Recovery(PoolTest):
                           p["pid"] != warm], 5, "a replacement")
 
 
+    def test_stopped_idle_process_is_replaced(self):
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
+                 "a warm process")
+        warm = [p["pid"] for p in procs() if p["state"] == "warm"][0]
+        before = stack.stats()["totals"]["unhealthy"]
+        os.kill(warm, signal.SIGSTOP)
+        wait_for(lambda: not pid_alive(warm), 3, "the stopped CLI to go")
+        self.assertEqual(stack.stats()["totals"]["unhealthy"], before + 1)
+        wait_for(lambda: [p for p in procs() if p["state"] == "warm"], 15,
+                 "a replacement")
+
+
 class Workspaces(PoolTest):
     def test_layout_modes_and_isolation(self):
         a = end(job("ws-alice", conv(), "hello from alice"))

@@ -15,6 +15,7 @@
  *   chat.c	 chat turns (native routes)
  *   conv.c	 conversations
  *   health.c	 /healthz, /readyz
+ *   poolinfo.c	 /api/cli-pool/ routes and /api/models
  *   usage.c	 usage records
  */
 #ifndef CCGATE_APP_H
@@ -135,6 +136,13 @@ enum route_id {
 	ROUTE_CHAT,
 	ROUTE_CONV_CREATE,
 	ROUTE_CONV_GET,
+	ROUTE_CONV_LIST,
+	ROUTE_CONV_DELETE,
+	ROUTE_CONV_CONTINUE,
+	ROUTE_MODELS,
+	ROUTE_POOL_STATS,
+	ROUTE_POOL_HEALTH,
+	ROUTE_POOL_INIT,
 	ROUTE_MAX
 };
 
@@ -155,6 +163,7 @@ struct request;
 const char	*req_param(struct request *, const char *);
 const char	*req_header(struct request *, const char *);
 const char	*req_id(struct request *);
+const char	*req_query(struct request *, const char *, char *, size_t);
 json_t		*req_json_body(struct request *, int);
 void		 req_add_header(struct request *, const char *, const char *);
 void		 req_send_json(struct request *, int, json_t *);
@@ -190,6 +199,13 @@ const char	*dialect_error_type(enum dialect, int);
 void		 chat_handle(struct request *);
 void		 conv_create_handle(struct request *);
 void		 conv_get_handle(struct request *);
+void		 conv_list_handle(struct request *);
+void		 conv_delete_handle(struct request *);
+void		 conv_continue_handle(struct request *);
+void		 models_handle(struct request *);
+void		 poolinfo_stats_handle(struct request *);
+void		 poolinfo_health_handle(struct request *);
+void		 poolinfo_init_handle(struct request *);
 void		 health_live(struct request *);
 void		 health_ready(struct request *);
 

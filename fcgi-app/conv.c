@@ -11,6 +11,8 @@
 
 #include "app.h"
 #include "log.h"
+#include "poolc.h"
+#include "proto.h"
 
 #define CONV_TITLE_MAX	200
 #define CONV_ISO(col)	"DATE_FORMAT(" col ", '%Y-%m-%dT%H:%i:%sZ')"
@@ -245,4 +247,173 @@ conv_get_handle(struct request *r)
 	db_res_free(res);
 	conv_clear(&c);
 	req_send_json(r, 200, out);
+}
+
+#define CONV_LIST_DEFAULT	20
+#define CONV_LIST_MAX		100
+
+/*
+ * GET /api/conversations?limit=N&cursor=ID: the tenant's conversations,
+ * newest first.  The cursor is the id of the last one of the previous
+ * page; next_cursor is null on the last page.
+ */
+void
+conv_list_handle(struct request *r)
+{
+	struct db_res	*res = NULL;
+	struct db	*db;
+	const char	*tenant;
+	char		 buf[128], *end;
+	const char	*cursor, *lim;
+	json_t		*list, *out;
+	long		 limit = CONV_LIST_DEFAULT;
+	size_t		 i, n;
+	int		 rc;
+
+	if (req_authenticate(r) != 0)
+		return;
+	tenant = req_key(r)->tenant;
+	if ((lim = req_query(r, "limit", buf, sizeof buf)) != NULL) {
+		limit = strtol(lim, &end, 10);
+		if (*lim == '\0' || *end != '\0' || limit < 1 ||
+		    limit > CONV_LIST_MAX) {
+			req_error(r, 400, NULL, "limit: must be an integer from "
+			    "1 to %d", CONV_LIST_MAX);
+			return;
+		}
+	}
+	cursor = req_query(r, "cursor", buf, sizeof buf);
+	if (cursor != NULL && !util_valid_uuid(cursor)) {
+		req_error(r, 400, NULL, "cursor: not a cursor from this list");
+		return;
+	}
+	if ((db = db_thread()) == NULL) {
+		conv_db_down(r);
+		return;
+	}
+	if (cursor != NULL)
+		rc = db_run(db, &res, NULL,
+		    "SELECT c.id, c.title, c.model, " CONV_ISO("c.created_at")
+		    ", " CONV_ISO("c.updated_at") " FROM conversations c, "
+		    "conversations k WHERE k.id = ? AND k.tenant = ? AND "
+		    "c.tenant = ? AND c.deleted_at IS NULL AND (c.created_at < "
+		    "k.created_at OR (c.created_at = k.created_at AND c.id < k.id)) "
+		    "ORDER BY c.created_at DESC, c.id DESC LIMIT ?", "sssi",
+		    cursor, tenant, tenant, (long long)limit + 1);
+	else
+		rc = db_run(db, &res, NULL,
+		    "SELECT id, title, model, " CONV_ISO("created_at") ", "
+		    CONV_ISO("updated_at") " FROM conversations WHERE tenant = ? "
+		    "AND deleted_at IS NULL ORDER BY created_at DESC, id DESC "
+		    "LIMIT ?", "si", tenant, (long long)limit + 1);
+	if (rc != 0) {
+		conv_db_down(r);
+		return;
+	}
+	n = res->nrows > (size_t)limit ? (size_t)limit : res->nrows;
+	list = json_array();
+	for (i = 0; list != NULL && i < n; i++)
+		json_array_append_new(list, json_pack("{s:s, s:s?, s:s, s:s, "
+		    "s:s}", "conversation_id", db_cell(res, i, 0), "title",
+		    db_cell(res, i, 1), "model", db_cell(res, i, 2),
+		    "created_at", db_cell(res, i, 3), "updated_at",
+		    db_cell(res, i, 4)));
+	out = json_pack("{s:b, s:o, s:s?}", "success", 1, "conversations",
+	    list, "next_cursor", res->nrows > (size_t)limit ?
+	    db_cell(res, n - 1, 0) : NULL);
+	db_res_free(res);
+	req_send_json(r, 200, out);
+}
+
+/*
+ * DELETE /api/conversations/:id: the pool stops the conversation's process
+ * and removes its transcript first; only then are its messages deleted, so
+ * a pool that does not answer leaves everything as it was.
+ */
+void
+conv_delete_handle(struct request *r)
+{
+	struct conversation	 c;
+	struct db		*db;
+	json_t			*msg, *ans = NULL;
+	char			*cause = NULL;
+	int			 rc;
+
+	if (req_authenticate(r) != 0)
+		return;
+	if ((db = db_thread()) == NULL ||
+	    (rc = conv_load(db, req_key(r)->tenant, req_route(r)->param,
+	    &c)) == -1) {
+		conv_db_down(r);
+		return;
+	}
+	if (rc == 1) {
+		req_error(r, 404, NULL, "conversation not found");
+		return;
+	}
+	msg = json_pack("{s:i, s:s, s:s, s:s, s:s?}", "v", PROTO_VERSION,
+	    "type", PROTO_DELETE, "tenant", c.tenant, "conversation", c.id,
+	    "session_id", c.cli_session_id[0] != '\0' ? c.cli_session_id :
+	    NULL);
+	if (msg != NULL)
+		ans = poolc_call(appconf->poold_socket, msg, 10000, &cause);
+	json_decref(msg);
+	if (ans == NULL || strcmp(proto_type(ans), PROTO_OK) != 0) {
+		log_warnx("delete %s: pool: %s", c.id, cause != NULL ? cause :
+		    "refused");
+		free(cause);
+		json_decref(ans);
+		conv_clear(&c);
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "the CLI pool is unavailable; nothing "
+		    "was deleted");
+		return;
+	}
+	json_decref(ans);
+	if (db_begin(db) != 0 ||
+	    db_run(db, NULL, NULL, "DELETE FROM messages WHERE "
+	    "conversation_id = ?", "s", c.id) != 0 ||
+	    db_run(db, NULL, NULL, "UPDATE conversations SET deleted_at = "
+	    "UTC_TIMESTAMP(3), cli_session_id = NULL, system_prompt = NULL, "
+	    "title = NULL WHERE id = ?", "s", c.id) != 0 ||
+	    db_commit(db) != 0) {
+		(void)db_rollback(db);
+		conv_clear(&c);
+		conv_db_down(r);
+		return;
+	}
+	conv_clear(&c);
+	req_send_empty(r, 204);
+}
+
+/* POST /api/conversations/:id/continue: a turn of that conversation. */
+void
+conv_continue_handle(struct request *r)
+{
+	struct conversation	 c;
+	struct db		*db;
+	const char		*message;
+	json_t			*body;
+	long long		 max_tokens = 0;
+	int			 stream = 0, rc;
+
+	if (req_authenticate(r) != 0 || (body = req_json_body(r, 1)) == NULL)
+		return;
+	if (input_str(r, body, "message", 1, (size_t)appconf->max_message,
+	    &message) != 0 ||
+	    input_int(r, body, "max_tokens", 1, 1000000, &max_tokens) != 0 ||
+	    input_bool(r, body, "stream", &stream) != 0)
+		return;
+	if ((db = db_thread()) == NULL ||
+	    (rc = conv_load(db, req_key(r)->tenant, req_route(r)->param,
+	    &c)) == -1) {
+		conv_db_down(r);
+		return;
+	}
+	if (rc == 1) {
+		req_error(r, 404, NULL, "conversation not found");
+		return;
+	}
+	chat_turn(r, &c, message, max_tokens, stream);
+	conv_clear(&c);
 }

@@ -75,6 +75,56 @@ req_id(struct request *r)
 	return (r->id);
 }
 
+/* Value of a hex digit, or -1. */
+static int
+req_hex(char c)
+{
+	if (c >= '0' && c <= '9')
+		return (c - '0');
+	if (c >= 'a' && c <= 'f')
+		return (c - 'a' + 10);
+	if (c >= 'A' && c <= 'F')
+		return (c - 'A' + 10);
+	return (-1);
+}
+
+/*
+ * The first value of query parameter name, percent-decoded into buf, or
+ * NULL if absent (or too long for buf, or holding a NUL).
+ */
+const char *
+req_query(struct request *r, const char *name, char *buf, size_t len)
+{
+	const char	*q = req_param(r, "QUERY_STRING"), *p, *end;
+	size_t		 nlen = strlen(name), o;
+	int		 hi, lo;
+
+	for (p = q; p != NULL && *p != '\0'; p = *end ? end + 1 : end) {
+		end = p + strcspn(p, "&");
+		if ((size_t)(end - p) <= nlen || strncmp(p, name, nlen) != 0 ||
+		    p[nlen] != '=')
+			continue;
+		for (p += nlen + 1, o = 0; p < end; p++) {
+			char	c = *p;
+
+			if (c == '+')
+				c = ' ';
+			else if (c == '%' && end - p >= 3 &&
+			    (hi = req_hex(p[1])) >= 0 &&
+			    (lo = req_hex(p[2])) >= 0) {
+				c = (char)(hi << 4 | lo);
+				p += 2;
+			}
+			if (c == '\0' || o + 1 >= len)
+				return (NULL);
+			buf[o++] = c;
+		}
+		buf[o] = '\0';
+		return (buf);
+	}
+	return (NULL);
+}
+
 /* The matched route. */
 struct route *
 req_route(struct request *r)
@@ -490,6 +540,27 @@ req_dispatch(struct request *r)
 		break;
 	case ROUTE_CONV_GET:
 		conv_get_handle(r);
+		break;
+	case ROUTE_CONV_LIST:
+		conv_list_handle(r);
+		break;
+	case ROUTE_CONV_DELETE:
+		conv_delete_handle(r);
+		break;
+	case ROUTE_CONV_CONTINUE:
+		conv_continue_handle(r);
+		break;
+	case ROUTE_MODELS:
+		models_handle(r);
+		break;
+	case ROUTE_POOL_STATS:
+		poolinfo_stats_handle(r);
+		break;
+	case ROUTE_POOL_HEALTH:
+		poolinfo_health_handle(r);
+		break;
+	case ROUTE_POOL_INIT:
+		poolinfo_init_handle(r);
 		break;
 	default:
 		if (r->route.status == 405)

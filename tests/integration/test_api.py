@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""The native client API beyond chat: conversations listed, continued and
+deleted; models; the pool's statistics and health as a client sees them."""
+
+import os
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Stack, texts_of, wait_for, main  # noqa: E402
+
+stack = None
+
+
+def setUpModule():
+    global stack
+    stack = Stack(name="api").start()
+    stack.create_key("alice", user="alice")
+    stack.create_key("bob", user="bob")
+
+
+def tearDownModule():
+    stack.stop()
+
+
+def call(method, path, body=None, key="alice", **kw):
+    return stack.request(method, path, body, key=stack.keys[key], **kw)
+
+
+def new_conversation(message, key="alice"):
+    r = call("POST", "/api/chat", {"message": message}, key=key)
+    assert r.status == 200, r
+    return r.json()
+
+
+def transcript_of(tenant, session_id):
+    for root, _, files in os.walk(stack.path("state", "tenants", tenant)):
+        if session_id + ".jsonl" in files:
+            return os.path.join(root, session_id + ".jsonl")
+    return None
+
+
+class List(unittest.TestCase):
+    def test_paging_newest_first(self):
+        ids = [new_conversation("list me %d" % i)["conversation_id"]
+               for i in range(3)]
+        first = call("GET", "/api/conversations?limit=2")
+        self.assertEqual(first.status, 200, first)
+        page = first.json()
+        self.assertEqual([c["conversation_id"] for c in page["conversations"]],
+                         [ids[2], ids[1]])
+        self.assertEqual(page["conversations"][0]["title"], "list me 2")
+        self.assertEqual(page["next_cursor"], ids[1])
+        seen = [c["conversation_id"] for c in page["conversations"]]
+        cursor = page["next_cursor"]
+        while cursor:
+            nxt = call("GET", "/api/conversations?limit=2&cursor=" + cursor)
+            self.assertEqual(nxt.status, 200, nxt)
+            seen += [c["conversation_id"] for c in nxt.json()["conversations"]]
+            cursor = nxt.json()["next_cursor"]
+        self.assertEqual(seen[:3], [ids[2], ids[1], ids[0]])
+        self.assertEqual(len(seen), len(set(seen)), "a page repeated an item")
+
+    def test_other_tenant_sees_none(self):
+        mine = new_conversation("alice only")["conversation_id"]
+        listed = call("GET", "/api/conversations?limit=100", key="bob").json()
+        self.assertNotIn(mine, [c["conversation_id"]
+                                for c in listed["conversations"]])
+
+    def test_bad_parameters(self):
+        for q, field in (("limit=0", "limit"), ("limit=101", "limit"),
+                         ("limit=x", "limit"), ("cursor=nope", "cursor"),
+                         ("cursor=%27%20OR%201%3D1", "cursor")):
+            r = call("GET", "/api/conversations?" + q)
+            self.assertEqual(r.status, 400, (q, r))
+            self.assertTrue(r.json()["error"]["message"].startswith(field))
+
+
+class Continue(unittest.TestCase):
+    def test_continue_has_context(self):
+        first = new_conversation("my name is Ada")
+        cid = first["conversation_id"]
+        r = call("POST", "/api/conversations/%s/continue" % cid,
+                 {"message": "what is my name?"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["conversation_id"], cid)
+        rec = [x for x in stack.mock_records()
+               if texts_of(x)[-1] == ("user", "what is my name?")][-1]
+        self.assertEqual(texts_of(rec)[0], ("user", "my name is Ada"))
+
+    def test_continue_streams(self):
+        cid = new_conversation("stream next")["conversation_id"]
+        resp, events = stack.stream("/api/conversations/%s/continue" % cid,
+                                    {"message": "go on", "stream": True},
+                                    key=stack.keys["alice"])
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertEqual(events[-2]["conversation_id"], cid)
+
+    def test_continue_unknown_or_foreign(self):
+        cid = new_conversation("private")["conversation_id"]
+        for path, key in (("/api/conversations/%s/continue" % cid, "bob"),
+                          ("/api/conversations/00000000-0000-4000-8000-"
+                           "000000000000/continue", "alice")):
+            r = call("POST", path, {"message": "x"}, key=key)
+            self.assertEqual(r.status, 404, r)
+        r = call("POST", "/api/conversations/%s/continue" % cid, {})
+        self.assertEqual(r.status, 400)
+
+
+class Delete(unittest.TestCase):
+    def test_delete_removes_messages_and_transcript(self):
+        first = new_conversation("delete this")
+        cid, sid = first["conversation_id"], first["session_id"]
+        wait_for(lambda: transcript_of("alice", sid), 5, "the transcript")
+        path = transcript_of("alice", sid)
+        # Another tenant cannot delete it.
+        r = call("DELETE", "/api/conversations/" + cid, key="bob")
+        self.assertEqual(r.status, 404)
+        self.assertTrue(os.path.exists(path))
+        r = call("DELETE", "/api/conversations/" + cid)
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(r.body, "")
+        self.assertFalse(os.path.exists(path), "the transcript is still there")
+        self.assertEqual(stack.sql("SELECT COUNT(*) FROM messages WHERE "
+                                   "conversation_id = '%s'" % cid), [["0"]])
+        self.assertEqual(call("GET", "/api/conversations/" + cid).status, 404)
+        self.assertEqual(call("DELETE", "/api/conversations/" + cid).status,
+                         404)
+        self.assertEqual(call("POST", "/api/chat", {
+            "message": "x", "conversation_id": cid}).status, 404)
+        listed = call("GET", "/api/conversations?limit=100").json()
+        self.assertNotIn(cid, [c["conversation_id"]
+                               for c in listed["conversations"]])
+        self.assertFalse([p for p in stack.stats()["processes"]
+                          if p["conversation"] == cid])
+
+
+class ModelsAndPool(unittest.TestCase):
+    def test_models(self):
+        r = call("GET", "/api/models")
+        self.assertEqual(r.status, 200)
+        models = r.json()["models"]
+        self.assertEqual([m["id"] for m in models],
+                         ["claude-sonnet-4-5", "claude-haiku-4-5"])
+        self.assertEqual([m["default"] for m in models], [True, False])
+        self.assertEqual(stack.request("GET", "/api/models").status, 401)
+
+    def test_pool_stats_hides_other_tenants(self):
+        bobs = new_conversation("bob's", key="bob")["conversation_id"]
+        alices = new_conversation("alice's")["conversation_id"]
+        r = call("GET", "/api/cli-pool/stats")
+        self.assertEqual(r.status, 200, r)
+        st = r.json()
+        self.assertGreater(st["totals"]["succeeded"], 0)
+        self.assertIn("p95", st["time_to_first_event_ms"])
+        convs = [p.get("conversation_id") for p in st["processes"]]
+        self.assertIn(alices, convs)
+        self.assertNotIn(bobs, r.body)
+        self.assertNotIn("bob", r.body)
+
+    def test_pool_health(self):
+        r = call("GET", "/api/cli-pool/health")
+        self.assertEqual(r.status, 200, r)
+        self.assertIn(r.json()["status"], ("healthy", "degraded"))
+        self.assertGreaterEqual(r.json()["pool"]["max_instances"], 1)
+
+    def test_initialize_is_not_for_client_keys(self):
+        before = stack.stats()["limits"]
+        r = call("POST", "/api/cli-pool/initialize",
+                 {"minInstances": 0, "maxInstances": 1})
+        self.assertEqual(r.status, 403, r)
+        self.assertEqual(r.json()["error"]["type"], "permission_error")
+        self.assertEqual(stack.stats()["limits"], before)
+
+
+if __name__ == "__main__":
+    main()

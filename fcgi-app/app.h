@@ -12,7 +12,10 @@
  *   dialect.c	 error and answer shapes of the three API dialects
  *   input.c	 validation of request fields
  *   poolc.c	 client of ccgate-poold (poolc.h)
- *   chat.c	 chat turns (native routes)
+ *   chat.c	 chat turns (turn.h), the native dialect
+ *   openai.c	 the OpenAI-compatible dialect
+ *   anthropic.c the Anthropic-compatible dialect
+ *   compat.c	 what those two share (compat.h)
  *   conv.c	 conversations
  *   health.c	 /healthz, /readyz
  *   poolinfo.c	 /api/cli-pool/ routes and /api/models
@@ -143,6 +146,9 @@ enum route_id {
 	ROUTE_POOL_STATS,
 	ROUTE_POOL_HEALTH,
 	ROUTE_POOL_INIT,
+	ROUTE_OPENAI_CHAT,
+	ROUTE_OPENAI_MODELS,
+	ROUTE_ANTHROPIC_MESSAGES,
 	ROUTE_MAX
 };
 
@@ -171,6 +177,7 @@ void		 req_send_empty(struct request *, int);
 int		 req_sse_start(struct request *);
 int		 req_sse_data(struct request *, const char *);
 int		 req_sse_json(struct request *, json_t *);
+int		 req_sse_event(struct request *, const char *, json_t *);
 int		 req_sent(struct request *);
 void		 req_error(struct request *, int, const char *, const char *,
 		     ...) __attribute__((format(printf, 4, 5)));
@@ -203,6 +210,9 @@ void		 conv_list_handle(struct request *);
 void		 conv_delete_handle(struct request *);
 void		 conv_continue_handle(struct request *);
 void		 models_handle(struct request *);
+void		 openai_chat_handle(struct request *);
+void		 openai_models_handle(struct request *);
+void		 anthropic_messages_handle(struct request *);
 void		 poolinfo_stats_handle(struct request *);
 void		 poolinfo_health_handle(struct request *);
 void		 poolinfo_init_handle(struct request *);
@@ -218,6 +228,7 @@ struct conversation {
 	char	*system_prompt;
 	char	 cli_session_id[UUID_LEN + 1];
 	char	 created_at[32];
+	char	 history_hash[65];
 };
 
 int		 conv_load(struct db *, const char *, const char *,
@@ -228,7 +239,12 @@ void		 conv_clear(struct conversation *);
 int		 conv_add_message(struct db *, const char *, const char *,
 		     const char *, const char *, long long, long long,
 		     double);
-int		 conv_set_session(struct db *, const char *, const char *);
+int		 conv_set_session(struct db *, const char *, const char *,
+		     const char *);
+void		 conv_chain(const char *, const char *, const char *,
+		     char [65]);
+int		 conv_find_history(struct db *, const char *, const char *,
+		     struct conversation *);
 char		*conv_title_from_message(const char *);
 void		 chat_turn(struct request *, struct conversation *,
 		     const char *, long long, int);

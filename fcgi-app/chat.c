@@ -10,12 +10,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "app.h"
 #include "log.h"
 #include "poolc.h"
 #include "proto.h"
 #include "request.h"
+#include "turn.h"
 
 #define CHAT_HEARTBEAT_MS	15000
 #define CHAT_PRIME_MAX		(512 * 1024)
@@ -24,22 +26,6 @@ enum turn_end {
 	TURN_DONE,
 	TURN_ERROR,
 	TURN_GONE
-};
-
-struct turn {
-	struct request		*r;
-	struct conversation	*conv;
-	const char		*message;	/* what the user sent */
-	const char		*send;		/* what the CLI is sent */
-	long long		 max_tokens;
-	int			 stream;
-	int			 resume;
-	json_t			*done;
-	char			*partial;
-	char			 code[32];
-	char			 error[1024];
-	uint64_t		 started;
-	long long		 ttft_ms;
 };
 
 /* Map a pool error code to an HTTP status. */
@@ -98,21 +84,32 @@ chat_job(struct turn *t)
 	return (job);
 }
 
-/* Send one delta to a streaming client. */
+/* Send one delta to a streaming client, opening the stream first. */
 static int
 chat_send_delta(struct turn *t, const char *text)
 {
-	json_t	*ev;
-	int	 rc;
-
 	if (req_sse_start(t->r) != 0)
 		return (-1);
-	if ((ev = json_pack("{s:s, s:s}", "type", "delta", "text", text)) ==
-	    NULL)
+	if (!t->started) {
+		t->started = 1;
+		if (t->ops->start != NULL && t->ops->start(t) != 0)
+			return (-1);
+	}
+	return (t->ops->delta(t, text));
+}
+
+/* Open the stream without a delta (heartbeats, the final events). */
+static int
+chat_stream_open(struct turn *t)
+{
+	if (req_sse_start(t->r) != 0)
 		return (-1);
-	rc = req_sse_json(t->r, ev);
-	json_decref(ev);
-	return (rc);
+	if (!t->started) {
+		t->started = 1;
+		if (t->ops->start != NULL && t->ops->start(t) != 0)
+			return (-1);
+	}
+	return (0);
 }
 
 /* Keep the partial text of a job that failed. */
@@ -173,7 +170,7 @@ chat_run(struct turn *t)
 			if (why == POOLC_TIMEOUT) {
 				if (!t->stream)
 					continue;
-				if (req_sse_start(t->r) != 0 ||
+				if (chat_stream_open(t) != 0 ||
 				    req_sse_data(t->r, ": keep-alive") != 0) {
 					end = TURN_GONE;
 					break;
@@ -192,7 +189,7 @@ chat_run(struct turn *t)
 			text = json_string_value(json_object_get(f, "text"));
 			if (text != NULL && t->ttft_ms < 0)
 				t->ttft_ms = (long long)(util_now_ms() -
-				    t->started);
+				    t->started_ms);
 			if (text != NULL && t->stream &&
 			    chat_send_delta(t, text) != 0) {
 				json_decref(f);
@@ -268,73 +265,113 @@ chat_prime(struct db *db, struct turn *t)
 	return (out);
 }
 
-/* The answer object shared by the non-stream body and the done event. */
+/* The native answer, shared by the JSON body and the done event. */
 static json_t *
 chat_answer(struct turn *t, const char *type)
 {
-	json_t		*u = json_object_get(t->done, "usage");
-	json_int_t	 in, out;
-
-	in = json_integer_value(json_object_get(u, "input_tokens"));
-	out = json_integer_value(json_object_get(u, "output_tokens"));
-	return (json_pack("{s:s?, s:b, s:s, s:s, s:O, s:s, s:{s:I, s:I, s:I, "
-	    "s:O}, s:I}", "type", type, "success", 1, "conversation_id",
-	    t->conv->id, "session_id",
-	    json_string_value(json_object_get(t->done, "session_id")),
-	    "response", json_object_get(t->done, "text"),
-	    "model", t->conv->model, "usage", "input_tokens", in,
-	    "output_tokens", out, "total_tokens", in + out, "cost_usd",
-	    json_object_get(t->done, "cost_usd"), "duration_ms",
-	    (json_int_t)(util_now_ms() - t->started)));
+	return (json_pack("{s:s?, s:b, s:s, s:s, s:s, s:s, s:{s:I, s:I, s:I, "
+	    "s:f}, s:I}", "type", type, "success", 1, "conversation_id",
+	    t->conv->id, "session_id", t->session_id, "response", t->text,
+	    "model", t->conv->model, "usage", "input_tokens",
+	    (json_int_t)t->in, "output_tokens", (json_int_t)t->out,
+	    "total_tokens", (json_int_t)(t->in + t->out), "cost_usd", t->cost,
+	    "duration_ms", (json_int_t)(util_now_ms() - t->started_ms)));
 }
 
-/* Store the answer and send it. */
+/* Native: one delta event. */
+static int
+native_delta(struct turn *t, const char *text)
+{
+	json_t	*ev;
+	int	 rc;
+
+	if ((ev = json_pack("{s:s, s:s}", "type", "delta", "text", text)) ==
+	    NULL)
+		return (-1);
+	rc = req_sse_json(t->r, ev);
+	json_decref(ev);
+	return (rc);
+}
+
+/* Native: the answer, or the done event and [DONE]. */
+static void
+native_done(struct turn *t)
+{
+	json_t	*ans;
+
+	if (!t->stream) {
+		req_send_json(t->r, 200, chat_answer(t, NULL));
+		return;
+	}
+	ans = chat_answer(t, "done");
+	if (ans == NULL || req_sse_json(t->r, ans) != 0 ||
+	    req_sse_data(t->r, "[DONE]") != 0)
+		log_info("request %s: client left before the end",
+		    req_id(t->r));
+	json_decref(ans);
+}
+
+/* Native: an error event and [DONE]. */
+static void
+native_stream_error(struct turn *t, int status, const char *type,
+    const char *msg)
+{
+	json_t	*ev;
+
+	ev = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type",
+	    type, "message", msg);
+	if (ev != NULL && req_sse_json(t->r, ev) == 0)
+		(void)req_sse_data(t->r, "[DONE]");
+	json_decref(ev);
+}
+
+static const struct turn_ops native_ops = {
+	NULL, native_delta, native_done, native_stream_error
+};
+
+/* Store the answer, extend the history hash, and send the answer. */
 static void
 chat_finish_done(struct db *db, struct turn *t)
 {
-	json_t		*u = json_object_get(t->done, "usage");
-	json_t		*ans;
-	const char	*sid, *text;
-	long long	 in, out;
-	double		 cost;
+	json_t	*u = json_object_get(t->done, "usage");
+	char	 h1[65], h2[65];
 
-	sid = json_string_value(json_object_get(t->done, "session_id"));
-	text = json_string_value(json_object_get(t->done, "text"));
-	in = json_integer_value(json_object_get(u, "input_tokens"));
-	out = json_integer_value(json_object_get(u, "output_tokens"));
-	cost = json_number_value(json_object_get(t->done, "cost_usd"));
-	req_usage(t->r, t->conv->model, in, out,
-	    json_integer_value(json_object_get(u, "cache_read_input_tokens")),
-	    json_integer_value(json_object_get(u,
-	    "cache_creation_input_tokens")), cost, t->ttft_ms, NULL);
-	if ((sid != NULL && util_valid_uuid(sid) &&
-	    conv_set_session(db, t->conv->id, sid) != 0) ||
-	    conv_add_message(db, t->conv->id, "assistant", text ? text : "",
-	    req_id(t->r), in, out, cost) != 0)
+	t->session_id = json_string_value(json_object_get(t->done,
+	    "session_id"));
+	t->text = json_string_value(json_object_get(t->done, "text"));
+	if (t->text == NULL)
+		t->text = "";
+	t->in = json_integer_value(json_object_get(u, "input_tokens"));
+	t->out = json_integer_value(json_object_get(u, "output_tokens"));
+	t->cache_read = json_integer_value(json_object_get(u,
+	    "cache_read_input_tokens"));
+	t->cache_creation = json_integer_value(json_object_get(u,
+	    "cache_creation_input_tokens"));
+	t->cost = json_number_value(json_object_get(t->done, "cost_usd"));
+	req_usage(t->r, t->conv->model, t->in, t->out, t->cache_read,
+	    t->cache_creation, t->cost, t->ttft_ms, NULL);
+	conv_chain(t->conv->history_hash, "user", t->message, h1);
+	conv_chain(h1, "assistant", t->text, h2);
+	if ((t->session_id != NULL && util_valid_uuid(t->session_id) &&
+	    conv_set_session(db, t->conv->id, t->session_id, h2) != 0) ||
+	    conv_add_message(db, t->conv->id, "assistant", t->text,
+	    req_id(t->r), t->in, t->out, t->cost) != 0)
 		log_warnx("request %s: the answer could not be stored",
 		    req_id(t->r));
-	if (t->stream) {
-		ans = chat_answer(t, "done");
-		if (req_sse_start(t->r) != 0 || ans == NULL ||
-		    req_sse_json(t->r, ans) != 0 ||
-		    req_sse_data(t->r, "[DONE]") != 0)
-			log_info("request %s: client left before the end",
-			    req_id(t->r));
-		json_decref(ans);
+	snprintf(t->conv->history_hash, sizeof t->conv->history_hash, "%s", h2);
+	if (t->stream && chat_stream_open(t) != 0) {
+		log_info("request %s: client left before the end",
+		    req_id(t->r));
 		return;
 	}
-	ans = chat_answer(t, NULL);
-	if (ans != NULL)
-		json_object_del(ans, "type");
-	req_send_json(t->r, 200, ans);
+	t->ops->done(t);
 }
 
 /* Store what a failed turn produced and answer with the error. */
 static void
 chat_finish_error(struct db *db, struct turn *t, enum turn_end end)
 {
-	int	 status = end == TURN_GONE ? 499 : chat_status(t->code);
-	json_t	*ev;
+	int	status = end == TURN_GONE ? 499 : chat_status(t->code);
 
 	if (end == TURN_GONE)
 		chat_set_error(t, "cancelled", "the client closed the "
@@ -350,63 +387,83 @@ chat_finish_error(struct db *db, struct turn *t, enum turn_end end)
 	}
 	if (status == 503)
 		req_add_header(t->r, "Retry-After", "2");
-	if (req_sent(t->r)) {
-		ev = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error",
-		    "type", dialect_error_type(DIALECT_NATIVE, status),
-		    "message", t->error);
-		if (ev != NULL && req_sse_json(t->r, ev) == 0)
-			(void)req_sse_data(t->r, "[DONE]");
-		json_decref(ev);
-	}
+	if (req_sent(t->r))
+		t->ops->stream_error(t, status, dialect_error_type(
+		    req_route(t->r)->dialect, status), t->error);
 	req_error(t->r, status, NULL, "%s", t->error);
 }
 
+/* Prepare a turn of conv (the caller keeps conv and message alive). */
+void
+turn_init(struct turn *t, struct request *r, const struct turn_ops *ops,
+    struct conversation *conv, const char *message, long long max_tokens,
+    int stream)
+{
+	memset(t, 0, sizeof *t);
+	t->r = r;
+	t->ops = ops;
+	t->conv = conv;
+	t->message = t->send = message;
+	t->max_tokens = max_tokens;
+	t->stream = stream;
+	t->resume = 1;
+	t->ttft_ms = -1;
+	t->started_ms = util_now_ms();
+	t->created = (long long)time(NULL);
+}
+
 /*
- * Run a turn of conversation conv: store the user's message, run the job
- * (priming a new session if the old one cannot be resumed), store and send
- * the answer.
+ * Run a turn: store the user's message, run the job (priming a new session
+ * from the stored history if asked to, or if the old session cannot be
+ * resumed), store and send the answer.
  */
 void
-chat_turn(struct request *r, struct conversation *conv, const char *message,
-    long long max_tokens, int stream)
+chat_turn_run(struct turn *t)
 {
+	struct request	*r = t->r;
 	struct db	*db = db_thread();
-	struct turn	 t;
 	enum turn_end	 end;
 	char		*primed = NULL;
 
-	memset(&t, 0, sizeof t);
-	t.r = r;
-	t.conv = conv;
-	t.message = t.send = message;
-	t.max_tokens = max_tokens;
-	t.stream = stream;
-	t.resume = 1;
-	t.ttft_ms = -1;
-	t.started = util_now_ms();
-	if (db == NULL || conv_add_message(db, conv->id, "user", message,
+	if (db == NULL || conv_add_message(db, t->conv->id, "user", t->message,
 	    req_id(r), 0, 0, 0.0) != 0) {
 		req_add_header(r, "Retry-After", "5");
 		req_error(r, 503, NULL, "the database is unavailable; retry "
 		    "shortly");
 		return;
 	}
-	end = chat_run(&t);
-	if (end == TURN_ERROR && strcmp(t.code, PROTO_E_RESUME_FAILED) == 0 &&
-	    !req_sent(r) && (primed = chat_prime(db, &t)) != NULL) {
+	if (t->prime && (primed = chat_prime(db, t)) != NULL) {
+		t->send = primed;
+		t->resume = 0;
+	}
+	end = chat_run(t);
+	if (end == TURN_ERROR && strcmp(t->code, PROTO_E_RESUME_FAILED) == 0 &&
+	    !req_sent(r) && primed == NULL &&
+	    (primed = chat_prime(db, t)) != NULL) {
 		log_info("request %s: session %s is gone; priming a new one",
-		    req_id(r), conv->cli_session_id);
-		t.send = primed;
-		t.resume = 0;
-		end = chat_run(&t);
+		    req_id(r), t->conv->cli_session_id);
+		t->send = primed;
+		t->resume = 0;
+		end = chat_run(t);
 	}
 	if (end == TURN_DONE)
-		chat_finish_done(db, &t);
+		chat_finish_done(db, t);
 	else
-		chat_finish_error(db, &t, end);
-	json_decref(t.done);
-	free(t.partial);
+		chat_finish_error(db, t, end);
+	json_decref(t->done);
+	free(t->partial);
 	free(primed);
+}
+
+/* A native turn of conv. */
+void
+chat_turn(struct request *r, struct conversation *conv, const char *message,
+    long long max_tokens, int stream)
+{
+	struct turn	t;
+
+	turn_init(&t, r, &native_ops, conv, message, max_tokens, stream);
+	chat_turn_run(&t);
 }
 
 /* POST /api/chat */

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "app.h"
 #include "log.h"
 #include "poolc.h"
@@ -49,7 +51,7 @@ conv_load(struct db *db, const char *tenant, const char *id,
 		return (1);
 	if (db_run(db, &res, NULL,
 	    "SELECT id, tenant, title, model, system_prompt, cli_session_id, "
-	    CONV_ISO("created_at") " FROM conversations "
+	    CONV_ISO("created_at") ", history_hash FROM conversations "
 	    "WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
 	    "ss", tenant, id) != 0)
 		return (-1);
@@ -57,6 +59,9 @@ conv_load(struct db *db, const char *tenant, const char *id,
 		db_res_free(res);
 		return (1);
 	}
+	if (db_cell(res, 0, 7) != NULL)
+		snprintf(c->history_hash, sizeof c->history_hash, "%s",
+		    db_cell(res, 0, 7));
 	snprintf(c->id, sizeof c->id, "%s", db_cell(res, 0, 0));
 	snprintf(c->tenant, sizeof c->tenant, "%s", db_cell(res, 0, 1));
 	c->title = conv_dup(db_cell(res, 0, 2));
@@ -103,12 +108,14 @@ conv_insert(struct db *db, const struct apikey *key, const char *model,
 	if (c->model == NULL || (system_prompt != NULL &&
 	    c->system_prompt == NULL) || (title != NULL && c->title == NULL))
 		goto fail;
+	conv_chain("", "system", system_prompt != NULL ? system_prompt : "",
+	    c->history_hash);
 	if (db_run(db, NULL, NULL,
 	    "INSERT INTO conversations (id, tenant, key_id, title, model, "
-	    "system_prompt, node, created_at, updated_at) VALUES "
-	    "(?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(3), UTC_TIMESTAMP(3))",
-	    "sssssss", c->id, c->tenant, key->id, c->title, c->model,
-	    c->system_prompt, appconf->node) != 0)
+	    "system_prompt, node, history_hash, created_at, updated_at) VALUES "
+	    "(?, ?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(3), UTC_TIMESTAMP(3))",
+	    "ssssssss", c->id, c->tenant, key->id, c->title, c->model,
+	    c->system_prompt, appconf->node, c->history_hash) != 0)
 		goto fail;
 	return (0);
 fail:
@@ -129,14 +136,60 @@ conv_add_message(struct db *db, const char *conv_id, const char *role,
 	    role, content, request_id, in, out, cost));
 }
 
-/* Record the CLI session that now holds the conversation. */
+/*
+ * Record the CLI session that now holds the conversation, and the hash of
+ * its history after the turn.
+ */
 int
-conv_set_session(struct db *db, const char *conv_id, const char *session_id)
+conv_set_session(struct db *db, const char *conv_id, const char *session_id,
+    const char *history_hash)
 {
 	return (db_run(db, NULL, NULL,
 	    "UPDATE conversations SET cli_session_id = ?, node = ?, "
-	    "updated_at = UTC_TIMESTAMP(3) WHERE id = ?", "sss", session_id,
-	    appconf->node, conv_id));
+	    "history_hash = ?, updated_at = UTC_TIMESTAMP(3) WHERE id = ?",
+	    "ssss", session_id, appconf->node, history_hash, conv_id));
+}
+
+/* The next link of a history hash: hex of H(prev || role || 0 || content). */
+void
+conv_chain(const char *prev, const char *role, const char *content,
+    char out[65])
+{
+	crypto_generichash_state	st;
+	uint8_t				h[32];
+
+	crypto_generichash_init(&st, NULL, 0, sizeof h);
+	crypto_generichash_update(&st, (const uint8_t *)prev, strlen(prev));
+	crypto_generichash_update(&st, (const uint8_t *)role, strlen(role) + 1);
+	crypto_generichash_update(&st, (const uint8_t *)content,
+	    strlen(content));
+	crypto_generichash_final(&st, h, sizeof h);
+	sodium_bin2hex(out, 65, h, sizeof h);
+}
+
+/*
+ * Find the tenant's conversation whose history hashes to hash (the most
+ * recently used if several do).  Returns like conv_load.
+ */
+int
+conv_find_history(struct db *db, const char *tenant, const char *hash,
+    struct conversation *c)
+{
+	struct db_res	*res;
+	char		 id[UUID_LEN + 1];
+
+	memset(c, 0, sizeof *c);
+	if (db_run(db, &res, NULL, "SELECT id FROM conversations WHERE "
+	    "tenant = ? AND history_hash = ? AND deleted_at IS NULL ORDER BY "
+	    "updated_at DESC LIMIT 1", "ss", tenant, hash) != 0)
+		return (-1);
+	if (res->nrows != 1) {
+		db_res_free(res);
+		return (1);
+	}
+	snprintf(id, sizeof id, "%s", db_cell(res, 0, 0));
+	db_res_free(res);
+	return (conv_load(db, tenant, id, c));
 }
 
 /* Answer a database failure. */

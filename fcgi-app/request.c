@@ -287,6 +287,21 @@ req_sse_json(struct request *r, json_t *obj)
 	return (rc);
 }
 
+/* Send a named event ("event: name") with a JSON object (borrowed). */
+int
+req_sse_event(struct request *r, const char *name, json_t *obj)
+{
+	char	*s;
+
+	if (!r->sse || (s = json_dumps(obj, REQ_JSON_FLAGS)) == NULL)
+		return (-1);
+	FCGX_FPrintF(r->fx->out, "event: %s\ndata: %s\n\n", name, s);
+	free(s);
+	if (FCGX_FFlush(r->fx->out) != 0 || FCGX_GetError(r->fx->out) != 0)
+		return (-1);
+	return (0);
+}
+
 /* The descriptor of the connection to nginx (for noticing a close). */
 int
 req_fd(struct request *r)
@@ -561,6 +576,15 @@ req_dispatch(struct request *r)
 		break;
 	case ROUTE_POOL_INIT:
 		poolinfo_init_handle(r);
+		break;
+	case ROUTE_OPENAI_CHAT:
+		openai_chat_handle(r);
+		break;
+	case ROUTE_OPENAI_MODELS:
+		openai_models_handle(r);
+		break;
+	case ROUTE_ANTHROPIC_MESSAGES:
+		anthropic_messages_handle(r);
 		break;
 	default:
 		if (r->route.status == 405)

@@ -39,6 +39,12 @@ static const struct route_def routes[] = {
 	    DIALECT_NATIVE },
 	{ "POST", "/api/cli-pool/initialize",	ROUTE_POOL_INIT,
 	    DIALECT_NATIVE },
+	{ "POST", "/v1/chat/completions",	ROUTE_OPENAI_CHAT,
+	    DIALECT_OPENAI },
+	{ "GET",  "/v1/models",			ROUTE_OPENAI_MODELS,
+	    DIALECT_OPENAI },
+	{ "POST", "/v1/messages",		ROUTE_ANTHROPIC_MESSAGES,
+	    DIALECT_ANTHROPIC },
 	{ NULL, NULL, ROUTE_NONE, DIALECT_PLAIN }
 };
 

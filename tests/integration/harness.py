@@ -205,6 +205,7 @@ class Stack:
         os.makedirs(self.path("nginx-tmp"), exist_ok=True)
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048",
                         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1",
                         "-keyout", self.path("tls.key"),
                         "-out", self.path("tls.crt")],
                        check=True, capture_output=True)

@@ -142,6 +142,8 @@ anthropic_messages_handle(struct request *r)
 		req_error(r, 400, NULL, "max_tokens: required");
 		return;
 	}
+	if (perm_check(r, model, stream, &max_tokens) != 0)
+		return;
 	if ((sys = json_object_get(body, "system")) != NULL &&
 	    !json_is_null(sys) && (system = compat_text(r, sys, "system")) ==
 	    NULL)

@@ -6,7 +6,8 @@
  * (the WebSocket one) can reuse it.
  *   appconf.c	 configuration
  *   db.c	 MariaDB: per-thread connections, prepared statements, retry
- *   auth.c	 API keys: format, keyed hash, lookup
+ *   auth.c	 API keys: format, keyed hash, lookup, permissions
+ *   quota.c	 requests and tokens per minute and day
  *   route.c	 method + path -> handler
  *   request.c	 the request context over FastCGI; responses, SSE
  *   dialect.c	 error and answer shapes of the three API dialects
@@ -32,6 +33,8 @@
 #include "util.h"
 
 #define APP_MAX_MODELS	32
+
+struct request;
 
 /* Configuration of ccgate-fcgi and ccgate-admin (one file, ccgate.conf). */
 struct app_config {
@@ -97,10 +100,19 @@ void		 db_res_free(struct db_res *);
 #define KEY_LEN		(4 + KEY_ID_LEN + 1 + KEY_SECRET_LEN)
 
 struct apikey {
-	char	 id[KEY_ID_LEN + 1];
-	char	 tenant[TENANT_MAX + 1];
-	char	 name[128];
-	char	 status[16];
+	char		 id[KEY_ID_LEN + 1];
+	char		 tenant[TENANT_MAX + 1];
+	char		 name[128];
+	char		 status[16];
+	/* Limits: -1 is unlimited. */
+	long long	 rpm;
+	long long	 rpd;
+	long long	 tpd;
+	/* Permissions. */
+	char		 models[1024];	/* a JSON array, or "" for all */
+	long long	 max_tokens;	/* 0: no cap */
+	int		 allow_streaming;
+	int		 allow_tools;
 };
 
 enum auth_result {
@@ -123,6 +135,13 @@ const char	*auth_strerror(enum auth_result);
 int		 auth_load_secret(const char *, uint8_t [32], char **);
 int		 auth_key_create(struct db *, const char *, const char *,
 		     char [KEY_LEN + 1], char [KEY_ID_LEN + 1], char **);
+int		 auth_model_allowed(const struct apikey *, const char *);
+int		 perm_check(struct request *, const char *, int, long long *);
+
+/* quota.c */
+int		 quota_admit(struct db *, const struct apikey *, long *,
+		     char *, size_t);
+void		 quota_charge(struct db *, const struct apikey *, long long);
 
 /* route.c */
 enum dialect {

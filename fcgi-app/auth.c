@@ -171,8 +171,11 @@ auth_check(struct db *db, const char *key, struct apikey *out)
 	if (db_run(db, &res, NULL,
 	    "SELECT key_hash, tenant, name, status, "
 	    "expires_at IS NOT NULL AND expires_at <= UTC_TIMESTAMP(), "
-	    "IF(prev_valid_until > UTC_TIMESTAMP(), prev_key_hash, NULL) "
-	    "FROM api_keys WHERE id = ?", "s", id) != 0) {
+	    "IF(prev_valid_until > UTC_TIMESTAMP(), prev_key_hash, NULL), "
+	    "IFNULL(requests_per_minute, -1), IFNULL(requests_per_day, -1), "
+	    "IFNULL(tokens_per_day, -1), models, IFNULL(max_tokens, 0), "
+	    "allow_streaming, allow_tools FROM api_keys WHERE id = ?", "s",
+	    id) != 0) {
 		r = AUTH_DB_ERROR;
 		goto out;
 	}
@@ -201,6 +204,21 @@ auth_check(struct db *db, const char *key, struct apikey *out)
 	snprintf(out->name, sizeof out->name, "%s", db_cell(res, 0, 2));
 	snprintf(out->status, sizeof out->status, "%s",
 	    status != NULL ? status : "");
+	out->rpm = strtoll(db_cell(res, 0, 6) ? db_cell(res, 0, 6) : "-1",
+	    NULL, 10);
+	out->rpd = strtoll(db_cell(res, 0, 7) ? db_cell(res, 0, 7) : "-1",
+	    NULL, 10);
+	out->tpd = strtoll(db_cell(res, 0, 8) ? db_cell(res, 0, 8) : "-1",
+	    NULL, 10);
+	if (db_cell(res, 0, 9) != NULL)
+		snprintf(out->models, sizeof out->models, "%s",
+		    db_cell(res, 0, 9));
+	out->max_tokens = strtoll(db_cell(res, 0, 10) ? db_cell(res, 0, 10) :
+	    "0", NULL, 10);
+	out->allow_streaming = db_cell(res, 0, 11) == NULL ||
+	    strcmp(db_cell(res, 0, 11), "0") != 0;
+	out->allow_tools = db_cell(res, 0, 12) != NULL &&
+	    strcmp(db_cell(res, 0, 12), "1") == 0;
 	if (r == AUTH_OK && db_run(db, NULL, NULL,
 	    "UPDATE api_keys SET last_used_at = UTC_TIMESTAMP() WHERE id = ? "
 	    "AND (last_used_at IS NULL OR "
@@ -268,6 +286,61 @@ auth_key_create(struct db *db, const char *name, const char *user,
 		sodium_memzero(key, KEY_LEN + 1);
 		*cause = strdup(db_error(db));
 		return (-1);
+	}
+	return (0);
+}
+
+/* Return 1 if the key may use model (no list means every model). */
+int
+auth_model_allowed(const struct apikey *k, const char *model)
+{
+	json_t	*list, *v;
+	size_t	 i;
+	int	 ok = 0;
+
+	if (k->models[0] == '\0')
+		return (1);
+	if ((list = json_loads(k->models, 0, NULL)) == NULL ||
+	    !json_is_array(list)) {
+		json_decref(list);
+		return (0);	/* a broken list allows nothing */
+	}
+	json_array_foreach(list, i, v) {
+		if (json_is_string(v) && strcmp(json_string_value(v), model) == 0)
+			ok = 1;
+	}
+	json_decref(list);
+	return (ok);
+}
+
+/*
+ * Check a turn against the key's permissions before anything is stored:
+ * the model, streaming, and the max_tokens cap (which also applies when
+ * the request names no max_tokens).  On refusal the 403 is sent.
+ */
+int
+perm_check(struct request *r, const char *model, int stream,
+    long long *max_tokens)
+{
+	const struct apikey	*k = req_key(r);
+
+	if (model != NULL && !auth_model_allowed(k, model)) {
+		req_error(r, 403, NULL, "model: this key may not use \"%s\"",
+		    model);
+		return (-1);
+	}
+	if (stream && !k->allow_streaming) {
+		req_error(r, 403, NULL, "stream: this key may not stream");
+		return (-1);
+	}
+	if (k->max_tokens > 0) {
+		if (*max_tokens > k->max_tokens) {
+			req_error(r, 403, NULL, "max_tokens: this key allows "
+			    "at most %lld", k->max_tokens);
+			return (-1);
+		}
+		if (*max_tokens == 0)
+			*max_tokens = k->max_tokens;
 	}
 	return (0);
 }

@@ -348,6 +348,7 @@ chat_finish_done(struct db *db, struct turn *t)
 	t->cache_creation = json_integer_value(json_object_get(u,
 	    "cache_creation_input_tokens"));
 	t->cost = json_number_value(json_object_get(t->done, "cost_usd"));
+	quota_charge(db, req_key(t->r), t->in + t->out);
 	req_usage(t->r, t->conv->model, t->in, t->out, t->cache_read,
 	    t->cache_creation, t->cost, t->ttft_ms, NULL);
 	conv_chain(t->conv->history_hash, "user", t->message, h1);
@@ -503,6 +504,11 @@ chat_handle(struct request *r)
 			    "conversation");
 			return;
 		}
+		if (rc == 0 && perm_check(r, model != NULL ? model : conv.model,
+		    stream, &max_tokens) != 0) {
+			conv_clear(&conv);
+			return;
+		}
 		if (rc == 0 && sp != NULL && (conv.system_prompt == NULL ||
 		    strcmp(sp, conv.system_prompt) != 0)) {
 			conv_clear(&conv);
@@ -516,7 +522,12 @@ chat_handle(struct request *r)
 				rc = -1;
 		}
 	} else {
-		char	*title = conv_title_from_message(message);
+		char	*title;
+
+		if (perm_check(r, model != NULL ? model : appconf->default_model,
+		    stream, &max_tokens) != 0)
+			return;
+		title = conv_title_from_message(message);
 
 		rc = title == NULL ? -1 : conv_insert(db, req_key(r), model, sp,
 		    title, &conv);

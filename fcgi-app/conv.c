@@ -226,6 +226,11 @@ conv_create_handle(struct request *r)
 	    (size_t)appconf->max_message, &sp) != 0 ||
 	    input_str(r, body, "title", 0, CONV_TITLE_MAX, &title) != 0)
 		return;
+	if (model != NULL && !auth_model_allowed(req_key(r), model)) {
+		req_error(r, 403, NULL, "model: this key may not use \"%s\"",
+		    model);
+		return;
+	}
 	if ((db = db_thread()) == NULL || conv_insert(db, req_key(r), model,
 	    sp, title, &c) != 0) {
 		conv_db_down(r);
@@ -467,6 +472,7 @@ conv_continue_handle(struct request *r)
 		req_error(r, 404, NULL, "conversation not found");
 		return;
 	}
-	chat_turn(r, &c, message, max_tokens, stream);
+	if (perm_check(r, c.model, stream, &max_tokens) == 0)
+		chat_turn(r, &c, message, max_tokens, stream);
 	conv_clear(&c);
 }

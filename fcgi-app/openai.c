@@ -150,7 +150,8 @@ openai_chat_handle(struct request *r)
 			return;
 		}
 	}
-	if (compat_parse(r, json_object_get(body, "messages"), 1, &m) != 0)
+	if (perm_check(r, model, stream, &max_tokens) != 0 ||
+	    compat_parse(r, json_object_get(body, "messages"), 1, &m) != 0)
 		return;
 	compat_ignored(r, body, openai_ignored);
 	if (compat_conversation(r, model, &m, &conv, &prime) != 0) {
@@ -180,10 +181,13 @@ openai_models_handle(struct request *r)
 		req_error(r, 500, NULL, "out of memory");
 		return;
 	}
-	for (i = 0; i < appconf->nmodels; i++)
+	for (i = 0; i < appconf->nmodels; i++) {
+		if (!auth_model_allowed(req_key(r), appconf->models[i]))
+			continue;
 		json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}",
 		    "id", appconf->models[i], "object", "model", "created", 0,
 		    "owned_by", "anthropic"));
+	}
 	req_send_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data",
 	    data));
 }

@@ -139,10 +139,13 @@ models_handle(struct request *r)
 		req_error(r, 500, NULL, "out of memory");
 		return;
 	}
-	for (i = 0; i < appconf->nmodels; i++)
+	for (i = 0; i < appconf->nmodels; i++) {
+		if (!auth_model_allowed(req_key(r), appconf->models[i]))
+			continue;
 		json_array_append_new(list, json_pack("{s:s, s:b}", "id",
 		    appconf->models[i], "default",
 		    strcmp(appconf->models[i], appconf->default_model) == 0));
+	}
 	req_send_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "models",
 	    list));
 }

@@ -445,6 +445,8 @@ req_authenticate(struct request *r)
 {
 	struct db		*db = db_thread();
 	enum auth_result	 ar;
+	char			 why[256], ra[32];
+	long			 retry;
 
 	if (db == NULL) {
 		req_error(r, 500, NULL, "out of memory");
@@ -453,7 +455,19 @@ req_authenticate(struct request *r)
 	ar = auth_check(db, req_presented_key(r), &r->key);
 	if (ar == AUTH_OK) {
 		r->have_key = 1;
-		return (0);
+		switch (quota_admit(db, &r->key, &retry, why, sizeof why)) {
+		case 0:
+			return (0);
+		case 1:
+			snprintf(ra, sizeof ra, "%ld", retry);
+			req_add_header(r, "Retry-After", ra);
+			req_error(r, 429, NULL, "%s", why);
+			return (-1);
+		default:
+			req_add_header(r, "Retry-After", "5");
+			req_error(r, 503, NULL, "the key store is unavailable");
+			return (-1);
+		}
 	}
 	if (ar == AUTH_DB_ERROR) {
 		req_add_header(r, "Retry-After", "5");

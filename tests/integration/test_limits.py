@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""Key status, permissions and quotas, in every dialect: suspended, expired
+and revoked keys; allowed models, streaming and the max_tokens cap;
+requests per minute and per day and tokens per day, enforced atomically
+under concurrency, with Retry-After.  Key attributes are set in SQL, as an
+operator would before the admin API exists."""
+
+import concurrent.futures
+import json
+import os
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Stack, main  # noqa: E402
+
+stack = None
+n = 0
+
+
+def setUpModule():
+    global stack
+    stack = Stack(name="limits").start()
+
+
+def tearDownModule():
+    stack.stop()
+
+
+def new_key(**attrs):
+    """A fresh key with the given api_keys columns set."""
+    global n
+    n += 1
+    key = stack.create_key("limits%d" % n, user="limits%d" % n)
+    kid = key[4:20]
+    if attrs:
+        sets = ", ".join("%s = %s" % (k, v) for k, v in attrs.items())
+        stack.sql("UPDATE api_keys SET %s WHERE id = '%s'" % (sets, kid))
+    return key
+
+
+def chat(key, body):
+    return stack.request("POST", "/api/chat", body, key=key)
+
+
+def messages_count():
+    return stack.sql("SELECT COUNT(*) FROM messages")[0][0]
+
+
+class Status(unittest.TestCase):
+    def test_suspended_expired_revoked(self):
+        for attrs, word in (({"status": "'suspended'"}, "suspended"),
+                            ({"status": "'revoked'"}, "revoked"),
+                            ({"expires_at": "UTC_TIMESTAMP() - INTERVAL 1 "
+                              "SECOND"}, "expired"),
+                            ({"status": "'expired'"}, "expired")):
+            key = new_key(**attrs)
+            for method, path, body in (
+                    ("POST", "/api/chat", {"message": "x"}),
+                    ("POST", "/v1/chat/completions", {
+                        "model": "claude-sonnet-4-5",
+                        "messages": [{"role": "user", "content": "x"}]}),
+                    ("POST", "/v1/messages", {
+                        "model": "claude-sonnet-4-5", "max_tokens": 5,
+                        "messages": [{"role": "user", "content": "x"}]})):
+                r = stack.request(method, path, body, key=key)
+                self.assertEqual(r.status, 401, (attrs, path, r))
+                self.assertIn(word, r.body)
+
+    def test_future_expiry_is_fine_and_last_used_recorded(self):
+        key = new_key(expires_at="UTC_TIMESTAMP() + INTERVAL 1 DAY")
+        self.assertEqual(chat(key, {"message": "still valid"}).status, 200)
+        used = stack.sql("SELECT last_used_at IS NOT NULL FROM api_keys "
+                         "WHERE id = '%s'" % key[4:20])
+        self.assertEqual(used, [["1"]])
+
+
+class Permissions(unittest.TestCase):
+    def test_models(self):
+        key = new_key(models="'[\"claude-haiku-4-5\"]'")
+        before = messages_count()
+        r = chat(key, {"message": "default model"})
+        self.assertEqual(r.status, 403, r)
+        self.assertEqual(r.json()["error"]["type"], "permission_error")
+        self.assertTrue(r.json()["error"]["message"].startswith("model"))
+        r = stack.request("POST", "/v1/chat/completions", {
+            "model": "claude-sonnet-4-5",
+            "messages": [{"role": "user", "content": "x"}]}, key=key)
+        self.assertEqual(r.status, 403)
+        self.assertEqual(r.json()["error"]["type"], "permission_error")
+        self.assertEqual(messages_count(), before, "a refused turn stored")
+        r = chat(key, {"message": "haiku is fine",
+                       "model": "claude-haiku-4-5"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([m["id"] for m in stack.request(
+            "GET", "/api/models", key=key).json()["models"]],
+            ["claude-haiku-4-5"])
+        self.assertEqual([m["id"] for m in stack.request(
+            "GET", "/v1/models", key=key).json()["data"]],
+            ["claude-haiku-4-5"])
+
+    def test_streaming(self):
+        key = new_key(allow_streaming=0)
+        r = chat(key, {"message": "x", "stream": True})
+        self.assertEqual(r.status, 403)
+        self.assertTrue(r.json()["error"]["message"].startswith("stream"))
+        r = stack.request("POST", "/v1/messages", {
+            "model": "claude-sonnet-4-5", "max_tokens": 5, "stream": True,
+            "messages": [{"role": "user", "content": "x"}]}, key=key)
+        self.assertEqual(r.status, 403)
+        self.assertEqual(r.json()["type"], "error")
+        self.assertEqual(r.json()["error"]["type"], "permission_error")
+        self.assertEqual(chat(key, {"message": "no stream"}).status, 200)
+
+    def test_max_tokens_cap(self):
+        key = new_key(max_tokens=100)
+        r = chat(key, {"message": "x", "max_tokens": 500})
+        self.assertEqual(r.status, 403, r)
+        self.assertIn("at most 100", r.json()["error"]["message"])
+        r = chat(key, {"message": "capped turn"})
+        self.assertEqual(r.status, 200, r)
+        rec = [x for x in stack.mock_records()
+               if "capped turn" in json.dumps(x["body"]["messages"])][-1]
+        self.assertEqual(rec["body"]["max_tokens"], 100,
+                         "the CLI was not given the key's cap")
+
+
+class Quotas(unittest.TestCase):
+    def test_requests_per_minute(self):
+        # Stay inside one minute window.
+        if time.time() % 60 > 50:
+            time.sleep(61 - time.time() % 60)
+        key = new_key(requests_per_minute=3)
+        codes = [stack.request("GET", "/api/models", key=key).status
+                 for _ in range(3)]
+        self.assertEqual(codes, [200, 200, 200])
+        before = messages_count()
+        r = chat(key, {"message": "one too many"})
+        self.assertEqual(r.status, 429, r)
+        self.assertEqual(r.json()["error"]["type"], "rate_limit_error")
+        self.assertIn("requests_per_minute", r.json()["error"]["message"])
+        self.assertTrue(1 <= int(r.headers["retry-after"]) <= 60)
+        self.assertEqual(messages_count(), before)
+        r = stack.request("POST", "/v1/chat/completions", {
+            "model": "claude-sonnet-4-5",
+            "messages": [{"role": "user", "content": "x"}]}, key=key)
+        self.assertEqual(r.status, 429)
+        self.assertEqual(r.json()["error"]["type"], "rate_limit_exceeded")
+
+    def test_requests_per_day_atomic_under_concurrency(self):
+        key = new_key(requests_per_day=7)
+        with concurrent.futures.ThreadPoolExecutor(20) as ex:
+            codes = list(ex.map(lambda _: stack.request(
+                "GET", "/api/models", key=key).status, range(20)))
+        self.assertEqual(codes.count(200), 7, codes)
+        self.assertEqual(codes.count(429), 13, codes)
+        row = stack.sql("SELECT requests FROM key_quota_windows WHERE "
+                        "key_id = '%s' AND kind = 'day'" % key[4:20])
+        self.assertEqual(row, [["7"]])
+        r = stack.request("GET", "/api/models", key=key)
+        secs = int(r.headers["retry-after"])
+        self.assertTrue(0 < secs <= 86400)
+        self.assertLessEqual(abs(secs - (86400 - time.time() % 86400)), 5)
+
+    def test_tokens_per_day(self):
+        key = new_key(tokens_per_day=50)
+        r = chat(key, {"message": "spend tokens"})
+        self.assertEqual(r.status, 200, r)
+        used = r.json()["usage"]["total_tokens"]
+        self.assertGreater(used, 50)
+        row = stack.sql("SELECT tokens FROM key_quota_windows WHERE key_id = "
+                        "'%s' AND kind = 'day'" % key[4:20])
+        self.assertEqual(row, [[str(used)]])
+        r = chat(key, {"message": "no tokens left"})
+        self.assertEqual(r.status, 429, r)
+        self.assertIn("tokens_per_day", r.json()["error"]["message"])
+
+    def test_unlimited_key_leaves_no_rows(self):
+        key = new_key()
+        self.assertEqual(chat(key, {"message": "free"}).status, 200)
+        self.assertEqual(stack.sql("SELECT COUNT(*) FROM key_quota_windows "
+                                   "WHERE key_id = '%s'" % key[4:20]),
+                         [["0"]])
+
+
+if __name__ == "__main__":
+    main()

@@ -62,6 +62,7 @@ struct app_config {
 	int	 nmodels;
 	char	*node;
 	char	*sql_dir;
+	long	 batch_max;
 	long	 verbose;
 };
 
@@ -156,6 +157,7 @@ enum route_id {
 	ROUTE_HEALTHZ,
 	ROUTE_READYZ,
 	ROUTE_CHAT,
+	ROUTE_CHAT_BATCH,
 	ROUTE_CONV_CREATE,
 	ROUTE_CONV_GET,
 	ROUTE_CONV_LIST,
@@ -223,6 +225,7 @@ const char	*dialect_error_type(enum dialect, int);
 
 /* chat.c, conv.c, health.c */
 void		 chat_handle(struct request *);
+void		 chat_batch_handle(struct request *);
 void		 conv_create_handle(struct request *);
 void		 conv_get_handle(struct request *);
 void		 conv_list_handle(struct request *);

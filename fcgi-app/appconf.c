@@ -23,7 +23,7 @@ static const char *const app_keys[] = {
 	"db_port", "db_socket", "db_user", "db_password_file", "db_name",
 	"db_timeout_s", "key_secret_file", "poold_socket", "max_body",
 	"max_message", "max_json_depth", "job_timeout_ms", "default_model",
-	"models", "node", "sql_dir", "log_verbose", NULL
+	"models", "node", "sql_dir", "batch_max", "log_verbose", NULL
 };
 
 /* Free a configuration. */
@@ -170,6 +170,7 @@ appconf_load(const char *path, char **cause)
 	APP_INT("max_message", max_message, 256 * 1024, 1, 16 * 1024 * 1024);
 	APP_INT("max_json_depth", max_json_depth, 32, 2, 1000);
 	APP_INT("job_timeout_ms", job_timeout_ms, 600000, 100, 86400000);
+	APP_INT("batch_max", batch_max, 16, 1, 256);
 	APP_INT("log_verbose", verbose, 0, 0, 2);
 	if (app_models(cf, conf_str(c, "models", cf->default_model),
 	    cause) != 0)

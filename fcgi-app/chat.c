@@ -7,6 +7,7 @@
  */
 #include "config.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -467,20 +468,20 @@ chat_turn(struct request *r, struct conversation *conv, const char *message,
 	chat_turn_run(&t);
 }
 
-/* POST /api/chat */
-void
-chat_handle(struct request *r)
+/*
+ * One native chat turn described by body (a request's, or a batch item's):
+ * validate, find or create the conversation, run the turn.
+ */
+static void
+chat_body(struct request *r, json_t *body, int allow_stream)
 {
 	struct conversation	 conv;
 	struct db		*db;
-	json_t			*body;
 	const char		*message, *conv_id, *model, *sp;
 	long long		 max_tokens = 0;
 	double			 temperature = 0;
 	int			 stream = 0, rc;
 
-	if (req_authenticate(r) != 0 || (body = req_json_body(r, 1)) == NULL)
-		return;
 	if (input_str(r, body, "message", 1, (size_t)appconf->max_message,
 	    &message) != 0 ||
 	    input_str(r, body, "conversation_id", 0, 64, &conv_id) != 0 ||
@@ -491,6 +492,10 @@ chat_handle(struct request *r)
 	    input_number(r, body, "temperature", 0.0, 2.0, &temperature) != 0 ||
 	    input_bool(r, body, "stream", &stream) != 0)
 		return;
+	if (stream && !allow_stream) {
+		req_error(r, 400, NULL, "stream: not available in a batch");
+		return;
+	}
 	if (json_object_get(body, "temperature") != NULL)
 		req_add_header(r, "X-Ccgate-Ignored", "temperature");
 	if ((db = db_thread()) == NULL) {
@@ -541,4 +546,95 @@ chat_handle(struct request *r)
 	}
 	chat_turn(r, &conv, message, max_tokens, stream);
 	conv_clear(&conv);
+}
+
+/* POST /api/chat */
+void
+chat_handle(struct request *r)
+{
+	json_t	*body;
+
+	if (req_authenticate(r) != 0 || (body = req_json_body(r, 1)) == NULL)
+		return;
+	chat_body(r, body, 1);
+}
+
+struct batch_item {
+	struct request	*sub;
+	json_t		*body;
+	pthread_t	 thread;
+	int		 started;
+};
+
+/* A batch item's thread: one turn, on this thread's own DB connection. */
+static void *
+chat_batch_item(void *arg)
+{
+	struct batch_item	*it = arg;
+
+	if (!json_is_object(it->body))
+		req_error(it->sub, 400, NULL, "messages[]: each item must be "
+		    "an object");
+	else
+		chat_body(it->sub, it->body, 0);
+	db_thread_free();
+	return (NULL);
+}
+
+/*
+ * POST /api/chat/batch: {"messages":[{...a chat body...}, ...]}, at most
+ * batch_max items, run at once; the answer keeps their order, each item a
+ * native answer or error with its "status".
+ */
+void
+chat_batch_handle(struct request *r)
+{
+	struct batch_item	*items;
+	json_t			*body, *list, *results;
+	long long		 in = 0, out = 0;
+	double			 cost = 0;
+	size_t			 i, n;
+
+	if (req_authenticate(r) != 0 || (body = req_json_body(r, 1)) == NULL)
+		return;
+	list = json_object_get(body, "messages");
+	if (!json_is_array(list) || (n = json_array_size(list)) == 0) {
+		req_error(r, 400, NULL, "messages: must be a non-empty array");
+		return;
+	}
+	if (n > (size_t)appconf->batch_max) {
+		req_error(r, 400, NULL, "messages: at most %ld items in a batch",
+		    appconf->batch_max);
+		return;
+	}
+	if ((items = calloc(n, sizeof *items)) == NULL ||
+	    (results = json_array()) == NULL) {
+		free(items);
+		req_error(r, 500, NULL, "out of memory");
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		items[i].body = json_array_get(list, i);
+		if ((items[i].sub = req_sub(r, (int)i)) == NULL)
+			continue;
+		items[i].started = pthread_create(&items[i].thread, NULL,
+		    chat_batch_item, &items[i]) == 0;
+		if (!items[i].started)
+			req_error(items[i].sub, 503, NULL, "no thread for this "
+			    "item; retry");
+	}
+	for (i = 0; i < n; i++) {
+		if (items[i].started && pthread_join(items[i].thread, NULL) != 0)
+			log_warnx("batch item %zu: join failed", i);
+		if (items[i].sub != NULL)
+			json_array_append_new(results, req_sub_take(items[i].sub,
+			    &in, &out, &cost));
+		else
+			json_array_append_new(results, dialect_error(
+			    DIALECT_NATIVE, "api_error", "out of memory"));
+	}
+	free(items);
+	req_usage(r, NULL, in, out, 0, 0, cost, -1, NULL);
+	req_send_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "results",
+	    results));
 }

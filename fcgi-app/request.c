@@ -43,6 +43,10 @@ struct request {
 	json_t		*json;
 	uint64_t	 started_ms;
 
+	/* A batch item: answers are kept here, not sent. */
+	struct request	*parent;
+	json_t		*captured;
+
 	/* The usage record. */
 	char		*u_model;
 	char		*u_error;
@@ -163,7 +167,7 @@ req_add_header(struct request *r, const char *name, const char *value)
 {
 	int	n;
 
-	if (r->sent || !req_header_safe(name) || !req_header_safe(value))
+	if (r->parent != NULL || r->sent || !req_header_safe(name) || !req_header_safe(value))
 		return;
 	n = snprintf(r->headers + r->headers_len,
 	    sizeof r->headers - r->headers_len, "%s: %s\r\n", name, value);
@@ -194,6 +198,12 @@ req_send_json(struct request *r, int status, json_t *body)
 
 	if (r->sent) {
 		json_decref(body);
+		return;
+	}
+	if (r->parent != NULL) {
+		r->sent = 1;
+		r->status = status;
+		r->captured = body;
 		return;
 	}
 	s = body != NULL ? json_dumps(body, REQ_JSON_FLAGS) : NULL;
@@ -249,6 +259,8 @@ req_error(struct request *r, int status, const char *type, const char *fmt,
 int
 req_sse_start(struct request *r)
 {
+	if (r->parent != NULL)
+		return (-1);
 	if (r->sent)
 		return (r->sse ? 0 : -1);
 	req_add_header(r, "Cache-Control", "no-cache");
@@ -307,6 +319,50 @@ int
 req_fd(struct request *r)
 {
 	return (r->fx->ipcFd);
+}
+
+/*
+ * A batch item of parent: it shares the parent's parameters, key and
+ * client connection, but its answer is captured (req_sub_take) instead of
+ * sent.  Its id is the parent's with "-n" appended.
+ */
+struct request *
+req_sub(struct request *parent, int n)
+{
+	struct request	*r;
+
+	if ((r = calloc(1, sizeof *r)) == NULL)
+		return (NULL);
+	r->fx = parent->fx;
+	r->parent = parent;
+	snprintf(r->id, sizeof r->id, "%.50s-%d", parent->id, n);
+	memcpy(r->method, parent->method, sizeof r->method);
+	r->route = parent->route;
+	r->key = parent->key;
+	r->have_key = parent->have_key;
+	r->started_ms = util_now_ms();
+	return (r);
+}
+
+/* Take a batch item's answer (with "status" added) and free the item. */
+json_t *
+req_sub_take(struct request *r, long long *tokens_in, long long *tokens_out,
+    double *cost)
+{
+	json_t	*out = r->captured;
+
+	if (out == NULL)
+		out = dialect_error(DIALECT_NATIVE, "api_error", "no answer");
+	if (out != NULL)
+		json_object_set_new(out, "status", json_integer(r->status ?
+		    r->status : 500));
+	*tokens_in += r->u_in;
+	*tokens_out += r->u_out;
+	*cost += r->u_cost;
+	free(r->u_model);
+	free(r->u_error);
+	free(r);
+	return (out);
 }
 
 /*
@@ -563,6 +619,9 @@ req_dispatch(struct request *r)
 	switch (r->route.id) {
 	case ROUTE_CHAT:
 		chat_handle(r);
+		break;
+	case ROUTE_CHAT_BATCH:
+		chat_batch_handle(r);
 		break;
 	case ROUTE_CONV_CREATE:
 		conv_create_handle(r);

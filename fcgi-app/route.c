@@ -22,6 +22,8 @@ static const struct route_def routes[] = {
 	{ "GET",  "/healthz",			ROUTE_HEALTHZ, DIALECT_PLAIN },
 	{ "GET",  "/readyz",			ROUTE_READYZ, DIALECT_PLAIN },
 	{ "POST", "/api/chat",			ROUTE_CHAT, DIALECT_NATIVE },
+	{ "POST", "/api/chat/batch",		ROUTE_CHAT_BATCH,
+	    DIALECT_NATIVE },
 	{ "POST", "/api/conversations",		ROUTE_CONV_CREATE,
 	    DIALECT_NATIVE },
 	{ "GET",  "/api/conversations",		ROUTE_CONV_LIST,

@@ -2,6 +2,7 @@
 """The native client API beyond chat: conversations listed, continued and
 deleted; models; the pool's statistics and health as a client sees them."""
 
+import json
 import os
 import sys
 import time
@@ -135,6 +136,86 @@ class Delete(unittest.TestCase):
                                for c in listed["conversations"]])
         self.assertFalse([p for p in stack.stats()["processes"]
                           if p["conversation"] == cid])
+
+
+class Batch(unittest.TestCase):
+    def test_items_run_at_once_and_keep_their_order(self):
+        cid = new_conversation("batch base")["conversation_id"]
+        # Room for every item at once, so only the batch decides the timing.
+        stack.poold({"type": "set_limits", "min_instances": 3,
+                     "max_instances": 12})
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] >= 3, 20,
+                 "three warm processes")
+        time.sleep(1.0)
+        r = call("POST", "/api/chat/batch", {"messages": [
+            {"message": "batch a [[mock:slow=1500]]"},
+            {"message": "bad item", "max_tokens": "many"},
+            {"message": "batch c [[mock:slow=1500]]", "conversation_id": cid},
+            {"message": "batch d [[mock:slow=1500]]"},
+            {"message": "x", "stream": True}]})
+        self.assertEqual(r.status, 200, r)
+        res = r.json()["results"]
+        self.assertEqual([x["status"] for x in res], [200, 400, 200, 200, 400])
+        self.assertTrue(res[0]["response"].endswith("batch a [[mock:slow=1500]]"))
+        self.assertTrue(res[1]["error"]["message"].startswith("max_tokens"))
+        self.assertEqual(res[2]["conversation_id"], cid)
+        self.assertTrue(res[4]["error"]["message"].startswith("stream"))
+        starts = sorted(x["time"] for x in stack.mock_records()
+                        if "batch " in json.dumps(x["body"]["messages"][-1])
+                        and "slow=1500" in json.dumps(x["body"]["messages"]))
+        self.assertEqual(len(starts), 3)
+        self.assertLess(starts[-1] - starts[0], 1.4,
+                        "the items did not run at the same time")
+        stack.poold({"type": "set_limits", "min_instances": 2,
+                     "max_instances": 6})
+        rows = stack.sql("SELECT status_code, output_tokens FROM usage_logs "
+                         "WHERE request_id = '%s'" % r.headers["x-request-id"])
+        self.assertEqual(rows[0][0], "200")
+        self.assertEqual(int(rows[0][1]), sum(x["usage"]["output_tokens"]
+                                              for x in res if x["status"] == 200))
+
+    def test_bounds(self):
+        for body in ({"messages": []}, {"messages": "x"}, {},
+                     {"messages": [{"message": "x"}] * 17}):
+            r = call("POST", "/api/chat/batch", body)
+            self.assertEqual(r.status, 400, (body, r))
+            self.assertTrue(r.json()["error"]["message"].startswith("messages"))
+
+
+class Disconnect(unittest.TestCase):
+    def test_client_leaving_mid_stream_cancels_the_job(self):
+        import json as _json
+        before = stack.stats()["totals"]["cancelled"]
+        c = stack.conn()
+        c.request("POST", "/api/chat", body=_json.dumps({
+            "message": "long story [[mock:drip=300]] [[mock:chunks=60]]",
+            "stream": True}).encode(), headers={
+                "Authorization": "Bearer " + stack.keys["alice"],
+                "Content-Type": "application/json"})
+        r = c.getresponse()
+        rid = r.getheader("x-request-id")
+        got = 0
+        for line in r:
+            if line.startswith(b'data: {"type":"delta"'):
+                got += 1
+                if got == 2:
+                    break
+        pid = [p["pid"] for p in stack.stats()["processes"]
+               if p["state"] == "busy"][0]
+        t0 = time.time()
+        c.sock.close()
+        c.close()
+        wait_for(lambda: stack.stats()["totals"]["cancelled"] == before + 1,
+                 2, "the job to be cancelled")
+        wait_for(lambda: not [p for p in stack.stats()["processes"]
+                              if p["pid"] == pid], 2, "its CLI to go")
+        self.assertLess(time.time() - t0, 2.0)
+        rows = []
+        wait_for(lambda: rows.extend(stack.sql(
+            "SELECT status_code, error FROM usage_logs WHERE request_id = "
+            "'%s'" % rid)) or rows, 5, "the usage row")
+        self.assertEqual(rows[0][0], "499")
+        self.assertIn("closed", rows[0][1])
 
 
 class ModelsAndPool(unittest.TestCase):

@@ -63,6 +63,8 @@ struct app_config {
 	char	*node;
 	char	*sql_dir;
 	long	 batch_max;
+	long	 key_cache_ms;
+	char	*cors_origins;		/* "", "*", or a comma list */
 	long	 verbose;
 };
 

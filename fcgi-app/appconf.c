@@ -23,7 +23,8 @@ static const char *const app_keys[] = {
 	"db_port", "db_socket", "db_user", "db_password_file", "db_name",
 	"db_timeout_s", "key_secret_file", "poold_socket", "max_body",
 	"max_message", "max_json_depth", "job_timeout_ms", "default_model",
-	"models", "node", "sql_dir", "batch_max", "log_verbose", NULL
+	"models", "node", "sql_dir", "batch_max", "key_cache_ms",
+	"cors_origins", "log_verbose", NULL
 };
 
 /* Free a configuration. */
@@ -51,6 +52,7 @@ appconf_free(struct app_config *cf)
 		free(cf->models[i]);
 	free(cf->node);
 	free(cf->sql_dir);
+	free(cf->cors_origins);
 	explicit_bzero(cf->key_secret, sizeof cf->key_secret);
 	free(cf);
 }
@@ -153,7 +155,8 @@ appconf_load(const char *path, char **cause)
 	    app_str(c, "default_model", "claude-sonnet-4-5",
 	    &cf->default_model) != 0 ||
 	    app_str(c, "node", "node1", &cf->node) != 0 ||
-	    app_str(c, "sql_dir", DATADIR "/sql", &cf->sql_dir) != 0)
+	    app_str(c, "sql_dir", DATADIR "/sql", &cf->sql_dir) != 0 ||
+	    app_str(c, "cors_origins", NULL, &cf->cors_origins) != 0)
 		goto nomem;
 	v = conf_str(c, "listen_mode", "0660");
 	cf->listen_mode = strtol(v, &end, 8);
@@ -171,6 +174,7 @@ appconf_load(const char *path, char **cause)
 	APP_INT("max_json_depth", max_json_depth, 32, 2, 1000);
 	APP_INT("job_timeout_ms", job_timeout_ms, 600000, 100, 86400000);
 	APP_INT("batch_max", batch_max, 16, 1, 256);
+	APP_INT("key_cache_ms", key_cache_ms, 5000, 0, 600000);
 	APP_INT("log_verbose", verbose, 0, 0, 2);
 	if (app_models(cf, conf_str(c, "models", cf->default_model),
 	    cause) != 0)

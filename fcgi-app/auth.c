@@ -23,6 +23,61 @@
 #include "app.h"
 #include "log.h"
 
+#include <pthread.h>
+
+/*
+ * Verified keys, per process, for key_cache_ms: keyed by the keyed hash of
+ * the presented key (never the key), holding what the check found.  Only
+ * successful checks are cached, so a revoked or suspended key is refused
+ * within key_cache_ms of the change.
+ */
+#define AUTH_CACHE_SIZE	1024
+
+struct auth_cache_entry {
+	uint8_t		hash[32];
+	uint64_t	expires_ms;
+	struct apikey	key;
+};
+
+static struct auth_cache_entry	auth_cache[AUTH_CACHE_SIZE];
+static pthread_mutex_t		auth_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Find a fresh entry for hash; copy it to out.  Returns 1 on a hit. */
+static int
+auth_cache_get(const uint8_t hash[32], struct apikey *out)
+{
+	struct auth_cache_entry	*e;
+	int			 hit = 0;
+
+	if (appconf->key_cache_ms <= 0)
+		return (0);
+	e = &auth_cache[(hash[0] | (size_t)hash[1] << 8) % AUTH_CACHE_SIZE];
+	pthread_mutex_lock(&auth_cache_lock);
+	if (e->expires_ms > util_now_ms() &&
+	    sodium_memcmp(e->hash, hash, 32) == 0) {
+		*out = e->key;
+		hit = 1;
+	}
+	pthread_mutex_unlock(&auth_cache_lock);
+	return (hit);
+}
+
+/* Remember a verified key. */
+static void
+auth_cache_put(const uint8_t hash[32], const struct apikey *key)
+{
+	struct auth_cache_entry	*e;
+
+	if (appconf->key_cache_ms <= 0)
+		return;
+	e = &auth_cache[(hash[0] | (size_t)hash[1] << 8) % AUTH_CACHE_SIZE];
+	pthread_mutex_lock(&auth_cache_lock);
+	memcpy(e->hash, hash, 32);
+	e->key = *key;
+	e->expires_ms = util_now_ms() + (uint64_t)appconf->key_cache_ms;
+	pthread_mutex_unlock(&auth_cache_lock);
+}
+
 #define KEY_ID_ALPHABET		"abcdefghijklmnopqrstuvwxyz234567"
 #define KEY_SECRET_ALPHABET	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -168,6 +223,10 @@ auth_check(struct db *db, const char *key, struct apikey *out)
 	if (auth_key_parse(key, id) != 0)
 		return (AUTH_MALFORMED);
 	auth_key_hash(appconf->key_secret, key, hash);
+	if (auth_cache_get(hash, out)) {
+		sodium_memzero(hash, sizeof hash);
+		return (AUTH_OK);
+	}
 	if (db_run(db, &res, NULL,
 	    "SELECT key_hash, tenant, name, status, "
 	    "expires_at IS NOT NULL AND expires_at <= UTC_TIMESTAMP(), "
@@ -219,6 +278,8 @@ auth_check(struct db *db, const char *key, struct apikey *out)
 	    strcmp(db_cell(res, 0, 11), "0") != 0;
 	out->allow_tools = db_cell(res, 0, 12) != NULL &&
 	    strcmp(db_cell(res, 0, 12), "1") == 0;
+	if (r == AUTH_OK)
+		auth_cache_put(hash, out);
 	if (r == AUTH_OK && db_run(db, NULL, NULL,
 	    "UPDATE api_keys SET last_used_at = UTC_TIMESTAMP() WHERE id = ? "
 	    "AND (last_used_at IS NULL OR "

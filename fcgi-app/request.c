@@ -597,10 +597,71 @@ req_free(struct request *r)
 	free(r->u_error);
 }
 
+/* Return 1 if origin may call this API from a browser. */
+static int
+req_origin_allowed(const char *origin)
+{
+	const char	*list = appconf->cors_origins, *p, *end;
+	size_t		 n = strlen(origin);
+
+	if (list == NULL || *origin == '\0' || !req_header_safe(origin))
+		return (0);
+	if (strcmp(list, "*") == 0)
+		return (1);
+	for (p = list; *p != '\0'; p = *end ? end + 1 : end) {
+		while (*p == ' ')
+			p++;
+		end = p + strcspn(p, ",");
+		if ((size_t)(end - p) == n && strncmp(p, origin, n) == 0)
+			return (1);
+	}
+	return (0);
+}
+
+/*
+ * CORS: headers for an allowed Origin, and the answer to a preflight
+ * (OPTIONS).  Returns 1 if the request was answered here.
+ */
+static int
+req_cors(struct request *r)
+{
+	const char	*origin = req_header(r, "HTTP_ORIGIN");
+	int		 allowed = origin != NULL && req_origin_allowed(origin);
+
+	if (allowed) {
+		req_add_header(r, "Access-Control-Allow-Origin",
+		    strcmp(appconf->cors_origins, "*") == 0 ? "*" : origin);
+		req_add_header(r, "Vary", "Origin");
+		req_add_header(r, "Access-Control-Expose-Headers", "X-Request-Id, "
+		    "X-Ccgate-Conversation-Id, X-Ccgate-Ignored, Retry-After");
+	}
+	if (strcmp(r->method, "OPTIONS") != 0)
+		return (0);
+	if (r->route.status != 405 && r->route.id == ROUTE_NONE) {
+		req_error(r, 404, NULL, "no such route: %s", r->path);
+		return (1);
+	}
+	if (!allowed) {
+		req_error(r, 403, NULL, "origin not allowed: set cors_origins "
+		    "in ccgate.conf");
+		return (1);
+	}
+	req_add_header(r, "Access-Control-Allow-Methods", r->route.allow[0] ?
+	    r->route.allow : r->method);
+	req_add_header(r, "Access-Control-Allow-Headers", "Authorization, "
+	    "Content-Type, X-Api-Key, Anthropic-Version, Anthropic-Beta, "
+	    "X-Request-Id");
+	req_add_header(r, "Access-Control-Max-Age", "600");
+	req_send_empty(r, 204);
+	return (1);
+}
+
 /* Run the route's handler. */
 static void
 req_dispatch(struct request *r)
 {
+	if (req_cors(r))
+		return;
 	switch (r->route.id) {
 	case ROUTE_HEALTHZ:
 		health_live(r);

@@ -17,11 +17,14 @@ from harness import Stack, main  # noqa: E402
 
 stack = None
 n = 0
+CACHE_MS = 1500
 
 
 def setUpModule():
     global stack
-    stack = Stack(name="limits").start()
+    stack = Stack(app_opts={"key_cache_ms": CACHE_MS,
+                            "cors_origins": "https://app.example"},
+                  name="limits").start()
 
 
 def tearDownModule():
@@ -74,6 +77,52 @@ class Status(unittest.TestCase):
         used = stack.sql("SELECT last_used_at IS NOT NULL FROM api_keys "
                          "WHERE id = '%s'" % key[4:20])
         self.assertEqual(used, [["1"]])
+
+
+class Cache(unittest.TestCase):
+    def test_suspension_takes_effect_within_the_cache_bound(self):
+        key = new_key()
+        self.assertEqual(stack.request("GET", "/api/models", key=key).status,
+                         200)
+        stack.sql("UPDATE api_keys SET status = 'suspended' WHERE id = '%s'"
+                  % key[4:20])
+        t0 = time.time()
+        while stack.request("GET", "/api/models", key=key).status == 200:
+            self.assertLess(time.time() - t0, CACHE_MS / 1000.0 + 1.0,
+                            "a suspended key still works past the bound")
+            time.sleep(0.05)
+        r = stack.request("GET", "/api/models", key=key)
+        self.assertEqual(r.status, 401)
+        self.assertIn("suspended", r.json()["error"]["message"])
+
+
+class Cors(unittest.TestCase):
+    def test_preflight_and_headers(self):
+        r = stack.request("OPTIONS", "/api/chat", headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(r.headers["access-control-allow-origin"],
+                         "https://app.example")
+        self.assertEqual(r.headers["access-control-allow-methods"], "POST")
+        self.assertIn("Authorization",
+                      r.headers["access-control-allow-headers"])
+        r = stack.request("OPTIONS", "/api/chat", headers={
+            "Origin": "https://evil.example",
+            "Access-Control-Request-Method": "POST"})
+        self.assertEqual(r.status, 403)
+        self.assertNotIn("access-control-allow-origin", r.headers)
+        key = new_key()
+        r = stack.request("GET", "/api/models", key=key,
+                          headers={"Origin": "https://app.example"})
+        self.assertEqual(r.headers["access-control-allow-origin"],
+                         "https://app.example")
+        self.assertIn("X-Request-Id",
+                      r.headers["access-control-expose-headers"])
+        r = stack.request("GET", "/api/models", key=key,
+                          headers={"Origin": "https://evil.example"})
+        self.assertNotIn("access-control-allow-origin", r.headers)
 
 
 class Permissions(unittest.TestCase):

@@ -19,8 +19,12 @@
  *   compat.c	 what those two share (compat.h)
  *   conv.c	 conversations
  *   health.c	 /healthz, /readyz
- *   poolinfo.c	 /api/cli-pool/ routes and /api/models
- *   usage.c	 usage records
+ *   poolinfo.c	 /api/cli-pool/ routes, /admin/pool and /api/models
+ *   keys.c	 key management (admin API and ccgate-admin)
+ *   adminuser.c administrators: accounts, login, tokens
+ *   jwt.c	 admin tokens (HS256)
+ *   audit.c	 the audit log
+ *   adminapi.c	 the /admin/ routes
  */
 #ifndef CCGATE_APP_H
 #define CCGATE_APP_H
@@ -64,6 +68,8 @@ struct app_config {
 	char	*sql_dir;
 	long	 batch_max;
 	long	 key_cache_ms;
+	long	 admin_token_ttl_s;
+	long	 rotate_grace_s;
 	char	*cors_origins;		/* "", "*", or a comma list */
 	long	 verbose;
 };
@@ -129,15 +135,15 @@ enum auth_result {
 	AUTH_DB_ERROR
 };
 
+int		 auth_key_id_valid(const char *);
 int		 auth_key_parse(const char *, char [KEY_ID_LEN + 1]);
 void		 auth_key_hash(const uint8_t [32], const char *,
 		     uint8_t [32]);
+int		 auth_key_make(const char *, char [KEY_LEN + 1]);
 int		 auth_key_generate(char [KEY_LEN + 1], char [KEY_ID_LEN + 1]);
 enum auth_result auth_check(struct db *, const char *, struct apikey *);
 const char	*auth_strerror(enum auth_result);
 int		 auth_load_secret(const char *, uint8_t [32], char **);
-int		 auth_key_create(struct db *, const char *, const char *,
-		     char [KEY_LEN + 1], char [KEY_ID_LEN + 1], char **);
 int		 auth_model_allowed(const struct apikey *, const char *);
 int		 perm_check(struct request *, const char *, int, long long *);
 
@@ -172,6 +178,19 @@ enum route_id {
 	ROUTE_OPENAI_CHAT,
 	ROUTE_OPENAI_MODELS,
 	ROUTE_ANTHROPIC_MESSAGES,
+	ROUTE_ADMIN_LOGIN,
+	ROUTE_ADMIN_ME,
+	ROUTE_ADMIN_KEYS_CREATE,
+	ROUTE_ADMIN_KEYS_LIST,
+	ROUTE_ADMIN_KEYS_GET,
+	ROUTE_ADMIN_KEYS_UPDATE,
+	ROUTE_ADMIN_KEYS_REVOKE,
+	ROUTE_ADMIN_KEYS_ROTATE,
+	ROUTE_ADMIN_USAGE,
+	ROUTE_ADMIN_REQUESTS,
+	ROUTE_ADMIN_ERRORS,
+	ROUTE_ADMIN_POOL,
+	ROUTE_ADMIN_AUDIT,
 	ROUTE_MAX
 };
 
@@ -207,6 +226,7 @@ void		 req_error(struct request *, int, const char *, const char *,
 struct route	*req_route(struct request *);
 struct apikey	*req_key(struct request *);
 int		 req_authenticate(struct request *);
+void		 req_set_admin(struct request *, const char *);
 void		 req_usage(struct request *, const char *, long long,
 		     long long, long long, long long, double, long long,
 		     const char *);
@@ -240,6 +260,7 @@ void		 anthropic_messages_handle(struct request *);
 void		 poolinfo_stats_handle(struct request *);
 void		 poolinfo_health_handle(struct request *);
 void		 poolinfo_init_handle(struct request *);
+void		 poolinfo_admin_handle(struct request *);
 void		 health_live(struct request *);
 void		 health_ready(struct request *);
 
@@ -272,5 +293,96 @@ int		 conv_find_history(struct db *, const char *, const char *,
 char		*conv_title_from_message(const char *);
 void		 chat_turn(struct request *, struct conversation *,
 		     const char *, long long, int);
+
+/* An error of an operation shared by HTTP and the command line. */
+struct op_error {
+	int	 status;		/* the HTTP status it answers */
+	char	 msg[512];
+};
+
+void		 op_fail(struct op_error *, int, const char *, ...)
+		     __attribute__((format(printf, 3, 4)));
+
+/* Who makes a change, for the audit log. */
+struct actor {
+	char	 name[100];		/* admin:<name>, cli:<user> */
+	char	 ip[64];
+};
+
+/* audit.c */
+int		 audit_record(struct db *, const struct actor *, const char *,
+		     const char *, const char *, json_t *, json_t *);
+void		 audit_cli_actor(struct actor *);
+
+/* keys.c: a key as administrators manage it. */
+struct keyrec {
+	char		 id[KEY_ID_LEN + 1];
+	char		 name[101];
+	char		 tenant[TENANT_MAX + 1];
+	char		 status[16];
+	char		 created_at[32];
+	char		 expires_at[32];	/* "" for none */
+	char		 last_used_at[32];
+	char		 prev_until[32];	/* old secret valid until */
+	int		 time_expired;		/* expires_at has passed */
+	long long	 rpm, rpd, tpd;		/* -1: unlimited */
+	json_t		*models;		/* NULL: every model */
+	long long	 max_tokens;		/* -1: no cap */
+	int		 allow_streaming;
+	int		 allow_tools;
+	json_t		*metadata;
+};
+
+int		 keys_load(struct db *, const char *, int, struct keyrec *,
+		     struct op_error *);
+void		 keyrec_clear(struct keyrec *);
+json_t		*keys_json(const struct keyrec *);
+int		 keys_parse_time(const char *, char [32]);
+int		 keys_apply(struct keyrec *, json_t *, int, struct op_error *);
+int		 keys_create(struct db *, const struct actor *, json_t *,
+		     char [KEY_LEN + 1], json_t **, struct op_error *);
+int		 keys_update(struct db *, const struct actor *, const char *,
+		     json_t *, json_t **, struct op_error *);
+int		 keys_revoke(struct db *, const struct actor *, const char *,
+		     json_t **, struct op_error *);
+int		 keys_rotate(struct db *, const struct actor *, const char *,
+		     long long, char [KEY_LEN + 1], json_t **,
+		     struct op_error *);
+json_t		*keys_list(struct db *, const char *, const char *, long long,
+		     long long, struct op_error *);
+
+/* jwt.c */
+int		 jwt_sign(const uint8_t [32], long long, const char *,
+		     long long, long long, long long, char *, size_t);
+int		 jwt_verify(const uint8_t [32], const char *, long long,
+		     long long *, char *, size_t, long long *, char *, size_t);
+
+/* adminuser.c */
+json_t		*admuser_list(struct db *, struct op_error *);
+int		 admuser_create(struct db *, const struct actor *,
+		     const char *, const char *, struct op_error *);
+int		 admuser_change(struct db *, const struct actor *,
+		     const char *, const char *, const char *,
+		     struct op_error *);
+int		 admuser_login(struct db *, const char *, const char *,
+		     const char *, char *, size_t, json_t **, long long *,
+		     struct op_error *);
+int		 admuser_check_token(struct db *, const char *,
+		     struct actor *, struct op_error *);
+
+/* adminapi.c */
+int		 adminapi_authenticate(struct request *, struct actor *);
+void		 adminapi_login(struct request *);
+void		 adminapi_me(struct request *);
+void		 adminapi_keys_create(struct request *);
+void		 adminapi_keys_list(struct request *);
+void		 adminapi_keys_get(struct request *);
+void		 adminapi_keys_update(struct request *);
+void		 adminapi_keys_revoke(struct request *);
+void		 adminapi_keys_rotate(struct request *);
+void		 adminapi_usage(struct request *);
+void		 adminapi_requests(struct request *);
+void		 adminapi_errors(struct request *);
+void		 adminapi_audit(struct request *);
 
 #endif

@@ -24,7 +24,8 @@ static const char *const app_keys[] = {
 	"db_timeout_s", "key_secret_file", "poold_socket", "max_body",
 	"max_message", "max_json_depth", "job_timeout_ms", "default_model",
 	"models", "node", "sql_dir", "batch_max", "key_cache_ms",
-	"cors_origins", "log_verbose", NULL
+	"cors_origins", "log_verbose", "admin_token_ttl_s", "rotate_grace_s",
+	NULL
 };
 
 /* Free a configuration. */
@@ -176,6 +177,8 @@ appconf_load(const char *path, char **cause)
 	APP_INT("batch_max", batch_max, 16, 1, 256);
 	APP_INT("key_cache_ms", key_cache_ms, 5000, 0, 600000);
 	APP_INT("log_verbose", verbose, 0, 0, 2);
+	APP_INT("admin_token_ttl_s", admin_token_ttl_s, 900, 1, 86400);
+	APP_INT("rotate_grace_s", rotate_grace_s, 86400, 0, 30 * 86400);
 	if (app_models(cf, conf_str(c, "models", cf->default_model),
 	    cause) != 0)
 		goto fail;

@@ -81,6 +81,14 @@ auth_cache_put(const uint8_t hash[32], const struct apikey *key)
 #define KEY_ID_ALPHABET		"abcdefghijklmnopqrstuvwxyz234567"
 #define KEY_SECRET_ALPHABET	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
+/* Return 1 if id is a key's public id: KEY_ID_LEN base32 characters. */
+int
+auth_key_id_valid(const char *id)
+{
+	return (strlen(id) == KEY_ID_LEN &&
+	    strspn(id, KEY_ID_ALPHABET) == KEY_ID_LEN);
+}
+
 /*
  * Check a key's format and copy its public id into id.  Returns 0 or -1;
  * nothing about a malformed key is looked up.
@@ -93,16 +101,14 @@ auth_key_parse(const char *key, char id[KEY_ID_LEN + 1])
 	if (key == NULL || strlen(key) != KEY_LEN ||
 	    strncmp(key, KEY_PREFIX, 4) != 0 || key[4 + KEY_ID_LEN] != '_')
 		return (-1);
-	for (i = 4; i < 4 + KEY_ID_LEN; i++) {
-		if (strchr(KEY_ID_ALPHABET, key[i]) == NULL)
-			return (-1);
-	}
+	memcpy(id, key + 4, KEY_ID_LEN);
+	id[KEY_ID_LEN] = '\0';
+	if (!auth_key_id_valid(id))
+		return (-1);
 	for (i = 5 + KEY_ID_LEN; i < KEY_LEN; i++) {
 		if (strchr(KEY_SECRET_ALPHABET, key[i]) == NULL)
 			return (-1);
 	}
-	memcpy(id, key + 4, KEY_ID_LEN);
-	id[KEY_ID_LEN] = '\0';
 	return (0);
 }
 
@@ -114,19 +120,18 @@ auth_key_hash(const uint8_t secret[32], const char *key, uint8_t out[32])
 	    secret, 32);
 }
 
-/* Make a new random key; returns 0 or -1. */
+/*
+ * Make a new random secret for the public id id: the whole key goes to
+ * key.  Rotation keeps a key's id and changes its secret.
+ */
 int
-auth_key_generate(char key[KEY_LEN + 1], char id[KEY_ID_LEN + 1])
+auth_key_make(const char *id, char key[KEY_LEN + 1])
 {
 	uint8_t	raw[32];
 	char	b64[64];
-	size_t	i;
 
-	if (sodium_init() < 0)
+	if (sodium_init() < 0 || strlen(id) != KEY_ID_LEN)
 		return (-1);
-	for (i = 0; i < KEY_ID_LEN; i++)
-		id[i] = KEY_ID_ALPHABET[randombytes_uniform(32)];
-	id[KEY_ID_LEN] = '\0';
 	randombytes_buf(raw, sizeof raw);
 	sodium_bin2base64(b64, sizeof b64, raw, sizeof raw,
 	    sodium_base64_VARIANT_URLSAFE_NO_PADDING);
@@ -140,6 +145,20 @@ auth_key_generate(char key[KEY_LEN + 1], char id[KEY_ID_LEN + 1])
 	key[KEY_LEN] = '\0';
 	sodium_memzero(b64, sizeof b64);
 	return (0);
+}
+
+/* Make a new random key with a new public id; returns 0 or -1. */
+int
+auth_key_generate(char key[KEY_LEN + 1], char id[KEY_ID_LEN + 1])
+{
+	size_t	i;
+
+	if (sodium_init() < 0)
+		return (-1);
+	for (i = 0; i < KEY_ID_LEN; i++)
+		id[i] = KEY_ID_ALPHABET[randombytes_uniform(32)];
+	id[KEY_ID_LEN] = '\0';
+	return (auth_key_make(id, key));
 }
 
 /*
@@ -290,65 +309,6 @@ out:
 	sodium_memzero(hash, sizeof hash);
 	db_res_free(res);
 	return (r);
-}
-
-/*
- * Create a key named name, owned by user (NULL: the key is its own tenant).
- * The full key is written to key and shown once; only its hash is stored.
- */
-int
-auth_key_create(struct db *db, const char *name, const char *user,
-    char key[KEY_LEN + 1], char id[KEY_ID_LEN + 1], char **cause)
-{
-	uint8_t	 hash[32];
-	char	 tenant[TENANT_MAX + 1];
-	json_t	*meta;
-	char	*metas;
-	int	 rc;
-
-	if (name == NULL || *name == '\0' || strlen(name) > 100) {
-		*cause = strdup("a key needs a name of 1 to 100 characters");
-		return (-1);
-	}
-	if (user != NULL && !util_valid_tenant(user)) {
-		*cause = strdup("user: 1 to 64 characters of A-Z a-z 0-9 "
-		    "_ . @ -, not starting with . or -");
-		return (-1);
-	}
-	if (!appconf->have_secret) {
-		util_cause(cause, "no key secret: create %s first",
-		    appconf->key_secret_file);
-		return (-1);
-	}
-	if (auth_key_generate(key, id) != 0) {
-		*cause = strdup("cannot generate a key");
-		return (-1);
-	}
-	if (user != NULL)
-		snprintf(tenant, sizeof tenant, "%s", user);
-	else
-		snprintf(tenant, sizeof tenant, "key-%s", id);
-	auth_key_hash(appconf->key_secret, key, hash);
-	meta = json_pack("{s:s?}", "user_id", user);
-	metas = meta != NULL ? json_dumps(meta, JSON_COMPACT) : NULL;
-	json_decref(meta);
-	if (metas == NULL) {
-		*cause = strdup("out of memory");
-		return (-1);
-	}
-	rc = db_run(db, NULL, NULL,
-	    "INSERT INTO api_keys (id, name, key_hash, tenant, status, "
-	    "metadata, created_at) VALUES (?, ?, ?, ?, 'active', ?, "
-	    "UTC_TIMESTAMP())", "ssbss", id, name, hash, sizeof hash, tenant,
-	    metas);
-	free(metas);
-	sodium_memzero(hash, sizeof hash);
-	if (rc != 0) {
-		sodium_memzero(key, KEY_LEN + 1);
-		*cause = strdup(db_error(db));
-		return (-1);
-	}
-	return (0);
 }
 
 /* Return 1 if the key may use model (no list means every model). */

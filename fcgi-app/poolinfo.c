@@ -115,15 +115,84 @@ poolinfo_health_handle(struct request *r)
 	json_decref(st);
 }
 
-/* POST /api/cli-pool/initialize: an admin's route; client keys get 403. */
+/* GET /admin/pool: every process, with its tenant and conversation. */
+void
+poolinfo_admin_handle(struct request *r)
+{
+	struct actor	 who;
+	json_t		*st;
+
+	if (adminapi_authenticate(r, &who) != 0 ||
+	    (st = poolinfo_fetch(r)) == NULL)
+		return;
+	json_object_del(st, "v");
+	json_object_del(st, "type");
+	req_send_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "pool",
+	    st));
+}
+
+/*
+ * POST /api/cli-pool/initialize {"minInstances","maxInstances"} (seed
+ * 000): set the pool's bounds at run time.  Administrators only: a client
+ * key gets 403.  The change is audited (the pool daemon holds the state,
+ * so the audit row follows the daemon's answer).
+ */
 void
 poolinfo_init_handle(struct request *r)
 {
-	if (req_authenticate(r) != 0)
+	struct actor	 who;
+	json_t		*body, *st, *msg = NULL, *ans = NULL, *before, *after;
+	long long	 min = -1, max = -1;
+	char		*cause = NULL;
+
+	if (adminapi_authenticate(r, &who) != 0 ||
+	    (body = req_json_body(r, 1)) == NULL ||
+	    input_int(r, body, "minInstances", 0, 1024, &min) != 0 ||
+	    input_int(r, body, "maxInstances", 1, 1024, &max) != 0)
 		return;
-	req_error(r, 403, NULL, "setting the pool's size is for administrators "
-	    "(POST /admin/..., with an admin token); client keys are never "
-	    "admin");
+	if (min < 0 && max < 0) {
+		req_error(r, 400, NULL, "minInstances or maxInstances: "
+		    "required");
+		return;
+	}
+	if ((st = poolinfo_fetch(r)) == NULL)
+		return;
+	before = json_object_get(st, "limits");
+	if ((msg = json_pack("{s:i, s:s}", "v", PROTO_VERSION, "type",
+	    PROTO_SET_LIMITS)) == NULL)
+		goto nomem;
+	json_object_set_new(msg, "min_instances", json_integer(min >= 0 ? min :
+	    json_integer_value(json_object_get(before, "min_instances"))));
+	json_object_set_new(msg, "max_instances", json_integer(max >= 0 ? max :
+	    json_integer_value(json_object_get(before, "max_instances"))));
+	ans = poolc_call(appconf->poold_socket, msg, 5000, &cause);
+	if (ans == NULL) {
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "the CLI pool is unavailable");
+		goto out;
+	}
+	if (strcmp(proto_type(ans), PROTO_OK) != 0) {
+		req_error(r, 400, NULL, "%s", json_string_value(
+		    json_object_get(ans, "message")) ? json_string_value(
+		    json_object_get(ans, "message")) : "refused");
+		goto out;
+	}
+	after = json_pack("{s:O, s:O}", "min_instances", json_object_get(msg,
+	    "min_instances"), "max_instances", json_object_get(msg,
+	    "max_instances"));
+	if (after == NULL || audit_record(db_thread(), &who, "pool.limits",
+	    "pool", "cli-pool", before, after) != 0)
+		log_warnx("pool limits set by %s, but not audited", who.name);
+	req_send_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "limits",
+	    after != NULL ? after : json_null()));
+	goto out;
+nomem:
+	req_error(r, 500, NULL, "out of memory");
+out:
+	free(cause);
+	json_decref(ans);
+	json_decref(msg);
+	json_decref(st);
 }
 
 /* GET /api/models */

@@ -33,6 +33,7 @@ struct request {
 	struct route	 route;
 	struct apikey	 key;
 	int		 have_key;
+	char		 admin[100];	/* the administrator, once known */
 	int		 status;
 	int		 sent;
 	int		 sse;
@@ -539,6 +540,13 @@ req_authenticate(struct request *r)
 	return (-1);
 }
 
+/* Record the administrator a request acts for (its usage row's tenant). */
+void
+req_set_admin(struct request *r, const char *name)
+{
+	snprintf(r->admin, sizeof r->admin, "%s", name);
+}
+
 /* Set the usage record's figures (the status comes from the answer). */
 void
 req_usage(struct request *r, const char *model, long long in, long long out,
@@ -567,6 +575,10 @@ req_write_usage(struct request *r, uint64_t duration_ms)
 
 	if (r->route.id == ROUTE_HEALTHZ || r->route.id == ROUTE_READYZ)
 		return;
+	/* Admin reads (dashboards poll) are not usage; changes are. */
+	if (strncmp(r->route.name, "/admin/", 7) == 0 &&
+	    strcmp(r->method, "GET") == 0)
+		return;
 	if ((db = db_thread()) == NULL)
 		return;
 	if (db_run(db, NULL, NULL,
@@ -577,7 +589,8 @@ req_write_usage(struct request *r, uint64_t duration_ms)
 	    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
 	    "?, ?, ?, UTC_TIMESTAMP(3))", "ssssssisiiiiidiiss",
 	    r->id, r->have_key ? r->key.id : NULL,
-	    r->have_key ? r->key.tenant : NULL, r->route.name, r->path,
+	    r->have_key ? r->key.tenant : r->admin[0] ? r->admin : NULL,
+	    r->route.name, r->path,
 	    r->method, (long long)r->status, r->u_model, r->u_in, r->u_out,
 	    r->u_cache_read, r->u_cache_creation, r->u_in + r->u_out,
 	    r->u_cost, r->u_ttft, (long long)duration_ms, r->u_error,
@@ -719,6 +732,45 @@ req_dispatch(struct request *r)
 		break;
 	case ROUTE_ANTHROPIC_MESSAGES:
 		anthropic_messages_handle(r);
+		break;
+	case ROUTE_ADMIN_LOGIN:
+		adminapi_login(r);
+		break;
+	case ROUTE_ADMIN_ME:
+		adminapi_me(r);
+		break;
+	case ROUTE_ADMIN_KEYS_CREATE:
+		adminapi_keys_create(r);
+		break;
+	case ROUTE_ADMIN_KEYS_LIST:
+		adminapi_keys_list(r);
+		break;
+	case ROUTE_ADMIN_KEYS_GET:
+		adminapi_keys_get(r);
+		break;
+	case ROUTE_ADMIN_KEYS_UPDATE:
+		adminapi_keys_update(r);
+		break;
+	case ROUTE_ADMIN_KEYS_REVOKE:
+		adminapi_keys_revoke(r);
+		break;
+	case ROUTE_ADMIN_KEYS_ROTATE:
+		adminapi_keys_rotate(r);
+		break;
+	case ROUTE_ADMIN_USAGE:
+		adminapi_usage(r);
+		break;
+	case ROUTE_ADMIN_REQUESTS:
+		adminapi_requests(r);
+		break;
+	case ROUTE_ADMIN_ERRORS:
+		adminapi_errors(r);
+		break;
+	case ROUTE_ADMIN_POOL:
+		poolinfo_admin_handle(r);
+		break;
+	case ROUTE_ADMIN_AUDIT:
+		adminapi_audit(r);
 		break;
 	default:
 		if (r->route.status == 405)

@@ -47,6 +47,28 @@ static const struct route_def routes[] = {
 	    DIALECT_OPENAI },
 	{ "POST", "/v1/messages",		ROUTE_ANTHROPIC_MESSAGES,
 	    DIALECT_ANTHROPIC },
+	{ "POST", "/admin/login",		ROUTE_ADMIN_LOGIN,
+	    DIALECT_NATIVE },
+	{ "GET",  "/admin/me",			ROUTE_ADMIN_ME, DIALECT_NATIVE },
+	{ "POST", "/admin/api-keys",		ROUTE_ADMIN_KEYS_CREATE,
+	    DIALECT_NATIVE },
+	{ "GET",  "/admin/api-keys",		ROUTE_ADMIN_KEYS_LIST,
+	    DIALECT_NATIVE },
+	{ "GET",  "/admin/api-keys/:id",	ROUTE_ADMIN_KEYS_GET,
+	    DIALECT_NATIVE },
+	{ "PUT",  "/admin/api-keys/:id",	ROUTE_ADMIN_KEYS_UPDATE,
+	    DIALECT_NATIVE },
+	{ "DELETE", "/admin/api-keys/:id",	ROUTE_ADMIN_KEYS_REVOKE,
+	    DIALECT_NATIVE },
+	{ "POST", "/admin/api-keys/:id/rotate",	ROUTE_ADMIN_KEYS_ROTATE,
+	    DIALECT_NATIVE },
+	{ "GET",  "/admin/usage",		ROUTE_ADMIN_USAGE, DIALECT_NATIVE },
+	{ "GET",  "/admin/requests",		ROUTE_ADMIN_REQUESTS,
+	    DIALECT_NATIVE },
+	{ "GET",  "/admin/errors",		ROUTE_ADMIN_ERRORS,
+	    DIALECT_NATIVE },
+	{ "GET",  "/admin/pool",		ROUTE_ADMIN_POOL, DIALECT_NATIVE },
+	{ "GET",  "/admin/audit",		ROUTE_ADMIN_AUDIT, DIALECT_NATIVE },
 	{ NULL, NULL, ROUTE_NONE, DIALECT_PLAIN }
 };
 
@@ -93,7 +115,7 @@ route_family(const char *path)
 		return (DIALECT_ANTHROPIC);
 	if (strncmp(path, "/v1/", 4) == 0)
 		return (DIALECT_OPENAI);
-	if (strncmp(path, "/api/", 5) == 0)
+	if (strncmp(path, "/api/", 5) == 0 || strncmp(path, "/admin/", 7) == 0)
 		return (DIALECT_NATIVE);
 	return (DIALECT_PLAIN);
 }

@@ -327,6 +327,22 @@ class Stack:
         self.keys[name] = out["key"]
         return out["key"]
 
+    def admin(self, *args, stdin=None, check=True):
+        """Run ccgate-admin with this stack's configuration."""
+        return subprocess.run([self.bin("ccgate-admin"), "-f",
+                               self.path("ccgate.conf")] + list(args),
+                              input=stdin, capture_output=True, text=True,
+                              check=check)
+
+    def create_admin(self, name, password):
+        self.admin("user", "create", name, stdin=password + "\n")
+
+    def admin_token(self, name, password):
+        r = self.request("POST", "/admin/login",
+                         {"username": name, "password": password})
+        assert r.status == 200, r
+        return r.json()["token"]
+
     def conn(self, timeout=60):
         ctx = ssl.create_default_context()
         ctx.check_hostname = False

@@ -173,6 +173,72 @@ START_TEST(test_title)
 }
 END_TEST
 
+START_TEST(test_jwt)
+{
+	uint8_t		 secret[32], other[32];
+	char		 tok[1024], bad[1024], name[64], why[128], *dot;
+	long long	 id = 0, ver = 0;
+
+	memset(secret, 7, sizeof secret);
+	memset(other, 8, sizeof other);
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 900, tok,
+	    sizeof tok), 0);
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000899, &id, name,
+	    sizeof name, &ver, why, sizeof why), 0);
+	ck_assert_int_eq(id, 42);
+	ck_assert_int_eq(ver, 3);
+	ck_assert_str_eq(name, "ops");
+	/* Expired at exp, not a second later. */
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000900, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_ptr_nonnull(strstr(why, "expired"));
+	/* Another server's secret. */
+	ck_assert_int_eq(jwt_verify(other, tok, 1000001, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	/* Every single changed byte is refused. */
+	for (size_t i = 0; i < strlen(tok); i++) {
+		memcpy(bad, tok, sizeof bad);
+		bad[i] = bad[i] == 'A' ? 'B' : 'A';
+		ck_assert_int_eq(jwt_verify(secret, bad, 1000001, &id, name,
+		    sizeof name, &ver, why, sizeof why), -1);
+	}
+	/* alg "none" with the signature dropped. */
+	dot = strrchr(tok, '.');
+	memcpy(bad, "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0", 36);
+	snprintf(bad + 35, sizeof bad - 35, "%.*s.", (int)(dot - strchr(tok,
+	    '.')), strchr(tok, '.'));
+	ck_assert_int_eq(jwt_verify(secret, bad, 1000001, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_int_eq(jwt_verify(secret, "", 1000001, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_int_eq(jwt_verify(secret, "a.b.c.d", 1000001, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 900, tok,
+	    20), -1);
+}
+END_TEST
+
+START_TEST(test_parse_time)
+{
+	char	out[32];
+
+	ck_assert_int_eq(keys_parse_time("2027-01-31T10:20:30Z", out), 0);
+	ck_assert_str_eq(out, "2027-01-31T10:20:30Z");
+	ck_assert_int_eq(keys_parse_time("2027-01-31 10:20:30", out), 0);
+	ck_assert_str_eq(out, "2027-01-31T10:20:30Z");
+	ck_assert_int_eq(keys_parse_time("2028-02-29", out), 0);
+	ck_assert_str_eq(out, "2028-02-29T00:00:00Z");
+	ck_assert_int_eq(keys_parse_time("2027-02-29", out), -1);
+	ck_assert_int_eq(keys_parse_time("2100-02-29", out), -1);
+	ck_assert_int_eq(keys_parse_time("2027-04-31", out), -1);
+	ck_assert_int_eq(keys_parse_time("2027-01-31T24:00:00Z", out), -1);
+	ck_assert_int_eq(keys_parse_time("2027-1-31", out), -1);
+	ck_assert_int_eq(keys_parse_time("2027-01-31T10:20:30+01", out), -1);
+	ck_assert_int_eq(keys_parse_time("tomorrow", out), -1);
+	ck_assert_int_eq(keys_parse_time("", out), -1);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -184,6 +250,8 @@ main(void)
 		test_json_depth,
 		test_dialects,
 		test_title,
+		test_jwt,
+		test_parse_time,
 		NULL
 	};
 

@@ -25,6 +25,7 @@
  *   jwt.c	 admin tokens (HS256)
  *   audit.c	 the audit log
  *   adminapi.c	 the /admin/ routes
+ *   metrics.c	 /metrics (Prometheus)
  */
 #ifndef CCGATE_APP_H
 #define CCGATE_APP_H
@@ -191,6 +192,7 @@ enum route_id {
 	ROUTE_ADMIN_ERRORS,
 	ROUTE_ADMIN_POOL,
 	ROUTE_ADMIN_AUDIT,
+	ROUTE_METRICS,
 	ROUTE_MAX
 };
 
@@ -204,6 +206,7 @@ struct route {
 };
 
 void		 route_match(const char *, const char *, struct route *);
+const char	*route_name(enum route_id);
 
 /* request.c: one request over FastCGI; owns what it allocates. */
 struct request;
@@ -216,6 +219,8 @@ json_t		*req_json_body(struct request *, int);
 void		 req_add_header(struct request *, const char *, const char *);
 void		 req_send_json(struct request *, int, json_t *);
 void		 req_send_empty(struct request *, int);
+void		 req_send_text(struct request *, int, const char *,
+		     const char *);
 int		 req_sse_start(struct request *);
 int		 req_sse_data(struct request *, const char *);
 int		 req_sse_json(struct request *, json_t *);
@@ -369,6 +374,13 @@ int		 admuser_login(struct db *, const char *, const char *,
 		     struct op_error *);
 int		 admuser_check_token(struct db *, const char *,
 		     struct actor *, struct op_error *);
+
+/* metrics.c */
+void		 metrics_request(enum route_id, int, uint64_t, long long,
+		     long long, long long, long long, double);
+void		 metrics_quota_rejected(void);
+void		 metrics_usage_lost(void);
+void		 metrics_handle(struct request *);
 
 /* adminapi.c */
 int		 adminapi_authenticate(struct request *, struct actor *);

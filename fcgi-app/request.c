@@ -221,6 +221,17 @@ req_send_json(struct request *r, int status, json_t *body)
 	free(s);
 }
 
+/* Send a text response of content type ctype. */
+void
+req_send_text(struct request *r, int status, const char *ctype,
+    const char *text)
+{
+	if (r->sent || r->parent != NULL)
+		return;
+	req_head(r, status, ctype);
+	FCGX_PutS(text, r->fx->out);
+}
+
 /* Send a response without a body (204). */
 void
 req_send_empty(struct request *r, int status)
@@ -516,6 +527,7 @@ req_authenticate(struct request *r)
 		case 0:
 			return (0);
 		case 1:
+			metrics_quota_rejected();
 			snprintf(ra, sizeof ra, "%ld", retry);
 			req_add_header(r, "Retry-After", ra);
 			req_error(r, 429, NULL, "%s", why);
@@ -573,7 +585,8 @@ req_write_usage(struct request *r, uint64_t duration_ms)
 {
 	struct db	*db;
 
-	if (r->route.id == ROUTE_HEALTHZ || r->route.id == ROUTE_READYZ)
+	if (r->route.id == ROUTE_HEALTHZ || r->route.id == ROUTE_READYZ ||
+	    r->route.id == ROUTE_METRICS)
 		return;
 	/* Admin reads (dashboards poll) are not usage; changes are. */
 	if (strncmp(r->route.name, "/admin/", 7) == 0 &&
@@ -594,9 +607,11 @@ req_write_usage(struct request *r, uint64_t duration_ms)
 	    r->method, (long long)r->status, r->u_model, r->u_in, r->u_out,
 	    r->u_cache_read, r->u_cache_creation, r->u_in + r->u_out,
 	    r->u_cost, r->u_ttft, (long long)duration_ms, r->u_error,
-	    appconf->node) != 0)
+	    appconf->node) != 0) {
+		metrics_usage_lost();
 		log_warnx("request %s: usage record lost: %s", r->id,
 		    db_error(db));
+	}
 }
 
 /* Free what the request owns. */
@@ -681,6 +696,9 @@ req_dispatch(struct request *r)
 		return;
 	case ROUTE_READYZ:
 		health_ready(r);
+		return;
+	case ROUTE_METRICS:
+		metrics_handle(r);
 		return;
 	case ROUTE_NONE:
 	case ROUTE_MAX:
@@ -821,6 +839,8 @@ req_handle(FCGX_Request *fx)
 		req_error(&r, 500, NULL, "no answer");
 	duration = util_now_ms() - r.started_ms;
 	FCGX_Finish_r(fx);
+	metrics_request(r.route.id, r.status, duration, r.u_in, r.u_out,
+	    r.u_cache_read, r.u_cache_creation, r.u_cost);
 	req_write_usage(&r, duration);
 	req_free(&r);
 }

@@ -69,8 +69,22 @@ static const struct route_def routes[] = {
 	    DIALECT_NATIVE },
 	{ "GET",  "/admin/pool",		ROUTE_ADMIN_POOL, DIALECT_NATIVE },
 	{ "GET",  "/admin/audit",		ROUTE_ADMIN_AUDIT, DIALECT_NATIVE },
+	{ "GET",  "/metrics",			ROUTE_METRICS, DIALECT_PLAIN },
 	{ NULL, NULL, ROUTE_NONE, DIALECT_PLAIN }
 };
+
+/* The pattern of a route ("unmatched" for none), for logs and metrics. */
+const char *
+route_name(enum route_id id)
+{
+	const struct route_def	*d;
+
+	for (d = routes; d->method != NULL; d++) {
+		if (d->id == id)
+			return (d->pattern);
+	}
+	return ("unmatched");
+}
 
 /*
  * Match path against pattern; on success copy the :id segment (if any)

@@ -7,8 +7,11 @@ pool, the operators' SQL views and procedures, and ccgate-admin."""
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
+import re
+import ssl
 import subprocess
 import sys
 import time
@@ -475,6 +478,96 @@ class Logs(unittest.TestCase):
         admin("POST", "/api/cli-pool/initialize", {
             "minInstances": before["min_instances"],
             "maxInstances": before["max_instances"]})
+
+
+def scrape(source="127.0.0.1"):
+    """GET /metrics from a source address: (status, text)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    c = http.client.HTTPSConnection("127.0.0.1", stack.port, timeout=30,
+                                    context=ctx, source_address=(source, 0))
+    try:
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        return r.status, r.getheader("Content-Type"), r.read().decode()
+    finally:
+        c.close()
+
+
+def metric(text, name, **labels):
+    """One sample's value (0 when absent)."""
+    want = ",".join('%s="%s"' % kv for kv in labels.items())
+    pat = "^" + re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels
+                              else "") + r" (\S+)$"
+    m = re.search(pat, text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+class Metrics(unittest.TestCase):
+    def test_counters_histograms_and_pool(self):
+        k = new_key(usage_limit={"requests_per_minute": 4})
+        _, _, before = scrape()
+        for _ in range(3):
+            self.assertEqual(stack.request("GET", "/api/models",
+                                           key=k["key"]).status, 200)
+        self.assertEqual(stack.request("GET", "/api/models",
+                                       key="ccg_nope").status, 401)
+        r = stack.request("POST", "/api/chat", {"message": "count me"},
+                          key=k["key"])
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(stack.request("GET", "/api/models",
+                                       key=k["key"]).status, 429)
+        usage = r.json()["usage"]
+
+        def delta(text, name, **labels):
+            return metric(text, name, **labels) - metric(before, name,
+                                                         **labels)
+
+        def settled():
+            _, _, now = scrape()
+            return delta(now, "ccgate_http_request_duration_seconds_count",
+                         route="/api/models") == 5
+        wait_for(settled, 10, "the metrics of five requests")
+        status, ctype, now = scrape()
+        self.assertEqual(status, 200)
+        self.assertTrue(ctype.startswith("text/plain; version=0.0.4"))
+        self.assertEqual(delta(now, "ccgate_http_requests_total",
+                               route="/api/models", status="200"), 3)
+        self.assertEqual(delta(now, "ccgate_http_requests_total",
+                               route="/api/models", status="401"), 1)
+        self.assertEqual(delta(now, "ccgate_http_requests_total",
+                               route="/api/models", status="429"), 1)
+        self.assertEqual(delta(now, "ccgate_quota_rejections_total"), 1)
+        self.assertEqual(delta(now, "ccgate_tokens_total", kind="input"),
+                         usage["input_tokens"])
+        self.assertEqual(delta(now, "ccgate_tokens_total", kind="output"),
+                         usage["output_tokens"])
+        inf = metric(now, "ccgate_http_request_duration_seconds_bucket",
+                     route="/api/chat", le="+Inf")
+        self.assertEqual(inf, metric(
+            now, "ccgate_http_request_duration_seconds_count",
+            route="/api/chat"))
+        self.assertLessEqual(metric(
+            now, "ccgate_http_request_duration_seconds_bucket",
+            route="/api/chat", le="0.005"), inf)
+        self.assertEqual(metric(now, "ccgate_pool_up"), 1)
+        self.assertGreaterEqual(metric(now, "ccgate_pool_max_instances"), 1)
+        self.assertIn('ccgate_pool_processes{state="warm"}', now)
+        self.assertGreaterEqual(metric(now, "ccgate_pool_events_total",
+                                       event="jobs"), 1)
+        # Unmatched paths share one label: no unbounded series.
+        stack.request("GET", "/no/such/path/%d" % time.time_ns())
+        self.assertNotIn("/no/such/path", scrape()[2])
+
+    def test_only_the_admin_allowlist_may_scrape(self):
+        status, ctype, body = scrape(source="127.0.0.2")
+        self.assertEqual(status, 403)
+        self.assertEqual(json.loads(body)["error"]["type"],
+                         "permission_error")
+        self.assertNotIn("ccgate_", body)
+        # The API itself is not limited to the allowlist.
+        self.assertEqual(scrape(source="127.0.0.1")[0], 200)
 
 
 class OperatorSQL(unittest.TestCase):

@@ -158,6 +158,8 @@ class Sizing(PoolTest):
             self.assertEqual(a["code"], "bad_request")
 
     def test_tenant_max_jobs(self):
+        # The greedy tenant's third job may wait out its first two.
+        stack.reconfigure(queue_max_wait_ms=15000)
         stack.poold({"type": "set_limits", "max_instances": 6})
         futs = [job_async("greedy", conv(), "slow [[mock:slow=4000]]")
                 for _ in range(3)]

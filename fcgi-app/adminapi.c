@@ -121,17 +121,26 @@ adminapi_login(struct request *r)
 	sodium_memzero(token, sizeof token);
 }
 
-/* GET /admin/me: who the token belongs to. */
+/* GET /admin/me: who the token belongs to, and the models served. */
 void
 adminapi_me(struct request *r)
 {
-	struct actor	who;
+	struct actor	 who;
+	json_t		*models;
+	int		 i;
 
 	if (adminapi_authenticate(r, &who) != 0)
 		return;
-	req_send_json(r, 200, json_pack("{s:b, s:s, s:I}", "success", 1,
-	    "username", who.name + 6, "token_ttl_s",
-	    (json_int_t)appconf->admin_token_ttl_s));
+	if ((models = json_array()) == NULL) {
+		req_error(r, 500, NULL, "out of memory");
+		return;
+	}
+	for (i = 0; i < appconf->nmodels; i++)
+		json_array_append_new(models, json_string(appconf->models[i]));
+	req_send_json(r, 200, json_pack("{s:b, s:s, s:I, s:o, s:s}", "success",
+	    1, "username", who.name + 6, "token_ttl_s",
+	    (json_int_t)appconf->admin_token_ttl_s, "models", models,
+	    "default_model", appconf->default_model));
 }
 
 /*

@@ -218,6 +218,9 @@ class Stack:
                    "MAX_BODY=%s" % self.app_opts.get("nginx_max_body", "2m"),
                    "ERRORS_DIR=" + os.path.join(SRCDIR, "nginx", "errors"),
                    "FCGI_SOCKET=" + self.path("run", "fcgi.sock"),
+                   "ADMIN_UI_DIR=" + os.path.join(SRCDIR, "admin-ui"),
+                   "ADMIN_UI_CONF=" + os.path.join(
+                       SRCDIR, "nginx", "admin-ui.conf"),
                    "READ_TIMEOUT=660s"])
         user = "user root root;" if os.geteuid() == 0 else ""
         self._run([render, os.path.join(SRCDIR, "nginx",

@@ -480,15 +480,15 @@ class Logs(unittest.TestCase):
             "maxInstances": before["max_instances"]})
 
 
-def scrape(source="127.0.0.1"):
-    """GET /metrics from a source address: (status, text)."""
+def scrape(source="127.0.0.1", path="/metrics"):
+    """GET path from a source address: (status, content type, text)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     c = http.client.HTTPSConnection("127.0.0.1", stack.port, timeout=30,
                                     context=ctx, source_address=(source, 0))
     try:
-        c.request("GET", "/metrics")
+        c.request("GET", path)
         r = c.getresponse()
         return r.status, r.getheader("Content-Type"), r.read().decode()
     finally:
@@ -566,8 +566,9 @@ class Metrics(unittest.TestCase):
         self.assertEqual(json.loads(body)["error"]["type"],
                          "permission_error")
         self.assertNotIn("ccgate_", body)
-        # The API itself is not limited to the allowlist.
         self.assertEqual(scrape(source="127.0.0.1")[0], 200)
+        # The client API is not limited to the admin allowlist.
+        self.assertEqual(scrape(source="127.0.0.2", path="/healthz")[0], 200)
 
 
 class OperatorSQL(unittest.TestCase):

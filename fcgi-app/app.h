@@ -26,6 +26,7 @@
  *   audit.c	 the audit log
  *   adminapi.c	 the /admin/ routes
  *   metrics.c	 /metrics (Prometheus)
+ *   usage.c	 usage records, batched off the request path
  */
 #ifndef CCGATE_APP_H
 #define CCGATE_APP_H
@@ -374,6 +375,28 @@ int		 admuser_login(struct db *, const char *, const char *,
 		     struct op_error *);
 int		 admuser_check_token(struct db *, const char *,
 		     struct actor *, struct op_error *);
+
+/* usage.c: one request's usage record. */
+struct usage_rec {
+	char		 request_id[64];
+	char		 key_id[KEY_ID_LEN + 1];	/* "" for none */
+	char		 tenant[TENANT_MAX + 1];	/* "" for none */
+	char		 route[128];
+	char		 method[16];
+	char		*endpoint;			/* owned */
+	char		*model;				/* owned, may be NULL */
+	char		*error;				/* owned, may be NULL */
+	int		 status;
+	long long	 in, out, cache_read, cache_creation;
+	long long	 ttft;
+	long long	 duration_ms;
+	double		 cost;
+	uint64_t	 at_ms;				/* wall clock */
+};
+
+void		 usage_start(void);
+void		 usage_stop(void);
+void		 usage_submit(struct usage_rec *);
 
 /* metrics.c */
 void		 metrics_request(enum route_id, int, uint64_t, long long,

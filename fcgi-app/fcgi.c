@@ -148,6 +148,7 @@ main(int argc, char **argv)
 	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
 		fatal("signal");
 
+	usage_start();
 	listen_fd = open_listener();
 	n = appconf->threads;
 	if ((threads = calloc((size_t)n, sizeof *threads)) == NULL)
@@ -180,6 +181,7 @@ main(int argc, char **argv)
 		log_warn("unlink %s", appconf->listen);
 	for (i = 0; i < n; i++)
 		pthread_join(threads[i], NULL);
+	usage_stop();
 	close(listen_fd);
 	free(threads);
 	mysql_library_end();

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <fcgiapp.h>
 
@@ -579,11 +580,15 @@ req_usage(struct request *r, const char *model, long long in, long long out,
 	}
 }
 
-/* Write the usage record (after the response is finished). */
+/*
+ * Hand the usage record to usage.c (after the response is finished); it
+ * takes the record's strings.
+ */
 static void
 req_write_usage(struct request *r, uint64_t duration_ms)
 {
-	struct db	*db;
+	struct usage_rec	u;
+	struct timespec		ts;
 
 	if (r->route.id == ROUTE_HEALTHZ || r->route.id == ROUTE_READYZ ||
 	    r->route.id == ROUTE_METRICS)
@@ -592,26 +597,31 @@ req_write_usage(struct request *r, uint64_t duration_ms)
 	if (strncmp(r->route.name, "/admin/", 7) == 0 &&
 	    strcmp(r->method, "GET") == 0)
 		return;
-	if ((db = db_thread()) == NULL)
-		return;
-	if (db_run(db, NULL, NULL,
-	    "INSERT INTO usage_logs (request_id, key_id, tenant, route, "
-	    "endpoint, method, status_code, model, input_tokens, "
-	    "output_tokens, cache_read_tokens, cache_creation_tokens, "
-	    "total_tokens, cost_usd, ttft_ms, duration_ms, error, node, "
-	    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-	    "?, ?, ?, UTC_TIMESTAMP(3))", "ssssssisiiiiidiiss",
-	    r->id, r->have_key ? r->key.id : NULL,
-	    r->have_key ? r->key.tenant : r->admin[0] ? r->admin : NULL,
-	    r->route.name, r->path,
-	    r->method, (long long)r->status, r->u_model, r->u_in, r->u_out,
-	    r->u_cache_read, r->u_cache_creation, r->u_in + r->u_out,
-	    r->u_cost, r->u_ttft, (long long)duration_ms, r->u_error,
-	    appconf->node) != 0) {
-		metrics_usage_lost();
-		log_warnx("request %s: usage record lost: %s", r->id,
-		    db_error(db));
-	}
+	memset(&u, 0, sizeof u);
+	snprintf(u.request_id, sizeof u.request_id, "%s", r->id);
+	if (r->have_key) {
+		snprintf(u.key_id, sizeof u.key_id, "%s", r->key.id);
+		snprintf(u.tenant, sizeof u.tenant, "%s", r->key.tenant);
+	} else
+		snprintf(u.tenant, sizeof u.tenant, "%.*s", TENANT_MAX,
+		    r->admin);
+	snprintf(u.route, sizeof u.route, "%s", r->route.name);
+	snprintf(u.method, sizeof u.method, "%s", r->method);
+	u.endpoint = r->path;
+	u.model = r->u_model;
+	u.error = r->u_error;
+	r->path = r->u_model = r->u_error = NULL;
+	u.status = r->status;
+	u.in = r->u_in;
+	u.out = r->u_out;
+	u.cache_read = r->u_cache_read;
+	u.cache_creation = r->u_cache_creation;
+	u.ttft = r->u_ttft;
+	u.duration_ms = (long long)duration_ms;
+	u.cost = r->u_cost;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	u.at_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	usage_submit(&u);
 }
 
 /* Free what the request owns. */

@@ -148,28 +148,33 @@ class Batch(unittest.TestCase):
                  "three warm processes")
         time.sleep(1.0)
         r = call("POST", "/api/chat/batch", {"messages": [
-            {"message": "batch a [[mock:slow=1500]]"},
+            {"message": "batch a [[mock:slow=5000]]"},
             {"message": "bad item", "max_tokens": "many"},
-            {"message": "batch c [[mock:slow=1500]]", "conversation_id": cid},
-            {"message": "batch d [[mock:slow=1500]]"},
+            {"message": "batch c [[mock:slow=5000]]", "conversation_id": cid},
+            {"message": "batch d [[mock:slow=5000]]"},
             {"message": "x", "stream": True}]})
         self.assertEqual(r.status, 200, r)
         res = r.json()["results"]
         self.assertEqual([x["status"] for x in res], [200, 400, 200, 200, 400])
-        self.assertTrue(res[0]["response"].endswith("batch a [[mock:slow=1500]]"))
+        self.assertTrue(res[0]["response"].endswith("batch a [[mock:slow=5000]]"))
         self.assertTrue(res[1]["error"]["message"].startswith("max_tokens"))
         self.assertEqual(res[2]["conversation_id"], cid)
         self.assertTrue(res[4]["error"]["message"].startswith("stream"))
         starts = sorted(x["time"] for x in stack.mock_records()
                         if "batch " in json.dumps(x["body"]["messages"][-1])
-                        and "slow=1500" in json.dumps(x["body"]["messages"]))
+                        and "slow=5000" in json.dumps(x["body"]["messages"]))
         self.assertEqual(len(starts), 3)
-        self.assertLess(starts[-1] - starts[0], 1.4,
+        # Each answer takes 5 s upstream: the last item began before the
+        # first could have ended, so the three ran at the same time.
+        self.assertLess(starts[-1] - starts[0], 5.0,
                         "the items did not run at the same time")
         stack.poold({"type": "set_limits", "min_instances": 2,
                      "max_instances": 6})
-        rows = stack.sql("SELECT status_code, output_tokens FROM usage_logs "
-                         "WHERE request_id = '%s'" % r.headers["x-request-id"])
+        rows = []
+        wait_for(lambda: rows.extend(stack.sql(
+            "SELECT status_code, output_tokens FROM usage_logs WHERE "
+            "request_id = '%s'" % r.headers["x-request-id"])) or rows, 10,
+            "the batch's usage row")
         self.assertEqual(rows[0][0], "200")
         self.assertEqual(int(rows[0][1]), sum(x["usage"]["output_tokens"]
                                               for x in res if x["status"] == 200))

@@ -10,7 +10,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, UUID_RE, texts_of, main  # noqa: E402
+from harness import wait_for, Stack, UUID_RE, texts_of, main  # noqa: E402
 
 IDLE_MS = 2500
 stack = None
@@ -283,6 +283,33 @@ class Errors(unittest.TestCase):
         self.assertEqual(len(rows), 1)
         self.assertEqual(rows[0][0], "401")
         self.assertEqual(rows[0][3], "NULL")
+
+
+class UsageOnShutdown(unittest.TestCase):
+    def test_queued_usage_rows_are_written_when_fcgi_stops(self):
+        """Usage rows wait in a queue for the batch writer; stopping
+        ccgate-fcgi right after a burst of requests loses none of them."""
+        key = stack.create_key("burst")
+        kid = key[4:20]
+        ids = []
+        c = stack.conn()
+        try:
+            for _ in range(60):
+                c.request("GET", "/api/models",
+                          headers={"Authorization": "Bearer " + key})
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+                ids.append(r.getheader("X-Request-Id"))
+        finally:
+            c.close()
+        stack.stop_proc("fcgi")
+        rows = stack.sql("SELECT request_id FROM usage_logs WHERE key_id = "
+                         "'%s'" % kid)
+        self.assertEqual(sorted(x[0] for x in rows), sorted(ids))
+        stack.start_fcgi()
+        wait_for(lambda: stack.request("GET", "/healthz").status == 200, 10,
+                 "ccgate-fcgi back")
 
 
 class PoolDown(unittest.TestCase):

@@ -205,6 +205,20 @@ class Login(unittest.TestCase):
         self.assertEqual(stack.request("POST", "/admin/login", {
             "username": "victim", "password": PW}).status, 200)
 
+    def test_guessing_is_slowed_per_address(self):
+        # Twenty failures from one address, each for another user name.
+        for i in range(20):
+            r = stack.request("POST", "/admin/login", {
+                "username": "guess%d" % i, "password": "guess1234567"})
+            self.assertEqual(r.status, 401, r)
+        r = stack.request("POST", "/admin/login",
+                          {"username": "root", "password": PW})
+        self.assertEqual(r.status, 429, "the address waits, even for root")
+        self.assertIn("retry-after", r.headers)
+        stack.sql("DELETE FROM admin_login_failures")
+        self.assertEqual(stack.request("POST", "/admin/login", {
+            "username": "root", "password": PW}).status, 200)
+
     def test_client_keys_are_never_admin(self):
         key = stack.create_key("client")
         routes = [("GET", "/admin/me"), ("GET", "/admin/api-keys"),

@@ -1,0 +1,83 @@
+#!/bin/sh
+# The deployment files as an operator installs them: the systemd units
+# pass `systemd-analyze verify` (with ExecStart pointing at this build's
+# programs), tmpfiles.d and sysusers.d parse, and nginx accepts the site
+# template rendered as the quick start renders it (`nginx -t`).
+set -eu
+src=${CCGATE_SRCDIR:?}
+build=${CCGATE_BUILDDIR:?}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+ok() { passed=$((passed + 1)); echo "ok: $*"; }
+bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
+
+subst() {
+    sed -e "s|@SBINDIR@|$build|g" -e "s|@SYSCONFDIR@|$tmp/etc|g" \
+        -e "s|@RUNDIR@|$tmp/run|g" -e "s|@STATEDIR@|$tmp/state|g" \
+        -e "s|@DOCDIR@|$src/docs|g" "$1" > "$2"
+}
+
+mkdir -p "$tmp/units" "$tmp/etc/ccgate" "$tmp/run" "$tmp/state"
+for u in ccgate-poold ccgate-fcgi; do
+    subst "$src/deploy/systemd/$u.service.in" "$tmp/units/$u.service"
+    if out=$(systemd-analyze verify --man=no "$tmp/units/$u.service" 2>&1) &&
+       [ -z "$out" ]; then
+        ok "systemd-analyze verify $u.service"
+    else
+        bad "systemd-analyze verify $u.service: $out"
+    fi
+    for d in NoNewPrivileges=yes ProtectSystem=strict ProtectHome=yes \
+             PrivateTmp=yes PrivateDevices=yes Restart=on-failure \
+             SystemCallFilter=@system-service User=ccgate; do
+        grep -qx "$d" "$tmp/units/$u.service" || bad "$u.service lacks $d"
+    done
+    grep -q '^RestrictAddressFamilies=' "$tmp/units/$u.service" ||
+        bad "$u.service lacks RestrictAddressFamilies"
+done
+# What `make` generated for installation has every placeholder filled.
+for f in "$build/deploy/systemd/ccgate-poold.service" \
+         "$build/deploy/systemd/ccgate-fcgi.service" \
+         "$build/deploy/systemd/tmpfiles.d/ccgate.conf"; do
+    if [ -f "$f" ] && ! grep -n '@[A-Z]*@' "$f"; then
+        ok "$(basename "$f") generated"
+    else
+        bad "$f: missing or with a placeholder left"
+    fi
+done
+subst "$src/deploy/systemd/ccgate.tmpfiles.in" "$tmp/tmpfiles.conf"
+if systemd-tmpfiles --dry-run --create "$tmp/tmpfiles.conf" >/dev/null 2>&1 ||
+   systemd-tmpfiles --create --prefix="$tmp/nothing" "$tmp/tmpfiles.conf" >/dev/null 2>&1; then
+    ok "tmpfiles.d parses"
+else
+    bad "tmpfiles.d: $(systemd-tmpfiles --create --prefix="$tmp/nothing" "$tmp/tmpfiles.conf" 2>&1)"
+fi
+if systemd-sysusers --dry-run "$src/deploy/systemd/sysusers.d/ccgate.conf" >/dev/null 2>&1 ||
+   systemd-sysusers --root="$tmp/root" "$src/deploy/systemd/sysusers.d/ccgate.conf" >/dev/null 2>&1; then
+    ok "sysusers.d parses"
+else
+    bad "sysusers.d: $(systemd-sysusers --root="$tmp/root" "$src/deploy/systemd/sysusers.d/ccgate.conf" 2>&1)"
+fi
+
+# nginx -t on the site template, rendered as the quick start does.
+mkdir -p "$tmp/nginx"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
+    -keyout "$tmp/tls.key" -out "$tmp/tls.crt" >/dev/null 2>&1
+"$src/deploy/render" "$src/nginx/ccgate-site.conf.in" "$tmp/site.conf" \
+    LISTEN=127.0.0.1:1 "TLS_CERT=$tmp/tls.crt" "TLS_KEY=$tmp/tls.key" \
+    MAX_BODY=2m "ERRORS_DIR=$src/nginx/errors" "FCGI_SOCKET=$tmp/run/fcgi.sock" \
+    "ADMIN_UI_DIR=$src/admin-ui" "ADMIN_UI_CONF=$src/nginx/admin-ui.conf" \
+    READ_TIMEOUT=660s
+user=""
+[ "$(id -u)" = 0 ] && user="user root root;"
+"$src/deploy/render" "$src/nginx/nginx-standalone.conf.in" "$tmp/nginx.conf" \
+    "USER_LINE=$user" "VAR_DIR=$tmp/nginx" "DAEMON_LINE=daemon off;" \
+    "SITE_CONF=$tmp/site.conf"
+if out=$(nginx -t -p "$tmp/nginx" -c "$tmp/nginx.conf" 2>&1); then
+    ok "nginx -t"
+else
+    bad "nginx -t: $out"
+fi
+
+echo "$passed passed, $failed failed, 0 skipped"
+[ "$failed" = 0 ]

@@ -33,6 +33,21 @@ async function callApi(key) {
     return { status: r.status, id: r.headers.get('x-request-id'), body };
 }
 
+// Usage rows are written just after each answer, in batches: load url
+// until selector shows (a request log page does not refresh by itself).
+async function loadUntil(url, selector) {
+    for (let i = 0; ; i++) {
+        await page.goto(url);
+        await page.reload();
+        try {
+            await page.waitForSelector(selector, { timeout: 1000 });
+            return;
+        } catch (e) {
+            check(i < 20, 'never showed ' + selector + ' at ' + url);
+        }
+    }
+}
+
 async function keyRow(name) {
     return page.locator('#keys-table tr', { hasText: name });
 }
@@ -88,8 +103,8 @@ async function main() {
         const call = await callApi(key);
         check(call.status === 200, 'a new key was refused: ' + JSON.stringify(call.body));
         seen.request_id = call.id;
-        await page.goto(base + '/admin/#/requests?key_id=' + kid);
-        await page.waitForSelector('#log-table tbody tr[data-request="' + call.id + '"]', { timeout: 15000 });
+        await loadUntil(base + '/admin/#/requests?key_id=' + kid,
+            '#log-table tbody tr[data-request="' + call.id + '"]');
         await shot('requests');
         for (let i = 0; ; i++) {
             await page.goto(base + '/admin/#/dashboard');
@@ -103,9 +118,8 @@ async function main() {
         }
         seen.kpi_requests = await page.textContent('[data-kpi=requests] .value');
         await shot('dashboard-usage');
-        await page.goto(base + '/admin/#/key/' + kid);
+        await loadUntil(base + '/admin/#/key/' + kid, 'table tbody tr');
         await page.waitForSelector('#title:has-text("browser-key")');
-        await page.waitForSelector('table tbody tr');
         seen.key_usage_row = await page.textContent('table tbody tr');
         await shot('key-usage');
 
@@ -146,13 +160,13 @@ async function main() {
         // Two refusals of this key (suspended, revoked: the old secret is
         // an unknown key, logged without a key id); usage rows are
         // written just after each answer, so the page may need a reload.
-        await page.goto(base + '/admin/#/errors?key_id=' + kid);
         for (let i = 0; ; i++) {
+            await page.goto(base + '/admin/#/errors?key_id=' + kid);
+            await page.reload();
             await page.waitForSelector('#log-table tbody tr');
             seen.error_rows = await page.$$eval('#log-table tbody tr[data-request]', (rs) => rs.length);
             if (seen.error_rows >= 2 || i >= 20) break;
             await page.waitForTimeout(300);
-            await page.reload();
         }
         await shot('errors');
         await page.goto(base + '/admin/#/pool');

@@ -327,104 +327,101 @@ admin_models(const char *v)
 	return (list);
 }
 
+/* How a key option's value becomes JSON. */
+enum admin_kind {
+	KIND_STRING,
+	KIND_LIMIT,		/* a number, or none: null */
+	KIND_YESNO,
+	KIND_MODELS,		/* a comma list, or all: null */
+	KIND_TIME		/* a time, or none: null */
+};
+
+/* Key options and where each goes in the spec keys.c takes. */
+static const struct admin_keyopt {
+	const char	*name;
+	const char	*group;		/* NULL: the top level */
+	const char	*field;
+	enum admin_kind	 kind;
+} admin_keyopts[] = {
+	{ "name", NULL, "name", KIND_STRING },
+	{ "status", NULL, "status", KIND_STRING },
+	{ "expires", NULL, "expires_at", KIND_TIME },
+	{ "user", "metadata", "user_id", KIND_STRING },
+	{ "project", "metadata", "project", KIND_STRING },
+	{ "description", "metadata", "description", KIND_STRING },
+	{ "rpm", "usage_limit", "requests_per_minute", KIND_LIMIT },
+	{ "rpd", "usage_limit", "requests_per_day", KIND_LIMIT },
+	{ "tpd", "usage_limit", "tokens_per_day", KIND_LIMIT },
+	{ "models", "permissions", "models", KIND_MODELS },
+	{ "max-tokens", "permissions", "max_tokens", KIND_LIMIT },
+	{ "streaming", "permissions", "allow_streaming", KIND_YESNO },
+	{ "tools", "permissions", "allow_tools", KIND_YESNO },
+};
+#define ADMIN_NKEYOPTS	(sizeof admin_keyopts / sizeof admin_keyopts[0])
+#define ADMIN_OPT_GRACE	'g'
+#define ADMIN_OPT_JSON	'j'
+#define ADMIN_OPT_KEY	256	/* + the index in admin_keyopts */
+
+/* The JSON value of a key option. */
+static json_t *
+admin_keyopt_value(const struct admin_keyopt *o, const char *v)
+{
+	switch (o->kind) {
+	case KIND_LIMIT:
+		return (admin_limit(o->name, v));
+	case KIND_YESNO:
+		return (admin_yesno(o->name, v));
+	case KIND_MODELS:
+		return (admin_models(v));
+	case KIND_TIME:
+		return (strcmp(v, "none") == 0 ? json_null() : json_string(v));
+	case KIND_STRING:
+		break;
+	}
+	return (json_string(v));
+}
+
 /*
  * Parse key options (create and update) into a spec for keys.c.  Leaves
- * optind at the first operand.  *as_json is set by --json.
+ * optind at the first operand.  *as_json is set by --json; --grace is
+ * taken only when grace is not NULL (rotate).
  */
 static json_t *
 admin_key_spec(int argc, char **argv, int *as_json, long long *grace)
 {
-	static const struct option opts[] = {
-		{ "name", required_argument, NULL, 'n' },
-		{ "user", required_argument, NULL, 'u' },
-		{ "status", required_argument, NULL, 's' },
-		{ "expires", required_argument, NULL, 'e' },
-		{ "rpm", required_argument, NULL, 'm' },
-		{ "rpd", required_argument, NULL, 'd' },
-		{ "tpd", required_argument, NULL, 't' },
-		{ "models", required_argument, NULL, 'M' },
-		{ "max-tokens", required_argument, NULL, 'x' },
-		{ "streaming", required_argument, NULL, 'S' },
-		{ "tools", required_argument, NULL, 'T' },
-		{ "project", required_argument, NULL, 'p' },
-		{ "description", required_argument, NULL, 'D' },
-		{ "grace", required_argument, NULL, 'g' },
-		{ "json", no_argument, NULL, 'j' },
-		{ NULL, 0, NULL, 0 }
-	};
-	json_t	*spec = json_object();
-	char	*end;
-	int	 ch;
+	struct option	 opts[ADMIN_NKEYOPTS + 3];
+	json_t		*spec = json_object();
+	char		*end;
+	size_t		 i;
+	int		 ch;
 
 	if (spec == NULL)
 		exit(1);
+	memset(opts, 0, sizeof opts);
+	for (i = 0; i < ADMIN_NKEYOPTS; i++) {
+		opts[i].name = admin_keyopts[i].name;
+		opts[i].has_arg = required_argument;
+		opts[i].val = ADMIN_OPT_KEY + (int)i;
+	}
+	opts[i++] = (struct option){ "grace", required_argument, NULL,
+	    ADMIN_OPT_GRACE };
+	opts[i] = (struct option){ "json", no_argument, NULL, ADMIN_OPT_JSON };
 	optind = 0;	/* glibc: start over, permuting options */
 	while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-		switch (ch) {
-		case 'n':
-			admin_set(spec, NULL, "name", json_string(optarg));
-			break;
-		case 'u':
-			admin_set(spec, "metadata", "user_id",
-			    json_string(optarg));
-			break;
-		case 's':
-			admin_set(spec, NULL, "status", json_string(optarg));
-			break;
-		case 'e':
-			admin_set(spec, NULL, "expires_at",
-			    strcmp(optarg, "none") == 0 ? json_null() :
-			    json_string(optarg));
-			break;
-		case 'm':
-			admin_set(spec, "usage_limit", "requests_per_minute",
-			    admin_limit("rpm", optarg));
-			break;
-		case 'd':
-			admin_set(spec, "usage_limit", "requests_per_day",
-			    admin_limit("rpd", optarg));
-			break;
-		case 't':
-			admin_set(spec, "usage_limit", "tokens_per_day",
-			    admin_limit("tpd", optarg));
-			break;
-		case 'M':
-			admin_set(spec, "permissions", "models",
-			    admin_models(optarg));
-			break;
-		case 'x':
-			admin_set(spec, "permissions", "max_tokens",
-			    admin_limit("max-tokens", optarg));
-			break;
-		case 'S':
-			admin_set(spec, "permissions", "allow_streaming",
-			    admin_yesno("streaming", optarg));
-			break;
-		case 'T':
-			admin_set(spec, "permissions", "allow_tools",
-			    admin_yesno("tools", optarg));
-			break;
-		case 'p':
-			admin_set(spec, "metadata", "project",
-			    json_string(optarg));
-			break;
-		case 'D':
-			admin_set(spec, "metadata", "description",
-			    json_string(optarg));
-			break;
-		case 'g':
-			if (grace == NULL)
-				usage();
+		if (ch >= ADMIN_OPT_KEY && ch < ADMIN_OPT_KEY +
+		    (int)ADMIN_NKEYOPTS) {
+			admin_set(spec, admin_keyopts[ch - ADMIN_OPT_KEY].group,
+			    admin_keyopts[ch - ADMIN_OPT_KEY].field,
+			    admin_keyopt_value(&admin_keyopts[ch -
+			    ADMIN_OPT_KEY], optarg));
+		} else if (ch == ADMIN_OPT_GRACE && grace != NULL) {
 			*grace = strtoll(optarg, &end, 10);
 			if (*optarg == '\0' || *end != '\0')
 				usage();
-			break;
-		case 'j':
+		} else if (ch == ADMIN_OPT_JSON)
 			*as_json = 1;
-			break;
-		default:
+		else
 			usage();
-		}
 	}
 	return (spec);
 }

@@ -191,6 +191,27 @@ adminapi_key_param(struct request *r)
 	return (id);
 }
 
+/*
+ * Answer a key operation: the key's view (with its new secret, shown this
+ * once, when there is one) or the operation's error.  Takes out.
+ */
+static void
+adminapi_key_answer(struct request *r, int rc, int status, json_t *out,
+    char *secret, const struct op_error *e)
+{
+	if (rc != 0) {
+		adminapi_fail(r, e);
+		return;
+	}
+	if (secret != NULL) {
+		json_object_set_new(out, "key", json_string(secret));
+		sodium_memzero(secret, KEY_LEN + 1);
+	}
+	req_send_json(r, status, json_pack("{s:b, s:o, s:s*}", "success", 1,
+	    "key", out, "notice", secret != NULL ? "the key is shown only "
+	    "once: store it now" : NULL));
+}
+
 /* POST /admin/api-keys */
 void
 adminapi_keys_create(struct request *r)
@@ -199,18 +220,13 @@ adminapi_keys_create(struct request *r)
 	struct op_error	 e;
 	json_t		*body, *out;
 	char		 key[KEY_LEN + 1];
+	int		 rc;
 
 	if (adminapi_authenticate(r, &who) != 0 ||
 	    (body = req_json_body(r, 1)) == NULL)
 		return;
-	if (keys_create(db_thread(), &who, body, key, &out, &e) != 0) {
-		adminapi_fail(r, &e);
-		return;
-	}
-	json_object_set_new(out, "key", json_string(key));
-	sodium_memzero(key, sizeof key);
-	req_send_json(r, 201, json_pack("{s:b, s:o, s:s}", "success", 1, "key",
-	    out, "notice", "the key is shown only once: store it now"));
+	rc = keys_create(db_thread(), &who, body, key, &out, &e);
+	adminapi_key_answer(r, rc, 201, out, key, &e);
 }
 
 /* GET /admin/api-keys?status=&tenant=&limit=&offset= */
@@ -262,8 +278,7 @@ adminapi_keys_get(struct request *r)
 		adminapi_fail(r, &e);
 		return;
 	}
-	req_send_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "key",
-	    keys_json(&k)));
+	adminapi_key_answer(r, 0, 200, keys_json(&k), NULL, &e);
 	keyrec_clear(&k);
 }
 
@@ -275,17 +290,14 @@ adminapi_keys_update(struct request *r)
 	struct op_error	 e;
 	json_t		*body, *out;
 	const char	*id;
+	int		 rc;
 
 	if (adminapi_authenticate(r, &who) != 0 ||
 	    (id = adminapi_key_param(r)) == NULL ||
 	    (body = req_json_body(r, 1)) == NULL)
 		return;
-	if (keys_update(db_thread(), &who, id, body, &out, &e) != 0) {
-		adminapi_fail(r, &e);
-		return;
-	}
-	req_send_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "key",
-	    out));
+	rc = keys_update(db_thread(), &who, id, body, &out, &e);
+	adminapi_key_answer(r, rc, 200, out, NULL, &e);
 }
 
 /* DELETE /admin/api-keys/:id: revoke. */
@@ -296,16 +308,13 @@ adminapi_keys_revoke(struct request *r)
 	struct op_error	 e;
 	json_t		*out;
 	const char	*id;
+	int		 rc;
 
 	if (adminapi_authenticate(r, &who) != 0 ||
 	    (id = adminapi_key_param(r)) == NULL)
 		return;
-	if (keys_revoke(db_thread(), &who, id, &out, &e) != 0) {
-		adminapi_fail(r, &e);
-		return;
-	}
-	req_send_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "key",
-	    out));
+	rc = keys_revoke(db_thread(), &who, id, &out, &e);
+	adminapi_key_answer(r, rc, 200, out, NULL, &e);
 }
 
 /* POST /admin/api-keys/:id/rotate {"grace_seconds"?} */
@@ -318,6 +327,7 @@ adminapi_keys_rotate(struct request *r)
 	const char	*id;
 	char		 key[KEY_LEN + 1];
 	long long	 grace = appconf->rotate_grace_s;
+	int		 rc;
 
 	if (adminapi_authenticate(r, &who) != 0 ||
 	    (id = adminapi_key_param(r)) == NULL ||
@@ -329,14 +339,8 @@ adminapi_keys_rotate(struct request *r)
 		req_error(r, 400, NULL, "only grace_seconds may be sent");
 		return;
 	}
-	if (keys_rotate(db_thread(), &who, id, grace, key, &out, &e) != 0) {
-		adminapi_fail(r, &e);
-		return;
-	}
-	json_object_set_new(out, "key", json_string(key));
-	sodium_memzero(key, sizeof key);
-	req_send_json(r, 200, json_pack("{s:b, s:o, s:s}", "success", 1, "key",
-	    out, "notice", "the new key is shown only once: store it now"));
+	rc = keys_rotate(db_thread(), &who, id, grace, key, &out, &e);
+	adminapi_key_answer(r, rc, 200, out, key, &e);
 }
 
 /* A cell as a JSON integer, real or null. */

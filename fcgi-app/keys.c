@@ -35,6 +35,10 @@
 	"IF(prev_valid_until > UTC_TIMESTAMP(), "			\
 	KEYS_ISO("prev_valid_until") ", NULL), "			\
 	"expires_at IS NOT NULL AND expires_at <= UTC_TIMESTAMP()"
+/* The status a client sees: an active key past expires_at is expired. */
+#define KEYS_STATUS							\
+	"IF(status = 'active' AND expires_at <= UTC_TIMESTAMP(), "	\
+	"'expired', status)"
 #define KEYS_MAX_META	16
 #define KEYS_MAX_LIST	1000
 
@@ -750,7 +754,8 @@ keys_rotate(struct db *db, const struct actor *who, const char *id,
 }
 
 /*
- * List keys, newest first: status and tenant filter when not NULL.
+ * List keys, newest first: status (as keys_json shows it) and tenant
+ * filter when not NULL.
  * Returns {"keys":[...],"total":N} or NULL with e set.
  */
 json_t *
@@ -765,12 +770,12 @@ keys_list(struct db *db, const char *status, const char *tenant,
 	if (limit < 1 || limit > KEYS_MAX_LIST)
 		limit = KEYS_MAX_LIST;
 	if (db_run(db, &res, NULL, "SELECT " KEYS_COLUMNS " FROM api_keys "
-	    "WHERE (? IS NULL OR status = ?) AND (? IS NULL OR tenant = ?) "
-	    "ORDER BY created_at DESC, id LIMIT ? OFFSET ?", "ssssii", status,
-	    status, tenant, tenant, limit, offset) != 0 ||
+	    "WHERE (? IS NULL OR " KEYS_STATUS " = ?) AND (? IS NULL OR "
+	    "tenant = ?) ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+	    "ssssii", status, status, tenant, tenant, limit, offset) != 0 ||
 	    db_run(db, &cnt, NULL, "SELECT COUNT(*) FROM api_keys WHERE "
-	    "(? IS NULL OR status = ?) AND (? IS NULL OR tenant = ?)", "ssss",
-	    status, status, tenant, tenant) != 0) {
+	    "(? IS NULL OR " KEYS_STATUS " = ?) AND (? IS NULL OR tenant = ?)",
+	    "ssss", status, status, tenant, tenant) != 0) {
 		op_fail(e, 503, "the database is unavailable");
 		goto out;
 	}

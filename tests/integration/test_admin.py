@@ -336,6 +336,10 @@ class Keys(unittest.TestCase):
         r = admin("PUT", "/admin/api-keys/" + kid,
                   {"expires_at": "2020-01-01"})
         self.assertEqual(r.json()["key"]["status"], "expired")
+        listed = admin("GET", "/admin/api-keys?status=expired").json()["keys"]
+        self.assertIn(kid, [x["id"] for x in listed])
+        listed = admin("GET", "/admin/api-keys?status=active").json()["keys"]
+        self.assertNotIn(kid, [x["id"] for x in listed])
         r = stack.request("POST", "/api/chat", chat, key=secret)
         self.assertEqual(r.status, 401, r)
         self.assertIn("expired", r.json()["error"]["message"])

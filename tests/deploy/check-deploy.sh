@@ -67,7 +67,8 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
     LISTEN=127.0.0.1:1 "TLS_CERT=$tmp/tls.crt" "TLS_KEY=$tmp/tls.key" \
     MAX_BODY=2m "ERRORS_DIR=$src/nginx/errors" "FCGI_SOCKET=$tmp/run/fcgi.sock" \
     "ADMIN_UI_DIR=$src/admin-ui" "ADMIN_UI_CONF=$src/nginx/admin-ui.conf" \
-    READ_TIMEOUT=660s
+    "EDGE_DIR=$src/nginx/edge" RATE_PER_IP=50r/s BURST_PER_IP=100 \
+    RATE_PER_KEY=20r/s BURST_PER_KEY=40 CONN_PER_IP=200 READ_TIMEOUT=660s
 user=""
 [ "$(id -u)" = 0 ] && user="user root root;"
 "$src/deploy/render" "$src/nginx/nginx-standalone.conf.in" "$tmp/nginx.conf" \

@@ -64,7 +64,13 @@ class Response:
 class Stack:
     """One private ccgate stack.  Options change poold and app settings."""
 
-    def __init__(self, poold_opts=None, app_opts=None, name="it"):
+    # nginx limits high enough that no test but the edge's meets them.
+    NGINX_DEFAULTS = {"RATE_PER_IP": "100000r/s", "BURST_PER_IP": "100000",
+                      "RATE_PER_KEY": "100000r/s", "BURST_PER_KEY": "100000",
+                      "CONN_PER_IP": "65535"}
+
+    def __init__(self, poold_opts=None, app_opts=None, name="it",
+                 nginx_opts=None, edge_files=None):
         self.poold_opts = {
             "min_instances": 2, "max_instances": 6, "idle_timeout_ms": 60000,
             "queue_max_wait_ms": 20000, "job_timeout_ms": 60000,
@@ -74,6 +80,8 @@ class Stack:
         self.poold_opts.update(poold_opts or {})
         self.app_opts = {"threads": 32, "job_timeout_ms": 60000}
         self.app_opts.update(app_opts or {})
+        self.nginx_opts = dict(self.NGINX_DEFAULTS, **(nginx_opts or {}))
+        self.edge_files = edge_files or {}
         self.dir = tempfile.mkdtemp(prefix="ccgate-%s-" % name)
         self.procs = {}
         self.keys = {}
@@ -210,6 +218,11 @@ class Stack:
                         "-out", self.path("tls.crt")],
                        check=True, capture_output=True)
         render = os.path.join(SRCDIR, "deploy", "render")
+        edge = self.path("edge")
+        shutil.copytree(os.path.join(SRCDIR, "nginx", "edge"), edge)
+        for fname, text in self.edge_files.items():
+            with open(os.path.join(edge, fname), "w") as f:
+                f.write(text)
         self._run([render, os.path.join(SRCDIR, "nginx", "ccgate-site.conf.in"),
                    self.path("site.conf"),
                    "LISTEN=127.0.0.1:%d" % self.port,
@@ -221,7 +234,8 @@ class Stack:
                    "ADMIN_UI_DIR=" + os.path.join(SRCDIR, "admin-ui"),
                    "ADMIN_UI_CONF=" + os.path.join(
                        SRCDIR, "nginx", "admin-ui.conf"),
-                   "READ_TIMEOUT=660s"])
+                   "EDGE_DIR=" + edge, "READ_TIMEOUT=660s"] +
+                  ["%s=%s" % kv for kv in self.nginx_opts.items()])
         user = "user root root;" if os.geteuid() == 0 else ""
         self._run([render, os.path.join(SRCDIR, "nginx",
                                         "nginx-standalone.conf.in"),

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""nginx at the edge, with the template's real limits: per-address and
+per-key request rates and per-address connections answered 429 in JSON,
+the API and admin allowlists, the client address taken from trusted
+proxies only, and HSTS."""
+
+import concurrent.futures
+import http.client
+import json
+import os
+import ssl
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Stack, main  # noqa: E402
+
+stack = None
+PW = "edge admin password"
+
+
+def setUpModule():
+    global stack
+    stack = Stack(
+        app_opts={"key_cache_ms": 0},
+        nginx_opts={"RATE_PER_IP": "2r/s", "BURST_PER_IP": "30",
+                    "RATE_PER_KEY": "1r/s", "BURST_PER_KEY": "3",
+                    "CONN_PER_IP": "3"},
+        edge_files={
+            # The API for 127.0.0.1 and 127.0.0.3 only; admin also for a
+            # documentation address a trusted proxy may forward.
+            "api-allow.conf": "default 0;\n127.0.0.1 1;\n127.0.0.3 1;\n"
+                              "127.0.0.4 1;\n",
+            "admin-allow.conf": "default 0;\n127.0.0.1 1;\n"
+                                "198.51.100.7 1;\n",
+            "trusted-proxies.conf": "set_real_ip_from 127.0.0.1;\n"},
+        name="edge").start()
+    stack.create_admin("edge", PW)
+
+
+def tearDownModule():
+    stack.stop()
+
+
+def get(path, source="127.0.0.1", headers=None, method="GET", body=None):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    c = http.client.HTTPSConnection("127.0.0.1", stack.port, timeout=60,
+                                    context=ctx, source_address=(source, 0))
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, \
+            r.read().decode()
+    finally:
+        c.close()
+
+
+class Limits(unittest.TestCase):
+    def test_per_address_rate(self):
+        # 127.0.0.3: its own address bucket (burst 30 at 2 r/s).
+        statuses = [get("/healthz", source="127.0.0.3")[0] for _ in range(45)]
+        self.assertIn(429, statuses)
+        self.assertGreaterEqual(statuses.count(200), 30)
+        status, headers, body = get("/healthz", source="127.0.0.3")
+        self.assertEqual(status, 429)
+        self.assertEqual(json.loads(body)["error"]["type"],
+                         "rate_limit_error")
+        self.assertIn("retry-after", headers)
+        # Another address is not held up.
+        self.assertEqual(get("/healthz", source="127.0.0.4")[0], 200)
+
+    def test_per_key_rate_from_one_address(self):
+        a = stack.create_key("edge-a")
+        b = stack.create_key("edge-b")
+        auth = lambda k: {"Authorization": "Bearer " + k}  # noqa: E731
+        got = [get("/api/models", headers=auth(a))[0] for _ in range(8)]
+        self.assertIn(429, got, "key a over 1 r/s, burst 3")
+        self.assertEqual(got[:4], [200] * 4)
+        # Key b, same address, same moment: its own bucket.
+        self.assertEqual(get("/api/models", headers=auth(b))[0], 200)
+        # x-api-key counts as the same key id.
+        self.assertEqual(get("/api/models", headers={"x-api-key": a})[0], 429)
+        # Sending a second key in x-api-key does not escape the Bearer's
+        # bucket: ccgate-fcgi uses the Bearer key, and so does the limit.
+        h = dict(auth(a), **{"x-api-key": b})
+        self.assertEqual(get("/api/models", headers=h)[0], 429)
+        time.sleep(4.5)
+        self.assertEqual(get("/api/models", headers=auth(a))[0], 200)
+
+    def test_connections_per_address(self):
+        key = stack.create_key("edge-conn")
+        h = {"Authorization": "Bearer " + key,
+             "Content-Type": "application/json"}
+        body = json.dumps({"message": "hold [[mock:slow=2500]]"})
+        with concurrent.futures.ThreadPoolExecutor(6) as ex:
+            futs = [ex.submit(get, "/api/chat", "127.0.0.4", h, "POST", body)
+                    for _ in range(6)]
+            statuses = sorted(f.result()[0] for f in futs)
+        self.assertEqual(statuses.count(200), 3, statuses)
+        self.assertEqual(statuses.count(429), 3, statuses)
+
+
+class Allowlists(unittest.TestCase):
+    def test_api_allowlist(self):
+        status, _, body = get("/healthz", source="127.0.0.2")
+        self.assertEqual(status, 403)
+        self.assertEqual(json.loads(body)["error"]["type"],
+                         "permission_error")
+        self.assertEqual(get("/healthz", source="127.0.0.1")[0], 200)
+
+    def test_trusted_proxy_gives_the_client_address(self):
+        # From the trusted proxy (127.0.0.1), X-Forwarded-For names the
+        # client: an allowed admin address, recorded as the failure's.
+        login = json.dumps({"username": "edge", "password": "wrong pass"})
+        status, _, _ = get("/admin/login", headers={
+            "X-Forwarded-For": "198.51.100.7",
+            "Content-Type": "application/json"}, method="POST", body=login)
+        self.assertEqual(status, 401)
+        rows = stack.sql("SELECT subject FROM admin_login_failures WHERE "
+                         "scope = 'ip'")
+        self.assertEqual(rows, [["198.51.100.7"]])
+        stack.sql("DELETE FROM admin_login_failures")
+        # From an untrusted address the header is ignored: 127.0.0.4
+        # claiming to forward for 127.0.0.1 is still not an admin.
+        status, _, _ = get("/admin/login", source="127.0.0.4", headers={
+            "X-Forwarded-For": "127.0.0.1",
+            "Content-Type": "application/json"}, method="POST", body=login)
+        self.assertEqual(status, 403)
+        # And a forwarded address outside the API allowlist is refused.
+        status, _, _ = get("/healthz", headers={
+            "X-Forwarded-For": "203.0.113.9"})
+        self.assertEqual(status, 403)
+
+    def test_hsts(self):
+        for path in ("/healthz", "/admin/", "/no/such/route"):
+            _, headers, _ = get(path, source="127.0.0.1")
+            self.assertEqual(headers.get("strict-transport-security"),
+                             "max-age=63072000", path)
+
+
+if __name__ == "__main__":
+    main()

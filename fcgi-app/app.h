@@ -72,6 +72,7 @@ struct app_config {
 	long	 key_cache_ms;
 	long	 admin_token_ttl_s;
 	long	 rotate_grace_s;
+	long	 sse_heartbeat_ms;
 	char	*cors_origins;		/* "", "*", or a comma list */
 	long	 verbose;
 };

@@ -20,7 +20,6 @@
 #include "request.h"
 #include "turn.h"
 
-#define CHAT_HEARTBEAT_MS	15000
 #define CHAT_PRIME_MAX		(512 * 1024)
 
 enum turn_end {
@@ -156,7 +155,7 @@ chat_run(struct turn *t)
 	deadline = util_now_ms() + (uint64_t)appconf->job_timeout_ms + 30000;
 
 	for (;;) {
-		wait = CHAT_HEARTBEAT_MS;
+		wait = (int)appconf->sse_heartbeat_ms;
 		if (util_now_ms() >= deadline) {
 			chat_set_error(t, PROTO_E_TIMEOUT,
 			    "the job passed its time limit");

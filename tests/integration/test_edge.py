@@ -23,7 +23,7 @@ PW = "edge admin password"
 def setUpModule():
     global stack
     stack = Stack(
-        app_opts={"key_cache_ms": 0},
+        app_opts={"key_cache_ms": 0, "sse_heartbeat_ms": 300},
         nginx_opts={"RATE_PER_IP": "2r/s", "BURST_PER_IP": "30",
                     "RATE_PER_KEY": "1r/s", "BURST_PER_KEY": "3",
                     "CONN_PER_IP": "3"},
@@ -101,6 +101,35 @@ class Limits(unittest.TestCase):
             statuses = sorted(f.result()[0] for f in futs)
         self.assertEqual(statuses.count(200), 3, statuses)
         self.assertEqual(statuses.count(429), 3, statuses)
+
+
+class Streams(unittest.TestCase):
+    def test_heartbeats_keep_a_slow_stream_alive(self):
+        """Nothing comes from upstream for 2 s: the client still gets a
+        comment line every sse_heartbeat_ms, through nginx unbuffered."""
+        key = stack.create_key("edge-stream")
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c = http.client.HTTPSConnection("127.0.0.1", stack.port, timeout=30,
+                                        context=ctx)
+        try:
+            c.request("POST", "/api/chat", body=json.dumps({
+                "message": "wait [[mock:slow=2000]]", "stream": True}),
+                headers={"Authorization": "Bearer " + key,
+                         "Content-Type": "application/json"})
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            lines = [ln.decode().rstrip("\n") for ln in r]
+        finally:
+            c.close()
+        first_data = next(i for i, ln in enumerate(lines)
+                          if ln.startswith("data: "))
+        beats = [ln for ln in lines[:first_data] if ln == ": keep-alive"]
+        self.assertGreaterEqual(len(beats), 3, lines[:first_data])
+        self.assertEqual(lines[-2], "data: [DONE]")
+        done = json.loads([ln for ln in lines if '"done"' in ln][0][6:])
+        self.assertTrue(done["success"])
 
 
 class Allowlists(unittest.TestCase):

@@ -73,6 +73,7 @@ struct app_config {
 	long	 admin_token_ttl_s;
 	long	 rotate_grace_s;
 	long	 sse_heartbeat_ms;
+	long	 db_retry_ms;
 	char	*cors_origins;		/* "", "*", or a comma list */
 	long	 verbose;
 };

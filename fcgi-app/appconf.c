@@ -25,7 +25,7 @@ static const char *const app_keys[] = {
 	"max_message", "max_json_depth", "job_timeout_ms", "default_model",
 	"models", "node", "sql_dir", "batch_max", "key_cache_ms",
 	"cors_origins", "log_verbose", "admin_token_ttl_s", "rotate_grace_s",
-	"sse_heartbeat_ms", NULL
+	"sse_heartbeat_ms", "db_retry_ms", NULL
 };
 
 /* Free a configuration. */
@@ -180,6 +180,7 @@ appconf_load(const char *path, char **cause)
 	APP_INT("admin_token_ttl_s", admin_token_ttl_s, 900, 1, 86400);
 	APP_INT("rotate_grace_s", rotate_grace_s, 86400, 0, 30 * 86400);
 	APP_INT("sse_heartbeat_ms", sse_heartbeat_ms, 15000, 100, 300000);
+	APP_INT("db_retry_ms", db_retry_ms, 30000, 0, 600000);
 	if (app_models(cf, conf_str(c, "models", cf->default_model),
 	    cause) != 0)
 		goto fail;

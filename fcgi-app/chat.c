@@ -20,6 +20,7 @@
 #include "request.h"
 #include "turn.h"
 
+#define CHAT_STORE_RETRY_MS	500
 #define CHAT_PRIME_MAX		(512 * 1024)
 
 enum turn_end {
@@ -329,6 +330,39 @@ static const struct turn_ops native_ops = {
 	NULL, native_delta, native_done, native_stream_error
 };
 
+/*
+ * Store the answer: the conversation's CLI session and history hash, and
+ * the assistant's message.  While the database does not answer, try again
+ * every CHAT_STORE_RETRY_MS for db_retry_ms, so that an outage shorter
+ * than that loses no answer (the client waits; a stream gets its
+ * heartbeats meanwhile).  Returns 0, or -1 when the answer is lost.
+ */
+static int
+chat_store_answer(struct db *db, struct turn *t, const char *hash)
+{
+	struct timespec	 pause = { 0, CHAT_STORE_RETRY_MS * 1000000L };
+	uint64_t	 deadline = util_now_ms() +
+			     (uint64_t)appconf->db_retry_ms;
+	int		 session_done;
+
+	session_done = t->session_id == NULL ||
+	    !util_valid_uuid(t->session_id);
+	for (;;) {
+		if (!session_done && conv_set_session(db, t->conv->id,
+		    t->session_id, hash) == 0)
+			session_done = 1;
+		if (session_done && conv_add_message(db, t->conv->id,
+		    "assistant", t->text, req_id(t->r), t->in, t->out,
+		    t->cost) == 0)
+			return (0);
+		if (util_now_ms() >= deadline)
+			return (-1);
+		if (t->stream && t->started)
+			(void)req_sse_data(t->r, ": keep-alive");
+		(void)nanosleep(&pause, NULL);
+	}
+}
+
 /* Store the answer, extend the history hash, and send the answer. */
 static void
 chat_finish_done(struct db *db, struct turn *t)
@@ -353,12 +387,10 @@ chat_finish_done(struct db *db, struct turn *t)
 	    t->cache_creation, t->cost, t->ttft_ms, NULL);
 	conv_chain(t->conv->history_hash, "user", t->message, h1);
 	conv_chain(h1, "assistant", t->text, h2);
-	if ((t->session_id != NULL && util_valid_uuid(t->session_id) &&
-	    conv_set_session(db, t->conv->id, t->session_id, h2) != 0) ||
-	    conv_add_message(db, t->conv->id, "assistant", t->text,
-	    req_id(t->r), t->in, t->out, t->cost) != 0)
-		log_warnx("request %s: the answer could not be stored",
-		    req_id(t->r));
+	if (chat_store_answer(db, t, h2) != 0)
+		log_warnx("request %s: the answer could not be stored: the "
+		    "database did not answer for %ld ms", req_id(t->r),
+		    appconf->db_retry_ms);
 	snprintf(t->conv->history_hash, sizeof t->conv->history_hash, "%s", h2);
 	if (t->stream && chat_stream_open(t) != 0) {
 		log_info("request %s: client left before the end",

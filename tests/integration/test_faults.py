@@ -22,7 +22,9 @@ stack = None
 
 def setUpModule():
     global stack
-    stack = Stack(name="faults").start()
+    # The CLI retries a failing upstream itself; once is enough here.
+    stack = Stack({"env.CLAUDE_CODE_MAX_RETRIES": "1"},
+                  name="faults").start()
 
 
 def tearDownModule():
@@ -133,12 +135,22 @@ class FastCGI(unittest.TestCase):
 class Upstream(unittest.TestCase):
     def test_upstream_failure_reaches_the_client_as_502(self):
         key = stack.create_key("upstream-fault")
-        r = stack.request("POST", "/api/chat",
-                          {"message": "x [[mock:fail=400]]"}, key=key)
-        self.assertEqual(r.status, 502, r)
-        err = r.json()["error"]
-        self.assertEqual(err["type"], "cli_error")
-        self.assertIn("mock upstream failure 400", err["message"])
+        for code, tries in ((400, 1), (500, 2), (529, 2)):
+            marker = "[[mock:fail=%d]]" % code
+            r = stack.request("POST", "/api/chat",
+                              {"message": "x " + marker}, key=key)
+            self.assertEqual(r.status, 502, r)
+            err = r.json()["error"]
+            self.assertEqual(err["type"], "cli_error")
+            self.assertIn("mock upstream failure %d" % code, err["message"])
+            # 5xx: the CLI's own retry (CLAUDE_CODE_MAX_RETRIES=1).
+            seen = [x for x in stack.mock_records()
+                    if marker in json.dumps(x["body"])]
+            self.assertEqual(len(seen), tries, code)
+            wait_for(lambda: stack.sql(
+                "SELECT status_code FROM usage_logs WHERE request_id = "
+                "'%s'" % r.headers["x-request-id"]) == [["502"]], 10,
+                "the failed chat's usage row")
         # The gateway is fine afterwards.
         self.assertEqual(stack.request("POST", "/api/chat", {
             "message": "after"}, key=key).status, 200)

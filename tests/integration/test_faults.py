@@ -3,8 +3,10 @@
 see and for what must not be lost: MariaDB stopped for 10 s and started
 again (503 with Retry-After meanwhile, recovery without restarting
 ccgate, every request's usage row written once the database is back),
-ccgate-fcgi killed (nginx answers JSON 502, then recovery), and an
-upstream that fails (the CLI's error reaches the client as 502)."""
+ccgate-fcgi killed (nginx answers JSON 502, then recovery), ccgate-poold
+killed with SIGKILL (no CLI left, 503 at once, conversations intact once
+it is back), and an upstream that fails (the CLI's error reaches the
+client as 502)."""
 
 import json
 import os
@@ -15,7 +17,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, SRCDIR, wait_for, main  # noqa: E402
+from harness import Stack, SRCDIR, texts_of, wait_for, main  # noqa: E402
 
 stack = None
 
@@ -130,6 +132,38 @@ class FastCGI(unittest.TestCase):
         wait_for(lambda: stack.request("GET", "/api/models",
                                        key=key).status == 200, 15,
                  "ccgate-fcgi back")
+
+
+class PoolKilled(unittest.TestCase):
+    def test_poold_sigkill_then_back_with_conversations_intact(self):
+        key = stack.create_key("poold-fault")
+        r = stack.request("POST", "/api/chat", {
+            "message": "remember the word heron"}, key=key)
+        self.assertEqual(r.status, 200, r)
+        cid = r.json()["conversation_id"]
+        p = stack.procs.pop("poold")
+        p.kill()
+        p.wait()
+        # Its CLIs die with it (PR_SET_PDEATHSIG): nothing orphaned.
+        wait_for(lambda: not [x for x in stack.leftovers()
+                              if "claude" in x[1]], 10, "the CLIs to go")
+        r = stack.request("POST", "/api/chat", {
+            "message": "are you there", "conversation_id": cid}, key=key)
+        self.assertEqual(r.status, 503, r)
+        self.assertIn("retry-after", r.headers)
+        stack.start_poold()
+        r = stack.request("POST", "/api/chat", {
+            "message": "which word?", "conversation_id": cid}, key=key)
+        self.assertEqual(r.status, 200, r)
+        # The context is there: the CLI resumed its session, or, when
+        # the killed CLI's transcript was incomplete, a new session was
+        # primed with the turns stored in MariaDB.
+        last = [x for x in stack.mock_records()
+                if "which word?" in json.dumps(x["body"])][-1]
+        turns = texts_of(last)
+        self.assertTrue(("user", "remember the word heron") in turns or
+                        "[user]\nremember the word heron\n" in turns[-1][1],
+                        turns)
 
 
 class Upstream(unittest.TestCase):

@@ -360,22 +360,25 @@ class Stack:
         assert r.status == 200, r
         return r.json()["token"]
 
-    def conn(self, timeout=60):
+    def conn(self, timeout=60, source=None):
+        """An HTTPS connection to nginx, from a loopback source address
+        of its own when source is given (allowlist tests)."""
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        return http.client.HTTPSConnection("127.0.0.1", self.port,
-                                           timeout=timeout, context=ctx)
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self.port, timeout=timeout, context=ctx,
+            source_address=(source, 0) if source else None)
 
     def request(self, method, path, body=None, key=None, headers=None,
-                raw=None, timeout=60):
+                raw=None, timeout=60, source=None):
         h = {"Content-Type": "application/json"}
         if key:
             h["Authorization"] = "Bearer " + key
         h.update(headers or {})
         data = raw if raw is not None else (
             None if body is None else json.dumps(body).encode())
-        c = self.conn(timeout)
+        c = self.conn(timeout, source)
         try:
             c.request(method, path, body=data, headers=h)
             r = c.getresponse()

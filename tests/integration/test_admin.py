@@ -7,11 +7,9 @@ pool, the operators' SQL views and procedures, and ccgate-admin."""
 import base64
 import hashlib
 import hmac
-import http.client
 import json
 import os
 import re
-import ssl
 import subprocess
 import sys
 import time
@@ -500,17 +498,8 @@ class Logs(unittest.TestCase):
 
 def scrape(source="127.0.0.1", path="/metrics"):
     """GET path from a source address: (status, content type, text)."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    c = http.client.HTTPSConnection("127.0.0.1", stack.port, timeout=30,
-                                    context=ctx, source_address=(source, 0))
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.getheader("Content-Type"), r.read().decode()
-    finally:
-        c.close()
+    r = stack.request("GET", path, source=source)
+    return r.status, r.headers.get("content-type"), r.body
 
 
 def metric(text, name, **labels):

@@ -50,12 +50,7 @@ class Browser(unittest.TestCase):
                          404)
         # The admin UI and API are for the admin allowlist only.
         for path in ("/admin/", "/admin/assets/app.js", "/admin/login"):
-            c = stack.conn()
-            c.source_address = ("127.0.0.2", 0)
-            c.request("GET", path)
-            r = c.getresponse()
-            r.read()
-            c.close()
+            r = stack.request("GET", path, source="127.0.0.2")
             self.assertEqual(r.status, 403, path)
 
     def test_operator_journey(self):

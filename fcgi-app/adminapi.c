@@ -16,7 +16,6 @@
 
 #include "app.h"
 
-#define ADMINAPI_ISO(col)	"DATE_FORMAT(" col ", '%Y-%m-%dT%H:%i:%sZ')"
 #define ADMINAPI_ISO_MS(col)	"DATE_FORMAT(" col ", '%Y-%m-%dT%H:%i:%s.%fZ')"
 
 /* Answer an op_error in the native dialect (with Retry-After on 503). */
@@ -420,8 +419,8 @@ adminapi_usage(struct request *r)
 	    "(PARTITION BY key_id, DATE_FORMAT(created_at, ?)) p99 "
 	    "FROM usage_logs WHERE key_id IS NOT NULL AND (? IS NULL OR "
 	    "key_id = ?) AND created_at >= IFNULL(STR_TO_DATE(?, "
-	    "'%Y-%m-%dT%H:%i:%sZ'), UTC_TIMESTAMP() - INTERVAL ? HOUR) AND "
-	    "created_at < IFNULL(STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ'), "
+	    SQL_ISO_FORMAT "), UTC_TIMESTAMP() - INTERVAL ? HOUR) AND "
+	    "created_at < IFNULL(STR_TO_DATE(?, " SQL_ISO_FORMAT "), "
 	    "UTC_TIMESTAMP() + INTERVAL 1 HOUR)) t LEFT JOIN api_keys k ON "
 	    "k.id = t.key_id GROUP BY t.key_id, k.name, t.period "
 	    "ORDER BY t.period, t.key_id LIMIT 10000", "sssssssis", fmt, fmt,

@@ -102,8 +102,7 @@ admuser_row_json(const struct db_res *res, size_t row)
 }
 
 #define ADMUSER_COLUMNS	"id, username, status, "			\
-	"DATE_FORMAT(created_at, '%Y-%m-%dT%H:%i:%sZ'), "		\
-	"DATE_FORMAT(last_login_at, '%Y-%m-%dT%H:%i:%sZ')"
+	SQL_ISO("created_at") ", " SQL_ISO("last_login_at")
 
 /* Every administrator, by name. */
 json_t *

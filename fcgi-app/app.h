@@ -83,6 +83,10 @@ extern struct app_config	*appconf;
 struct app_config	*appconf_load(const char *, char **);
 void			 appconf_free(struct app_config *);
 
+/* A UTC DATETIME column as ISO 8601 text, and that text's format. */
+#define SQL_ISO_FORMAT	"'%Y-%m-%dT%H:%i:%sZ'"
+#define SQL_ISO(col)	"DATE_FORMAT(" col ", " SQL_ISO_FORMAT ")"
+
 /* db.c */
 struct db;
 struct db_res {

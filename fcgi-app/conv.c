@@ -17,7 +17,6 @@
 #include "proto.h"
 
 #define CONV_TITLE_MAX	200
-#define CONV_ISO(col)	"DATE_FORMAT(" col ", '%Y-%m-%dT%H:%i:%sZ')"
 
 /* Free what a conversation holds. */
 void
@@ -51,7 +50,7 @@ conv_load(struct db *db, const char *tenant, const char *id,
 		return (1);
 	if (db_run(db, &res, NULL,
 	    "SELECT id, tenant, title, model, system_prompt, cli_session_id, "
-	    CONV_ISO("created_at") ", history_hash FROM conversations "
+	    SQL_ISO("created_at") ", history_hash FROM conversations "
 	    "WHERE tenant = ? AND id = ? AND deleted_at IS NULL",
 	    "ss", tenant, id) != 0)
 		return (-1);
@@ -272,7 +271,7 @@ conv_get_handle(struct request *r)
 		return;
 	}
 	if (db_run(db, &res, NULL,
-	    "SELECT role, content, " CONV_ISO("created_at") ", input_tokens, "
+	    "SELECT role, content, " SQL_ISO("created_at") ", input_tokens, "
 	    "output_tokens, cost_usd FROM messages WHERE conversation_id = ? "
 	    "ORDER BY id", "s", c.id) != 0) {
 		conv_clear(&c);
@@ -351,8 +350,8 @@ conv_list_handle(struct request *r)
 	}
 	if (cursor != NULL)
 		rc = db_run(db, &res, NULL,
-		    "SELECT c.id, c.title, c.model, " CONV_ISO("c.created_at")
-		    ", " CONV_ISO("c.updated_at") " FROM conversations c, "
+		    "SELECT c.id, c.title, c.model, " SQL_ISO("c.created_at")
+		    ", " SQL_ISO("c.updated_at") " FROM conversations c, "
 		    "conversations k WHERE k.id = ? AND k.tenant = ? AND "
 		    "c.tenant = ? AND c.deleted_at IS NULL AND (c.created_at < "
 		    "k.created_at OR (c.created_at = k.created_at AND c.id < k.id)) "
@@ -360,8 +359,8 @@ conv_list_handle(struct request *r)
 		    cursor, tenant, tenant, (long long)limit + 1);
 	else
 		rc = db_run(db, &res, NULL,
-		    "SELECT id, title, model, " CONV_ISO("created_at") ", "
-		    CONV_ISO("updated_at") " FROM conversations WHERE tenant = ? "
+		    "SELECT id, title, model, " SQL_ISO("created_at") ", "
+		    SQL_ISO("updated_at") " FROM conversations WHERE tenant = ? "
 		    "AND deleted_at IS NULL ORDER BY created_at DESC, id DESC "
 		    "LIMIT ?", "si", tenant, (long long)limit + 1);
 	if (rc != 0) {

@@ -25,15 +25,14 @@
 
 #include "app.h"
 
-#define KEYS_ISO(col)	"DATE_FORMAT(" col ", '%Y-%m-%dT%H:%i:%sZ')"
 #define KEYS_COLUMNS							\
-	"id, name, tenant, status, " KEYS_ISO("created_at") ", "	\
-	KEYS_ISO("expires_at") ", " KEYS_ISO("last_used_at") ", "	\
+	"id, name, tenant, status, " SQL_ISO("created_at") ", "	\
+	SQL_ISO("expires_at") ", " SQL_ISO("last_used_at") ", "	\
 	"IFNULL(requests_per_minute, -1), IFNULL(requests_per_day, -1), " \
 	"IFNULL(tokens_per_day, -1), models, IFNULL(max_tokens, -1), "	\
 	"allow_streaming, allow_tools, metadata, "			\
 	"IF(prev_valid_until > UTC_TIMESTAMP(), "			\
-	KEYS_ISO("prev_valid_until") ", NULL), "			\
+	SQL_ISO("prev_valid_until") ", NULL), "			\
 	"expires_at IS NOT NULL AND expires_at <= UTC_TIMESTAMP()"
 /* The status a client sees: an active key past expires_at is expired. */
 #define KEYS_STATUS							\
@@ -477,7 +476,7 @@ keys_store(struct db *db, const struct keyrec *k, struct op_error *e)
 		return (-1);
 	}
 	rc = db_run(db, NULL, NULL, "UPDATE api_keys SET name = ?, status = ?, "
-	    "expires_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ'), "
+	    "expires_at = STR_TO_DATE(?, " SQL_ISO_FORMAT "), "
 	    "requests_per_minute = ?, requests_per_day = ?, tokens_per_day = ?, "
 	    "models = ?, max_tokens = ?, allow_streaming = ?, allow_tools = ?, "
 	    "metadata = ? WHERE id = ?", "ssssssssiiss", k->name, k->status,

@@ -89,7 +89,7 @@ adminapi_login(struct request *r)
 	struct db	*db = db_thread();
 	json_t		*body, *user = NULL;
 	const char	*name, *pw;
-	char		 token[1024], ra[24];
+	char		 token[1024], ra[24], actor[sizeof ((struct actor *)0)->name];
 	long long	 retry;
 
 	if ((body = req_json_body(r, 1)) == NULL ||
@@ -113,7 +113,8 @@ adminapi_login(struct request *r)
 		adminapi_fail(r, &e);
 		return;
 	}
-	req_set_admin(r, name);
+	snprintf(actor, sizeof actor, "admin:%s", name);
+	req_set_admin(r, actor);
 	req_send_json(r, 200, json_pack("{s:b, s:s, s:s, s:I, s:o}", "success",
 	    1, "token", token, "token_type", "Bearer", "expires_in",
 	    (json_int_t)appconf->admin_token_ttl_s, "user", user));

@@ -113,6 +113,12 @@ class Login(unittest.TestCase):
         c = json.loads(base64.urlsafe_b64decode(body + "=="))
         self.assertEqual(c["exp"] - c["iat"], TTL)
         self.assertLess(abs(c["iat"] - time.time()), 60, "wall-clock time")
+        # The login's usage row names the administrator as every admin
+        # change does.
+        rid = r.headers["x-request-id"]
+        wait_for(lambda: stack.sql("SELECT tenant FROM usage_logs WHERE "
+                                   "request_id = '%s'" % rid) ==
+                 [["admin:root"]], 10, "the login's usage row")
         me = admin("GET", "/admin/me", tok=j["token"])
         self.assertEqual(me.status, 200, me)
         self.assertEqual(me.json()["username"], "root")

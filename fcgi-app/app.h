@@ -27,6 +27,9 @@
  *   adminapi.c	 the /admin/ routes
  *   metrics.c	 /metrics (Prometheus)
  *   usage.c	 usage records, batched off the request path
+ *   wsauth.c	 the WebSocket upgrade's key check (nginx auth_request)
+ *
+ * ws.c is the WebSocket front end (ccgate-ws), fcgi.c the FastCGI one.
  */
 #ifndef CCGATE_APP_H
 #define CCGATE_APP_H
@@ -75,6 +78,10 @@ struct app_config {
 	long	 sse_heartbeat_ms;
 	long	 db_retry_ms;
 	char	*cors_origins;		/* "", "*", or a comma list */
+	char	*ws_listen;		/* ccgate-ws */
+	long	 ws_threads;
+	long	 ws_max_message;
+	long	 ws_max_connections;
 	long	 verbose;
 };
 
@@ -154,6 +161,7 @@ const char	*auth_strerror(enum auth_result);
 int		 auth_load_secret(const char *, uint8_t [32], char **);
 int		 auth_model_allowed(const struct apikey *, const char *);
 int		 perm_check(struct request *, const char *, int, long long *);
+const char	*auth_ws_protocol_key(const char *, char *, size_t);
 
 /* quota.c */
 int		 quota_admit(struct db *, const struct apikey *, long *,
@@ -200,6 +208,7 @@ enum route_id {
 	ROUTE_ADMIN_POOL,
 	ROUTE_ADMIN_AUDIT,
 	ROUTE_METRICS,
+	ROUTE_WS,
 	ROUTE_MAX
 };
 
@@ -238,6 +247,7 @@ void		 req_error(struct request *, int, const char *, const char *,
 struct route	*req_route(struct request *);
 struct apikey	*req_key(struct request *);
 int		 req_authenticate(struct request *);
+int		 req_authenticate_key(struct request *);
 void		 req_set_admin(struct request *, const char *);
 void		 req_usage(struct request *, const char *, long long,
 		     long long, long long, long long, double, long long,
@@ -260,6 +270,8 @@ const char	*dialect_error_type(enum dialect, int);
 /* chat.c, conv.c, health.c */
 void		 chat_handle(struct request *);
 void		 chat_batch_handle(struct request *);
+void		 chat_frame(struct request *, json_t *);
+void		 ws_auth_handle(struct request *);
 void		 conv_create_handle(struct request *);
 void		 conv_get_handle(struct request *);
 void		 conv_list_handle(struct request *);

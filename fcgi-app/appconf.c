@@ -25,7 +25,8 @@ static const char *const app_keys[] = {
 	"max_message", "max_json_depth", "job_timeout_ms", "default_model",
 	"models", "node", "sql_dir", "batch_max", "key_cache_ms",
 	"cors_origins", "log_verbose", "admin_token_ttl_s", "rotate_grace_s",
-	"sse_heartbeat_ms", "db_retry_ms", NULL
+	"sse_heartbeat_ms", "db_retry_ms", "ws_listen", "ws_threads",
+	"ws_max_message", "ws_max_connections", NULL
 };
 
 /* Free a configuration. */
@@ -38,6 +39,7 @@ appconf_free(struct app_config *cf)
 		return;
 	free(cf->listen);
 	free(cf->listen_group);
+	free(cf->ws_listen);
 	free(cf->db_host);
 	free(cf->db_socket);
 	free(cf->db_user);
@@ -157,7 +159,9 @@ appconf_load(const char *path, char **cause)
 	    &cf->default_model) != 0 ||
 	    app_str(c, "node", "node1", &cf->node) != 0 ||
 	    app_str(c, "sql_dir", DATADIR "/sql", &cf->sql_dir) != 0 ||
-	    app_str(c, "cors_origins", NULL, &cf->cors_origins) != 0)
+	    app_str(c, "cors_origins", NULL, &cf->cors_origins) != 0 ||
+	    app_str(c, "ws_listen", LOCALSTATEDIR "/run/ccgate/ws.sock",
+	    &cf->ws_listen) != 0)
 		goto nomem;
 	v = conf_str(c, "listen_mode", "0660");
 	cf->listen_mode = strtol(v, &end, 8);
@@ -181,6 +185,10 @@ appconf_load(const char *path, char **cause)
 	APP_INT("rotate_grace_s", rotate_grace_s, 86400, 0, 30 * 86400);
 	APP_INT("sse_heartbeat_ms", sse_heartbeat_ms, 15000, 100, 300000);
 	APP_INT("db_retry_ms", db_retry_ms, 30000, 0, 600000);
+	APP_INT("ws_threads", ws_threads, 64, 1, 4096);
+	APP_INT("ws_max_message", ws_max_message, 1024 * 1024, 1024,
+	    64 * 1024 * 1024);
+	APP_INT("ws_max_connections", ws_max_connections, 1024, 1, 65536);
 	if (app_models(cf, conf_str(c, "models", cf->default_model),
 	    cause) != 0)
 		goto fail;

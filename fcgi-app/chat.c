@@ -23,6 +23,13 @@
 #define CHAT_STORE_RETRY_MS	500
 #define CHAT_PRIME_MAX		(512 * 1024)
 
+/* Whether a turn may stream: never (a batch item), on request, always. */
+enum chat_stream {
+	STREAM_NEVER,
+	STREAM_ASKED,
+	STREAM_ALWAYS
+};
+
 enum turn_end {
 	TURN_DONE,
 	TURN_ERROR,
@@ -319,8 +326,8 @@ native_stream_error(struct turn *t, int status, const char *type,
 {
 	json_t	*ev;
 
-	ev = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type",
-	    type, "message", msg);
+	ev = json_pack("{s:s, s:{s:s, s:s}, s:i}", "type", "error", "error",
+	    "type", type, "message", msg, "status", status);
 	if (ev != NULL && req_sse_json(t->r, ev) == 0)
 		(void)req_sse_data(t->r, "[DONE]");
 	json_decref(ev);
@@ -415,6 +422,9 @@ chat_finish_error(struct db *db, struct turn *t, enum turn_end end)
 		log_warnx("request %s: partial answer not stored",
 		    req_id(t->r));
 	if (end == TURN_GONE) {
+		/* A WebSocket is still there after a cancel: tell it. */
+		if (req_sent(t->r))
+			t->ops->stream_error(t, 499, "cancelled", t->error);
 		req_error(t->r, 499, "cancelled", "%s", t->error);
 		return;
 	}
@@ -504,7 +514,7 @@ chat_turn(struct request *r, struct conversation *conv, const char *message,
  * validate, find or create the conversation, run the turn.
  */
 static void
-chat_body(struct request *r, json_t *body, int allow_stream)
+chat_body(struct request *r, json_t *body, enum chat_stream mode)
 {
 	struct conversation	 conv;
 	struct db		*db;
@@ -523,10 +533,12 @@ chat_body(struct request *r, json_t *body, int allow_stream)
 	    input_number(r, body, "temperature", 0.0, 2.0, &temperature) != 0 ||
 	    input_bool(r, body, "stream", &stream) != 0)
 		return;
-	if (stream && !allow_stream) {
+	if (stream && mode == STREAM_NEVER) {
 		req_error(r, 400, NULL, "stream: not available in a batch");
 		return;
 	}
+	if (mode == STREAM_ALWAYS)
+		stream = 1;
 	if (json_object_get(body, "temperature") != NULL)
 		req_add_header(r, "X-Ccgate-Ignored", "temperature");
 	if ((db = db_thread()) == NULL) {
@@ -587,7 +599,14 @@ chat_handle(struct request *r)
 
 	if (req_authenticate(r) != 0 || (body = req_json_body(r, 1)) == NULL)
 		return;
-	chat_body(r, body, 1);
+	chat_body(r, body, STREAM_ASKED);
+}
+
+/* A chat frame on a WebSocket (authenticated): a turn that streams. */
+void
+chat_frame(struct request *r, json_t *body)
+{
+	chat_body(r, body, STREAM_ALWAYS);
 }
 
 struct batch_item {
@@ -607,7 +626,7 @@ chat_batch_item(void *arg)
 		req_error(it->sub, 400, NULL, "messages[]: each item must be "
 		    "an object");
 	else
-		chat_body(it->sub, it->body, 0);
+		chat_body(it->sub, it->body, STREAM_NEVER);
 	db_thread_free();
 	return (NULL);
 }

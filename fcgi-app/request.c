@@ -1,8 +1,13 @@
 /*
- * One request over FastCGI.  The request context owns everything the
- * request allocates (the body, the parsed JSON, extra headers) and frees
- * it in req_free; handlers only borrow.  The usage record is written after
- * the response is finished, so a client never waits on that insert.
+ * One request.  The request context owns everything the request allocates
+ * (the body, the parsed JSON, extra headers) and frees it in req_free;
+ * handlers only borrow.  The usage record is written after the response is
+ * finished, so a client never waits on that insert.
+ *
+ * A request comes over FastCGI (req_handle), or is a turn on a WebSocket
+ * (req_frame_run): then its parameters are the front end's, and what a
+ * handler sends goes to the front end's sink as one JSON event each, the
+ * same events a stream carries over SSE.
  */
 #include "config.h"
 
@@ -27,7 +32,10 @@
 #define REQ_JSON_FLAGS	(JSON_COMPACT | JSON_REAL_PRECISION(12))
 
 struct request {
-	FCGX_Request	*fx;
+	FCGX_Request	*fx;		/* NULL for a WebSocket turn */
+	char		**envp;		/* the parameters */
+	const struct req_sink *sink;	/* a WebSocket turn's events */
+	int		 watch_fd;	/* with sink: hangs up on cancel */
 	char		 id[64];
 	char		 method[16];
 	char		*path;
@@ -35,6 +43,7 @@ struct request {
 	struct apikey	 key;
 	int		 have_key;
 	char		 admin[100];	/* the administrator, once known */
+	char		 wskey[KEY_LEN + 1]; /* a key from a subprotocol */
 	int		 status;
 	int		 sent;
 	int		 sse;
@@ -64,14 +73,14 @@ struct request {
 const char *
 req_param(struct request *r, const char *name)
 {
-	return (FCGX_GetParam(name, r->fx->envp));
+	return (FCGX_GetParam(name, r->envp));
 }
 
 /* A request header by its CGI name ("HTTP_X_API_KEY"), or NULL. */
 const char *
 req_header(struct request *r, const char *cgi_name)
 {
-	return (FCGX_GetParam(cgi_name, r->fx->envp));
+	return (FCGX_GetParam(cgi_name, r->envp));
 }
 
 /* The request id (from nginx's X-Request-Id, else generated). */
@@ -192,6 +201,36 @@ req_head(struct request *r, int status, const char *ctype)
 	    r->headers);
 }
 
+/*
+ * A WebSocket turn's answer sent as one event: an error gets "type":
+ * "error", its "status" and the turn's "request_id" (and "retry_after"
+ * where HTTP would send Retry-After); takes the reference to body.
+ */
+static void
+req_sink_answer(struct request *r, int status, json_t *body)
+{
+	const char	*ra;
+	char		*s;
+
+	r->sent = 1;
+	r->status = status;
+	if (body == NULL)
+		return;
+	if (json_object_get(body, "type") == NULL)
+		json_object_set_new(body, "type", json_string(status >= 400 ?
+		    "error" : "done"));
+	json_object_set_new(body, "status", json_integer(status));
+	json_object_set_new(body, "request_id", json_string(r->id));
+	/* What a header would have said: when to try again. */
+	if ((ra = strstr(r->headers, "Retry-After: ")) != NULL)
+		json_object_set_new(body, "retry_after",
+		    json_integer(strtol(ra + 13, NULL, 10)));
+	if ((s = json_dumps(body, REQ_JSON_FLAGS)) != NULL)
+		(void)r->sink->send(r->sink->arg, s);
+	free(s);
+	json_decref(body);
+}
+
 /* Send a JSON response; takes the reference to body. */
 void
 req_send_json(struct request *r, int status, json_t *body)
@@ -206,6 +245,10 @@ req_send_json(struct request *r, int status, json_t *body)
 		r->sent = 1;
 		r->status = status;
 		r->captured = body;
+		return;
+	}
+	if (r->sink != NULL) {
+		req_sink_answer(r, status, body);
 		return;
 	}
 	s = body != NULL ? json_dumps(body, REQ_JSON_FLAGS) : NULL;
@@ -227,7 +270,7 @@ void
 req_send_text(struct request *r, int status, const char *ctype,
     const char *text)
 {
-	if (r->sent || r->parent != NULL)
+	if (r->sent || r->parent != NULL || r->sink != NULL)
 		return;
 	req_head(r, status, ctype);
 	FCGX_PutS(text, r->fx->out);
@@ -237,7 +280,7 @@ req_send_text(struct request *r, int status, const char *ctype,
 void
 req_send_empty(struct request *r, int status)
 {
-	if (!r->sent)
+	if (!r->sent && r->sink == NULL)
 		req_head(r, status, NULL);
 }
 
@@ -276,6 +319,11 @@ req_sse_start(struct request *r)
 		return (-1);
 	if (r->sent)
 		return (r->sse ? 0 : -1);
+	if (r->sink != NULL) {
+		r->sent = r->sse = 1;
+		r->status = 200;
+		return (0);
+	}
 	req_add_header(r, "Cache-Control", "no-cache");
 	req_add_header(r, "X-Accel-Buffering", "no");
 	req_head(r, 200, "text/event-stream");
@@ -289,6 +337,12 @@ req_sse_data(struct request *r, const char *data)
 {
 	if (!r->sse)
 		return (-1);
+	if (r->sink != NULL) {
+		/* A socket has its own pings; a turn ends with "done". */
+		if (data[0] == ':' || strcmp(data, "[DONE]") == 0)
+			return (r->sink->alive(r->sink->arg) ? 0 : -1);
+		return (r->sink->send(r->sink->arg, data));
+	}
 	if (data[0] == ':')
 		FCGX_FPrintF(r->fx->out, "%s\n\n", data);
 	else
@@ -320,6 +374,12 @@ req_sse_event(struct request *r, const char *name, json_t *obj)
 
 	if (!r->sse || (s = json_dumps(obj, REQ_JSON_FLAGS)) == NULL)
 		return (-1);
+	if (r->sink != NULL) {
+		int	rc = r->sink->send(r->sink->arg, s);
+
+		free(s);
+		return (rc);
+	}
 	FCGX_FPrintF(r->fx->out, "event: %s\ndata: %s\n\n", name, s);
 	free(s);
 	if (FCGX_FFlush(r->fx->out) != 0 || FCGX_GetError(r->fx->out) != 0)
@@ -327,11 +387,14 @@ req_sse_event(struct request *r, const char *name, json_t *obj)
 	return (0);
 }
 
-/* The descriptor of the connection to nginx (for noticing a close). */
+/*
+ * The descriptor to watch for the client leaving: the connection to nginx,
+ * or a WebSocket turn's cancel pipe.
+ */
 int
 req_fd(struct request *r)
 {
-	return (r->fx->ipcFd);
+	return (r->sink != NULL ? r->watch_fd : r->fx->ipcFd);
 }
 
 /*
@@ -347,6 +410,7 @@ req_sub(struct request *parent, int n)
 	if ((r = calloc(1, sizeof *r)) == NULL)
 		return (NULL);
 	r->fx = parent->fx;
+	r->envp = parent->envp;
 	r->parent = parent;
 	snprintf(r->id, sizeof r->id, "%.50s-%d", parent->id, n);
 	memcpy(r->method, parent->method, sizeof r->method);
@@ -505,17 +569,21 @@ req_presented_key(struct request *r)
 			a++;
 		return (a);
 	}
-	return (req_header(r, "HTTP_X_API_KEY"));
+	if ((a = req_header(r, "HTTP_X_API_KEY")) != NULL)
+		return (a);
+	/* A browser's WebSocket can only offer it as a subprotocol. */
+	if (r->route.id == ROUTE_WS)
+		return (auth_ws_protocol_key(req_header(r,
+		    "HTTP_SEC_WEBSOCKET_PROTOCOL"), r->wskey, sizeof r->wskey));
+	return (NULL);
 }
 
-/* Authenticate the request's key; on failure the answer is sent. */
+/* Check the request's key (no quota spent); on failure the answer is sent. */
 int
-req_authenticate(struct request *r)
+req_authenticate_key(struct request *r)
 {
 	struct db		*db = db_thread();
 	enum auth_result	 ar;
-	char			 why[256], ra[32];
-	long			 retry;
 
 	if (db == NULL) {
 		req_error(r, 500, NULL, "out of memory");
@@ -524,20 +592,7 @@ req_authenticate(struct request *r)
 	ar = auth_check(db, req_presented_key(r), &r->key);
 	if (ar == AUTH_OK) {
 		r->have_key = 1;
-		switch (quota_admit(db, &r->key, &retry, why, sizeof why)) {
-		case 0:
-			return (0);
-		case 1:
-			metrics_quota_rejected();
-			snprintf(ra, sizeof ra, "%ld", retry);
-			req_add_header(r, "Retry-After", ra);
-			req_error(r, 429, NULL, "%s", why);
-			return (-1);
-		default:
-			req_add_header(r, "Retry-After", "5");
-			req_error(r, 503, NULL, "the key store is unavailable");
-			return (-1);
-		}
+		return (0);
 	}
 	if (ar == AUTH_DB_ERROR) {
 		req_add_header(r, "Retry-After", "5");
@@ -551,6 +606,34 @@ req_authenticate(struct request *r)
 		req_add_header(r, "WWW-Authenticate", "Bearer");
 	req_error(r, 401, NULL, "%s", auth_strerror(ar));
 	return (-1);
+}
+
+/*
+ * Authenticate the request's key and admit the request by the key's
+ * quotas; on failure the answer is sent.
+ */
+int
+req_authenticate(struct request *r)
+{
+	char	why[256], ra[32];
+	long	retry;
+
+	if (req_authenticate_key(r) != 0)
+		return (-1);
+	switch (quota_admit(db_thread(), &r->key, &retry, why, sizeof why)) {
+	case 0:
+		return (0);
+	case 1:
+		metrics_quota_rejected();
+		snprintf(ra, sizeof ra, "%ld", retry);
+		req_add_header(r, "Retry-After", ra);
+		req_error(r, 429, NULL, "%s", why);
+		return (-1);
+	default:
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "the key store is unavailable");
+		return (-1);
+	}
 }
 
 /* Record the administrator a request acts for (its usage row's tenant). */
@@ -800,6 +883,9 @@ req_dispatch(struct request *r)
 	case ROUTE_ADMIN_AUDIT:
 		adminapi_audit(r);
 		break;
+	case ROUTE_WS:
+		ws_auth_handle(r);
+		break;
 	default:
 		if (r->route.status == 405)
 			req_error(r, 405, NULL, "method %s is not allowed here",
@@ -811,17 +897,55 @@ req_dispatch(struct request *r)
 	}
 }
 
+/*
+ * Finish a request: count it and hand its usage record on; then free what
+ * it owns.  finish completes the transport's answer first.
+ */
+static void
+req_finish(struct request *r, void (*finish)(struct request *))
+{
+	uint64_t	duration;
+
+	if (!r->sent)
+		req_error(r, 500, NULL, "no answer");
+	duration = util_now_ms() - r->started_ms;
+	if (finish != NULL)
+		finish(r);
+	metrics_request(r->route.id, r->status, duration, r->u_in, r->u_out,
+	    r->u_cache_read, r->u_cache_creation, r->u_cost);
+	req_write_usage(r, duration);
+	req_free(r);
+}
+
+/* Set the request id: the client's (through nginx) if usable, else new. */
+static void
+req_set_id(struct request *r, const char *rid)
+{
+	if (rid != NULL && *rid != '\0' && strlen(rid) < sizeof r->id &&
+	    req_header_safe(rid))
+		snprintf(r->id, sizeof r->id, "%s", rid);
+	else if (util_uuid4(r->id) != 0)
+		snprintf(r->id, sizeof r->id, "unknown");
+}
+
+/* FastCGI: end the request (the answer goes out to nginx). */
+static void
+req_fcgi_finish(struct request *r)
+{
+	FCGX_Finish_r(r->fx);
+}
+
 /* Handle one accepted FastCGI request, then finish it. */
 void
 req_handle(FCGX_Request *fx)
 {
 	struct request	 r;
-	const char	*v, *rid;
+	const char	*v;
 	size_t		 plen;
-	uint64_t	 duration;
 
 	memset(&r, 0, sizeof r);
 	r.fx = fx;
+	r.envp = fx->envp;
 	r.started_ms = util_now_ms();
 	v = req_param(&r, "REQUEST_METHOD");
 	snprintf(r.method, sizeof r.method, "%s", v != NULL ? v : "GET");
@@ -834,23 +958,40 @@ req_handle(FCGX_Request *fx)
 	if (plen > 2048)
 		plen = 2048;
 	r.path = strndup(v, plen);
-	rid = req_header(&r, "HTTP_X_REQUEST_ID");
-	if (rid != NULL && *rid != '\0' && strlen(rid) < sizeof r.id &&
-	    req_header_safe(rid))
-		snprintf(r.id, sizeof r.id, "%s", rid);
-	else if (util_uuid4(r.id) != 0)
-		snprintf(r.id, sizeof r.id, "unknown");
+	req_set_id(&r, req_header(&r, "HTTP_X_REQUEST_ID"));
 	route_match(r.method, r.path != NULL ? r.path : "/", &r.route);
 	if (r.path == NULL)
 		req_error(&r, 500, NULL, "out of memory");
 	else
 		req_dispatch(&r);
-	if (!r.sent)
-		req_error(&r, 500, NULL, "no answer");
-	duration = util_now_ms() - r.started_ms;
-	FCGX_Finish_r(fx);
-	metrics_request(r.route.id, r.status, duration, r.u_in, r.u_out,
-	    r.u_cache_read, r.u_cache_creation, r.u_cost);
-	req_write_usage(&r, duration);
-	req_free(&r);
+	req_finish(&r, req_fcgi_finish);
+}
+
+/*
+ * Run one chat turn that came as a WebSocket frame (body, borrowed): its
+ * parameters are envp (the upgrade's headers, as CGI names), its events go
+ * to sink, and watch_fd hangs up when the turn is to be cancelled.  The
+ * turn is a request of its own: authenticated, admitted by the quotas and
+ * recorded in the usage log as "WS /api/ws".
+ */
+void
+req_frame_run(const struct req_sink *sink, char **envp, int watch_fd,
+    const char *id, json_t *body)
+{
+	struct request	r;
+
+	memset(&r, 0, sizeof r);
+	r.envp = envp;
+	r.sink = sink;
+	r.watch_fd = watch_fd;
+	r.started_ms = util_now_ms();
+	snprintf(r.method, sizeof r.method, "WS");
+	r.path = strdup("/api/ws");
+	req_set_id(&r, id);
+	route_match("GET", "/api/ws", &r.route);
+	if (r.path == NULL)
+		req_error(&r, 500, NULL, "out of memory");
+	else if (req_authenticate(&r) == 0)
+		chat_frame(&r, body);
+	req_finish(&r, NULL);
 }

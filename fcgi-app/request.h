@@ -1,4 +1,7 @@
-/* The FastCGI side of a request: what fcgi.c and the tests need. */
+/*
+ * The transports' side of a request: what fcgi.c, ws.c and the tests
+ * need.
+ */
 #ifndef CCGATE_REQUEST_H
 #define CCGATE_REQUEST_H
 
@@ -9,11 +12,22 @@
 
 struct request;
 
+/* Where a WebSocket turn's events go (ws.c). */
+struct req_sink {
+	/* One event (JSON text); -1 if the client is gone. */
+	int	(*send)(void *, const char *);
+	/* 1 while the client is there. */
+	int	(*alive)(void *);
+	void	*arg;
+};
+
 void	req_handle(FCGX_Request *);
 int	req_fd(struct request *);
 int	req_json_depth_ok(const char *, size_t, long);
 struct request	*req_sub(struct request *, int);
 json_t		*req_sub_take(struct request *, long long *, long long *,
 		    double *);
+void		 req_frame_run(const struct req_sink *, char **, int,
+		    const char *, json_t *);
 
 #endif

@@ -70,6 +70,7 @@ static const struct route_def routes[] = {
 	{ "GET",  "/admin/pool",		ROUTE_ADMIN_POOL, DIALECT_NATIVE },
 	{ "GET",  "/admin/audit",		ROUTE_ADMIN_AUDIT, DIALECT_NATIVE },
 	{ "GET",  "/metrics",			ROUTE_METRICS, DIALECT_PLAIN },
+	{ "GET",  "/api/ws",			ROUTE_WS, DIALECT_NATIVE },
 	{ NULL, NULL, ROUTE_NONE, DIALECT_PLAIN }
 };
 

@@ -19,7 +19,7 @@ subst() {
 }
 
 mkdir -p "$tmp/units" "$tmp/etc/ccgate" "$tmp/run" "$tmp/state"
-for u in ccgate-poold ccgate-fcgi; do
+for u in ccgate-poold ccgate-fcgi ccgate-ws; do
     subst "$src/deploy/systemd/$u.service.in" "$tmp/units/$u.service"
     if out=$(systemd-analyze verify --man=no "$tmp/units/$u.service" 2>&1) &&
        [ -z "$out" ]; then
@@ -38,6 +38,7 @@ done
 # What `make` generated for installation has every placeholder filled.
 for f in "$build/deploy/systemd/ccgate-poold.service" \
          "$build/deploy/systemd/ccgate-fcgi.service" \
+         "$build/deploy/systemd/ccgate-ws.service" \
          "$build/deploy/systemd/tmpfiles.d/ccgate.conf"; do
     if [ -f "$f" ] && ! grep -n '@[A-Z]*@' "$f"; then
         ok "$(basename "$f") generated"
@@ -66,6 +67,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
 "$src/deploy/render" "$src/nginx/ccgate-site.conf.in" "$tmp/site.conf" \
     LISTEN=127.0.0.1:1 "TLS_CERT=$tmp/tls.crt" "TLS_KEY=$tmp/tls.key" \
     MAX_BODY=2m "ERRORS_DIR=$src/nginx/errors" "FCGI_SOCKET=$tmp/run/fcgi.sock" \
+    "WS_SOCKET=$tmp/run/ws.sock" \
     "ADMIN_UI_DIR=$src/admin-ui" "ADMIN_UI_CONF=$src/nginx/admin-ui.conf" \
     "EDGE_DIR=$src/nginx/edge" RATE_PER_IP=50r/s BURST_PER_IP=100 \
     RATE_PER_KEY=20r/s BURST_PER_KEY=40 CONN_PER_IP=200 READ_TIMEOUT=660s

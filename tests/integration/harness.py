@@ -106,6 +106,7 @@ class Stack:
             self.start_poold()
             self._migrate()
             self.start_fcgi()
+            self.start_ws()
             self._start_nginx()
         except BaseException:
             self.dump_logs()
@@ -163,6 +164,7 @@ class Stack:
         self.write_poold_conf()
         lines = [
             "listen = %s" % self.path("run", "fcgi.sock"),
+            "ws_listen = %s" % self.path("run", "ws.sock"),
             "db_socket = %s" % self.path("db", "mysqld.sock"),
             "db_user = ccgate",
             "db_password_file = %s" % self.path("db.password"),
@@ -208,6 +210,14 @@ class Stack:
         wait_for(lambda: os.path.exists(self.path("run", "fcgi.sock")), 10,
                  "ccgate-fcgi")
 
+    def start_ws(self):
+        log = open(self.path("ws.log"), "a")
+        self.procs["ws"] = subprocess.Popen(
+            [self.bin("ccgate-ws"), "-v", "-f", self.path("ccgate.conf")],
+            stdout=log, stderr=log)
+        wait_for(lambda: os.path.exists(self.path("run", "ws.sock")), 10,
+                 "ccgate-ws")
+
     def _start_nginx(self):
         self.port = free_port()
         os.makedirs(self.path("nginx-tmp"), exist_ok=True)
@@ -231,6 +241,7 @@ class Stack:
                    "MAX_BODY=%s" % self.app_opts.get("nginx_max_body", "2m"),
                    "ERRORS_DIR=" + os.path.join(SRCDIR, "nginx", "errors"),
                    "FCGI_SOCKET=" + self.path("run", "fcgi.sock"),
+                   "WS_SOCKET=" + self.path("run", "ws.sock"),
                    "ADMIN_UI_DIR=" + os.path.join(SRCDIR, "admin-ui"),
                    "ADMIN_UI_CONF=" + os.path.join(
                        SRCDIR, "nginx", "admin-ui.conf"),
@@ -272,7 +283,7 @@ class Stack:
             raise AssertionError("%s did not stop on %s" % (name, sig))
 
     def stop(self, check=True):
-        for name in ("nginx", "fcgi", "poold", "mock"):
+        for name in ("nginx", "ws", "fcgi", "poold", "mock"):
             try:
                 self.stop_proc(name)
             except AssertionError:
@@ -297,7 +308,7 @@ class Stack:
     def sanitizer_reports(self):
         """ASan, LSan and UBSan reports in our daemons' logs."""
         found = []
-        for name in ("poold.log", "fcgi.log"):
+        for name in ("poold.log", "fcgi.log", "ws.log"):
             p = self.path(name)
             if not os.path.exists(p):
                 continue
@@ -326,7 +337,7 @@ class Stack:
         return left
 
     def dump_logs(self):
-        for name in ("poold.log", "fcgi.log", "nginx.log", "mock.log",
+        for name in ("poold.log", "fcgi.log", "ws.log", "nginx.log", "mock.log",
                      "nginx-tmp/nginx-error.log"):
             p = self.path(name)
             if os.path.exists(p):

@@ -587,6 +587,8 @@ chat_body(struct request *r, json_t *body, enum chat_stream mode)
 		    "shortly");
 		return;
 	}
+	/* A front nginx routes the next turns by it (docs/scaling.md). */
+	req_add_header(r, "X-Ccgate-Conversation-Id", conv.id);
 	chat_turn(r, &conv, message, max_tokens, stream);
 	conv_clear(&conv);
 }

@@ -82,5 +82,20 @@ else
     bad "nginx -t: $out"
 fi
 
+# And on the front template of docs/scaling.md.
+echo "server 127.0.0.1:1 max_fails=1 fail_timeout=10s;" > "$tmp/nodes.conf"
+"$src/deploy/render" "$src/nginx/ccgate-front.conf.in" "$tmp/front.conf" \
+    LISTEN=127.0.0.1:2 "TLS_CERT=$tmp/tls.crt" "TLS_KEY=$tmp/tls.key" \
+    MAX_BODY=2m "NODES_CONF=$tmp/nodes.conf" "NODES_CA=$tmp/tls.crt" \
+    NODES_TLS_NAME=127.0.0.1 READ_TIMEOUT=660s
+"$src/deploy/render" "$src/nginx/nginx-standalone.conf.in" "$tmp/front-nginx.conf" \
+    "USER_LINE=$user" "VAR_DIR=$tmp/nginx" "DAEMON_LINE=daemon off;" \
+    "SITE_CONF=$tmp/front.conf"
+if out=$(nginx -t -p "$tmp/nginx" -c "$tmp/front-nginx.conf" 2>&1); then
+    ok "nginx -t (front)"
+else
+    bad "nginx -t (front): $out"
+fi
+
 echo "$passed passed, $failed failed, 0 skipped"
 [ "$failed" = 0 ]

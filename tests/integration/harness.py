@@ -70,7 +70,10 @@ class Stack:
                       "CONN_PER_IP": "65535"}
 
     def __init__(self, poold_opts=None, app_opts=None, name="it",
-                 nginx_opts=None, edge_files=None):
+                 nginx_opts=None, edge_files=None, share_with=None):
+        # share_with: another, started Stack whose MariaDB, mock upstream
+        # and key secret this one uses (a second node of one deployment).
+        self.share_with = share_with
         self.poold_opts = {
             "min_instances": 2, "max_instances": 6, "idle_timeout_ms": 60000,
             "queue_max_wait_ms": 20000, "job_timeout_ms": 60000,
@@ -89,6 +92,9 @@ class Stack:
 
     # -- start and stop -------------------------------------------------
 
+    def db_dir(self):
+        return (self.share_with or self).path("db")
+
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
@@ -100,8 +106,11 @@ class Stack:
             raise RuntimeError("CCGATE_CLAUDE is not an executable claude CLI "
                                "(run deploy/install-claude)")
         try:
-            self._start_db()
-            self._start_mock()
+            if self.share_with is None:
+                self._start_db()
+                self._start_mock()
+            else:
+                self.mock_port = self.share_with.mock_port
             self._write_configs()
             self.start_poold()
             self._migrate()
@@ -165,9 +174,10 @@ class Stack:
         lines = [
             "listen = %s" % self.path("run", "fcgi.sock"),
             "ws_listen = %s" % self.path("run", "ws.sock"),
-            "db_socket = %s" % self.path("db", "mysqld.sock"),
+            "db_socket = %s" % os.path.join(self.db_dir(), "mysqld.sock"),
             "db_user = ccgate",
-            "db_password_file = %s" % self.path("db.password"),
+            "db_password_file = %s" % os.path.join(
+                (self.share_with or self).dir, "db.password"),
             "db_name = ccgate",
             "key_secret_file = %s" % self.path("key.secret"),
             "poold_socket = %s" % self.path("run", "poold.sock"),
@@ -179,7 +189,12 @@ class Stack:
         lines += ["%s = %s" % kv for kv in self.app_opts.items()]
         with open(self.path("ccgate.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
-        self._run([self.bin("ccgate-admin"), "secret", self.path("key.secret")])
+        if self.share_with is None:
+            self._run([self.bin("ccgate-admin"), "secret",
+                       self.path("key.secret")])
+        else:
+            shutil.copy(self.share_with.path("key.secret"),
+                        self.path("key.secret"))
 
     def start_poold(self, env=None):
         log = open(self.path("poold.log"), "a")
@@ -289,8 +304,10 @@ class Stack:
             except AssertionError:
                 if check:
                     raise
-        subprocess.run([os.path.join(SRCDIR, "deploy", "mariadb-private"),
-                        "stop", self.path("db")], capture_output=True)
+        if self.share_with is None:
+            subprocess.run([os.path.join(SRCDIR, "deploy",
+                                         "mariadb-private"),
+                            "stop", self.path("db")], capture_output=True)
         reports = self.sanitizer_reports()
         if reports and check:
             raise AssertionError("sanitizer reports:\n" + "\n".join(reports))
@@ -456,7 +473,7 @@ class Stack:
 
     def sql(self, query):
         out = self._run([os.path.join(SRCDIR, "deploy", "mariadb-private"),
-                         "sql", self.path("db"), query]).stdout
+                         "sql", self.db_dir(), query]).stdout
         return [line.split("\t") for line in out.splitlines()]
 
     def mock_records(self):

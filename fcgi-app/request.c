@@ -972,13 +972,14 @@ req_handle(FCGX_Request *fx)
  * parameters are envp (the upgrade's headers, as CGI names), its events go
  * to sink, and watch_fd hangs up when the turn is to be cancelled.  The
  * turn is a request of its own: authenticated, admitted by the quotas and
- * recorded in the usage log as "WS /api/ws".
+ * recorded in the usage log as "WS /api/ws".  Returns the turn's status.
  */
-void
+int
 req_frame_run(const struct req_sink *sink, char **envp, int watch_fd,
     const char *id, json_t *body)
 {
 	struct request	r;
+	int		status;
 
 	memset(&r, 0, sizeof r);
 	r.envp = envp;
@@ -993,5 +994,7 @@ req_frame_run(const struct req_sink *sink, char **envp, int watch_fd,
 		req_error(&r, 500, NULL, "out of memory");
 	else if (req_authenticate(&r) == 0)
 		chat_frame(&r, body);
+	status = r.status;
 	req_finish(&r, NULL);
+	return (status);
 }

@@ -27,7 +27,7 @@ int	req_json_depth_ok(const char *, size_t, long);
 struct request	*req_sub(struct request *, int);
 json_t		*req_sub_take(struct request *, long long *, long long *,
 		    double *);
-void		 req_frame_run(const struct req_sink *, char **, int,
+int		 req_frame_run(const struct req_sink *, char **, int,
 		    const char *, json_t *);
 
 #endif

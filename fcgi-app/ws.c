@@ -91,6 +91,7 @@ struct ws_turn {
 	json_t		*body;
 	int		 cancel_r;	/* the request watches it */
 	int		 cancel_w;	/* closed to cancel, or -1 */
+	int		 cancel_asked;	/* by a cancel frame */
 	char		 id[64];
 };
 
@@ -238,7 +239,7 @@ ws_worker(void *arg)
 	struct req_sink		 sink;
 	struct ws_turn		*t;
 	struct wsconn		*c;
-	int			 gone, cancelled, stopping;
+	int			 gone, cancelled, stopping, status, late;
 
 	(void)arg;
 	for (;;) {
@@ -257,6 +258,7 @@ ws_worker(void *arg)
 		stopping = ws_stopping;
 		pthread_mutex_unlock(&ws_lock);
 
+		status = 0;
 		if (gone)
 			;
 		else if (cancelled)
@@ -268,9 +270,17 @@ ws_worker(void *arg)
 		else {
 			sink = sink_proto;
 			sink.arg = c;
-			req_frame_run(&sink, c->envp, t->cancel_r, t->id,
-			    t->body);
+			status = req_frame_run(&sink, c->envp, t->cancel_r,
+			    t->id, t->body);
 		}
+
+		/* A cancel that came after the turn's last event. */
+		pthread_mutex_lock(&ws_lock);
+		late = t->cancel_asked && status != 0 && status != 499;
+		pthread_mutex_unlock(&ws_lock);
+		if (late)
+			ws_error(c, 409, NULL, "cancel: no turn is running "
+			    "(the last one had already ended)");
 
 		/* The socket's next turn may run now. */
 		pthread_mutex_lock(&ws_lock);
@@ -349,6 +359,7 @@ ws_cancel(struct wsconn *c)
 	if (had) {
 		close(t->cancel_w);
 		t->cancel_w = -1;
+		t->cancel_asked = 1;
 	}
 	pthread_mutex_unlock(&ws_lock);
 	if (!had)

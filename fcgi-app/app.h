@@ -28,12 +28,15 @@
  *   metrics.c	 /metrics (Prometheus)
  *   usage.c	 usage records, batched off the request path
  *   wsauth.c	 the WebSocket upgrade's key check (nginx auth_request)
+ *   front.c	 start-up, signals and threads of the two front ends
  *
  * ws.c is the WebSocket front end (ccgate-ws), fcgi.c the FastCGI one.
  */
 #ifndef CCGATE_APP_H
 #define CCGATE_APP_H
 
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -89,6 +92,12 @@ extern struct app_config	*appconf;
 
 struct app_config	*appconf_load(const char *, char **);
 void			 appconf_free(struct app_config *);
+
+/* front.c: what ccgate-fcgi and ccgate-ws share around their transport. */
+int		 front_start(const char *, int, char **, sigset_t *);
+void		 front_socket_perms(const char *);
+pthread_t	*front_threads(long, void *(*)(void *));
+void		 front_wait_stop(sigset_t *);
 
 /* A UTC DATETIME column as ISO 8601 text, and that text's format. */
 #define SQL_ISO_FORMAT	"'%Y-%m-%dT%H:%i:%sZ'"

@@ -13,17 +13,13 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <errno.h>
-#include <grp.h>
 #include <pthread.h>
-#include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include <fcgiapp.h>
 #include <mysql.h>
-#include <sodium.h>
 
 #include "app.h"
 #include "log.h"
@@ -61,7 +57,6 @@ worker_main(void *arg)
 static int
 open_listener(void)
 {
-	struct group	*gr;
 	mode_t		 old;
 	int		 fd;
 
@@ -72,107 +67,28 @@ open_listener(void)
 	umask(old);
 	if (fd < 0)
 		fatalx("cannot listen on %s", appconf->listen);
-	if (appconf->listen_group != NULL) {
-		if ((gr = getgrnam(appconf->listen_group)) == NULL)
-			fatalx("unknown group %s", appconf->listen_group);
-		if (chown(appconf->listen, (uid_t)-1, gr->gr_gid) == -1)
-			fatal("chown %s", appconf->listen);
-	}
-	if (chmod(appconf->listen, (mode_t)appconf->listen_mode) == -1)
-		fatal("chmod %s", appconf->listen);
+	front_socket_perms(appconf->listen);
 	return (fd);
-}
-
-/* Print usage and exit. */
-static void __attribute__((noreturn))
-usage(void)
-{
-	fprintf(stderr, "usage: ccgate-fcgi [-nv] [-f config]\n");
-	exit(2);
 }
 
 int
 main(int argc, char **argv)
 {
-	const char	*path = SYSCONFDIR "/ccgate/ccgate.conf";
-	pthread_attr_t	 attr;
 	pthread_t	*threads;
 	sigset_t	 set;
-	char		*cause = NULL;
-	int		 ch, sig, check = 0, verbose = 0;
 	long		 i, n;
 
-	while ((ch = getopt(argc, argv, "f:nv")) != -1) {
-		switch (ch) {
-		case 'f':
-			path = optarg;
-			break;
-		case 'n':
-			check = 1;
-			break;
-		case 'v':
-			verbose++;
-			break;
-		default:
-			usage();
-		}
-	}
-	if (optind != argc)
-		usage();
-	log_init("ccgate-fcgi", verbose);
-	if (sodium_init() < 0)
-		fatalx("libsodium cannot be initialised");
-	if ((appconf = appconf_load(path, &cause)) == NULL)
-		fatalx("%s", cause);
-	if (!appconf->have_secret)
-		fatalx("no key secret at %s", appconf->key_secret_file);
-	if (check) {
-		printf("configuration OK\n");
-		appconf_free(appconf);
-		return (0);
-	}
-	if (appconf->verbose > verbose)
-		log_setverbose((int)appconf->verbose);
-	if (mysql_library_init(0, NULL, NULL) != 0)
-		fatalx("mysql_library_init failed");
+	(void)front_start("ccgate-fcgi", argc, argv, &set);
 	if (FCGX_Init() != 0)
 		fatalx("FCGX_Init failed");
-
-	/* Every thread inherits this mask; only sigwait below sees these. */
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
-		fatalx("pthread_sigmask");
-	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
-		fatal("signal");
 
 	usage_start();
 	listen_fd = open_listener();
 	n = appconf->threads;
-	if ((threads = calloc((size_t)n, sizeof *threads)) == NULL)
-		fatal("calloc");
-	if (pthread_attr_init(&attr) != 0 ||
-	    pthread_attr_setstacksize(&attr, 512 * 1024) != 0)
-		fatalx("pthread_attr");
-	for (i = 0; i < n; i++) {
-		if (pthread_create(&threads[i], &attr, worker_main, NULL) != 0)
-			fatalx("pthread_create");
-	}
-	pthread_attr_destroy(&attr);
+	threads = front_threads(n, worker_main);
 	log_info("listening on %s with %ld threads", appconf->listen, n);
 
-	for (;;) {
-		if (sigwait(&set, &sig) != 0)
-			continue;
-		if (sig == SIGHUP) {
-			log_info("SIGHUP: nothing to reload; restart to apply "
-			    "configuration changes");
-			continue;
-		}
-		break;
-	}
+	front_wait_stop(&set);
 	log_info("stopping: finishing requests in progress");
 	stopping = 1;
 	if (shutdown(listen_fd, SHUT_RDWR) == -1)

@@ -32,7 +32,6 @@
 #include <sys/stat.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -43,7 +42,6 @@
 
 #include <libwebsockets.h>
 #include <mysql.h>
-#include <sodium.h>
 
 #include "app.h"
 #include "log.h"
@@ -681,22 +679,6 @@ ws_lws_log(int level, const char *line)
 		log_info("libwebsockets: %.*s", (int)n, line);
 }
 
-/* Give the listening socket the configured mode and group. */
-static void
-ws_socket_perms(void)
-{
-	struct group	*gr;
-
-	if (appconf->listen_group != NULL) {
-		if ((gr = getgrnam(appconf->listen_group)) == NULL)
-			fatalx("unknown group %s", appconf->listen_group);
-		if (chown(appconf->ws_listen, (uid_t)-1, gr->gr_gid) == -1)
-			fatal("chown %s", appconf->ws_listen);
-	}
-	if (chmod(appconf->ws_listen, (mode_t)appconf->listen_mode) == -1)
-		fatal("chmod %s", appconf->ws_listen);
-}
-
 /* Wait for SIGTERM, then drain: no new turns, close sockets as they end. */
 static void *
 ws_signals(void *arg)
@@ -704,18 +686,8 @@ ws_signals(void *arg)
 	const struct timespec	 tick = { 0, 200 * 1000000L };
 	sigset_t		*set = arg;
 	uint64_t		 deadline;
-	int			 sig;
 
-	for (;;) {
-		if (sigwait(set, &sig) != 0)
-			continue;
-		if (sig == SIGHUP) {
-			log_info("SIGHUP: nothing to reload; restart to apply "
-			    "configuration changes");
-			continue;
-		}
-		break;
-	}
+	front_wait_stop(set);
 	log_info("stopping: finishing turns in progress");
 	pthread_mutex_lock(&ws_lock);
 	ws_stopping = 1;
@@ -730,69 +702,18 @@ ws_signals(void *arg)
 	return (NULL);
 }
 
-static void __attribute__((noreturn))
-usage(void)
-{
-	fprintf(stderr, "usage: ccgate-ws [-nv] [-f config]\n");
-	exit(2);
-}
-
 int
 main(int argc, char **argv)
 {
 	struct lws_context_creation_info info;
 	struct wsconn	*c;
-	const char	*path = SYSCONFDIR "/ccgate/ccgate.conf";
-	pthread_attr_t	 attr;
 	pthread_t	*workers, sigthread;
 	sigset_t	 set;
 	mode_t		 old;
-	char		*cause = NULL;
-	int		 ch, check = 0, verbose = 0;
+	int		 verbose;
 	long		 i, n;
 
-	while ((ch = getopt(argc, argv, "f:nv")) != -1) {
-		switch (ch) {
-		case 'f':
-			path = optarg;
-			break;
-		case 'n':
-			check = 1;
-			break;
-		case 'v':
-			verbose++;
-			break;
-		default:
-			usage();
-		}
-	}
-	if (optind != argc)
-		usage();
-	log_init("ccgate-ws", verbose);
-	if (sodium_init() < 0)
-		fatalx("libsodium cannot be initialised");
-	if ((appconf = appconf_load(path, &cause)) == NULL)
-		fatalx("%s", cause);
-	if (!appconf->have_secret)
-		fatalx("no key secret at %s", appconf->key_secret_file);
-	if (check) {
-		printf("configuration OK\n");
-		appconf_free(appconf);
-		return (0);
-	}
-	if (appconf->verbose > verbose)
-		log_setverbose((int)appconf->verbose);
-	if (mysql_library_init(0, NULL, NULL) != 0)
-		fatalx("mysql_library_init failed");
-
-	sigemptyset(&set);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGHUP);
-	if (pthread_sigmask(SIG_BLOCK, &set, NULL) != 0)
-		fatalx("pthread_sigmask");
-	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
-		fatal("signal");
+	verbose = front_start("ccgate-ws", argc, argv, &set);
 
 	lws_set_log_level(LLL_ERR | (verbose > 0 ? LLL_WARN : 0), ws_lws_log);
 	memset(&info, 0, sizeof info);
@@ -813,21 +734,12 @@ main(int argc, char **argv)
 	umask(old);
 	if (ws_ctx == NULL)
 		fatalx("cannot listen on %s", appconf->ws_listen);
-	ws_socket_perms();
+	front_socket_perms(appconf->ws_listen);
 
 	n = appconf->ws_threads;
-	if ((workers = calloc((size_t)n, sizeof *workers)) == NULL)
-		fatal("calloc");
-	if (pthread_attr_init(&attr) != 0 ||
-	    pthread_attr_setstacksize(&attr, 512 * 1024) != 0)
-		fatalx("pthread_attr");
-	for (i = 0; i < n; i++) {
-		if (pthread_create(&workers[i], &attr, ws_worker, NULL) != 0)
-			fatalx("pthread_create");
-	}
+	workers = front_threads(n, ws_worker);
 	if (pthread_create(&sigthread, NULL, ws_signals, &set) != 0)
 		fatalx("pthread_create");
-	pthread_attr_destroy(&attr);
 	log_info("listening on %s with %ld threads", appconf->ws_listen, n);
 
 	while (!ws_done) {

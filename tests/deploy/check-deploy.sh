@@ -73,14 +73,18 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
     RATE_PER_KEY=20r/s BURST_PER_KEY=40 CONN_PER_IP=200 READ_TIMEOUT=660s
 user=""
 [ "$(id -u)" = 0 ] && user="user root root;"
-"$src/deploy/render" "$src/nginx/nginx-standalone.conf.in" "$tmp/nginx.conf" \
-    "USER_LINE=$user" "VAR_DIR=$tmp/nginx" "DAEMON_LINE=daemon off;" \
-    "SITE_CONF=$tmp/site.conf"
-if out=$(nginx -t -p "$tmp/nginx" -c "$tmp/nginx.conf" 2>&1); then
-    ok "nginx -t"
-else
-    bad "nginx -t: $out"
-fi
+# nginx_t NAME SITE: `nginx -t` on SITE wrapped in the standalone nginx.conf.
+nginx_t() {
+    "$src/deploy/render" "$src/nginx/nginx-standalone.conf.in" "$tmp/$1-nginx.conf" \
+        "USER_LINE=$user" "VAR_DIR=$tmp/nginx" "DAEMON_LINE=daemon off;" \
+        "SITE_CONF=$2"
+    if out=$(nginx -t -p "$tmp/nginx" -c "$tmp/$1-nginx.conf" 2>&1); then
+        ok "nginx -t ($1)"
+    else
+        bad "nginx -t ($1): $out"
+    fi
+}
+nginx_t site "$tmp/site.conf"
 
 # And on the front template of docs/scaling.md.
 echo "server 127.0.0.1:1 max_fails=1 fail_timeout=10s;" > "$tmp/nodes.conf"
@@ -88,14 +92,7 @@ echo "server 127.0.0.1:1 max_fails=1 fail_timeout=10s;" > "$tmp/nodes.conf"
     LISTEN=127.0.0.1:2 "TLS_CERT=$tmp/tls.crt" "TLS_KEY=$tmp/tls.key" \
     MAX_BODY=2m "NODES_CONF=$tmp/nodes.conf" "NODES_CA=$tmp/tls.crt" \
     NODES_TLS_NAME=127.0.0.1 READ_TIMEOUT=660s
-"$src/deploy/render" "$src/nginx/nginx-standalone.conf.in" "$tmp/front-nginx.conf" \
-    "USER_LINE=$user" "VAR_DIR=$tmp/nginx" "DAEMON_LINE=daemon off;" \
-    "SITE_CONF=$tmp/front.conf"
-if out=$(nginx -t -p "$tmp/nginx" -c "$tmp/front-nginx.conf" 2>&1); then
-    ok "nginx -t (front)"
-else
-    bad "nginx -t (front): $out"
-fi
+nginx_t front "$tmp/front.conf"
 
 echo "$passed passed, $failed failed, 0 skipped"
 [ "$failed" = 0 ]

@@ -119,6 +119,9 @@ class PoolTest(unittest.TestCase):
 
 class Sizing(PoolTest):
     def test_warm_set_refilled_and_max_never_exceeded(self):
+        # The fourth job waits for one of the first three, each a spawn
+        # and a 1.5 s turn: several seconds under ASan on a busy host.
+        stack.reconfigure(queue_max_wait_ms=15000)
         wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
                  "one warm process")
         # Four slow conversations of four tenants on max_instances=3.

@@ -2,9 +2,12 @@
  * ccgate-fcgi: the FastCGI application.  A fixed set of worker threads
  * accept requests on one unix socket (mode 0660, for nginx's group only:
  * Debian 12's libfcgi is not fully patched for CVE-2025-23016, so nobody
- * else may write to it).  One thread waits for signals; on SIGTERM it
- * shuts the listening socket down so that workers finish what they hold
- * and return.
+ * else may write to it).  The socket is either its own or one systemd
+ * passes (socket activation, ccgate-fcgi.socket): then connections made
+ * while the service restarts wait in the socket's backlog for the next
+ * process instead of failing.  One thread waits for signals; on SIGTERM
+ * the workers stop accepting, finish what they hold and return, leaving
+ * whatever is still in the backlog to the next process.
  *
  * Usage: ccgate-fcgi [-nv] [-f config]
  */
@@ -13,6 +16,8 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,14 +25,48 @@
 
 #include <fcgiapp.h>
 #include <mysql.h>
+#include <systemd/sd-daemon.h>
 
 #include "app.h"
 #include "log.h"
 #include "request.h"
 
 static int		listen_fd = -1;
-static volatile int	stopping;
+static int		listen_inherited;	/* systemd's: leave it be */
+static int		stop_pipe[2] = { -1, -1 };	/* readable: stop */
 static pthread_mutex_t	accept_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/*
+ * Wait until a connection is there, then accept it.  Returns -1 once the
+ * stop pipe is readable: the listening socket is left as it is, so that
+ * connections not yet accepted stay for the next process.
+ */
+static int
+worker_accept(FCGX_Request *fx)
+{
+	struct pollfd	pfd[2];
+
+	pfd[0].fd = stop_pipe[0];
+	pfd[0].events = POLLIN;
+	pfd[1].fd = listen_fd;
+	pfd[1].events = POLLIN;
+	for (;;) {
+		if (poll(pfd, 2, -1) == -1) {
+			if (errno == EINTR)
+				continue;
+			log_warn("poll");
+			return (-1);
+		}
+		if (pfd[0].revents != 0)
+			return (-1);
+		if (pfd[1].revents & POLLIN)
+			return (FCGX_Accept_r(fx));
+		if (pfd[1].revents != 0) {
+			log_warnx("listening socket failed");
+			return (-1);
+		}
+	}
+}
 
 /* A worker: accept and handle requests until shutdown. */
 static void *
@@ -40,9 +79,9 @@ worker_main(void *arg)
 		log_warnx("FCGX_InitRequest failed");
 		return (NULL);
 	}
-	while (!stopping) {
+	for (;;) {
 		pthread_mutex_lock(&accept_lock);
-		rc = stopping ? -1 : FCGX_Accept_r(&fx);
+		rc = worker_accept(&fx);
 		pthread_mutex_unlock(&accept_lock);
 		if (rc < 0)
 			break;
@@ -53,12 +92,29 @@ worker_main(void *arg)
 	return (NULL);
 }
 
-/* Create the listening socket with the configured mode and group. */
+/*
+ * The listening socket: the one systemd passes (sd_listen_fds(3)), which
+ * its socket unit made with its own mode and group, else a new one at
+ * appconf->listen with the configured mode and group.
+ */
 static int
 open_listener(void)
 {
 	mode_t		 old;
-	int		 fd;
+	int		 fd, n;
+
+	if ((n = sd_listen_fds(1)) < 0)
+		fatalx("sd_listen_fds: %s", strerror(-n));
+	if (n > 1)
+		fatalx("systemd passed %d sockets; ccgate-fcgi takes one", n);
+	if (n == 1) {
+		fd = SD_LISTEN_FDS_START;
+		if (sd_is_socket_unix(fd, SOCK_STREAM, 1, NULL, 0) <= 0)
+			fatalx("the socket systemd passed is not a listening "
+			    "unix stream socket");
+		listen_inherited = 1;
+		return (fd);
+	}
 
 	if (unlink(appconf->listen) == -1 && errno != ENOENT)
 		fatal("unlink %s", appconf->listen);
@@ -77,28 +133,36 @@ main(int argc, char **argv)
 	pthread_t	*threads;
 	sigset_t	 set;
 	long		 i, n;
+	int		 rc;
 
 	(void)front_start("ccgate-fcgi", argc, argv, &set);
 	if (FCGX_Init() != 0)
 		fatalx("FCGX_Init failed");
 
 	usage_start();
+	if (pipe2(stop_pipe, O_CLOEXEC) == -1)
+		fatal("pipe2");
 	listen_fd = open_listener();
 	n = appconf->threads;
 	threads = front_threads(n, worker_main);
-	log_info("listening on %s with %ld threads", appconf->listen, n);
+	log_info("listening on %s with %ld threads", listen_inherited ?
+	    "the socket systemd passed" : appconf->listen, n);
+	if ((rc = sd_notify(0, "READY=1")) < 0)
+		log_warnx("sd_notify: %s", strerror(-rc));
 
 	front_wait_stop(&set);
 	log_info("stopping: finishing requests in progress");
-	stopping = 1;
-	if (shutdown(listen_fd, SHUT_RDWR) == -1)
-		log_warn("shutdown listener");
-	if (unlink(appconf->listen) == -1)
+	(void)sd_notify(0, "STOPPING=1");
+	if (write(stop_pipe[1], "", 1) != 1)
+		fatal("write stop pipe");
+	if (!listen_inherited && unlink(appconf->listen) == -1)
 		log_warn("unlink %s", appconf->listen);
 	for (i = 0; i < n; i++)
 		pthread_join(threads[i], NULL);
 	usage_stop();
 	close(listen_fd);
+	close(stop_pipe[0]);
+	close(stop_pipe[1]);
 	free(threads);
 	mysql_library_end();
 	appconf_free(appconf);

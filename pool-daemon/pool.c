@@ -749,7 +749,11 @@ pool_proc_gone(struct proc *p)
 	if (job != NULL) {
 		job->proc = NULL;
 		p->job = NULL;
-		if (job->origin == ORIGIN_RESUMED && job->textlen == 0 &&
+		if (poold->stopping && util_now_ms() >= poold->stop_deadline) {
+			/* Killed by the stop: the client may try again. */
+			pool_fail(job, PROTO_E_SHUTTING_DOWN, "the pool stopped "
+			    "before the turn finished; retry shortly");
+		} else if (job->origin == ORIGIN_RESUMED && job->textlen == 0 &&
 		    strstr(p->errtail, "No conversation found") != NULL) {
 			pool_fail(job, PROTO_E_RESUME_FAILED,
 			    "the CLI session could not be resumed");

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The deployment files as an operator installs them: the systemd units
 # pass `systemd-analyze verify` (with ExecStart pointing at this build's
-# programs), tmpfiles.d and sysusers.d parse, and nginx accepts the site
-# template rendered as the quick start renders it (`nginx -t`).
+# programs), tmpfiles.d, sysusers.d and logrotate.d parse, and nginx
+# accepts the site template rendered as the quick start renders it
+# (`nginx -t`).
 set -eu
 src=${CCGATE_SRCDIR:?}
 build=${CCGATE_BUILDDIR:?}
@@ -15,13 +16,16 @@ bad() { failed=$((failed + 1)); echo "FAILED: $*"; }
 subst() {
     sed -e "s|@SBINDIR@|$build|g" -e "s|@SYSCONFDIR@|$tmp/etc|g" \
         -e "s|@RUNDIR@|$tmp/run|g" -e "s|@STATEDIR@|$tmp/state|g" \
+        -e "s|@LOGDIR@|$tmp/log|g" -e "s|@NGINX_PID@|$tmp/nginx.pid|g" \
         -e "s|@DOCDIR@|$src/docs|g" "$1" > "$2"
 }
 
 mkdir -p "$tmp/units" "$tmp/etc/ccgate" "$tmp/run" "$tmp/state"
+subst "$src/deploy/systemd/ccgate-fcgi.socket.in" "$tmp/units/ccgate-fcgi.socket"
 for u in ccgate-poold ccgate-fcgi ccgate-ws; do
     subst "$src/deploy/systemd/$u.service.in" "$tmp/units/$u.service"
-    if out=$(systemd-analyze verify --man=no "$tmp/units/$u.service" 2>&1) &&
+    if out=$(cd "$tmp/units" &&
+             systemd-analyze verify --man=no "$u.service" 2>&1) &&
        [ -z "$out" ]; then
         ok "systemd-analyze verify $u.service"
     else
@@ -35,18 +39,31 @@ for u in ccgate-poold ccgate-fcgi ccgate-ws; do
     grep -q '^RestrictAddressFamilies=' "$tmp/units/$u.service" ||
         bad "$u.service lacks RestrictAddressFamilies"
 done
+if out=$(cd "$tmp/units" &&
+         systemd-analyze verify --man=no ccgate-fcgi.socket 2>&1) &&
+   [ -z "$out" ]; then
+    ok "systemd-analyze verify ccgate-fcgi.socket"
+else
+    bad "systemd-analyze verify ccgate-fcgi.socket: $out"
+fi
+grep -q "^ListenStream=$tmp/run/fcgi.sock\$" "$tmp/units/ccgate-fcgi.socket" ||
+    bad "ccgate-fcgi.socket does not listen where ccgate.conf.sample says"
+grep -q '^listen = /run/ccgate/fcgi.sock$' "$src/deploy/ccgate.conf.sample" ||
+    bad "ccgate.conf.sample's listen is not the socket unit's"
 # What `make` generated for installation has every placeholder filled.
 for f in "$build/deploy/systemd/ccgate-poold.service" \
+         "$build/deploy/systemd/ccgate-fcgi.socket" \
          "$build/deploy/systemd/ccgate-fcgi.service" \
          "$build/deploy/systemd/ccgate-ws.service" \
-         "$build/deploy/systemd/tmpfiles.d/ccgate.conf"; do
+         "$build/deploy/systemd/tmpfiles.d/ccgate.conf" \
+         "$build/deploy/logrotate/ccgate"; do
     if [ -f "$f" ] && ! grep -n '@[A-Z]*@' "$f"; then
         ok "$(basename "$f") generated"
     else
         bad "$f: missing or with a placeholder left"
     fi
 done
-subst "$src/deploy/systemd/ccgate.tmpfiles.in" "$tmp/tmpfiles.conf"
+subst "$src/deploy/systemd/tmpfiles.d/ccgate.conf.in" "$tmp/tmpfiles.conf"
 if systemd-tmpfiles --dry-run --create "$tmp/tmpfiles.conf" >/dev/null 2>&1 ||
    systemd-tmpfiles --create --prefix="$tmp/nothing" "$tmp/tmpfiles.conf" >/dev/null 2>&1; then
     ok "tmpfiles.d parses"
@@ -60,6 +77,14 @@ else
     bad "sysusers.d: $(systemd-sysusers --root="$tmp/root" "$src/deploy/systemd/sysusers.d/ccgate.conf" 2>&1)"
 fi
 
+mkdir -p "$tmp/log"
+subst "$src/deploy/logrotate/ccgate.in" "$tmp/logrotate.conf"
+if out=$(logrotate -d -s "$tmp/logrotate.state" "$tmp/logrotate.conf" 2>&1) &&
+   ! printf '%s\n' "$out" | grep -qi 'error'; then
+    ok "logrotate parses"
+else
+    bad "logrotate: $out"
+fi
 # nginx -t on the site template, rendered as the quick start does.
 mkdir -p "$tmp/nginx"
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
@@ -70,7 +95,8 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
     "WS_SOCKET=$tmp/run/ws.sock" \
     "ADMIN_UI_DIR=$src/admin-ui" "ADMIN_UI_CONF=$src/nginx/admin-ui.conf" \
     "EDGE_DIR=$src/nginx/edge" RATE_PER_IP=50r/s BURST_PER_IP=100 \
-    RATE_PER_KEY=20r/s BURST_PER_KEY=40 CONN_PER_IP=200 READ_TIMEOUT=660s
+    RATE_PER_KEY=20r/s BURST_PER_KEY=40 CONN_PER_IP=200 READ_TIMEOUT=660s \
+    "ACCESS_LOG=$tmp/nginx/access.log"
 user=""
 [ "$(id -u)" = 0 ] && user="user root root;"
 # nginx_t NAME SITE: `nginx -t` on SITE wrapped in the standalone nginx.conf.

@@ -89,6 +89,7 @@ class Stack:
         self.procs = {}
         self.keys = {}
         self.port = None
+        self.fcgi_socket = None     # held as systemd's ccgate-fcgi.socket
 
     # -- start and stop -------------------------------------------------
 
@@ -217,13 +218,39 @@ class Stack:
                          self.path("ccgate.conf"), "migrate"])
         self.migrate_output = out.stdout
 
-    def start_fcgi(self):
+    def start_fcgi(self, activated=False):
+        """Start ccgate-fcgi.  activated: as systemd's ccgate-fcgi.socket
+        does, this process holds the listening socket and passes it
+        (LISTEN_FDS, fd 3), so that it outlives the service's restarts."""
         log = open(self.path("fcgi.log"), "a")
+        argv = [self.bin("ccgate-fcgi"), "-v", "-f", self.path("ccgate.conf")]
+        if not activated:
+            self.procs["fcgi"] = subprocess.Popen(argv, stdout=log,
+                                                  stderr=log)
+            wait_for(lambda: os.path.exists(self.path("run", "fcgi.sock")),
+                     10, "ccgate-fcgi")
+            return
+        if self.fcgi_socket is None:
+            self.fcgi_socket = socket.socket(socket.AF_UNIX)
+            self.fcgi_socket.bind(self.path("run", "fcgi.sock"))
+            self.fcgi_socket.listen(1024)
+        fd = self.fcgi_socket.fileno()
+        ready = self._log_count("fcgi.log", "the socket systemd passed")
         self.procs["fcgi"] = subprocess.Popen(
-            [self.bin("ccgate-fcgi"), "-v", "-f", self.path("ccgate.conf")],
-            stdout=log, stderr=log)
-        wait_for(lambda: os.path.exists(self.path("run", "fcgi.sock")), 10,
-                 "ccgate-fcgi")
+            ["sh", "-c", 'export LISTEN_PID=$$; exec "$@"', "sh"] + argv,
+            stdout=log, stderr=log, pass_fds=(fd, 3),
+            env=dict(os.environ, LISTEN_FDS="1"),
+            preexec_fn=lambda: os.dup2(fd, 3))
+        wait_for(lambda: self._log_count("fcgi.log",
+                                         "the socket systemd passed") > ready,
+                 10, "ccgate-fcgi on the passed socket")
+
+    def _log_count(self, name, text):
+        try:
+            with open(self.path(name), errors="replace") as f:
+                return f.read().count(text)
+        except FileNotFoundError:
+            return 0
 
     def start_ws(self):
         log = open(self.path("ws.log"), "a")
@@ -243,6 +270,7 @@ class Stack:
                         "-out", self.path("tls.crt")],
                        check=True, capture_output=True)
         render = os.path.join(SRCDIR, "deploy", "render")
+        os.makedirs(self.path("log"), exist_ok=True)
         edge = self.path("edge")
         shutil.copytree(os.path.join(SRCDIR, "nginx", "edge"), edge)
         for fname, text in self.edge_files.items():
@@ -260,7 +288,8 @@ class Stack:
                    "ADMIN_UI_DIR=" + os.path.join(SRCDIR, "admin-ui"),
                    "ADMIN_UI_CONF=" + os.path.join(
                        SRCDIR, "nginx", "admin-ui.conf"),
-                   "EDGE_DIR=" + edge, "READ_TIMEOUT=660s"] +
+                   "EDGE_DIR=" + edge, "READ_TIMEOUT=660s",
+                   "ACCESS_LOG=" + self.path("log", "access.log")] +
                   ["%s=%s" % kv for kv in self.nginx_opts.items()])
         user = "user root root;" if os.geteuid() == 0 else ""
         self._run([render, os.path.join(SRCDIR, "nginx",
@@ -304,6 +333,9 @@ class Stack:
             except AssertionError:
                 if check:
                     raise
+        if self.fcgi_socket is not None:
+            self.fcgi_socket.close()
+            os.unlink(self.path("run", "fcgi.sock"))
         if self.share_with is None:
             subprocess.run([os.path.join(SRCDIR, "deploy",
                                          "mariadb-private"),

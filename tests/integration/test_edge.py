@@ -2,17 +2,19 @@
 """nginx at the edge, with the template's real limits: per-address and
 per-key request rates and per-address connections answered 429 in JSON,
 the API and admin allowlists, the client address taken from trusted
-proxies only, and HSTS."""
+proxies only, HSTS, and the JSON access log with its logrotate script."""
 
 import concurrent.futures
+import gzip
 import json
 import os
+import subprocess
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, main  # noqa: E402
+from harness import SRCDIR, Stack, wait_for, main  # noqa: E402
 
 stack = None
 PW = "edge admin password"
@@ -153,6 +155,64 @@ class Allowlists(unittest.TestCase):
             _, headers, _ = get(path, source="127.0.0.1")
             self.assertEqual(headers.get("strict-transport-security"),
                              "max-age=63072000", path)
+
+
+class AccessLog(unittest.TestCase):
+    def lines(self, name="access.log"):
+        path = stack.path("log", name)
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt") as f:
+            return [json.loads(line) for line in f]
+
+    def request_ids(self, name="access.log"):
+        return [e["request_id"] for e in self.lines(name)]
+
+    def logged(self, key):
+        _, headers, _ = get("/api/models", source="127.0.0.4",
+                            headers={"Authorization": "Bearer " + key})
+        rid = headers["x-request-id"]
+        wait_for(lambda: rid in self.request_ids(), 5, "the log line")
+        return rid
+
+    def rotate(self):
+        conf = stack.path("logrotate.conf")
+        subprocess.run([os.path.join(SRCDIR, "deploy", "render"),
+                        os.path.join(SRCDIR, "deploy", "logrotate",
+                                     "ccgate.in"), conf,
+                        "LOGDIR=" + stack.path("log"),
+                        "NGINX_PID=" + stack.path("nginx-tmp", "nginx.pid")],
+                       check=True)
+        r = subprocess.run(["logrotate", "-f", "-s",
+                            stack.path("logrotate.state"), conf],
+                           capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_json_lines_rotated_and_reopened(self):
+        key = stack.create_key("edge-log")
+        rid = self.logged(key)
+        e = [x for x in self.lines() if x["request_id"] == rid][0]
+        self.assertEqual((e["status"], e["method"], e["uri"],
+                          e["remote_addr"]),
+                         (200, "GET", "/api/models", "127.0.0.4"))
+        self.assertEqual(e["key_id"], key.split("_")[1])
+        self.assertIsInstance(e["request_time"], float)
+        self.assertIsInstance(e["body_bytes_sent"], int)
+        # The key's public id is there; its secret is nowhere.
+        with open(stack.path("log", "access.log")) as f:
+            self.assertNotIn(key.split("_", 2)[2], f.read())
+
+        # Rotated: the old lines move to access.log.1 and nginx, told by
+        # the script's postrotate, writes the next ones to a new file.
+        self.rotate()
+        self.assertIn(rid, self.request_ids("access.log.1"))
+        time.sleep(1.1)                 # the per-key rate: 1 r/s
+        rid2 = self.logged(key)
+        self.assertNotIn(rid, self.request_ids())
+        self.assertNotIn(rid2, self.request_ids("access.log.1"))
+        # One rotation later the older file is compressed.
+        self.rotate()
+        self.assertIn(rid, self.request_ids("access.log.2.gz"))
+        self.assertIn(rid2, self.request_ids("access.log.1"))
 
 
 if __name__ == "__main__":

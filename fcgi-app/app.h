@@ -232,6 +232,7 @@ struct route {
 
 void		 route_match(const char *, const char *, struct route *);
 const char	*route_name(enum route_id);
+const char	*route_query(const char *, const char *, char *, size_t);
 
 /* request.c: one request over FastCGI; owns what it allocates. */
 struct request;
@@ -307,6 +308,7 @@ struct conversation {
 	char	 cli_session_id[UUID_LEN + 1];
 	char	 created_at[32];
 	char	 history_hash[65];
+	int	 fresh;		/* made by this request: nothing stored yet */
 };
 
 int		 conv_load(struct db *, const char *, const char *,
@@ -314,6 +316,7 @@ int		 conv_load(struct db *, const char *, const char *,
 int		 conv_insert(struct db *, const struct apikey *, const char *,
 		     const char *, const char *, struct conversation *);
 void		 conv_clear(struct conversation *);
+int		 conv_forget_session(struct db *, struct conversation *);
 int		 conv_add_message(struct db *, const char *, const char *,
 		     const char *, const char *, long long, long long,
 		     double);

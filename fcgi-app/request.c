@@ -90,54 +90,14 @@ req_id(struct request *r)
 	return (r->id);
 }
 
-/* Value of a hex digit, or -1. */
-static int
-req_hex(char c)
-{
-	if (c >= '0' && c <= '9')
-		return (c - '0');
-	if (c >= 'a' && c <= 'f')
-		return (c - 'a' + 10);
-	if (c >= 'A' && c <= 'F')
-		return (c - 'A' + 10);
-	return (-1);
-}
-
 /*
  * The first value of query parameter name, percent-decoded into buf, or
- * NULL if absent (or too long for buf, or holding a NUL).
+ * NULL if absent, too long or holding a NUL.
  */
 const char *
 req_query(struct request *r, const char *name, char *buf, size_t len)
 {
-	const char	*q = req_param(r, "QUERY_STRING"), *p, *end;
-	size_t		 nlen = strlen(name), o;
-	int		 hi, lo;
-
-	for (p = q; p != NULL && *p != '\0'; p = *end ? end + 1 : end) {
-		end = p + strcspn(p, "&");
-		if ((size_t)(end - p) <= nlen || strncmp(p, name, nlen) != 0 ||
-		    p[nlen] != '=')
-			continue;
-		for (p += nlen + 1, o = 0; p < end; p++) {
-			char	c = *p;
-
-			if (c == '+')
-				c = ' ';
-			else if (c == '%' && end - p >= 3 &&
-			    (hi = req_hex(p[1])) >= 0 &&
-			    (lo = req_hex(p[2])) >= 0) {
-				c = (char)(hi << 4 | lo);
-				p += 2;
-			}
-			if (c == '\0' || o + 1 >= len)
-				return (NULL);
-			buf[o++] = c;
-		}
-		buf[o] = '\0';
-		return (buf);
-	}
-	return (NULL);
+	return (route_query(req_param(r, "QUERY_STRING"), name, buf, len));
 }
 
 /* The matched route. */

@@ -232,8 +232,8 @@ chat_run(struct turn *t)
 
 /*
  * The message that primes a new CLI session with a conversation's stored
- * history (all messages but the last, which is the new turn).  Keeps the
- * most recent turns that fit in CHAT_PRIME_MAX.
+ * history (all messages but the last, which is the new turn), or NULL if
+ * there is none.  Keeps the most recent turns that fit in CHAT_PRIME_MAX.
  */
 static char *
 chat_prime(struct db *db, struct turn *t)
@@ -247,6 +247,10 @@ chat_prime(struct db *db, struct turn *t)
 	if (db_run(db, &res, NULL, "SELECT role, content FROM messages WHERE "
 	    "conversation_id = ? ORDER BY id", "s", t->conv->id) != 0)
 		return (NULL);
+	if (res->nrows < 2) {		/* nothing before the new message */
+		db_res_free(res);
+		return (NULL);
+	}
 	start = res->nrows > 0 ? res->nrows - 1 : 0;
 	while (start > 0 && total + res->lens[(start - 1) * 2 + 1] + 32 <
 	    CHAT_PRIME_MAX) {
@@ -421,6 +425,9 @@ chat_finish_error(struct db *db, struct turn *t, enum turn_end end)
 	    "assistant", t->partial, req_id(t->r), 0, 0, 0.0) != 0)
 		log_warnx("request %s: partial answer not stored",
 		    req_id(t->r));
+	if (conv_forget_session(db, t->conv) != 0)
+		log_warnx("request %s: conversation %s keeps its CLI session",
+		    req_id(t->r), t->conv->id);
 	if (end == TURN_GONE) {
 		/* A WebSocket is still there after a cancel: tell it. */
 		if (req_sent(t->r))
@@ -475,7 +482,13 @@ chat_turn_run(struct turn *t)
 		    "shortly");
 		return;
 	}
-	if (t->prime && (primed = chat_prime(db, t)) != NULL) {
+	/*
+	 * A new session (or none to resume after a failed turn) for a
+	 * conversation with stored messages starts from those messages.
+	 */
+	if ((t->prime || (!t->conv->fresh &&
+	    t->conv->cli_session_id[0] == '\0')) &&
+	    (primed = chat_prime(db, t)) != NULL) {
 		t->send = primed;
 		t->resume = 0;
 	}

@@ -116,6 +116,7 @@ conv_insert(struct db *db, const struct apikey *key, const char *model,
 	    "ssssssss", c->id, c->tenant, key->id, c->title, c->model,
 	    c->system_prompt, appconf->node, c->history_hash) != 0)
 		goto fail;
+	c->fresh = 1;
 	return (0);
 fail:
 	conv_clear(c);
@@ -147,6 +148,20 @@ conv_set_session(struct db *db, const char *conv_id, const char *session_id,
 	    "UPDATE conversations SET cli_session_id = ?, node = ?, "
 	    "history_hash = ?, updated_at = UTC_TIMESTAMP(3) WHERE id = ?",
 	    "ssss", session_id, appconf->node, history_hash, conv_id));
+}
+
+/*
+ * Stop trusting the conversation's CLI session: a turn failed after its
+ * message was stored, so the session may hold less (or more) than the
+ * stored messages.  The next turn primes a new session from them.
+ */
+int
+conv_forget_session(struct db *db, struct conversation *c)
+{
+	c->cli_session_id[0] = '\0';
+	return (db_run(db, NULL, NULL, "UPDATE conversations SET "
+	    "cli_session_id = NULL, updated_at = UTC_TIMESTAMP(3) WHERE id = ?",
+	    "s", c->id));
 }
 
 /* The next link of a history hash: hex of H(prev || role || 0 || content). */

@@ -5,8 +5,11 @@ again (503 with Retry-After meanwhile, recovery without restarting
 ccgate, every request's usage row written once the database is back),
 ccgate-fcgi killed (nginx answers JSON 502, then recovery), ccgate-poold
 killed with SIGKILL (no CLI left, 503 at once, conversations intact once
-it is back), and an upstream that fails (the CLI's error reaches the
-client as 502)."""
+it is back), an upstream that fails (the CLI's error reaches the
+client as 502), a CLI killed mid-stream, a CLI whose upstream hangs until
+the stall timeout, an upstream dripping tokens for over a minute
+(heartbeats keep the stream alive), and clients that leave while queued
+or before the first token (the slot frees within a second)."""
 
 import json
 import os
@@ -25,7 +28,11 @@ stack = None
 def setUpModule():
     global stack
     # The CLI retries a failing upstream itself; once is enough here.
-    stack = Stack({"env.CLAUDE_CODE_MAX_RETRIES": "1"},
+    # Jobs may run two minutes: the slow drip takes more than one.
+    stack = Stack({"env.CLAUDE_CODE_MAX_RETRIES": "1",
+                   "job_timeout_ms": 120000},
+                  app_opts={"sse_heartbeat_ms": 5000,
+                            "job_timeout_ms": 120000},
                   name="faults").start()
 
 
@@ -188,6 +195,242 @@ class Upstream(unittest.TestCase):
         # The gateway is fine afterwards.
         self.assertEqual(stack.request("POST", "/api/chat", {
             "message": "after"}, key=key).status, 200)
+
+
+
+def open_stream(key, message, conversation=None, timeout=60):
+    """Start a native streamed chat: (connection, response)."""
+    body = {"message": message, "stream": True}
+    if conversation:
+        body["conversation_id"] = conversation
+    c = stack.conn(timeout)
+    c.request("POST", "/api/chat", body=json.dumps(body).encode(), headers={
+        "Authorization": "Bearer " + key,
+        "Content-Type": "application/json"})
+    return c, c.getresponse()
+
+
+def sse_lines(r):
+    """The lines of an SSE answer: ("data", object) or ("comment", text)."""
+    for line in r:
+        line = line.decode().rstrip("\n")
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield "data", json.loads(line[6:])
+        elif line.startswith(":"):
+            yield "comment", line
+
+
+def usage_row(rid):
+    """(status_code, output_tokens, error) of a request, once written."""
+    rows = []
+    wait_for(lambda: rows.extend(stack.sql(
+        "SELECT status_code, output_tokens, error FROM usage_logs "
+        "WHERE request_id = '%s'" % rid)) or rows, 10, "the usage row")
+    return rows[0]
+
+
+def stored(cid):
+    return stack.sql("SELECT role, content FROM messages WHERE "
+                     "conversation_id = '%s' ORDER BY id" % cid)
+
+
+def busy_pids():
+    return [p["pid"] for p in stack.stats()["processes"]
+            if p["state"] == "busy"]
+
+
+def group_gone(pgid):
+    """Whether no process is left in the CLI's process group."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def quiet_pool():
+    wait_for(lambda: not busy_pids() and
+             stack.stats()["queue_length"] == 0, 30, "an idle pool")
+
+
+class CliFaults(unittest.TestCase):
+    def setUp(self):
+        quiet_pool()
+
+    def test_cli_killed_mid_stream(self):
+        key = stack.create_key("cli-kill")
+        c, r = open_stream(key, "tell me a long story [[mock:drip=300]] "
+                           "[[mock:chunks=60]]")
+        rid = r.getheader("x-request-id")
+        cid = r.getheader("x-ccgate-conversation-id")
+        lines = sse_lines(r)
+        deltas = []
+        for kind, ev in lines:
+            if kind == "data" and ev["type"] == "delta":
+                deltas.append(ev["text"])
+                if len(deltas) == 3:
+                    break
+        [pid] = busy_pids()
+        os.kill(pid, 9)
+        rest = [ev for kind, ev in lines if kind == "data"]
+        c.close()
+        end = rest[-1]
+        self.assertEqual((end["type"], end["status"]), ("error", 502), rest)
+        self.assertIn("status 9", end["error"]["message"])
+        wait_for(lambda: group_gone(pid), 2, "the CLI's group to go")
+        wait_for(lambda: not busy_pids(), 1, "the slot to free")
+        status, _, error = usage_row(rid)
+        self.assertEqual(status, "502")
+        self.assertIn("status 9", error)
+        # The user's message and what the CLI said before it died.
+        got = stored(cid)
+        self.assertEqual([x[0] for x in got], ["user", "assistant"], got)
+        said = "".join(deltas) + "".join(
+            e["text"] for e in rest if e["type"] == "delta")
+        self.assertEqual(got[1][1], said)
+        # The conversation goes on with its context: the CLI's session
+        # may have lost the turn, so a new one is primed with what was
+        # stored, the partial answer included.
+        r = stack.request("POST", "/api/chat", {
+            "message": "and then?", "conversation_id": cid}, key=key)
+        self.assertEqual(r.status, 200, r)
+        last = [x for x in stack.mock_records()
+                if "and then?" in json.dumps(x["body"])][-1]
+        primed = texts_of(last)[-1][1]
+        self.assertIn("[user]\ntell me a long story", primed)
+        self.assertIn("[assistant]\n" + said, primed)
+
+    def test_hung_upstream_ends_at_the_stall_timeout(self):
+        key = stack.create_key("cli-hang")
+        opts = {k: stack.poold_opts[k] for k in
+                ("first_event_timeout_ms", "stall_timeout_ms")}
+        stack.reconfigure(first_event_timeout_ms=3000, stall_timeout_ms=3000)
+        try:
+            box = {}
+            t = threading.Thread(target=lambda: box.update(r=stack.request(
+                "POST", "/api/chat", {"message": "hello? [[mock:hang]]"},
+                key=key, timeout=60)))
+            t0 = time.time()
+            t.start()
+            wait_for(lambda: busy_pids(), 10, "the turn to run")
+            [pid] = busy_pids()
+            t.join(30)
+            took = time.time() - t0
+        finally:
+            stack.reconfigure(**opts)
+        r = box["r"]
+        self.assertEqual(r.status, 504, r)
+        self.assertEqual(r.json()["error"]["type"], "timeout_error")
+        self.assertLess(took, 15)
+        wait_for(lambda: group_gone(pid), 2, "the hung CLI's group to go")
+        wait_for(lambda: not busy_pids(), 1, "the slot to free")
+        self.assertEqual(usage_row(r.headers["x-request-id"])[0], "504")
+        self.assertEqual(stack.request("POST", "/api/chat", {
+            "message": "after the hang"}, key=key).status, 200)
+
+    def test_slow_drip_for_over_a_minute(self):
+        # Five words, one every 13 s: 65 s, past nginx's and most
+        # clients' 60 s defaults.  The client gives up after 10 s of
+        # silence; the 5 s heartbeats keep it reading.
+        key = stack.create_key("cli-drip")
+        t0 = time.time()
+        c, r = open_stream(key, "drip [[mock:drip=13000]] [[mock:chunks=5]]",
+                           timeout=10)
+        rid = r.getheader("x-request-id")
+        cid = r.getheader("x-ccgate-conversation-id")
+        got = list(sse_lines(r))
+        c.close()
+        took = time.time() - t0
+        data = [ev for kind, ev in got if kind == "data"]
+        beats = [x for kind, x in got if kind == "comment"]
+        self.assertGreater(took, 60)
+        self.assertEqual([e["type"] for e in data],
+                         ["delta"] * 5 + ["done"], data)
+        self.assertGreaterEqual(len(beats), 8, "heartbeats")
+        self.assertEqual(data[-1]["usage"]["output_tokens"], 5)
+        status, tokens, _ = usage_row(rid)
+        self.assertEqual((status, tokens), ("200", "5"))
+        self.assertEqual(stored(cid)[1],
+                         ["assistant", "".join(e["text"] for e in data[:5])])
+
+
+class ClientLeaves(unittest.TestCase):
+    def setUp(self):
+        quiet_pool()
+
+    def test_client_leaving_while_queued(self):
+        key = stack.create_key("leave-queued")
+        stack.reconfigure(tenant_max_jobs=1)
+        try:
+            box = {}
+            first = threading.Thread(target=lambda: box.update(
+                r=stack.request("POST", "/api/chat",
+                                {"message": "first [[mock:slow=4000]]"},
+                                key=key, timeout=60)))
+            first.start()
+            wait_for(lambda: busy_pids(), 10, "the first turn to run")
+            before = stack.stats()["totals"]["cancelled"]
+            c = stack.conn()
+            c.request("POST", "/api/chat", body=json.dumps({
+                "message": "second, queued"}).encode(), headers={
+                    "Authorization": "Bearer " + key,
+                    "Content-Type": "application/json"})
+            wait_for(lambda: stack.stats()["queue_length"] == 1, 5,
+                     "the second turn to queue")
+            t0 = time.time()
+            c.sock.shutdown(2)
+            c.close()
+            wait_for(lambda: stack.stats()["queue_length"] == 0, 1,
+                     "the queue to empty")
+            self.assertLess(time.time() - t0, 1.0)
+            self.assertEqual(stack.stats()["totals"]["cancelled"], before + 1)
+            first.join(30)
+        finally:
+            stack.reconfigure(tenant_max_jobs=4)    # ccgate-poold's default
+        self.assertEqual(box["r"].status, 200)
+        wait_for(lambda: sorted(x[0] for x in stack.sql(
+            "SELECT status_code FROM usage_logs u JOIN api_keys k ON "
+            "k.id = u.key_id WHERE k.name = 'leave-queued'")) ==
+            ["200", "499"], 10, "a 200 and a 499 usage row")
+        # The second message never reached the upstream.
+        self.assertFalse([x for x in stack.mock_records()
+                          if "second, queued" in json.dumps(x["body"])])
+
+    def test_client_leaving_before_the_first_token(self):
+        key = stack.create_key("leave-early")
+        before = stack.stats()["totals"]["cancelled"]
+        box = {}
+
+        def chat():
+            c = stack.conn()
+            box["c"] = c
+            c.request("POST", "/api/chat", body=json.dumps({
+                "message": "think first [[mock:slow=8000]]",
+                "stream": True}).encode(), headers={
+                    "Authorization": "Bearer " + key,
+                    "Content-Type": "application/json"})
+            try:
+                c.getresponse().read()
+            except OSError:
+                pass
+        t = threading.Thread(target=chat)
+        t.start()
+        wait_for(lambda: busy_pids(), 10, "the turn to run")
+        [pid] = busy_pids()
+        time.sleep(1.0)                 # the CLI waits for the upstream
+        t0 = time.time()
+        box["c"].sock.shutdown(2)
+        box["c"].close()
+        t.join(10)
+        wait_for(lambda: stack.stats()["totals"]["cancelled"] == before + 1,
+                 1, "the job to be cancelled")
+        wait_for(lambda: not busy_pids(), 1, "the slot to free")
+        self.assertLess(time.time() - t0, 1.0)
+        wait_for(lambda: group_gone(pid), 2, "the CLI's group to go")
+        wait_for(lambda: stack.sql(
+            "SELECT status_code FROM usage_logs u JOIN api_keys k ON "
+            "k.id = u.key_id WHERE k.name = 'leave-early'") == [["499"]],
+            5, "the 499 usage row")
 
 
 if __name__ == "__main__":

@@ -155,8 +155,19 @@ main(int argc, char **argv)
 	(void)sd_notify(0, "STOPPING=1");
 	if (write(stop_pipe[1], "", 1) != 1)
 		fatal("write stop pipe");
-	if (!listen_inherited && unlink(appconf->listen) == -1)
-		log_warn("unlink %s", appconf->listen);
+	/*
+	 * A worker whose connection vanished between poll and accept waits
+	 * in libfcgi's accept(2) for the next one.  Our own socket goes now
+	 * anyway: shutting it down wakes that worker.  systemd's socket must
+	 * stay whole, so there such a worker waits for the next connection,
+	 * or for TimeoutStopSec.
+	 */
+	if (!listen_inherited) {
+		if (shutdown(listen_fd, SHUT_RDWR) == -1)
+			log_warn("shutdown listener");
+		if (unlink(appconf->listen) == -1)
+			log_warn("unlink %s", appconf->listen);
+	}
 	for (i = 0; i < n; i++)
 		pthread_join(threads[i], NULL);
 	usage_stop();

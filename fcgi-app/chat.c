@@ -72,6 +72,7 @@ chat_job(struct turn *t)
 	if (json_object_set_new(job, "id", json_string(req_id(t->r))) ||
 	    json_object_set_new(job, "tenant",
 	    json_string(t->conv->tenant)) ||
+	    json_object_set_new(job, "key", json_string(req_key(t->r)->id)) ||
 	    json_object_set_new(job, "conversation", json_string(t->conv->id)) ||
 	    json_object_set_new(job, "model", json_string(t->conv->model)) ||
 	    json_object_set_new(job, "message", json_string(t->send)) ||

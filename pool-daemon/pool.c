@@ -106,7 +106,8 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 {
 	struct poold_config	*cf = poold->cf;
 	struct job		*job, *q;
-	const char		*tenant, *conv, *resume, *model, *sp, *text, *id;
+	const char		*tenant, *key, *conv, *resume, *model, *sp, *text;
+	const char		*id;
 	json_t			*v;
 	long			 max_tokens = 0, timeout = cf->job_timeout_ms;
 	int			 tools = 0, qlen = 0;
@@ -114,6 +115,9 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 	if (pool_opt_str(msg, "tenant", &tenant) != 0 || tenant == NULL ||
 	    !util_valid_tenant(tenant))
 		return (*cause = strdup("tenant: missing or invalid"), -1);
+	if (pool_opt_str(msg, "key", &key) != 0 ||
+	    (key != NULL && !util_valid_tenant(key)))
+		return (*cause = strdup("key: invalid"), -1);
 	if (pool_opt_str(msg, "conversation", &conv) != 0 || conv == NULL ||
 	    !util_valid_uuid(conv))
 		return (*cause = strdup("conversation: missing or invalid"), -1);
@@ -160,6 +164,7 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 	job->timeout_ms = timeout;
 	snprintf(job->id, sizeof job->id, "%s", id != NULL ? id : "");
 	snprintf(job->tenant, sizeof job->tenant, "%s", tenant);
+	snprintf(job->key, sizeof job->key, "%s", key != NULL ? key : "");
 	snprintf(job->conversation, sizeof job->conversation, "%s", conv);
 	snprintf(job->resume, sizeof job->resume, "%s",
 	    resume != NULL ? resume : "");
@@ -316,18 +321,23 @@ pool_conversation_busy(const struct job *job)
 	return (0);
 }
 
-/* Number of the tenant's running jobs. */
+/* Whether the job's tenant, or its API key, already runs its most jobs. */
 static int
-pool_tenant_jobs(const char *tenant)
+pool_job_capped(const struct job *job)
 {
-	struct proc	*p;
-	int		 n = 0;
+	struct poold_config	*cf = poold->cf;
+	struct proc		*p;
+	long			 tenant = 0, key = 0;
 
 	TAILQ_FOREACH(p, &poold->procs, entry) {
-		if (p->job != NULL && strcmp(p->job->tenant, tenant) == 0)
-			n++;
+		if (p->job == NULL)
+			continue;
+		tenant += strcmp(p->job->tenant, job->tenant) == 0;
+		key += job->key[0] != '\0' &&
+		    strcmp(p->job->key, job->key) == 0;
 	}
-	return (n);
+	return (tenant >= cf->tenant_max_jobs ||
+	    (cf->key_max_jobs > 0 && key >= cf->key_max_jobs));
 }
 
 /* Start job on p: write the user's turn to the CLI. */
@@ -457,8 +467,7 @@ pool_place(struct job *job, int *evicting)
 	char			*cause = NULL;
 	int			 resume;
 
-	if (pool_conversation_busy(job) ||
-	    pool_tenant_jobs(job->tenant) >= cf->tenant_max_jobs)
+	if (pool_conversation_busy(job) || pool_job_capped(job))
 		return (0);
 
 	if ((p = pool_find_bound(job)) != NULL) {
@@ -998,10 +1007,11 @@ pool_stats(void)
 	    json_integer((json_int_t)(now - st->started_at)));
 	json_object_set_new(f, "draining", json_boolean(poold->draining));
 	json_object_set_new(f, "limits", json_pack("{s:I, s:I, s:I, s:I, s:I, "
-	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 	    "min_instances", (json_int_t)cf->min_instances,
 	    "max_instances", (json_int_t)cf->max_instances,
 	    "tenant_max_jobs", (json_int_t)cf->tenant_max_jobs,
+	    "key_max_jobs", (json_int_t)cf->key_max_jobs,
 	    "tenant_max_processes", (json_int_t)cf->tenant_max_processes,
 	    "queue_max", (json_int_t)cf->queue_max,
 	    "queue_max_wait_ms", (json_int_t)cf->queue_max_wait_ms,

@@ -48,6 +48,7 @@ struct poold_config {
 	long	 min_instances;
 	long	 max_instances;
 	long	 tenant_max_jobs;
+	long	 key_max_jobs;		/* 0: no cap but the tenant's */
 	long	 tenant_max_processes;
 	long	 queue_max;
 	long	 queue_max_wait_ms;
@@ -139,6 +140,7 @@ struct job {
 	enum job_state		 state;
 	char			 id[64];
 	char			 tenant[TENANT_MAX + 1];
+	char			 key[TENANT_MAX + 1];	/* "" for none */
 	char			 conversation[UUID_LEN + 1];
 	char			 resume[UUID_LEN + 1];	/* "" for none */
 	struct profile		 profile;

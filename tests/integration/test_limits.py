@@ -2,7 +2,7 @@
 """Key status, permissions and quotas, in every dialect: suspended, expired
 and revoked keys; allowed models, streaming and the max_tokens cap;
 requests per minute and per day and tokens per day, enforced atomically
-under concurrency, with Retry-After.  Key attributes are set in SQL, as an
+under concurrency, with Retry-After; running jobs per key.  Key attributes are set in SQL, as an
 operator would before the admin API exists."""
 
 import concurrent.futures
@@ -13,7 +13,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, main  # noqa: E402
+from harness import Stack, main, wait_for  # noqa: E402
 
 stack = None
 n = 0
@@ -231,6 +231,34 @@ class Quotas(unittest.TestCase):
         self.assertEqual(stack.sql("SELECT COUNT(*) FROM key_quota_windows "
                                    "WHERE key_id = '%s'" % key[4:20]),
                          [["0"]])
+
+
+
+class Concurrency(unittest.TestCase):
+    def test_jobs_per_key_are_capped(self):
+        # Two keys of one user: one tenant, whose cap (4) leaves room.
+        a = stack.create_key("conc-a", user="conc")
+        b = stack.create_key("conc-b", user="conc")
+        stack.reconfigure(key_max_jobs=1)
+        try:
+            def chat(key, i):
+                return stack.request("POST", "/api/chat", {
+                    "message": "slow %d [[mock:slow=3000]]" % i},
+                    key=key, timeout=60)
+            with concurrent.futures.ThreadPoolExecutor(3) as ex:
+                futs = [ex.submit(chat, a, 1), ex.submit(chat, a, 2)]
+                wait_for(lambda: stack.stats()["queue_length"] == 1, 20,
+                         "key a's second job to wait")
+                futs.append(ex.submit(chat, b, 3))
+                # Key b's job runs beside key a's first; a's second waits.
+                wait_for(lambda: len([p for p in stack.stats()["processes"]
+                                      if p["state"] == "busy"]) == 2, 20,
+                         "key b's job to run")
+                self.assertEqual(stack.stats()["queue_length"], 1)
+                results = [f.result() for f in futs]
+        finally:
+            stack.reconfigure(key_max_jobs=0)
+        self.assertEqual([r.status for r in results], [200] * 3, results)
 
 
 if __name__ == "__main__":

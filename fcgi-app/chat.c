@@ -252,7 +252,7 @@ chat_prime(struct db *db, struct turn *t)
 		db_res_free(res);
 		return (NULL);
 	}
-	start = res->nrows > 0 ? res->nrows - 1 : 0;
+	start = res->nrows - 1;
 	while (start > 0 && total + res->lens[(start - 1) * 2 + 1] + 32 <
 	    CHAT_PRIME_MAX) {
 		start--;
@@ -265,7 +265,7 @@ chat_prime(struct db *db, struct turn *t)
 	fprintf(f, "This conversation continues from earlier turns, quoted "
 	    "below. Answer the new message as the assistant would, with "
 	    "that context.\n\n");
-	for (i = start; res->nrows > 0 && i < res->nrows - 1; i++)
+	for (i = start; i < res->nrows - 1; i++)
 		fprintf(f, "[%s]\n%s\n\n", db_cell(res, i, 0),
 		    db_cell(res, i, 1) ? db_cell(res, i, 1) : "");
 	fprintf(f, "[new message from the user]\n%s", t->message);

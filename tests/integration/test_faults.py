@@ -198,15 +198,18 @@ class Upstream(unittest.TestCase):
 
 
 
-def open_stream(key, message, conversation=None, timeout=60):
-    """Start a native streamed chat: (connection, response)."""
-    body = {"message": message, "stream": True}
-    if conversation:
-        body["conversation_id"] = conversation
+def send_chat(key, body, timeout=60):
+    """Send a native chat and return the connection, the answer unread."""
     c = stack.conn(timeout)
     c.request("POST", "/api/chat", body=json.dumps(body).encode(), headers={
         "Authorization": "Bearer " + key,
         "Content-Type": "application/json"})
+    return c
+
+
+def open_stream(key, message, timeout=60):
+    """Start a native streamed chat: (connection, response)."""
+    c = send_chat(key, {"message": message, "stream": True}, timeout)
     return c, c.getresponse()
 
 
@@ -370,11 +373,7 @@ class ClientLeaves(unittest.TestCase):
             first.start()
             wait_for(lambda: busy_pids(), 10, "the first turn to run")
             before = stack.stats()["totals"]["cancelled"]
-            c = stack.conn()
-            c.request("POST", "/api/chat", body=json.dumps({
-                "message": "second, queued"}).encode(), headers={
-                    "Authorization": "Bearer " + key,
-                    "Content-Type": "application/json"})
+            c = send_chat(key, {"message": "second, queued"})
             wait_for(lambda: stack.stats()["queue_length"] == 1, 5,
                      "the second turn to queue")
             t0 = time.time()
@@ -402,13 +401,8 @@ class ClientLeaves(unittest.TestCase):
         box = {}
 
         def chat():
-            c = stack.conn()
-            box["c"] = c
-            c.request("POST", "/api/chat", body=json.dumps({
-                "message": "think first [[mock:slow=8000]]",
-                "stream": True}).encode(), headers={
-                    "Authorization": "Bearer " + key,
-                    "Content-Type": "application/json"})
+            c = box["c"] = send_chat(key, {
+                "message": "think first [[mock:slow=8000]]", "stream": True})
             try:
                 c.getresponse().read()
             except OSError:

@@ -344,10 +344,11 @@ pool_job_capped(const struct job *job)
 static int
 pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 {
-	json_t	*line;
-	char	*s, *cause = NULL;
-	size_t	 len;
-	int	 rc;
+	json_t		*line;
+	char		*s, *cause = NULL;
+	size_t		 len;
+	uint64_t	 handed_us;
+	int		 rc;
 
 	if (origin == ORIGIN_WARM) {
 		if (workspace_tenant(poold->cf->state_dir, job->tenant,
@@ -371,13 +372,18 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 		return (-1);
 	len = strlen(s);
 	s[len] = '\n';	/* json_dumps' NUL becomes the line's end */
+	/*
+	 * The CLI's own time starts as the line reaches its pipe: the write
+	 * wakes it, and it may run before this daemon does again.
+	 */
+	handed_us = util_now_us();
 	rc = proc_write(p, s, len + 1);
 	free(s);
 	if (rc != 0)
 		return (-1);
 
 	TAILQ_REMOVE(&poold->queue, job, entry);
-	job->dispatch_us = util_now_us() - job->accepted_us;
+	job->dispatch_us = handed_us - job->accepted_us;
 	job->waited = job != poold->submitting;
 	job->state = JOB_RUNNING;
 	job->proc = p;
@@ -670,7 +676,7 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 	struct cli_msg	 m;
 	char		*cause = NULL;
 	json_t		*f;
-	uint64_t	 now, line_us = util_now_us();
+	uint64_t	 now, us;
 
 	if (job == NULL || p->state == PROC_DYING)
 		return;
@@ -715,11 +721,19 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			/*
 			 * The daemon's own share of the first event: from the
 			 * frame to the CLI's stdin (less time spent queued)
-			 * plus from the CLI's line to the client's frame.
+			 * plus from reading the CLI's line to handing the
+			 * client its frame.  Starting a process (fork, exec,
+			 * its workspace) is counted apart.
 			 */
-			pool_sample(poold->stats.overhead,
-			    &poold->stats.noverhead, job->dispatch_us +
-			    (util_now_us() - line_us));
+			us = job->dispatch_us + (client_handed_us(
+			    job->client) - p->read_us);
+			if (job->origin == ORIGIN_WARM ||
+			    job->origin == ORIGIN_BOUND)
+				pool_sample(poold->stats.overhead,
+				    &poold->stats.noverhead, us);
+			else
+				pool_sample(poold->stats.spawn,
+				    &poold->stats.nspawn, us);
 		}
 		break;
 	case CLI_RETRY:
@@ -1061,6 +1075,8 @@ pool_stats(void)
 	    pool_percentiles(st->dur, st->ndur));
 	json_object_set_new(f, "daemon_overhead_us",
 	    pool_percentiles(st->overhead, st->noverhead));
+	json_object_set_new(f, "spawn_overhead_us",
+	    pool_percentiles(st->spawn, st->nspawn));
 	json_object_set_new(f, "processes", procs);
 	json_object_set_new(f, "daemon_rss_kb",
 	    json_integer(proc_rss_kb(getpid())));

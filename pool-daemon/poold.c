@@ -33,7 +33,8 @@ static const char *const poold_keys[] = {
 	"queue_max_wait_ms", "job_timeout_ms", "first_event_timeout_ms",
 	"stall_timeout_ms", "idle_timeout_ms", "max_messages_per_instance",
 	"max_instance_age_ms", "health_check_interval_ms", "shutdown_grace_ms",
-	"max_frame", "rlimit_nofile", "rlimit_nproc", "log_verbose", NULL
+	"max_frame", "rlimit_nofile", "rlimit_nproc", "cli_nice", "log_verbose",
+	NULL
 };
 static const char *const poold_prefixes[] = { "env.", NULL };
 
@@ -149,6 +150,7 @@ poold_config_load(const char *path, char **cause)
 	    64 * 1024 * 1024);
 	POOLD_INT("rlimit_nofile", rlimit_nofile, 4096, 64, 1048576);
 	POOLD_INT("rlimit_nproc", rlimit_nproc, 0, 0, 1048576);
+	POOLD_INT("cli_nice", cli_nice, 5, 0, 19);
 	POOLD_INT("log_verbose", verbose, 0, 0, 2);
 	if (cf->min_instances > cf->max_instances) {
 		util_cause(cause, "%s: min_instances exceeds max_instances",

@@ -63,6 +63,7 @@ struct poold_config {
 	long	 max_frame;
 	long	 rlimit_nofile;
 	long	 rlimit_nproc;
+	long	 cli_nice;
 	long	 verbose;
 	char	*env[POOLD_ENV_MAX];	/* "NAME=value" */
 	int	 nenv;
@@ -113,6 +114,7 @@ struct proc {
 	size_t			 inlen;
 	size_t			 inoff;
 	char			*line;		/* stdout line being assembled */
+	uint64_t		 read_us;	/* when its last bytes came */
 	size_t			 linelen;
 	size_t			 linecap;
 	char			 errtail[POOLD_STDERR_KEEP];
@@ -191,10 +193,12 @@ struct poold_stats {
 	uint32_t	dur[POOLD_SAMPLES];	/* job duration, ms */
 	uint32_t	qwait[POOLD_SAMPLES];	/* time queued, ms */
 	uint32_t	overhead[POOLD_SAMPLES]; /* daemon's own time, us */
+	uint32_t	spawn[POOLD_SAMPLES];	/* the same with a spawn, us */
 	uint64_t	nttfe;
 	uint64_t	ndur;
 	uint64_t	nqwait;
 	uint64_t	noverhead;
+	uint64_t	nspawn;
 	uint64_t	started_at;
 };
 
@@ -230,6 +234,7 @@ void			 poold_config_free(struct poold_config *);
 int		 server_listen(const char *, mode_t, const char *, char **);
 void		 server_accept_cb(struct loop_io *, uint32_t);
 int		 client_send(struct client *, json_t *);
+uint64_t	 client_handed_us(const struct client *);
 void		 client_set_job(struct client *, struct job *);
 void		 client_job_finished(struct client *);
 int		 client_peer_gone(struct client *);

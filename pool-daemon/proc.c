@@ -169,6 +169,9 @@ proc_child(pid_t parent, int in, int out, int err, const char *cwd,
 		if (setrlimit(RLIMIT_NPROC, &rl) == -1)
 			_exit(127);
 	}
+	/* The daemons that relay its output go first when CPU is short. */
+	if (setpriority(PRIO_PROCESS, 0, (int)cf->cli_nice) == -1)
+		_exit(127);
 	if (cf->run_as_user != NULL) {
 		if (setgroups(0, NULL) == -1 || setgid(cf->run_gid) == -1 ||
 		    setuid(cf->run_uid) == -1)
@@ -440,6 +443,7 @@ proc_out_cb(struct loop_io *io, uint32_t events)
 	if (n == -1 && (errno == EINTR || errno == EAGAIN))
 		return;
 	if (n > 0) {
+		p->read_us = util_now_us();
 		if (proc_take_lines(p, buf, (size_t)n) != 0) {
 			log_warnx("CLI %ld: output line too long",
 			    (long)p->pid);

@@ -34,6 +34,7 @@ struct client {
 	int			 closing;
 	int			 in_cb;
 	int			 dead;
+	uint64_t		 handed_us;	/* last frame to the kernel */
 	TAILQ_ENTRY(client)	 entry;
 };
 TAILQ_HEAD(clients, client);
@@ -200,11 +201,23 @@ client_send(struct client *c, json_t *frame)
 	memcpy(c->out + c->outlen, buf, len);
 	c->outlen += len;
 	free(buf);
+	c->handed_us = util_now_us();
 	if (client_flush(c) != 0) {
 		c->dead = 1;
 		return (-1);
 	}
 	return (0);
+}
+
+/*
+ * When client_send last handed a frame to the kernel: the moment the
+ * daemon's part in delivering it ended, whenever the scheduler next runs
+ * the daemon.
+ */
+uint64_t
+client_handed_us(const struct client *c)
+{
+	return (c->handed_us);
 }
 
 /* Attach a job to its client; it stays until client_job_finished. */

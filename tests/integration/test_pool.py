@@ -28,7 +28,7 @@ BASE = {"min_instances": 1, "max_instances": 3, "tenant_max_jobs": 2,
         "job_timeout_ms": 20000, "first_event_timeout_ms": 8000,
         "stall_timeout_ms": 6000, "idle_timeout_ms": 60000,
         "max_messages_per_instance": 3, "health_check_interval_ms": 300,
-        "rlimit_nofile": 1000}
+        "rlimit_nofile": 1000, "cli_nice": 7}
 
 
 def setUpModule():
@@ -429,6 +429,8 @@ class Children(PoolTest):
         nofile = [l for l in limits.splitlines()
                   if l.startswith("Max open files")][0]
         self.assertEqual(nofile.split()[3:5], ["1000", "1000"])
+        self.assertEqual(os.getpriority(os.PRIO_PROCESS, pid), 7,
+                         "the configured nice value")
         self.assertEqual(os.getpgid(pid), pid, "its own process group")
         self.assertEqual(os.readlink("/proc/%d/cwd" % pid),
                          stack.path("state", "neutral"))
@@ -452,6 +454,24 @@ class Control(PoolTest):
             self.assertIn(k, p)
         self.assertTrue(any(p["rss_kb"] > 10000 for p in st["processes"]))
         self.assertGreater(st["daemon_rss_kb"], 0)
+
+    def test_overhead_samples_by_placement(self):
+        """A job on a running process is sampled as the daemon's overhead;
+        one that had to start its process, apart (fork and exec are not
+        relaying)."""
+        def samples():
+            st = stack.stats()
+            return (st["daemon_overhead_us"]["samples"],
+                    st["spawn_overhead_us"]["samples"])
+        c = conv()
+        end(job("overhead", c, "on a new process",
+                model="claude-haiku-4-5"))       # no warm one has this model
+        running, spawned = samples()
+        self.assertGreaterEqual(spawned, 1)
+        self.assertEqual(end(job("overhead", c, "again",
+                                 model="claude-haiku-4-5"))["process"][
+                                     "origin"], "bound")
+        self.assertEqual(samples(), (running + 1, spawned))
 
     def test_drain(self):
         self.assertEqual(stack.poold({"type": "drain", "on": True})[0]["type"],

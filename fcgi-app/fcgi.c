@@ -72,13 +72,20 @@ worker_accept(FCGX_Request *fx)
 static void *
 worker_main(void *arg)
 {
-	FCGX_Request	fx;
-	int		rc;
+	FCGX_Request	 fx;
+	struct db	*db;
+	int		 rc;
 
 	if (FCGX_InitRequest(&fx, listen_fd, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
 		log_warnx("FCGX_InitRequest failed");
 		return (NULL);
 	}
+	/*
+	 * Connect to MariaDB now rather than on this thread's first request;
+	 * if that fails, the first request tries again.
+	 */
+	if ((db = db_thread()) != NULL && db_connect(db, NULL) != 0)
+		log_debug("worker: %s; connecting on first use", db_error(db));
 	for (;;) {
 		pthread_mutex_lock(&accept_lock);
 		rc = worker_accept(&fx);

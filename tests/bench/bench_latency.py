@@ -23,8 +23,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "integration"))
 from harness import Stack, CLAUDE  # noqa: E402
 
-N_TURNS = int(os.environ.get("CCGATE_BENCH_TURNS", "40"))
+N_TURNS = int(os.environ.get("CCGATE_BENCH_TURNS", "100"))
 N_NEW = int(os.environ.get("CCGATE_BENCH_NEW", "12"))
+PAUSE = 0.05     # s before each turn
 
 
 def pct(xs, p):
@@ -37,58 +38,62 @@ def summary(xs):
             "mean": statistics.mean(xs)}
 
 
-def direct_cli(stack, n):
-    """Time to first text delta of n turns on one warm CLI, driven directly."""
-    home = stack.path("bench-direct")
-    os.makedirs(os.path.join(home, ".claude"), exist_ok=True)
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home,
-           "CLAUDE_CONFIG_DIR": os.path.join(home, ".claude"),
-           "LANG": "C.UTF-8", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-           "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
-           "ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % stack.mock_port,
-           "ANTHROPIC_API_KEY": "sk-ccgate-test"}
-    p = subprocess.Popen(
-        [CLAUDE, "-p", "--input-format=stream-json",
-         "--output-format=stream-json", "--verbose",
-         "--include-partial-messages", "--setting-sources=user",
-         "--strict-mcp-config", "--tools=", "--model=claude-sonnet-4-5"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        cwd=home, env=env, bufsize=0)
-    buf = b""
+class DirectCli:
+    """One warm CLI driven directly on its pipes, started with the flags
+    ccgate-poold gives its own."""
 
-    def readline(timeout=30):
-        nonlocal buf
+    def __init__(self, stack):
+        home = stack.path("bench-direct")
+        os.makedirs(os.path.join(home, ".claude"), exist_ok=True)
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home,
+               "CLAUDE_CONFIG_DIR": os.path.join(home, ".claude"),
+               "LANG": "C.UTF-8",
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+               "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+               "ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % stack.mock_port,
+               "ANTHROPIC_API_KEY": "sk-ccgate-test"}
+        self.p = subprocess.Popen(
+            [CLAUDE, "-p", "--input-format=stream-json",
+             "--output-format=stream-json", "--verbose",
+             "--include-partial-messages", "--setting-sources=user",
+             "--strict-mcp-config", "--tools=", "--model=claude-sonnet-4-5"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, cwd=home, env=env, bufsize=0)
+        self.buf = b""
+        time.sleep(1.5)      # let it finish starting: a warm process
+        self.turn("warm-up")
+
+    def readline(self, timeout=30):
         deadline = time.time() + timeout
-        while b"\n" not in buf:
-            r, _, _ = select.select([p.stdout], [], [], deadline - time.time())
+        while b"\n" not in self.buf:
+            r, _, _ = select.select([self.p.stdout], [], [],
+                                    deadline - time.time())
             if not r:
                 raise RuntimeError("direct CLI: no output")
-            chunk = os.read(p.stdout.fileno(), 65536)
+            chunk = os.read(self.p.stdout.fileno(), 65536)
             if not chunk:
                 raise RuntimeError("direct CLI exited")
-            buf += chunk
-        line, buf = buf.split(b"\n", 1)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
 
-    def turn(text):
+    def turn(self, text):
+        """Time to the first text delta of one turn, in ms."""
         t0 = time.perf_counter()
-        p.stdin.write((json.dumps({"type": "user", "message": {
+        self.p.stdin.write((json.dumps({"type": "user", "message": {
             "role": "user", "content": text}}) + "\n").encode())
         first = None
         while True:
-            m = readline()
+            m = self.readline()
             if (first is None and m.get("type") == "stream_event" and
                     m["event"].get("type") == "content_block_delta"):
                 first = (time.perf_counter() - t0) * 1000
             if m.get("type") == "result":
                 return first
 
-    time.sleep(1.5)          # let it finish starting: a warm process
-    turn("warm-up")
-    times = [turn("direct turn %d" % i) for i in range(n)]
-    p.stdin.close()
-    p.wait(10)
-    return times
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(10)
 
 
 def gateway_first_delta(stack, conn, key, body):
@@ -128,17 +133,33 @@ def run():
                    "idle_timeout_ms": 600000}, name="bench").start()
     try:
         key = stack.create_key("bench", user="bench")
-        direct = direct_cli(stack, N_TURNS)
-
+        cli = DirectCli(stack)
         conn = stack.conn()
         _, cid = gateway_first_delta(stack, conn, key, {
             "message": "gateway warm-up", "stream": True})
-        bound = []
+        # Interleaved, each side first in turn, so that both see the
+        # same load on the host; the overhead is the median of the pairs'
+        # differences.  A CLI goes on working for some milliseconds after
+        # its result (its transcript); a pause before each turn keeps that
+        # work out of the other side's time.
+        direct, bound, added = [], [], []
         for i in range(N_TURNS):
-            t, _ = gateway_first_delta(stack, conn, key, {
-                "message": "gateway turn %d" % i, "stream": True,
-                "conversation_id": cid})
-            bound.append(t)
+            body = {"message": "gateway turn %d" % i, "stream": True,
+                    "conversation_id": cid}
+            if i % 2 == 0:
+                time.sleep(PAUSE)
+                d = cli.turn("direct turn %d" % i)
+                time.sleep(PAUSE)
+                b, _ = gateway_first_delta(stack, conn, key, body)
+            else:
+                time.sleep(PAUSE)
+                b, _ = gateway_first_delta(stack, conn, key, body)
+                time.sleep(PAUSE)
+                d = cli.turn("direct turn %d" % i)
+            direct.append(d)
+            bound.append(b)
+            added.append(b - d)
+        cli.close()
 
         warm = []
         for i in range(N_NEW):
@@ -167,14 +188,15 @@ def run():
                                "%d warm" % (spawned, placed_warm))
     finally:
         stack.stop()
-    return report(direct, bound, warm, cold)
+    return report(direct, bound, added, warm, cold)
 
 
-def report(direct, bound, warm, cold):
-    d, b, w, c = (summary(x) for x in (direct, bound, warm, cold))
+def report(direct, bound, added, warm, cold):
+    d, b, a, w, c = (summary(x) for x in (direct, bound, added, warm, cold))
     rows = [
         ("turn on a warm CLI, driven directly (baseline)", d),
         ("turn on the conversation's bound CLI, through nginx + fcgi + poold", b),
+        ("added by the gateway (each pair: gateway minus direct)", a),
         ("new conversation, warm process (gateway)", w),
         ("new conversation, cold spawn (gateway, min_instances=0)", c),
     ]
@@ -183,8 +205,10 @@ def report(direct, bound, warm, cold):
         table.append("| %s | %d | %.1f | %.1f | %.1f |" % (
             name, s["n"], s["p50"], s["p90"], s["mean"]))
     ratios = [
-        "- Gateway overhead on a turn: p50 %.1f ms added (%.2fx the direct "
-        "CLI's time to first delta)." % (b["p50"] - d["p50"], b["p50"] / d["p50"]),
+        "- Gateway overhead on a turn: %.1f ms added, the median of %d "
+        "interleaved pairs' differences (p50 %.2fx the direct CLI's time "
+        "to first delta)." % (statistics.median(added), len(added),
+                              b["p50"] / d["p50"]),
         "- New conversation: a warm process gives the first delta %.1fx "
         "sooner than a cold spawn (p50 %.1f ms against %.1f ms)." % (
             c["p50"] / w["p50"], w["p50"], c["p50"]),

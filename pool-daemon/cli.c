@@ -109,6 +109,13 @@ cli_parse_line(const char *line, size_t len, struct cli_msg *m, char **cause)
 		if (!json_is_object(ev))
 			goto out;
 		type = json_string_value(json_object_get(ev, "type"));
+		if (type != NULL && strcmp(type, "content_block_start") == 0) {
+			type = json_string_value(json_object_get(
+			    json_object_get(ev, "content_block"), "type"));
+			if (type != NULL && strcmp(type, "text") == 0)
+				m->kind = CLI_TEXT_START;
+			goto out;
+		}
 		if (type == NULL || strcmp(type, "content_block_delta") != 0)
 			goto out;
 		delta = json_object_get(ev, "delta");

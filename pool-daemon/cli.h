@@ -14,6 +14,7 @@ enum cli_kind {
 	CLI_OTHER,		/* anything we do not act on */
 	CLI_INIT,		/* system/init: session id, model, tools */
 	CLI_DELTA,		/* a text delta of the answer */
+	CLI_TEXT_START,		/* a text block of the answer begins */
 	CLI_RETRY,		/* system/api_retry: the upstream failed, retrying */
 	CLI_RESULT		/* the turn's end: usage, cost, error flag */
 };

@@ -588,6 +588,22 @@ pool_append(struct job *job, const char *s)
 	return (0);
 }
 
+/* Put a blank line before a delta's text. */
+static int
+pool_paragraph(struct cli_msg *m)
+{
+	size_t	 n = strlen(m->text);
+	char	*s;
+
+	if ((s = malloc(n + 3)) == NULL)
+		return (-1);
+	memcpy(s, "\n\n", 2);
+	memcpy(s + 2, m->text, n + 1);
+	free(m->text);
+	m->text = s;
+	return (0);
+}
+
 /* A turn ended with a result line. */
 static void
 pool_result(struct proc *p, struct job *job, struct cli_msg *m)
@@ -700,10 +716,23 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			    m.session_id);
 		}
 		break;
+	case CLI_TEXT_START:
+		/*
+		 * A turn in which the model called a tool has a text block
+		 * per model request: a blank line keeps them apart.
+		 */
+		job->new_block = job->textlen > 0;
+		break;
 	case CLI_DELTA:
 		if (job->textlen == 0)
 			pool_sample(poold->stats.ttfe, &poold->stats.nttfe,
 			    now - job->started_at);
+		if (job->new_block && pool_paragraph(&m) != 0) {
+			proc_kill(p);
+			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+			break;
+		}
+		job->new_block = 0;
 		if (pool_append(job, m.text) != 0 ||
 		    (f = proto_new(PROTO_EVENT)) == NULL) {
 			proc_kill(p);

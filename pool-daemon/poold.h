@@ -151,6 +151,7 @@ struct job {
 	uint64_t		 accepted_us;	/* frame decoded */
 	uint64_t		 dispatch_us;	/* frame in to turn written */
 	int			 waited;	/* was queued: no overhead sample */
+	int			 new_block;	/* next delta starts a paragraph */
 	uint64_t		 started_at;
 	uint64_t		 first_event_at;
 	uint64_t		 last_output_at;

@@ -18,7 +18,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, texts_of, main  # noqa: E402
+from harness import Stack, texts_of, wait_for, main  # noqa: E402
 
 stack = None
 
@@ -199,6 +199,65 @@ class PlantedConfiguration(unittest.TestCase):
             self.assertNotIn("evil", body)
         for m in markers:
             self.assertFalse(os.path.exists(m), m)
+
+
+class ToolCalls(unittest.TestCase):
+    def test_a_model_that_calls_tools_gets_none(self):
+        """The CLI runs with no tools: when the model answers with a call
+        to Bash or Read, the CLI tells it no such tool exists.  Nothing
+        runs, nothing outside the workspace is read, and the turn's usage
+        counts both model requests."""
+        marker = stack.path("tool-ran")
+        secret = stack.path("outside-secret.txt")
+        with open(secret, "w") as f:
+            f.write("OUTSIDE-SECRET-42\n")
+        for i, ask in enumerate(("[[mock:bash=touch %s]]" % marker,
+                                 "[[mock:read=%s]]" % secret)):
+            for stream in (False, True):
+                seen = len(stack.mock_records())
+                body = {"message": "please %d %s" % (i, ask),
+                        "stream": stream}
+                if stream:
+                    r, events = stack.stream("/api/chat", body,
+                                             key=stack.keys["alice"])
+                    self.assertEqual(r.status, 200)
+                    done = events[-2]
+                    self.assertEqual(done["type"], "done", events)
+                    self.assertEqual("".join(
+                        e["text"] for e in events[:-2]
+                        if e["type"] == "delta"), done["response"])
+                else:
+                    r = call("POST", "/api/chat", body)
+                    self.assertEqual(r.status, 200, r)
+                    done = r.json()
+                answer = done["response"]
+                recs = stack.mock_records()[seen:]
+                self.assertEqual(len(recs), 2, "the call, then its result")
+                call_, result = recs
+                self.assertEqual(call_["body"]["tools"], [])
+                self.assertIn("tool_use", call_["response"])
+                blocks = [b for b in result["body"]["messages"][-1]["content"]
+                          if b.get("type") == "tool_result"]
+                self.assertEqual(len(blocks), 1, result["body"])
+                self.assertIs(blocks[0].get("is_error"), True, blocks)
+                self.assertEqual(blocks[0]["tool_use_id"],
+                                 call_["response"]["tool_use"]["id"])
+                # The answer is the model's text of both requests, a
+                # paragraph each.
+                self.assertEqual(answer, call_["response"]["text"] + "\n\n" +
+                                 result["response"]["text"])
+                self.assertNotIn("OUTSIDE-SECRET-42", json.dumps(
+                    result["body"]) + answer)
+                self.assertFalse(os.path.exists(marker), "Bash ran")
+                out = sum(rec["response"]["usage"]["output_tokens"]
+                          for rec in recs)
+                self.assertEqual(done["usage"]["output_tokens"], out)
+                rows = []
+                wait_for(lambda: rows.extend(stack.sql(
+                    "SELECT output_tokens FROM usage_logs WHERE request_id "
+                    "= '%s'" % r.headers["x-request-id"])) or rows, 10,
+                    "the usage row")
+                self.assertEqual(int(rows[0][0]), out)
 
 
 class SocketPermissions(unittest.TestCase):

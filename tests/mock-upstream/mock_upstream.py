@@ -13,6 +13,9 @@ receives, and can be told how to behave, globally or per request:
 A user message may carry a directive that overrides the global mode for
 that request only, e.g. "[[mock:slow=200]]", "[[mock:fail=529]]",
 "[[mock:hang]]", "[[mock:chunks=50]]", "[[mock:text=hello]]".
+"[[mock:bash=COMMAND]]" and "[[mock:read=PATH]]" answer as a model that
+calls the CLI's Bash or Read tool (stop_reason "tool_use"); the CLI's next
+request carries its tool_result, which the mock answers with text.
 
 Answers are deterministic: the reply is "mock reply #<n>: <last user text>"
 and usage counts words, so tests can compare what ccgate recorded with what
@@ -165,6 +168,9 @@ class Handler(BaseHTTPRequestHandler):
                 cfg["chunks"] = int(value)
             elif name == "text":
                 cfg["text"] = value
+            elif name in ("bash", "read") and not has_tool_result(body):
+                cfg["tool"] = ("Bash", {"command": value}) if name == "bash" \
+                    else ("Read", {"file_path": value})
         if cfg["mode"] == "hang":
             time.sleep(3600)
             return
@@ -188,6 +194,9 @@ class Handler(BaseHTTPRequestHandler):
         record["response"] = {"status": 200, "text": reply, "usage": usage}
         model = body.get("model", "claude-mock")
         msg_id = "msg_mock_%d" % seq
+        if cfg.get("tool"):
+            self.tool_use(body, record, usage, model, msg_id, *cfg["tool"])
+            return
         if not body.get("stream"):
             self._json(200, {
                 "id": msg_id, "type": "message", "role": "assistant",
@@ -196,18 +205,7 @@ class Handler(BaseHTTPRequestHandler):
                 "content": [{"type": "text", "text": reply}]})
             return
         drip = cfg["mode"] == "drip" and cfg.get("delay_ms")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-
-        def event(name, data):
-            self.wfile.write(("event: %s\ndata: %s\n\n" %
-                              (name, json.dumps(data))).encode())
-            self.wfile.flush()
-
+        event = self.start_stream()
         try:
             event("message_start", {"type": "message_start", "message": {
                 "id": msg_id, "type": "message", "role": "assistant",
@@ -232,6 +230,77 @@ class Handler(BaseHTTPRequestHandler):
             event("message_stop", {"type": "message_stop"})
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+    def start_stream(self):
+        """Send a stream's headers; return a function that sends an event."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+
+        def event(name, data):
+            self.wfile.write(("event: %s\ndata: %s\n\n" %
+                              (name, json.dumps(data))).encode())
+            self.wfile.flush()
+        return event
+
+    def tool_use(self, body, record, usage, model, msg_id, tool, args):
+        """Answer as a model that calls one of the CLI's tools."""
+        text = "Let me use %s." % tool
+        block = {"type": "tool_use", "id": "toolu_mock_%d" % record["seq"],
+                 "name": tool, "input": args}
+        usage = dict(usage, output_tokens=len(text.split()) + 1)
+        record["response"] = {"status": 200, "text": text, "usage": usage,
+                              "tool_use": block}
+        if not body.get("stream"):
+            self._json(200, {
+                "id": msg_id, "type": "message", "role": "assistant",
+                "model": model, "stop_reason": "tool_use",
+                "stop_sequence": None, "usage": usage,
+                "content": [{"type": "text", "text": text}, block]})
+            return
+        event = self.start_stream()
+        try:
+            event("message_start", {"type": "message_start", "message": {
+                "id": msg_id, "type": "message", "role": "assistant",
+                "model": model, "content": [], "stop_reason": None,
+                "stop_sequence": None,
+                "usage": dict(usage, output_tokens=1)}})
+            event("content_block_start", {"type": "content_block_start",
+                                          "index": 0, "content_block": {
+                                              "type": "text", "text": ""}})
+            event("content_block_delta", {
+                "type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": text}})
+            event("content_block_stop", {"type": "content_block_stop",
+                                         "index": 0})
+            event("content_block_start", {
+                "type": "content_block_start", "index": 1,
+                "content_block": dict(block, input={})})
+            event("content_block_delta", {
+                "type": "content_block_delta", "index": 1,
+                "delta": {"type": "input_json_delta",
+                          "partial_json": json.dumps(args)}})
+            event("content_block_stop", {"type": "content_block_stop",
+                                         "index": 1})
+            event("message_delta", {"type": "message_delta", "delta": {
+                "stop_reason": "tool_use", "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]}})
+            event("message_stop", {"type": "message_stop"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def has_tool_result(body):
+    """Whether the last message carries a tool_result (the CLI answering a
+    tool call): then the model's turn goes on with text."""
+    msgs = body.get("messages") or [{}]
+    content = msgs[-1].get("content")
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result"
+        for b in content)
 
 
 def main():

@@ -44,6 +44,17 @@ START_TEST(test_delta)
 	ck_assert_int_eq(m.kind, CLI_DELTA);
 	ck_assert_str_eq(m.text, " wor\xc3\xa9ld\n");
 	cli_msg_clear(&m);
+	/* A text block begins (a tool_use block does not count). */
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"content_block_start\",\"index\":0,\"content_block\":"
+	    "{\"type\":\"text\",\"text\":\"\"}}}", &m);
+	ck_assert_int_eq(m.kind, CLI_TEXT_START);
+	cli_msg_clear(&m);
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"content_block_start\",\"index\":1,\"content_block\":"
+	    "{\"type\":\"tool_use\",\"name\":\"Bash\"}}}", &m);
+	ck_assert_int_eq(m.kind, CLI_OTHER);
+	cli_msg_clear(&m);
 	/* Other stream events and other delta types are not text. */
 	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
 	    "\"message_start\"}}", &m);

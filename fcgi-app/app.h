@@ -240,6 +240,7 @@ struct request;
 const char	*req_param(struct request *, const char *);
 const char	*req_header(struct request *, const char *);
 const char	*req_id(struct request *);
+uint64_t	 req_started_us(const struct request *);
 const char	*req_query(struct request *, const char *, char *, size_t);
 json_t		*req_json_body(struct request *, int);
 void		 req_add_header(struct request *, const char *, const char *);

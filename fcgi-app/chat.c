@@ -61,6 +61,24 @@ chat_set_error(struct turn *t, const char *code, const char *msg)
 	snprintf(t->error, sizeof t->error, "%s", msg);
 }
 
+/*
+ * Say where the time to the first text went (Server-Timing, in ms): app is
+ * ccgate-fcgi from the request to the job's hand-over, pool is
+ * ccgate-poold and the CLI from there to the first text.  What a client
+ * measures beyond their sum is nginx and the network.
+ */
+static void
+chat_timing(struct turn *t)
+{
+	uint64_t	now = util_now_us();
+	char		v[96];
+
+	snprintf(v, sizeof v, "app;dur=%.2f, pool;dur=%.2f",
+	    (double)(t->job_us - req_started_us(t->r)) / 1000.0,
+	    (double)(now - t->job_us) / 1000.0);
+	req_add_header(t->r, "Server-Timing", v);
+}
+
 /* Build the job message for the turn. */
 static json_t *
 chat_job(struct turn *t)
@@ -161,6 +179,7 @@ chat_run(struct turn *t)
 		return (TURN_ERROR);
 	}
 	json_decref(job);
+	t->job_us = util_now_us();
 	deadline = util_now_ms() + (uint64_t)appconf->job_timeout_ms + 30000;
 
 	for (;;) {
@@ -196,9 +215,11 @@ chat_run(struct turn *t)
 		type = proto_type(f);
 		if (strcmp(type, PROTO_EVENT) == 0) {
 			text = json_string_value(json_object_get(f, "text"));
-			if (text != NULL && t->ttft_ms < 0)
+			if (text != NULL && t->ttft_ms < 0) {
 				t->ttft_ms = (long long)(util_now_ms() -
 				    t->started_ms);
+				chat_timing(t);
+			}
 			if (text != NULL && t->stream &&
 			    chat_send_delta(t, text) != 0) {
 				json_decref(f);

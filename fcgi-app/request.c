@@ -52,7 +52,7 @@ struct request {
 	char		*body;
 	size_t		 body_len;
 	json_t		*json;
-	uint64_t	 started_ms;
+	uint64_t	 started_us;
 
 	/* A batch item: answers are kept here, not sent. */
 	struct request	*parent;
@@ -88,6 +88,13 @@ const char *
 req_id(struct request *r)
 {
 	return (r->id);
+}
+
+/* When the request came (util_now_us). */
+uint64_t
+req_started_us(const struct request *r)
+{
+	return (r->started_us);
 }
 
 /*
@@ -138,7 +145,8 @@ req_add_header(struct request *r, const char *name, const char *value)
 {
 	int	n;
 
-	if (r->parent != NULL || r->sent || !req_header_safe(name) || !req_header_safe(value))
+	if (r->parent != NULL || r->sent || !req_header_safe(name) ||
+	    !req_header_safe(value))
 		return;
 	n = snprintf(r->headers + r->headers_len,
 	    sizeof r->headers - r->headers_len, "%s: %s\r\n", name, value);
@@ -377,7 +385,7 @@ req_sub(struct request *parent, int n)
 	r->route = parent->route;
 	r->key = parent->key;
 	r->have_key = parent->have_key;
-	r->started_ms = util_now_ms();
+	r->started_us = util_now_us();
 	return (r);
 }
 
@@ -868,7 +876,7 @@ req_finish(struct request *r, void (*finish)(struct request *))
 
 	if (!r->sent)
 		req_error(r, 500, NULL, "no answer");
-	duration = util_now_ms() - r->started_ms;
+	duration = (util_now_us() - r->started_us) / 1000;
 	if (finish != NULL)
 		finish(r);
 	metrics_request(r->route.id, r->status, duration, r->u_in, r->u_out,
@@ -906,7 +914,7 @@ req_handle(FCGX_Request *fx)
 	memset(&r, 0, sizeof r);
 	r.fx = fx;
 	r.envp = fx->envp;
-	r.started_ms = util_now_ms();
+	r.started_us = util_now_us();
 	v = req_param(&r, "REQUEST_METHOD");
 	snprintf(r.method, sizeof r.method, "%s", v != NULL ? v : "GET");
 	v = req_param(&r, "REQUEST_URI");
@@ -945,7 +953,7 @@ req_frame_run(const struct req_sink *sink, char **envp, int watch_fd,
 	r.envp = envp;
 	r.sink = sink;
 	r.watch_fd = watch_fd;
-	r.started_ms = util_now_ms();
+	r.started_us = util_now_us();
 	snprintf(r.method, sizeof r.method, "WS");
 	r.path = strdup("/api/ws");
 	req_set_id(&r, id);

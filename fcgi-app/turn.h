@@ -43,6 +43,7 @@ struct turn {
 	char			 code[32];
 	char			 error[1024];
 	uint64_t		 started_ms;
+	uint64_t		 job_us;	/* the job went to the pool */
 	long long		 ttft_ms;
 	long long		 created;	/* unix time, for the answer */
 	/* The answer, once done. */

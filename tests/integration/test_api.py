@@ -4,6 +4,7 @@ deleted; models; the pool's statistics and health as a client sees them."""
 
 import json
 import os
+import re
 import sys
 import time
 import unittest
@@ -221,6 +222,30 @@ class Disconnect(unittest.TestCase):
             "'%s'" % rid)) or rows, 5, "the usage row")
         self.assertEqual(rows[0][0], "499")
         self.assertIn("closed", rows[0][1])
+
+
+class Timing(unittest.TestCase):
+    def test_server_timing_splits_the_first_text(self):
+        """Server-Timing says how long ccgate-fcgi took to hand the job on
+        (app) and how long the pool and the CLI took to the first text
+        (pool): streamed, with the first delta; whole, with the answer."""
+        for stream in (True, False):
+            t0 = time.monotonic()
+            if stream:
+                r, events = stack.stream("/api/chat", {
+                    "message": "timed", "stream": True},
+                    key=stack.keys["alice"])
+            else:
+                r = call("POST", "/api/chat", {"message": "timed"})
+            total = (time.monotonic() - t0) * 1000
+            self.assertEqual(r.status, 200)
+            m = re.fullmatch(r"app;dur=(\d+\.\d\d), pool;dur=(\d+\.\d\d)",
+                             r.headers.get("server-timing", ""))
+            self.assertIsNotNone(m, r.headers)
+            app, pool = float(m[1]), float(m[2])
+            self.assertGreater(app, 0)
+            self.assertGreater(pool, app, "the CLI takes the most")
+            self.assertLess(app + pool, total)
 
 
 class ModelsAndPool(unittest.TestCase):

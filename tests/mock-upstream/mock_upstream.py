@@ -198,23 +198,12 @@ class Handler(BaseHTTPRequestHandler):
             self.tool_use(body, record, usage, model, msg_id, *cfg["tool"])
             return
         if not body.get("stream"):
-            self._json(200, {
-                "id": msg_id, "type": "message", "role": "assistant",
-                "model": model, "stop_reason": "end_turn",
-                "stop_sequence": None, "usage": usage,
-                "content": [{"type": "text", "text": reply}]})
+            self.message(msg_id, model, "end_turn", usage,
+                         [{"type": "text", "text": reply}])
             return
         drip = cfg["mode"] == "drip" and cfg.get("delay_ms")
-        event = self.start_stream()
         try:
-            event("message_start", {"type": "message_start", "message": {
-                "id": msg_id, "type": "message", "role": "assistant",
-                "model": model, "content": [], "stop_reason": None,
-                "stop_sequence": None,
-                "usage": dict(usage, output_tokens=1)}})
-            event("content_block_start", {"type": "content_block_start",
-                                          "index": 0, "content_block": {
-                                              "type": "text", "text": ""}})
+            event = self.start_stream(msg_id, model, usage)
             for i, word in enumerate(words):
                 piece = word if i == 0 else " " + word
                 if drip:
@@ -224,15 +213,20 @@ class Handler(BaseHTTPRequestHandler):
                     "delta": {"type": "text_delta", "text": piece}})
             event("content_block_stop", {"type": "content_block_stop",
                                          "index": 0})
-            event("message_delta", {"type": "message_delta", "delta": {
-                "stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": len(words)}})
-            event("message_stop", {"type": "message_stop"})
+            end_stream(event, "end_turn", len(words))
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def start_stream(self):
-        """Send a stream's headers; return a function that sends an event."""
+    def message(self, msg_id, model, stop_reason, usage, content):
+        """A whole (not streamed) answer."""
+        self._json(200, {
+            "id": msg_id, "type": "message", "role": "assistant",
+            "model": model, "stop_reason": stop_reason,
+            "stop_sequence": None, "usage": usage, "content": content})
+
+    def start_stream(self, msg_id, model, usage):
+        """Send a stream's headers, its message_start and the start of its
+        text block (index 0); return a function that sends an event."""
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -244,6 +238,13 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(("event: %s\ndata: %s\n\n" %
                               (name, json.dumps(data))).encode())
             self.wfile.flush()
+        event("message_start", {"type": "message_start", "message": {
+            "id": msg_id, "type": "message", "role": "assistant",
+            "model": model, "content": [], "stop_reason": None,
+            "stop_sequence": None, "usage": dict(usage, output_tokens=1)}})
+        event("content_block_start", {"type": "content_block_start",
+                                      "index": 0, "content_block": {
+                                          "type": "text", "text": ""}})
         return event
 
     def tool_use(self, body, record, usage, model, msg_id, tool, args):
@@ -255,22 +256,11 @@ class Handler(BaseHTTPRequestHandler):
         record["response"] = {"status": 200, "text": text, "usage": usage,
                               "tool_use": block}
         if not body.get("stream"):
-            self._json(200, {
-                "id": msg_id, "type": "message", "role": "assistant",
-                "model": model, "stop_reason": "tool_use",
-                "stop_sequence": None, "usage": usage,
-                "content": [{"type": "text", "text": text}, block]})
+            self.message(msg_id, model, "tool_use", usage,
+                         [{"type": "text", "text": text}, block])
             return
-        event = self.start_stream()
         try:
-            event("message_start", {"type": "message_start", "message": {
-                "id": msg_id, "type": "message", "role": "assistant",
-                "model": model, "content": [], "stop_reason": None,
-                "stop_sequence": None,
-                "usage": dict(usage, output_tokens=1)}})
-            event("content_block_start", {"type": "content_block_start",
-                                          "index": 0, "content_block": {
-                                              "type": "text", "text": ""}})
+            event = self.start_stream(msg_id, model, usage)
             event("content_block_delta", {
                 "type": "content_block_delta", "index": 0,
                 "delta": {"type": "text_delta", "text": text}})
@@ -285,12 +275,17 @@ class Handler(BaseHTTPRequestHandler):
                           "partial_json": json.dumps(args)}})
             event("content_block_stop", {"type": "content_block_stop",
                                          "index": 1})
-            event("message_delta", {"type": "message_delta", "delta": {
-                "stop_reason": "tool_use", "stop_sequence": None},
-                "usage": {"output_tokens": usage["output_tokens"]}})
-            event("message_stop", {"type": "message_stop"})
+            end_stream(event, "tool_use", usage["output_tokens"])
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+def end_stream(event, stop_reason, output_tokens):
+    """A stream's closing events."""
+    event("message_delta", {"type": "message_delta", "delta": {
+        "stop_reason": stop_reason, "stop_sequence": None},
+        "usage": {"output_tokens": output_tokens}})
+    event("message_stop", {"type": "message_stop"})
 
 
 def has_tool_result(body):

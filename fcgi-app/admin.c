@@ -888,7 +888,7 @@ main(int argc, char **argv)
 		rc = admin_purge(db, argc, argv);
 	else
 		usage();
-	db_thread_free();
+	db_end();
 	mysql_library_end();
 	appconf_free(appconf);
 	return (rc);

@@ -45,7 +45,6 @@ adminapi_authenticate(struct request *r, struct actor *who)
 {
 	const char	*a = req_header(r, "HTTP_AUTHORIZATION");
 	struct op_error	 e;
-	struct db	*db;
 	char		 id[KEY_ID_LEN + 1];
 
 	memset(who, 0, sizeof *who);
@@ -67,11 +66,7 @@ adminapi_authenticate(struct request *r, struct actor *who)
 		    "with POST /admin/login");
 		return (-1);
 	}
-	if ((db = db_thread()) == NULL) {
-		req_error(r, 500, NULL, "out of memory");
-		return (-1);
-	}
-	if (admuser_check_token(db, a, who, &e) != 0) {
+	if (admuser_check_token(db_thread(), a, who, &e) != 0) {
 		if (e.status == 401)
 			req_add_header(r, "WWW-Authenticate", "Bearer");
 		adminapi_fail(r, &e);
@@ -96,10 +91,6 @@ adminapi_login(struct request *r)
 	    input_str(r, body, "username", 1, TENANT_MAX, &name) != 0 ||
 	    input_str(r, body, "password", 1, 1024, &pw) != 0)
 		return;
-	if (db == NULL) {
-		req_error(r, 500, NULL, "out of memory");
-		return;
-	}
 	if (!appconf->have_secret) {
 		req_error(r, 500, NULL, "no key secret configured");
 		return;

@@ -61,6 +61,7 @@ struct app_config {
 	char	*db_password;
 	char	*db_name;
 	long	 db_timeout_s;
+	long	 db_connections;
 	char	*key_secret_file;
 	uint8_t	 key_secret[32];
 	int	 have_secret;
@@ -113,7 +114,9 @@ struct db_res {
 };
 
 struct db	*db_thread(void);
-void		 db_thread_free(void);
+void		 db_release(void);
+int		 db_warm(int);
+void		 db_end(void);
 int		 db_connect(struct db *, char **);
 int		 db_run(struct db *, struct db_res **, uint64_t *, const char *,
 		     const char *, ...);
@@ -165,7 +168,7 @@ void		 auth_key_hash(const uint8_t [32], const char *,
 		     uint8_t [32]);
 int		 auth_key_make(const char *, char [KEY_LEN + 1]);
 int		 auth_key_generate(char [KEY_LEN + 1], char [KEY_ID_LEN + 1]);
-enum auth_result auth_check(struct db *, const char *, struct apikey *);
+enum auth_result auth_check(const char *, struct apikey *);
 const char	*auth_strerror(enum auth_result);
 int		 auth_load_secret(const char *, uint8_t [32], char **);
 int		 auth_model_allowed(const struct apikey *, const char *);
@@ -173,9 +176,8 @@ int		 perm_check(struct request *, const char *, int, long long *);
 const char	*auth_ws_protocol_key(const char *, char *, size_t);
 
 /* quota.c */
-int		 quota_admit(struct db *, const struct apikey *, long *,
-		     char *, size_t);
-void		 quota_charge(struct db *, const struct apikey *, long long);
+int		 quota_admit(const struct apikey *, long *, char *, size_t);
+void		 quota_charge(const struct apikey *, long long);
 
 /* route.c */
 enum dialect {
@@ -255,6 +257,7 @@ int		 req_sse_event(struct request *, const char *, json_t *);
 int		 req_sent(struct request *);
 void		 req_error(struct request *, int, const char *, const char *,
 		     ...) __attribute__((format(printf, 4, 5)));
+void		 req_db_down(struct request *);
 struct route	*req_route(struct request *);
 struct apikey	*req_key(struct request *);
 int		 req_authenticate(struct request *);

@@ -21,7 +21,8 @@ struct app_config	*appconf;
 static const char *const app_keys[] = {
 	"listen", "listen_mode", "listen_group", "threads", "db_host",
 	"db_port", "db_socket", "db_user", "db_password_file", "db_name",
-	"db_timeout_s", "key_secret_file", "poold_socket", "max_body",
+	"db_timeout_s", "db_connections", "key_secret_file", "poold_socket",
+	"max_body",
 	"max_message", "max_json_depth", "job_timeout_ms", "default_model",
 	"models", "node", "sql_dir", "batch_max", "key_cache_ms",
 	"cors_origins", "log_verbose", "admin_token_ttl_s", "rotate_grace_s",
@@ -174,6 +175,7 @@ appconf_load(const char *path, char **cause)
 	APP_INT("threads", threads, 64, 1, 4096);
 	APP_INT("db_port", db_port, 3306, 1, 65535);
 	APP_INT("db_timeout_s", db_timeout_s, 5, 1, 600);
+	APP_INT("db_connections", db_connections, 16, 2, 4096);
 	APP_INT("max_body", max_body, 1024 * 1024, 1024, 64 * 1024 * 1024);
 	APP_INT("max_message", max_message, 256 * 1024, 1, 16 * 1024 * 1024);
 	APP_INT("max_json_depth", max_json_depth, 32, 2, 1000);

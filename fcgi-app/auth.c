@@ -225,10 +225,12 @@ auth_strerror(enum auth_result r)
 /*
  * Check a presented key.  On AUTH_OK, out describes the key.  A key whose
  * previous secret is still in its rotation grace period is accepted too.
+ * Only a key not in the cache takes a database connection.
  */
 enum auth_result
-auth_check(struct db *db, const char *key, struct apikey *out)
+auth_check(const char *key, struct apikey *out)
 {
+	struct db	*db;
 	struct db_res	*res = NULL;
 	uint8_t		 hash[32];
 	const char	*status, *h, *prev;
@@ -246,6 +248,7 @@ auth_check(struct db *db, const char *key, struct apikey *out)
 		sodium_memzero(hash, sizeof hash);
 		return (AUTH_OK);
 	}
+	db = db_thread();
 	if (db_run(db, &res, NULL,
 	    "SELECT key_hash, tenant, name, status, "
 	    "expires_at IS NOT NULL AND expires_at <= UTC_TIMESTAMP(), "

@@ -151,7 +151,8 @@ chat_keep_partial(struct turn *t, json_t *f)
 
 /*
  * Run one job on the pool and relay its events.  Returns how it ended;
- * on TURN_DONE t->done holds the done frame.
+ * on TURN_DONE t->done holds the done frame.  The thread's database
+ * connection goes back to the pool first: a turn may take minutes.
  */
 static enum turn_end
 chat_run(struct turn *t)
@@ -164,6 +165,7 @@ chat_run(struct turn *t)
 	int		 why, wait;
 	enum turn_end	 end = TURN_ERROR;
 
+	db_release();
 	if ((job = chat_job(t)) == NULL) {
 		chat_set_error(t, PROTO_E_INTERNAL, "out of memory");
 		return (TURN_ERROR);
@@ -371,8 +373,9 @@ static const struct turn_ops native_ops = {
  * heartbeats meanwhile).  Returns 0, or -1 when the answer is lost.
  */
 static int
-chat_store_answer(struct db *db, struct turn *t, const char *hash)
+chat_store_answer(struct turn *t, const char *hash)
 {
+	struct db	*db;
 	struct timespec	 pause = { 0, CHAT_STORE_RETRY_MS * 1000000L };
 	uint64_t	 deadline = util_now_ms() +
 			     (uint64_t)appconf->db_retry_ms;
@@ -381,6 +384,7 @@ chat_store_answer(struct db *db, struct turn *t, const char *hash)
 	session_done = t->session_id == NULL ||
 	    !util_valid_uuid(t->session_id);
 	for (;;) {
+		db = db_thread();
 		if (!session_done && conv_set_session(db, t->conv->id,
 		    t->session_id, hash) == 0)
 			session_done = 1;
@@ -390,6 +394,7 @@ chat_store_answer(struct db *db, struct turn *t, const char *hash)
 			return (0);
 		if (util_now_ms() >= deadline)
 			return (-1);
+		db_release();	/* for a connection that works, next time */
 		if (t->stream && t->started)
 			(void)req_sse_data(t->r, ": keep-alive");
 		(void)nanosleep(&pause, NULL);
@@ -398,7 +403,7 @@ chat_store_answer(struct db *db, struct turn *t, const char *hash)
 
 /* Store the answer, extend the history hash, and send the answer. */
 static void
-chat_finish_done(struct db *db, struct turn *t)
+chat_finish_done(struct turn *t)
 {
 	json_t	*u = json_object_get(t->done, "usage");
 	char	 h1[65], h2[65];
@@ -415,15 +420,16 @@ chat_finish_done(struct db *db, struct turn *t)
 	t->cache_creation = json_integer_value(json_object_get(u,
 	    "cache_creation_input_tokens"));
 	t->cost = json_number_value(json_object_get(t->done, "cost_usd"));
-	quota_charge(db, req_key(t->r), t->in + t->out);
+	quota_charge(req_key(t->r), t->in + t->out);
 	req_usage(t->r, t->conv->model, t->in, t->out, t->cache_read,
 	    t->cache_creation, t->cost, t->ttft_ms, NULL);
 	conv_chain(t->conv->history_hash, "user", t->message, h1);
 	conv_chain(h1, "assistant", t->text, h2);
-	if (chat_store_answer(db, t, h2) != 0)
+	if (chat_store_answer(t, h2) != 0)
 		log_warnx("request %s: the answer could not be stored: the "
 		    "database did not answer for %ld ms", req_id(t->r),
 		    appconf->db_retry_ms);
+	db_release();	/* a slow reader must not hold it */
 	snprintf(t->conv->history_hash, sizeof t->conv->history_hash, "%s", h2);
 	if (t->stream && chat_stream_open(t) != 0) {
 		log_info("request %s: client left before the end",
@@ -435,9 +441,10 @@ chat_finish_done(struct db *db, struct turn *t)
 
 /* Store what a failed turn produced and answer with the error. */
 static void
-chat_finish_error(struct db *db, struct turn *t, enum turn_end end)
+chat_finish_error(struct turn *t, enum turn_end end)
 {
-	int	status = end == TURN_GONE ? 499 : chat_status(t->code);
+	struct db	*db = db_thread();
+	int		 status = end == TURN_GONE ? 499 : chat_status(t->code);
 
 	if (end == TURN_GONE)
 		chat_set_error(t, "cancelled", "the client closed the "
@@ -450,6 +457,7 @@ chat_finish_error(struct db *db, struct turn *t, enum turn_end end)
 	if (conv_forget_session(db, t->conv) != 0)
 		log_warnx("request %s: conversation %s keeps its CLI session",
 		    req_id(t->r), t->conv->id);
+	db_release();
 	if (end == TURN_GONE) {
 		/* A WebSocket is still there after a cancel: tell it. */
 		if (req_sent(t->r))
@@ -493,15 +501,13 @@ void
 chat_turn_run(struct turn *t)
 {
 	struct request	*r = t->r;
-	struct db	*db = db_thread();
 	enum turn_end	 end;
 	char		*primed = NULL;
 
-	if (db == NULL || conv_add_message(db, t->conv->id, "user", t->message,
+	/* chat_run gives the connection back: take it afresh each time. */
+	if (conv_add_message(db_thread(), t->conv->id, "user", t->message,
 	    req_id(r), 0, 0, 0.0) != 0) {
-		req_add_header(r, "Retry-After", "5");
-		req_error(r, 503, NULL, "the database is unavailable; retry "
-		    "shortly");
+		req_db_down(r);
 		return;
 	}
 	/*
@@ -510,14 +516,14 @@ chat_turn_run(struct turn *t)
 	 */
 	if ((t->prime || (!t->conv->fresh &&
 	    t->conv->cli_session_id[0] == '\0')) &&
-	    (primed = chat_prime(db, t)) != NULL) {
+	    (primed = chat_prime(db_thread(), t)) != NULL) {
 		t->send = primed;
 		t->resume = 0;
 	}
 	end = chat_run(t);
 	if (end == TURN_ERROR && strcmp(t->code, PROTO_E_RESUME_FAILED) == 0 &&
 	    !req_sent(r) && primed == NULL &&
-	    (primed = chat_prime(db, t)) != NULL) {
+	    (primed = chat_prime(db_thread(), t)) != NULL) {
 		log_info("request %s: session %s is gone; priming a new one",
 		    req_id(r), t->conv->cli_session_id);
 		t->send = primed;
@@ -525,9 +531,9 @@ chat_turn_run(struct turn *t)
 		end = chat_run(t);
 	}
 	if (end == TURN_DONE)
-		chat_finish_done(db, t);
+		chat_finish_done(t);
 	else
-		chat_finish_error(db, t, end);
+		chat_finish_error(t, end);
 	json_decref(t->done);
 	free(t->partial);
 	free(primed);
@@ -576,10 +582,7 @@ chat_body(struct request *r, json_t *body, enum chat_stream mode)
 		stream = 1;
 	if (json_object_get(body, "temperature") != NULL)
 		req_add_header(r, "X-Ccgate-Ignored", "temperature");
-	if ((db = db_thread()) == NULL) {
-		req_error(r, 500, NULL, "out of memory");
-		return;
-	}
+	db = db_thread();
 	if (conv_id != NULL) {
 		rc = conv_load(db, req_key(r)->tenant, conv_id, &conv);
 		if (rc == 1) {
@@ -617,9 +620,7 @@ chat_body(struct request *r, json_t *body, enum chat_stream mode)
 		free(title);
 	}
 	if (rc != 0) {
-		req_add_header(r, "Retry-After", "5");
-		req_error(r, 503, NULL, "the database is unavailable; retry "
-		    "shortly");
+		req_db_down(r);
 		return;
 	}
 	/* A front nginx routes the next turns by it (docs/scaling.md). */
@@ -653,7 +654,7 @@ struct batch_item {
 	int		 started;
 };
 
-/* A batch item's thread: one turn, on this thread's own DB connection. */
+/* A batch item's thread: one turn. */
 static void *
 chat_batch_item(void *arg)
 {
@@ -664,7 +665,7 @@ chat_batch_item(void *arg)
 		    "an object");
 	else
 		chat_body(it->sub, it->body, STREAM_NEVER);
-	db_thread_free();
+	db_release();
 	return (NULL);
 }
 
@@ -700,6 +701,8 @@ chat_batch_handle(struct request *r)
 		req_error(r, 500, NULL, "out of memory");
 		return;
 	}
+	/* Each item takes a connection of its own; ours waits meanwhile. */
+	db_release();
 	for (i = 0; i < n; i++) {
 		items[i].body = json_array_get(list, i);
 		if ((items[i].sub = req_sub(r, (int)i)) == NULL)

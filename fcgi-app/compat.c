@@ -246,8 +246,7 @@ compat_conversation(struct request *r, const char *model,
 	return (0);
 down:
 	conv_clear(conv);
-	req_add_header(r, "Retry-After", "5");
-	req_error(r, 503, NULL, "the database is unavailable; retry shortly");
+	req_db_down(r);
 	return (-1);
 }
 

@@ -206,14 +206,6 @@ conv_find_history(struct db *db, const char *tenant, const char *hash,
 	return (conv_load(db, tenant, id, c));
 }
 
-/* Answer a database failure. */
-static void
-conv_db_down(struct request *r)
-{
-	req_add_header(r, "Retry-After", "5");
-	req_error(r, 503, NULL, "the database is unavailable; retry shortly");
-}
-
 /* The JSON form of a conversation (without messages). */
 static json_t *
 conv_json(const struct conversation *c)
@@ -247,7 +239,7 @@ conv_create_handle(struct request *r)
 	}
 	if ((db = db_thread()) == NULL || conv_insert(db, req_key(r), model,
 	    sp, title, &c) != 0) {
-		conv_db_down(r);
+		req_db_down(r);
 		return;
 	}
 	/* Read it back for created_at; conv_load refills c. */
@@ -255,7 +247,7 @@ conv_create_handle(struct request *r)
 	conv_clear(&c);
 	if (conv_load(db, req_key(r)->tenant, id, &c) != 0) {
 		conv_clear(&c);
-		conv_db_down(r);
+		req_db_down(r);
 		return;
 	}
 	req_send_json(r, 201, conv_json(&c));
@@ -278,7 +270,7 @@ conv_get_handle(struct request *r)
 	if ((db = db_thread()) == NULL ||
 	    (rc = conv_load(db, req_key(r)->tenant, req_route(r)->param,
 	    &c)) == -1) {
-		conv_db_down(r);
+		req_db_down(r);
 		return;
 	}
 	if (rc == 1) {
@@ -290,7 +282,7 @@ conv_get_handle(struct request *r)
 	    "output_tokens, cost_usd FROM messages WHERE conversation_id = ? "
 	    "ORDER BY id", "s", c.id) != 0) {
 		conv_clear(&c);
-		conv_db_down(r);
+		req_db_down(r);
 		return;
 	}
 	out = conv_json(&c);
@@ -360,7 +352,7 @@ conv_list_handle(struct request *r)
 		return;
 	}
 	if ((db = db_thread()) == NULL) {
-		conv_db_down(r);
+		req_db_down(r);
 		return;
 	}
 	if (cursor != NULL)
@@ -379,7 +371,7 @@ conv_list_handle(struct request *r)
 		    "AND deleted_at IS NULL ORDER BY created_at DESC, id DESC "
 		    "LIMIT ?", "si", tenant, (long long)limit + 1);
 	if (rc != 0) {
-		conv_db_down(r);
+		req_db_down(r);
 		return;
 	}
 	n = res->nrows > (size_t)limit ? (size_t)limit : res->nrows;
@@ -416,7 +408,7 @@ conv_delete_handle(struct request *r)
 	if ((db = db_thread()) == NULL ||
 	    (rc = conv_load(db, req_key(r)->tenant, req_route(r)->param,
 	    &c)) == -1) {
-		conv_db_down(r);
+		req_db_down(r);
 		return;
 	}
 	if (rc == 1) {
@@ -451,7 +443,7 @@ conv_delete_handle(struct request *r)
 	    db_commit(db) != 0) {
 		(void)db_rollback(db);
 		conv_clear(&c);
-		conv_db_down(r);
+		req_db_down(r);
 		return;
 	}
 	conv_clear(&c);
@@ -479,7 +471,7 @@ conv_continue_handle(struct request *r)
 	if ((db = db_thread()) == NULL ||
 	    (rc = conv_load(db, req_key(r)->tenant, req_route(r)->param,
 	    &c)) == -1) {
-		conv_db_down(r);
+		req_db_down(r);
 		return;
 	}
 	if (rc == 1) {

@@ -1,9 +1,16 @@
 /*
- * MariaDB access.  One connection per thread, with timeouts; statements
- * are prepared once per connection and cached.  MYSQL_OPT_RECONNECT is
- * not used (it silently invalidates prepared statements): when the server
- * has gone away, outside a transaction, the connection is made again, the
- * statement prepared again and run once more.
+ * MariaDB access.  Connections are pooled: a thread takes one on its
+ * first db_thread() and gives it back with db_release(), at the end of
+ * each request and before a turn waits on the pool daemon, so that the
+ * thousand threads holding a thousand streams open share db_connections
+ * connections (and their prepared statements) instead of holding one
+ * each.  A thread that finds none free waits up to db_timeout_s.
+ *
+ * Each connection has timeouts; statements are prepared once per
+ * connection and cached.  MYSQL_OPT_RECONNECT is not used (it silently
+ * invalidates prepared statements): when the server has gone away,
+ * outside a transaction, the connection is made again, the statement
+ * prepared again and run once more.
  *
  * db_run's type string names each parameter:
  *   s	const char *	(NULL is SQL NULL)
@@ -14,11 +21,13 @@
  */
 #include "config.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <errmsg.h>
 #include <mysql.h>
@@ -43,6 +52,21 @@ struct db {
 	char		 err[512];
 };
 
+/* A thread's part: the connection it holds, if any. */
+struct db_local {
+	struct db	*held;
+};
+
+/* The connections not held, the most recently used on top. */
+static struct {
+	pthread_mutex_t	  lock;
+	pthread_cond_t	  freed;	/* CLOCK_MONOTONIC */
+	struct db	**idle;
+	size_t		  nidle;
+	size_t		  made;
+	size_t		  max;
+} pool = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
 static pthread_key_t	db_key;
 static pthread_once_t	db_once = PTHREAD_ONCE_INIT;
 
@@ -64,56 +88,175 @@ db_disconnect(struct db *db)
 	db->in_tx = 0;
 }
 
-/* Thread exit: free the thread's connection. */
+/* Put db back among the idle connections and wake one waiting thread. */
+static void
+db_give(struct db *db)
+{
+	if (db->in_tx) {
+		log_warnx("database: a connection came back inside a "
+		    "transaction; rolled back");
+		(void)db_rollback(db);
+	}
+	pthread_mutex_lock(&pool.lock);
+	pool.idle[pool.nidle++] = db;
+	pthread_cond_signal(&pool.freed);
+	pthread_mutex_unlock(&pool.lock);
+}
+
+/* Thread exit: give back what the thread holds. */
 static void
 db_destructor(void *arg)
 {
-	struct db	*db = arg;
+	struct db_local	*l = arg;
 
-	db_disconnect(db);
-	free(db);
+	if (l->held != NULL)
+		db_give(l->held);
+	free(l);
 	mysql_thread_end();
 }
 
-/* Create the thread-specific key once. */
+/* Create the thread-specific key and the pool once. */
 static void
 db_once_init(void)
 {
-	if (pthread_key_create(&db_key, db_destructor) != 0)
-		fatalx("pthread_key_create");
+	pthread_condattr_t	attr;
+
+	if (pthread_key_create(&db_key, db_destructor) != 0 ||
+	    pthread_condattr_init(&attr) != 0 ||
+	    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0 ||
+	    pthread_cond_init(&pool.freed, &attr) != 0)
+		fatalx("db: pthread setup failed");
+	pthread_condattr_destroy(&attr);
+	pool.max = (size_t)appconf->db_connections;
+	if ((pool.idle = calloc(pool.max, sizeof *pool.idle)) == NULL)
+		fatalx("db: out of memory");
 }
 
-/* Return this thread's connection handle (connected lazily). */
-struct db *
-db_thread(void)
+/*
+ * Take an idle connection, or make a new handle while fewer than max
+ * exist, or wait up to db_timeout_s for one.  NULL if none came.
+ */
+static struct db *
+db_take(void)
 {
-	struct db	*db;
+	struct timespec	 until;
+	struct db	*db = NULL;
+	int		 rc = 0;
 
-	pthread_once(&db_once, db_once_init);
-	if ((db = pthread_getspecific(db_key)) != NULL)
-		return (db);
-	if ((db = calloc(1, sizeof *db)) == NULL)
+	if (clock_gettime(CLOCK_MONOTONIC, &until) != 0)
 		return (NULL);
-	if (mysql_thread_init() != 0 || pthread_setspecific(db_key, db) != 0) {
-		free(db);
+	until.tv_sec += appconf->db_timeout_s;
+	pthread_mutex_lock(&pool.lock);
+	while (pool.nidle == 0 && pool.made == pool.max && rc != ETIMEDOUT)
+		rc = pthread_cond_timedwait(&pool.freed, &pool.lock, &until);
+	if (pool.nidle > 0)
+		db = pool.idle[--pool.nidle];
+	else if (pool.made < pool.max)
+		pool.made++;
+	else {
+		pthread_mutex_unlock(&pool.lock);
+		log_warnx("database: none of the %zu connections came free in "
+		    "%ld s", pool.max, appconf->db_timeout_s);
 		return (NULL);
+	}
+	pthread_mutex_unlock(&pool.lock);
+	if (db == NULL && (db = calloc(1, sizeof *db)) == NULL) {
+		pthread_mutex_lock(&pool.lock);
+		pool.made--;
+		pthread_cond_signal(&pool.freed);
+		pthread_mutex_unlock(&pool.lock);
 	}
 	return (db);
 }
 
-/* Free this thread's connection now (single-threaded programs). */
-void
-db_thread_free(void)
+/*
+ * Return the connection this thread holds, taking one from the pool if it
+ * holds none (connected lazily, by the first statement).  NULL when none
+ * came free in db_timeout_s, or out of memory.
+ */
+struct db *
+db_thread(void)
 {
-	struct db	*db;
+	struct db_local	*l;
 
 	pthread_once(&db_once, db_once_init);
-	if ((db = pthread_getspecific(db_key)) == NULL)
+	if ((l = pthread_getspecific(db_key)) == NULL) {
+		if ((l = calloc(1, sizeof *l)) == NULL)
+			return (NULL);
+		if (mysql_thread_init() != 0 ||
+		    pthread_setspecific(db_key, l) != 0) {
+			free(l);
+			return (NULL);
+		}
+	}
+	if (l->held == NULL)
+		l->held = db_take();
+	return (l->held);
+}
+
+/*
+ * Give this thread's connection back to the pool.  A pointer from an
+ * earlier db_thread() must not be used after this.
+ */
+void
+db_release(void)
+{
+	struct db_local	*l;
+
+	pthread_once(&db_once, db_once_init);
+	if ((l = pthread_getspecific(db_key)) == NULL || l->held == NULL)
 		return;
-	db_disconnect(db);
-	free(db);
-	if (pthread_setspecific(db_key, NULL) != 0)
-		log_warnx("pthread_setspecific");
+	db_give(l->held);
+	l->held = NULL;
+}
+
+/*
+ * Connect up to n of the pool's connections now, so that the first
+ * requests do not pay for it.  Returns how many are connected.
+ */
+int
+db_warm(int n)
+{
+	struct db	**got;
+	int		  i, ok = 0;
+
+	if ((got = calloc((size_t)n, sizeof *got)) == NULL)
+		return (0);
+	pthread_once(&db_once, db_once_init);
+	for (i = 0; i < n && (size_t)i < pool.max; i++) {
+		if ((got[i] = db_take()) == NULL)
+			break;
+		if (db_connect(got[i], NULL) != 0) {
+			i++;
+			break;	/* the server is not there: later */
+		}
+		ok++;
+	}
+	while (i-- > 0)
+		db_give(got[i]);
+	free(got);
+	return (ok);
+}
+
+/*
+ * At exit, once no other thread uses the database: close and free every
+ * connection.
+ */
+void
+db_end(void)
+{
+	pthread_once(&db_once, db_once_init);
+	db_release();
+	pthread_mutex_lock(&pool.lock);
+	if (pool.nidle != pool.made)
+		log_warnx("database: %zu connections still held at exit",
+		    pool.made - pool.nidle);
+	while (pool.nidle > 0) {
+		db_disconnect(pool.idle[--pool.nidle]);
+		free(pool.idle[pool.nidle]);
+		pool.made--;
+	}
+	pthread_mutex_unlock(&pool.lock);
 }
 
 /* Remember the last error. */
@@ -127,7 +270,7 @@ db_set_error(struct db *db, const char *what, const char *msg)
 const char *
 db_error(struct db *db)
 {
-	return (db->err);
+	return (db != NULL ? db->err : "no database connection came free");
 }
 
 /* Connect if not connected. */
@@ -138,6 +281,11 @@ db_connect(struct db *db, char **cause)
 	unsigned int		 t = (unsigned int)cf->db_timeout_s;
 	unsigned int		 rt = t * 6;
 
+	if (db == NULL) {
+		if (cause != NULL)
+			*cause = strdup(db_error(db));
+		return (-1);
+	}
 	if (db->my != NULL)
 		return (0);
 	if ((db->my = mysql_init(NULL)) == NULL) {
@@ -383,6 +531,8 @@ db_run(struct db *db, struct db_res **res, uint64_t *affected, const char *sql,
 
 	if (res != NULL)
 		*res = NULL;
+	if (db == NULL)
+		return (-1);	/* db_thread() logged why */
 	if (n > DB_MAX_PARAMS)
 		fatalx("db_run: too many parameters");
 	memset(binds, 0, sizeof binds);
@@ -476,7 +626,7 @@ fail:
 static int
 db_simple(struct db *db, const char *sql)
 {
-	if (db_connect(db, NULL) != 0)
+	if (db == NULL || db_connect(db, NULL) != 0)
 		return (-1);
 	if (mysql_query(db->my, sql) != 0) {
 		db_set_error(db, sql, mysql_error(db->my));
@@ -502,6 +652,8 @@ db_begin(struct db *db)
 int
 db_commit(struct db *db)
 {
+	if (db == NULL)
+		return (-1);
 	db->in_tx = 0;
 	return (db_simple(db, "COMMIT"));
 }
@@ -510,6 +662,8 @@ db_commit(struct db *db)
 int
 db_rollback(struct db *db)
 {
+	if (db == NULL)
+		return (0);
 	db->in_tx = 0;
 	if (db->my == NULL)
 		return (0);

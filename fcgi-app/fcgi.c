@@ -73,19 +73,12 @@ static void *
 worker_main(void *arg)
 {
 	FCGX_Request	 fx;
-	struct db	*db;
 	int		 rc;
 
 	if (FCGX_InitRequest(&fx, listen_fd, FCGI_FAIL_ACCEPT_ON_INTR) != 0) {
 		log_warnx("FCGX_InitRequest failed");
 		return (NULL);
 	}
-	/*
-	 * Connect to MariaDB now rather than on this thread's first request;
-	 * if that fails, the first request tries again.
-	 */
-	if ((db = db_thread()) != NULL && db_connect(db, NULL) != 0)
-		log_debug("worker: %s; connecting on first use", db_error(db));
 	for (;;) {
 		pthread_mutex_lock(&accept_lock);
 		rc = worker_accept(&fx);
@@ -95,7 +88,7 @@ worker_main(void *arg)
 		req_handle(&fx);
 	}
 	FCGX_Free(&fx, 1);
-	db_thread_free();
+	db_release();
 	return (NULL);
 }
 
@@ -146,6 +139,12 @@ main(int argc, char **argv)
 	if (FCGX_Init() != 0)
 		fatalx("FCGX_Init failed");
 
+	/*
+	 * Connect to MariaDB now rather than on the first requests; what
+	 * fails here is connected on first use.
+	 */
+	log_debug("%d of %ld database connections made", db_warm((int)
+	    appconf->db_connections), appconf->db_connections);
 	usage_start();
 	if (pipe2(stop_pipe, O_CLOEXEC) == -1)
 		fatal("pipe2");
@@ -178,6 +177,7 @@ main(int argc, char **argv)
 	for (i = 0; i < n; i++)
 		pthread_join(threads[i], NULL);
 	usage_stop();
+	db_end();
 	close(listen_fd);
 	close(stop_pipe[0]);
 	close(stop_pipe[1]);

@@ -23,12 +23,12 @@ health_live(struct request *r)
 void
 health_ready(struct request *r)
 {
-	struct db	*db = db_thread();
 	json_t		*ping, *ans = NULL;
 	char		*cause = NULL;
 	int		 db_ok, pool_ok;
 
-	db_ok = db != NULL && db_ping(db) == 0;
+	db_ok = db_ping(db_thread()) == 0;
+	db_release();	/* the pool daemon may take its time */
 	if ((ping = proto_new(PROTO_PING)) != NULL)
 		ans = poolc_call(appconf->poold_socket, ping, 2000, &cause);
 	pool_ok = ans != NULL && strcmp(proto_type(ans), PROTO_OK) == 0;

@@ -32,9 +32,9 @@ quota_resets(long *minute, long *day)
  * reached (*retry_after and why are set), -1 on a database error.
  */
 int
-quota_admit(struct db *db, const struct apikey *k, long *retry_after,
-    char *why, size_t len)
+quota_admit(const struct apikey *k, long *retry_after, char *why, size_t len)
 {
+	struct db	*db;
 	long long	rpd = k->rpd < 0 ? QUOTA_NONE : k->rpd;
 	long long	tpd = k->tpd < 0 ? QUOTA_NONE : k->tpd;
 	uint64_t	affected;
@@ -54,7 +54,7 @@ quota_admit(struct db *db, const struct apikey *k, long *retry_after,
 		    "requests_per_day" : "tokens_per_day");
 		return (1);
 	}
-	if (db_begin(db) != 0)
+	if (db_begin(db = db_thread()) != 0)
 		return (-1);
 	if (k->rpm > 0) {
 		if (db_run(db, NULL, &affected,
@@ -102,11 +102,11 @@ fail:
 
 /* Charge a finished turn's tokens to the key's day (with a token limit). */
 void
-quota_charge(struct db *db, const struct apikey *k, long long tokens)
+quota_charge(const struct apikey *k, long long tokens)
 {
 	if (k->tpd < 0 || tokens <= 0)
 		return;
-	if (db_run(db, NULL, NULL,
+	if (db_run(db_thread(), NULL, NULL,
 	    "INSERT INTO key_quota_windows (key_id, kind, window_start, tokens) "
 	    "VALUES (?, 'day', UTC_DATE(), ?) ON DUPLICATE KEY UPDATE tokens = "
 	    "tokens + VALUES(tokens)", "si", k->id, tokens) != 0)

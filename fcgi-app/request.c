@@ -279,6 +279,14 @@ req_error(struct request *r, int status, const char *type, const char *fmt,
 	req_send_json(r, status, dialect_error(r->route.dialect, type, msg));
 }
 
+/* Answer that MariaDB does not answer (or no connection came free). */
+void
+req_db_down(struct request *r)
+{
+	req_add_header(r, "Retry-After", "5");
+	req_error(r, 503, NULL, "the database is unavailable; retry shortly");
+}
+
 /* Start a Server-Sent Events response. */
 int
 req_sse_start(struct request *r)
@@ -550,14 +558,9 @@ req_presented_key(struct request *r)
 int
 req_authenticate_key(struct request *r)
 {
-	struct db		*db = db_thread();
 	enum auth_result	 ar;
 
-	if (db == NULL) {
-		req_error(r, 500, NULL, "out of memory");
-		return (-1);
-	}
-	ar = auth_check(db, req_presented_key(r), &r->key);
+	ar = auth_check(req_presented_key(r), &r->key);
 	if (ar == AUTH_OK) {
 		r->have_key = 1;
 		return (0);
@@ -588,7 +591,7 @@ req_authenticate(struct request *r)
 
 	if (req_authenticate_key(r) != 0)
 		return (-1);
-	switch (quota_admit(db_thread(), &r->key, &retry, why, sizeof why)) {
+	switch (quota_admit(&r->key, &retry, why, sizeof why)) {
 	case 0:
 		return (0);
 	case 1:
@@ -883,6 +886,7 @@ req_finish(struct request *r, void (*finish)(struct request *))
 	    r->u_cache_read, r->u_cache_creation, r->u_cost);
 	req_write_usage(r, duration);
 	req_free(r);
+	db_release();
 }
 
 /* Set the request id: the client's (through nginx) if usable, else new. */

@@ -198,7 +198,7 @@ usage_main(void *arg)
 	}
 	pthread_mutex_unlock(&usage_lock);
 	free(batch);
-	db_thread_free();
+	db_release();
 	return (NULL);
 }
 

@@ -20,7 +20,7 @@
  * one service thread.  It was chosen over wslay (framing only: the
  * handshake and the event loop would be ours to write) and over writing
  * RFC 6455 by hand.  Turns block on MariaDB and ccgate-poold, so they run
- * on a pool of worker threads (each with its own MariaDB connection); a
+ * on a pool of worker threads (sharing db_connections connections); a
  * worker queues its events on the connection and wakes the service thread
  * with lws_cancel_service(), the one call libwebsockets allows from
  * another thread.  ws_lock guards every connection's shared state.
@@ -297,7 +297,7 @@ ws_worker(void *arg)
 		json_decref(t->body);
 		free(t);
 	}
-	db_thread_free();
+	db_release();
 	return (NULL);
 }
 
@@ -769,6 +769,7 @@ main(int argc, char **argv)
 	if (unlink(appconf->ws_listen) == -1 && errno != ENOENT)
 		log_warn("unlink %s", appconf->ws_listen);
 	usage_stop();
+	db_end();
 	free(workers);
 	mysql_library_end();
 	appconf_free(appconf);

@@ -5,7 +5,7 @@ answer before the next request, mixing new and continued conversations,
 streamed and whole answers, model lists, and refused requests (a bad
 key, bad JSON).  Samples the resident memory and open file descriptors of
 ccgate-fcgi and ccgate-poold; compares the end with the state after the
-first minute, when every worker thread has its MariaDB connection."""
+first minute, when every worker thread and MariaDB connection is warm."""
 
 import json
 import os
@@ -19,8 +19,8 @@ from harness import Stack  # noqa: E402
 
 SECONDS = int(os.environ.get("CCGATE_BENCH_SOAK_SECONDS", "600"))
 # Each ccgate-fcgi worker thread grows to its own steady state (its stack,
-# its MariaDB connection's buffers and prepared statements) the first few
-# times it meets each kind of request.  Eight threads for four clients
+# its malloc arena), and each MariaDB connection (its buffers and prepared
+# statements), the first few times it meets each kind of request.  Eight threads for four clients
 # reach it within the warm-up, so growth after it would be a leak.
 THREADS = int(os.environ.get("CCGATE_BENCH_SOAK_THREADS", "8"))
 WARMUP = min(60, SECONDS // 5)

@@ -87,11 +87,10 @@ class Counter:
 
 def run():
     """Measure; return a markdown section."""
-    # Two sockets a stream in nginx and ccgate-fcgi, one here; and a
-    # MariaDB connection for each of ccgate-fcgi's threads.
+    # Two sockets a stream in nginx and ccgate-fcgi, one here.  The
+    # threads share ccgate-fcgi's 16 MariaDB connections (db_connections).
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    os.environ["CCGATE_DB_MAX_CONNECTIONS"] = str(STREAMS + 200)
     stack = Stack({"min_instances": CONVERSATIONS,
                    "max_instances": CONVERSATIONS,
                    "tenant_max_jobs": CONVERSATIONS,

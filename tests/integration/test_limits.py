@@ -2,8 +2,9 @@
 """Key status, permissions and quotas, in every dialect: suspended, expired
 and revoked keys; allowed models, streaming and the max_tokens cap;
 requests per minute and per day and tokens per day, enforced atomically
-under concurrency, with Retry-After; running jobs per key.  Key attributes are set in SQL, as an
-operator would before the admin API exists."""
+under concurrency, with Retry-After; running jobs per key; streams
+sharing a small pool of MariaDB connections.  Key attributes are set in
+SQL, as an operator would before the admin API exists."""
 
 import concurrent.futures
 import json
@@ -18,12 +19,17 @@ from harness import Stack, main, wait_for  # noqa: E402
 stack = None
 n = 0
 CACHE_MS = 1500
+DB_CONNECTIONS = 3
 
 
 def setUpModule():
     global stack
+    # Few database connections for many threads: every test here, the
+    # quota transactions under concurrency among them, shares them.
     stack = Stack(app_opts={"key_cache_ms": CACHE_MS,
-                            "cors_origins": "https://app.example"},
+                            "cors_origins": "https://app.example",
+                            "threads": 32,
+                            "db_connections": DB_CONNECTIONS},
                   name="limits").start()
 
 
@@ -259,6 +265,59 @@ class Concurrency(unittest.TestCase):
         finally:
             stack.reconfigure(key_max_jobs=0)
         self.assertEqual([r.status for r in results], [200] * 3, results)
+
+
+def ccgate_connections():
+    return int(stack.sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST"
+                         " WHERE USER = 'ccgate'")[0][0])
+
+
+class DatabaseConnections(unittest.TestCase):
+    def test_streams_share_the_configured_connections(self):
+        """Twelve streams held open at once by ccgate-fcgi's 32 threads
+        use at most db_connections MariaDB connections between them, and
+        every one ends whole: its answer, its stored messages, its usage
+        row."""
+        STREAMS = 12
+        key = new_key()
+        # ccgate-ws has a pool of its own; this counts ccgate-fcgi's.
+        stack.stop_proc("ws")
+        try:
+            done = []
+
+            def one(i):
+                resp, events = stack.stream("/api/chat", {
+                    "message": "pooled %d [[mock:drip=100]] "
+                    "[[mock:chunks=15]]" % i, "stream": True}, key=key)
+                done.append(i)
+                return resp, events
+            peak = 0
+            with concurrent.futures.ThreadPoolExecutor(STREAMS) as ex:
+                futs = [ex.submit(one, i) for i in range(STREAMS)]
+                while len(done) < STREAMS:
+                    peak = max(peak, ccgate_connections())
+                    time.sleep(0.05)
+                results = [f.result() for f in futs]
+        finally:
+            stack.start_ws()
+        self.assertGreater(peak, 0)
+        self.assertLessEqual(peak, DB_CONNECTIONS)
+        print("\n  %d streams, at most %d MariaDB connections" % (
+            STREAMS, peak), file=sys.stderr)
+        ids = []
+        for resp, events in results:
+            self.assertEqual(resp.status, 200, resp)
+            self.assertEqual(events[-1], "[DONE]")
+            self.assertEqual(events[-2]["type"], "done", events[-2])
+            ids.append(resp.headers["x-request-id"])
+        for rid in ids:
+            wait_for(lambda: stack.sql(
+                "SELECT status_code FROM usage_logs WHERE request_id = "
+                "'%s'" % rid) == [["200"]], 5, "the usage row of " + rid)
+        self.assertEqual(sorted(stack.sql(
+            "SELECT role, COUNT(*) FROM messages WHERE request_id IN (%s) "
+            "GROUP BY role" % ", ".join("'%s'" % rid for rid in ids))),
+            [["assistant", str(STREAMS)], ["user", str(STREAMS)]])
 
 
 if __name__ == "__main__":

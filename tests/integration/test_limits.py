@@ -181,6 +181,75 @@ class Permissions(unittest.TestCase):
                          "the CLI was not given the key's cap")
 
 
+class RefusedTurnsOfStoredConversations(unittest.TestCase):
+    """Turns of a stored conversation refused for the key's rights or
+    the conversation's system prompt store nothing, in either route."""
+
+    def test_every_refusal_stores_nothing(self):
+        owner = stack.create_key("stored-owner", user="stored")
+        r = chat(owner, {"message": "start", "system_prompt": "be brief"})
+        self.assertEqual(r.status, 200, r)
+        cid = r.json()["conversation_id"]
+
+        def stored():
+            return stack.sql("SELECT role, content FROM messages WHERE "
+                             "conversation_id = '%s' ORDER BY id" % cid)
+        before = stored()
+        self.assertEqual(len(before), 2)
+        # Keys of the same tenant with narrower rights.
+        haiku = stack.create_key("stored-haiku", user="stored")
+        narrow = stack.create_key("stored-narrow", user="stored")
+        stack.sql("UPDATE api_keys SET models = '[\"claude-haiku-4-5\"]' "
+                  "WHERE id = '%s'" % haiku[4:20])
+        stack.sql("UPDATE api_keys SET allow_streaming = 0, max_tokens = 50"
+                  " WHERE id = '%s'" % narrow[4:20])
+        cont = "/api/conversations/%s/continue" % cid
+        refused = [
+            (haiku, "/api/chat", {"conversation_id": cid}, 403, "model"),
+            (haiku, cont, {}, 403, "model"),
+            (owner, "/api/chat", {"conversation_id": cid,
+                                  "model": "no-such-model"}, 400, "model"),
+            (owner, "/api/chat", {"conversation_id": cid,
+                                  "system_prompt": "be brief "}, 400,
+             "system_prompt"),
+            (owner, "/api/chat", {"conversation_id": cid,
+                                  "system_prompt": "be long"}, 400,
+             "system_prompt"),
+            (narrow, "/api/chat", {"conversation_id": cid, "stream": True},
+             403, "stream"),
+            (narrow, cont, {"stream": True}, 403, "stream"),
+            (narrow, "/api/chat", {"conversation_id": cid,
+                                   "max_tokens": 51}, 403, "max_tokens"),
+            (narrow, cont, {"max_tokens": 51}, 403, "max_tokens"),
+        ]
+        for key, path, extra, status, field in refused:
+            body = dict(extra, message="refused %s %s" % (path, extra))
+            r = stack.request("POST", path, body, key=key)
+            self.assertEqual(r.status, status, (path, extra, r))
+            self.assertTrue(r.json()["error"]["message"].startswith(field),
+                            (path, extra, r))
+        self.assertEqual(stored(), before, "a refused turn stored")
+        # The same keys within their rights: each turn stored once.
+        allowed = [
+            (haiku, "/api/chat", {"conversation_id": cid,
+                                  "model": "claude-haiku-4-5"}),
+            (owner, "/api/chat", {"conversation_id": cid,
+                                  "system_prompt": "be brief"}),
+            (narrow, cont, {"max_tokens": 50}),
+        ]
+        for key, path, extra in allowed:
+            text = "allowed %s %s" % (path, extra)
+            r = stack.request("POST", path, dict(extra, message=text),
+                              key=key)
+            self.assertEqual(r.status, 200, (path, extra, r))
+        after = stored()
+        self.assertEqual(after[:2], before)
+        self.assertEqual([m for m in after[2:] if m[0] == "user"],
+                         [["user", "allowed %s %s" % (p, e)]
+                          for _, p, e in allowed])
+        self.assertEqual(len(after), 2 + 2 * len(allowed))
+
+
 class Quotas(unittest.TestCase):
     def test_requests_per_minute(self):
         # Stay inside one minute window.

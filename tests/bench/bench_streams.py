@@ -9,7 +9,7 @@ The streams share 16 conversations, one bound CLI each, so the pool's
 cost is 16 processes and not a spawn per stream: ccgate-poold runs a
 conversation's turns one after another and queues the rest, while
 ccgate-fcgi holds every stream open (one worker thread each, heartbeats
-every 5 s)."""
+every 5 s; the threads share 16 MariaDB connections)."""
 
 import json
 import os
@@ -157,7 +157,8 @@ def run():
         "words 20 ms apart. ccgate-fcgi runs %d worker threads, so every"
         % (STREAMS + 8),
         "stream is held open by the app (heartbeats every 5 s) while",
-        "ccgate-poold runs each conversation's turns in order.",
+        "ccgate-poold runs each conversation's turns in order. The threads",
+        "share ccgate-fcgi's 16 MariaDB connections (`db_connections`).",
         "",
         "| | result |",
         "|---|---|",

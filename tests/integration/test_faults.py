@@ -8,8 +8,9 @@ killed with SIGKILL (no CLI left, 503 at once, conversations intact once
 it is back), an upstream that fails (the CLI's error reaches the
 client as 502), a CLI killed mid-stream, a CLI whose upstream hangs until
 the stall timeout, an upstream dripping tokens for over a minute
-(heartbeats keep the stream alive), and clients that leave while queued
-or before the first token (the slot frees within a second)."""
+(heartbeats keep the stream alive), a user's message MariaDB refuses
+(nothing runs), and clients that leave while queued or before the first
+token (the slot frees within a second)."""
 
 import json
 import os
@@ -355,6 +356,58 @@ class CliFaults(unittest.TestCase):
         self.assertEqual((status, tokens), ("200", "5"))
         self.assertEqual(stored(cid)[1],
                          ["assistant", "".join(e["text"] for e in data[:5])])
+
+
+class MessageNotStored(unittest.TestCase):
+    def setUp(self):
+        quiet_pool()
+
+    def test_a_message_that_cannot_be_stored_runs_nothing(self):
+        """A turn whose message MariaDB refuses after the conversation
+        was loaded runs nothing: 503 with Retry-After in the JSON of the
+        route (a stream too: nothing was sent), nothing stored, no slot
+        taken, a usage row, and the conversation goes on with its
+        context."""
+        key = stack.create_key("unstored")
+        r = stack.request("POST", "/api/chat", {
+            "message": "remember the word otter"}, key=key)
+        self.assertEqual(r.status, 200, r)
+        cid = r.json()["conversation_id"]
+        before = stored(cid)
+        # MariaDB refuses these messages, as a failing disk or a full
+        # table would, after the conversation was loaded.
+        stack.sql("ALTER TABLE messages ADD CONSTRAINT refuse_marked "
+                  "CHECK (content NOT LIKE '%[[refused]]%')")
+        try:
+            for stream in (False, True):
+                r = stack.request("POST", "/api/chat", {
+                    "message": "which word? [[refused]] [[mock:drip=200]] "
+                    "[[mock:chunks=20]]", "conversation_id": cid,
+                    "stream": stream}, key=key)
+                self.assertEqual(r.status, 503, r)
+                self.assertIn("retry-after", r.headers)
+                self.assertTrue(r.headers["content-type"].startswith(
+                    "application/json"), r)
+                self.assertIn("database", r.json()["error"]["message"])
+                self.assertEqual(busy_pids(), [])
+                self.assertEqual(usage_row(r.headers["x-request-id"])[0],
+                                 "503")
+        finally:
+            stack.sql("ALTER TABLE messages DROP CONSTRAINT refuse_marked")
+        self.assertEqual(stored(cid), before)
+        self.assertFalse([x for x in stack.mock_records()
+                          if "[[refused]]" in json.dumps(x["body"])],
+                         "a turn whose message was refused ran")
+        r = stack.request("POST", "/api/chat", {
+            "message": "which word?", "conversation_id": cid}, key=key)
+        self.assertEqual(r.status, 200, r)
+        last = [x for x in stack.mock_records()
+                if "which word?" in json.dumps(x["body"])][-1]
+        turns = texts_of(last)
+        self.assertTrue(("user", "remember the word otter") in turns or
+                        "[user]\nremember the word otter\n" in turns[-1][1],
+                        turns)
+        self.assertEqual(len(stored(cid)), len(before) + 2)
 
 
 class ClientLeaves(unittest.TestCase):

@@ -142,6 +142,21 @@ class FastCGI(unittest.TestCase):
                  "ccgate-fcgi back")
 
 
+def assert_remembers(test, key, cid, fact):
+    """The conversation's next turn answers, and the CLI has fact in its
+    context: in the session it resumed or, when that session may have
+    lost a turn, in a new session primed with the turns stored in
+    MariaDB."""
+    ask = "what was I saying? (%s)" % cid
+    r = stack.request("POST", "/api/chat", {
+        "message": ask, "conversation_id": cid}, key=key)
+    test.assertEqual(r.status, 200, r)
+    last = [x for x in stack.mock_records() if ask in json.dumps(x["body"])]
+    turns = texts_of(last[-1])
+    test.assertTrue(("user", fact) in turns or
+                    "[user]\n%s\n" % fact in turns[-1][1], turns)
+
+
 class PoolKilled(unittest.TestCase):
     def test_poold_sigkill_then_back_with_conversations_intact(self):
         key = stack.create_key("poold-fault")
@@ -160,18 +175,7 @@ class PoolKilled(unittest.TestCase):
         self.assertEqual(r.status, 503, r)
         self.assertIn("retry-after", r.headers)
         stack.start_poold()
-        r = stack.request("POST", "/api/chat", {
-            "message": "which word?", "conversation_id": cid}, key=key)
-        self.assertEqual(r.status, 200, r)
-        # The context is there: the CLI resumed its session, or, when
-        # the killed CLI's transcript was incomplete, a new session was
-        # primed with the turns stored in MariaDB.
-        last = [x for x in stack.mock_records()
-                if "which word?" in json.dumps(x["body"])][-1]
-        turns = texts_of(last)
-        self.assertTrue(("user", "remember the word heron") in turns or
-                        "[user]\nremember the word heron\n" in turns[-1][1],
-                        turns)
+        assert_remembers(self, key, cid, "remember the word heron")
 
 
 class Upstream(unittest.TestCase):
@@ -398,15 +402,7 @@ class MessageNotStored(unittest.TestCase):
         self.assertFalse([x for x in stack.mock_records()
                           if "[[refused]]" in json.dumps(x["body"])],
                          "a turn whose message was refused ran")
-        r = stack.request("POST", "/api/chat", {
-            "message": "which word?", "conversation_id": cid}, key=key)
-        self.assertEqual(r.status, 200, r)
-        last = [x for x in stack.mock_records()
-                if "which word?" in json.dumps(x["body"])][-1]
-        turns = texts_of(last)
-        self.assertTrue(("user", "remember the word otter") in turns or
-                        "[user]\nremember the word otter\n" in turns[-1][1],
-                        turns)
+        assert_remembers(self, key, cid, "remember the word otter")
         self.assertEqual(len(stored(cid)), len(before) + 2)
 
 

@@ -137,7 +137,14 @@ usage_drop(size_t n)
 		usage_rec_clear(&usage.q[usage.head]);
 		usage.head = (usage.head + 1) % USAGE_QUEUE;
 	}
-	usage.len -= n;
+	/*
+	 * Empty: start again from the ring's first record, so that a writer
+	 * that keeps up touches a few pages of the ring, not all 3 MB of it
+	 * one request after another (which looked like a leak: resident
+	 * memory growing by a record a request until the ring wrapped).
+	 */
+	if ((usage.len -= n) == 0)
+		usage.head = 0;
 }
 
 /* The writer thread. */

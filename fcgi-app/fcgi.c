@@ -133,7 +133,7 @@ main(int argc, char **argv)
 	pthread_t	*threads;
 	sigset_t	 set;
 	long		 i, n;
-	int		 rc;
+	int		 rc, warm;
 
 	(void)front_start("ccgate-fcgi", argc, argv, &set);
 	if (FCGX_Init() != 0)
@@ -143,8 +143,9 @@ main(int argc, char **argv)
 	 * Connect to MariaDB now rather than on the first requests; what
 	 * fails here is connected on first use.
 	 */
-	log_debug("%d of %ld database connections made", db_warm((int)
-	    appconf->db_connections), appconf->db_connections);
+	warm = db_warm((int)appconf->db_connections);
+	log_debug("%d of %ld database connections made", warm,
+	    appconf->db_connections);
 	usage_start();
 	if (pipe2(stop_pipe, O_CLOEXEC) == -1)
 		fatal("pipe2");

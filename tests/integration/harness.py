@@ -48,6 +48,15 @@ def wait_for(pred, timeout=20.0, what="condition"):
     raise AssertionError("timed out waiting for " + what)
 
 
+def within_one_window(seconds_needed, period=60):
+    """Quotas count in UTC windows (the minute, or the day: period=86400).
+    Wait, if need be, for the next window to begin, so that what follows
+    (which takes at most seconds_needed) meets a single one."""
+    left = period - time.time() % period
+    if left < seconds_needed:
+        time.sleep(left + 0.5)
+
+
 class Response:
     def __init__(self, status, headers, body):
         self.status = status

@@ -13,7 +13,8 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, SRCDIR, free_port, wait_for, texts_of, main  # noqa: E402
+from harness import (Stack, SRCDIR, free_port, wait_for,  # noqa: E402
+                     texts_of, within_one_window, main)
 
 nodes = []
 front = None
@@ -110,6 +111,7 @@ class ScaleOut(unittest.TestCase):
         a, b = nodes
         key = a.create_key("quota", user="quota")
         kid = key[4:20]
+        within_one_window(30, period=86400)
         a.admin("key", "update", kid, "--rpd", "2")
         self.assertEqual(a.request("GET", "/api/models", key=key).status, 200)
         self.assertEqual(b.request("GET", "/api/models", key=key).status, 200)

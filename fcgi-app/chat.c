@@ -64,18 +64,25 @@ chat_set_error(struct turn *t, const char *code, const char *msg)
 /*
  * Say where the time to the first text went (Server-Timing, in ms): app is
  * ccgate-fcgi from the request to the job's hand-over, pool is
- * ccgate-poold and the CLI from there to the first text.  What a client
- * measures beyond their sum is nginx and the network.
+ * ccgate-poold and the CLI from there to the first text, cli the CLI's
+ * own part of pool (ccgate-poold's first event says it).  What a client
+ * measures beyond app and pool is nginx and the network; beyond cli, what
+ * the gateway added to the CLI's time.
  */
 static void
-chat_timing(struct turn *t)
+chat_timing(struct turn *t, json_t *event)
 {
-	uint64_t	now = util_now_us();
-	char		v[96];
+	json_t		*cli = json_object_get(event, "cli_us");
+	uint64_t	 now = util_now_us();
+	char		 v[128];
+	int		 n;
 
-	snprintf(v, sizeof v, "app;dur=%.2f, pool;dur=%.2f",
+	n = snprintf(v, sizeof v, "app;dur=%.2f, pool;dur=%.2f",
 	    (double)(t->job_us - req_started_us(t->r)) / 1000.0,
 	    (double)(now - t->job_us) / 1000.0);
+	if (json_is_integer(cli) && n > 0 && (size_t)n < sizeof v)
+		snprintf(v + n, sizeof v - (size_t)n, ", cli;dur=%.2f",
+		    (double)json_integer_value(cli) / 1000.0);
 	req_add_header(t->r, "Server-Timing", v);
 }
 
@@ -170,6 +177,8 @@ chat_run(struct turn *t)
 		chat_set_error(t, PROTO_E_INTERNAL, "out of memory");
 		return (TURN_ERROR);
 	}
+	/* Before the send: ccgate-poold may run the job before we run on. */
+	t->job_us = util_now_us();
 	if ((pc = poolc_open(appconf->poold_socket, &cause)) == NULL ||
 	    poolc_send(pc, job, &cause) != 0) {
 		log_warnx("request %s: %s", req_id(t->r), cause);
@@ -181,7 +190,6 @@ chat_run(struct turn *t)
 		return (TURN_ERROR);
 	}
 	json_decref(job);
-	t->job_us = util_now_us();
 	deadline = util_now_ms() + (uint64_t)appconf->job_timeout_ms + 30000;
 
 	for (;;) {
@@ -220,7 +228,7 @@ chat_run(struct turn *t)
 			if (text != NULL && t->ttft_ms < 0) {
 				t->ttft_ms = (long long)(util_now_ms() -
 				    t->started_ms);
-				chat_timing(t);
+				chat_timing(t, f);
 			}
 			if (text != NULL && t->stream &&
 			    chat_send_delta(t, text) != 0) {

@@ -383,6 +383,7 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 		return (-1);
 
 	TAILQ_REMOVE(&poold->queue, job, entry);
+	job->handed_us = handed_us;
 	job->dispatch_us = handed_us - job->accepted_us;
 	job->waited = job != poold->submitting;
 	job->state = JOB_RUNNING;
@@ -693,6 +694,7 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 	char		*cause = NULL;
 	json_t		*f;
 	uint64_t	 now, us;
+	int		 first;
 
 	if (job == NULL || p->state == PROC_DYING)
 		return;
@@ -724,7 +726,8 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 		job->new_block = job->textlen > 0;
 		break;
 	case CLI_DELTA:
-		if (job->textlen == 0)
+		first = job->textlen == 0;
+		if (first)
 			pool_sample(poold->stats.ttfe, &poold->stats.nttfe,
 			    now - job->started_at);
 		if (job->new_block && pool_paragraph(&m) != 0) {
@@ -739,7 +742,19 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
 			break;
 		}
-		json_object_set_new(f, "text", json_string(m.text));
+		/*
+		 * The first text says how long the CLI itself took to it:
+		 * from the turn reaching its stdin to this line read from
+		 * its stdout, what a program driving it directly would wait.
+		 */
+		if (json_object_set_new(f, "text", json_string(m.text)) != 0 ||
+		    (first && json_object_set_new(f, "cli_us", json_integer(
+		    (json_int_t)(p->read_us - job->handed_us))) != 0)) {
+			json_decref(f);
+			proc_kill(p);
+			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+			break;
+		}
 		if (client_send(job->client, f) != 0) {
 			json_decref(f);
 			pool_cancel(job);

@@ -2,9 +2,12 @@
 """Latency benchmark, one run, ratios against baselines measured in the
 same run (never absolute targets):
 
-  1. time to first delta, a turn on a warm CLI: the CLI driven directly
-     (stream-json on its pipes) against the gateway (HTTPS through nginx,
-     ccgate-fcgi, ccgate-poold, to the conversation's bound process);
+  1. time to first delta, a turn on a warm CLI, through the gateway
+     (HTTPS through nginx, ccgate-fcgi, ccgate-poold, to the
+     conversation's bound process) against that same CLI's own time for
+     that same turn (ccgate-poold's pipe timestamps, Server-Timing's cli),
+     and against two other CLIs driven directly (stream-json on their
+     pipes) by this script;
   2. a new conversation's first delta: a warm process against a cold spawn
      (min_instances=0, as wrappers that spawn one CLI per request do).
 
@@ -98,7 +101,8 @@ class DirectCli:
 
 def gateway_first_delta(stack, conn, key, body, split=None):
     """Time from sending the request to the first delta event, in ms.  With
-    split (a list), appends (app, pool) from the answer's Server-Timing."""
+    split (a list), appends (app, pool, cli) from the answer's
+    Server-Timing."""
     t0 = time.perf_counter()
     conn.request("POST", "/api/chat", body=json.dumps(body).encode(),
                  headers={"Authorization": "Bearer " + key,
@@ -109,7 +113,8 @@ def gateway_first_delta(stack, conn, key, body, split=None):
     if split is not None:
         parts = dict(p.strip().split(";dur=")
                      for p in r.getheader("Server-Timing").split(","))
-        split.append((float(parts["app"]), float(parts["pool"])))
+        split.append((float(parts["app"]), float(parts["pool"]),
+                      float(parts["cli"])))
     first, cid = None, None
     for line in r:
         if first is None and line.startswith(b'data: {"type":"delta"'):
@@ -138,33 +143,29 @@ def run():
                    "idle_timeout_ms": 600000}, name="bench").start()
     try:
         key = stack.create_key("bench", user="bench")
-        cli = DirectCli(stack)
+        clis = [DirectCli(stack), DirectCli(stack)]
         conn = stack.conn()
         _, cid = gateway_first_delta(stack, conn, key, {
             "message": "gateway warm-up", "stream": True})
-        # Interleaved, each side first in turn, so that both see the
-        # same load on the host; the overhead is the median of the pairs'
-        # differences.  A CLI goes on working for some milliseconds after
-        # its result (its transcript); a pause before each turn keeps that
-        # work out of the other side's time.
-        direct, bound, added, split = [], [], [], []
+        # Interleaved, in a rotating order, so that all three see the same
+        # load on the host.  A CLI goes on working for some milliseconds
+        # after its result (its transcript); a pause before each turn keeps
+        # that work out of the next one's time.
+        direct, bound, added, split = ([], []), [], [], []
         for i in range(N_TURNS):
             body = {"message": "gateway turn %d" % i, "stream": True,
                     "conversation_id": cid}
-            if i % 2 == 0:
+            for side in ((0, 1, 2), (1, 2, 0), (2, 0, 1))[i % 3]:
                 time.sleep(PAUSE)
-                d = cli.turn("direct turn %d" % i)
-                time.sleep(PAUSE)
-                b, _ = gateway_first_delta(stack, conn, key, body, split)
-            else:
-                time.sleep(PAUSE)
-                b, _ = gateway_first_delta(stack, conn, key, body, split)
-                time.sleep(PAUSE)
-                d = cli.turn("direct turn %d" % i)
-            direct.append(d)
+                if side == 2:
+                    b, _ = gateway_first_delta(stack, conn, key, body, split)
+                else:
+                    direct[side].append(
+                        clis[side].turn("direct turn %d" % i))
             bound.append(b)
-            added.append(b - d)
-        cli.close()
+            added.append(b - direct[0][-1])
+        for cli in clis:
+            cli.close()
 
         warm = []
         for i in range(N_NEW):
@@ -197,11 +198,17 @@ def run():
 
 
 def report(direct, bound, added, split, warm, cold):
-    d, b, a, w, c = (summary(x) for x in (direct, bound, added, warm, cold))
+    own = [x[2] for x in split]
+    same = [t - x[2] for t, x in zip(bound, split)]
+    d, d2, b, o, sm, a, w, c = (summary(x) for x in (
+        direct[0], direct[1], bound, own, same, added, warm, cold))
     rows = [
-        ("turn on a warm CLI, driven directly (baseline)", d),
         ("turn on the conversation's bound CLI, through nginx + fcgi + poold", b),
-        ("added by the gateway (each pair: gateway minus direct)", a),
+        ("that CLI's own time for the same turn (Server-Timing cli)", o),
+        ("added by the gateway (each turn: gateway minus its CLI's own time)", sm),
+        ("turn on another warm CLI, driven directly by this script (A)", d),
+        ("turn on a third warm CLI, driven alike (B)", d2),
+        ("gateway minus CLI A, each interleaved pair", a),
         ("new conversation, warm process (gateway)", w),
         ("new conversation, cold spawn (gateway, min_instances=0)", c),
     ]
@@ -210,18 +217,28 @@ def report(direct, bound, added, split, warm, cold):
         table.append("| %s | %d | %.1f | %.1f | %.1f |" % (
             name, s["n"], s["p50"], s["p90"], s["mean"]))
     ratios = [
-        "- Gateway overhead on a turn: p50 %.1f ms through the gateway "
-        "against %.1f ms direct, %.1f ms added (%.2fx); the median of the "
-        "%d interleaved pairs' differences is %.1f ms." % (
-            b["p50"], d["p50"], b["p50"] - d["p50"], b["p50"] / d["p50"],
-            len(added), statistics.median(added)),
+        "- Gateway overhead on a turn, against the same warm CLI: p50 "
+        "%.2f ms added (p90 %.2f ms) to the CLI's own %.1f ms, %.3fx.  The "
+        "CLI's own time is ccgate-poold's, from writing the turn to its "
+        "stdin to reading the first text from its stdout: what a program "
+        "driving that CLI directly waits." % (
+            sm["p50"], sm["p90"], o["p50"], b["p50"] / o["p50"]),
+        "- Against other CLIs driven directly by this script: p50 %.1f ms "
+        "through the gateway against %.1f ms (A), %.1f ms added; the median "
+        "of the %d interleaved pairs' differences is %.1f ms.  Two CLIs "
+        "driven alike (A and B) differ by %.2f ms in their medians in the "
+        "same run: a comparison across processes carries that much "
+        "besides the gateway." % (
+            b["p50"], d["p50"], b["p50"] - d["p50"], len(added),
+            statistics.median(added), abs(d["p50"] - d2["p50"])),
         "- Where a gateway turn's time to first delta goes (medians, from "
         "the answers' Server-Timing): ccgate-fcgi until the job is handed "
-        "on %.2f ms; ccgate-poold and the CLI to the first text %.2f ms; "
-        "nginx, TLS and the client %.2f ms." % (
-            statistics.median(a for a, _ in split),
-            statistics.median(p for _, p in split),
-            statistics.median(t - a - p for t, (a, p) in zip(bound, split))),
+        "on %.2f ms; ccgate-poold to and from the CLI %.2f ms; nginx, TLS "
+        "and the client %.2f ms." % (
+            statistics.median(x[0] for x in split),
+            statistics.median(x[1] - x[2] for x in split),
+            statistics.median(t - x[0] - x[1]
+                              for t, x in zip(bound, split))),
         "- New conversation: a warm process gives the first delta %.1fx "
         "sooner than a cold spawn (p50 %.1f ms against %.1f ms)." % (
             c["p50"] / w["p50"], w["p50"], c["p50"]),

@@ -227,8 +227,9 @@ class Disconnect(unittest.TestCase):
 class Timing(unittest.TestCase):
     def test_server_timing_splits_the_first_text(self):
         """Server-Timing says how long ccgate-fcgi took to hand the job on
-        (app) and how long the pool and the CLI took to the first text
-        (pool): streamed, with the first delta; whole, with the answer."""
+        (app), how long the pool and the CLI took to the first text (pool)
+        and the CLI's own part of that (cli): streamed, with the first
+        delta; whole, with the answer."""
         for stream in (True, False):
             t0 = time.monotonic()
             if stream:
@@ -239,12 +240,14 @@ class Timing(unittest.TestCase):
                 r = call("POST", "/api/chat", {"message": "timed"})
             total = (time.monotonic() - t0) * 1000
             self.assertEqual(r.status, 200)
-            m = re.fullmatch(r"app;dur=(\d+\.\d\d), pool;dur=(\d+\.\d\d)",
+            m = re.fullmatch(r"app;dur=(\d+\.\d\d), pool;dur=(\d+\.\d\d), "
+                             r"cli;dur=(\d+\.\d\d)",
                              r.headers.get("server-timing", ""))
             self.assertIsNotNone(m, r.headers)
-            app, pool = float(m[1]), float(m[2])
+            app, pool, cli = float(m[1]), float(m[2]), float(m[3])
             self.assertGreater(app, 0)
-            self.assertGreater(pool, app, "the CLI takes the most")
+            self.assertGreater(cli, app, "the CLI takes the most")
+            self.assertLess(cli, pool, "the CLI's time is part of pool's")
             self.assertLess(app + pool, total)
 
 

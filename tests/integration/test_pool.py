@@ -197,6 +197,20 @@ class Conversations(PoolTest):
                                  ("assistant", a["text"]), ("user", "second")])
         self.assertEqual(b["process"]["origin"], "bound")
 
+    def test_first_event_says_the_clis_own_time(self):
+        """The first text's frame carries the CLI's own time to it: at
+        least the upstream's delay, within the turn's duration; later
+        frames do not repeat it."""
+        frames = job("timed", conv(), "hello [[mock:slow=300]] "
+                     "[[mock:chunks=4]]")
+        events, done = frames[:-1], frames[-1]
+        self.assertEqual(done["type"], "done", done)
+        self.assertGreaterEqual(len(events), 2)
+        cli = events[0]["cli_us"]
+        self.assertGreaterEqual(cli, 300000)
+        self.assertLess(cli, done["duration_ms"] * 1000)
+        self.assertEqual([e for e in events[1:] if "cli_us" in e], [])
+
     def test_resume_of_a_missing_transcript_is_resume_failed(self):
         a = end(job("ghost", conv(), "hello"))
         self.assertEqual(a["type"], "done")

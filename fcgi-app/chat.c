@@ -628,6 +628,7 @@ chat_body(struct request *r, json_t *body, enum chat_stream mode)
 		free(title);
 	}
 	if (rc != 0) {
+		conv_clear(&conv);	/* a model that could not be copied */
 		req_db_down(r);
 		return;
 	}

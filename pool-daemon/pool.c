@@ -384,7 +384,6 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 
 	TAILQ_REMOVE(&poold->queue, job, entry);
 	job->handed_us = handed_us;
-	job->dispatch_us = handed_us - job->accepted_us;
 	job->waited = job != poold->submitting;
 	job->state = JOB_RUNNING;
 	job->proc = p;
@@ -761,7 +760,7 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			break;
 		}
 		json_decref(f);
-		if (job->textlen == strlen(m.text) && !job->waited) {
+		if (first && !job->waited) {
 			/*
 			 * The daemon's own share of the first event: from the
 			 * frame to the CLI's stdin (less time spent queued)
@@ -769,8 +768,8 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			 * client its frame.  Starting a process (fork, exec,
 			 * its workspace) is counted apart.
 			 */
-			us = job->dispatch_us + (client_handed_us(
-			    job->client) - p->read_us);
+			us = (job->handed_us - job->accepted_us) +
+			    (client_handed_us(job->client) - p->read_us);
 			if (job->origin == ORIGIN_WARM ||
 			    job->origin == ORIGIN_BOUND)
 				pool_sample(poold->stats.overhead,

@@ -149,7 +149,6 @@ struct job {
 	char			*message;
 	uint64_t		 accepted_at;
 	uint64_t		 accepted_us;	/* frame decoded */
-	uint64_t		 dispatch_us;	/* frame in to turn written */
 	uint64_t		 handed_us;	/* turn written to the CLI */
 	int			 waited;	/* was queued: no overhead sample */
 	int			 new_block;	/* next delta starts a paragraph */

@@ -51,12 +51,20 @@ def get(path, source="127.0.0.1", headers=None, method="GET", body=None):
 
 class Limits(unittest.TestCase):
     def test_per_address_rate(self):
-        # 127.0.0.3: its own address bucket (burst 30 at 2 r/s).
-        statuses = [get("/healthz", source="127.0.0.3")[0] for _ in range(45)]
+        # 127.0.0.3: its own address bucket (burst 30 at 2 r/s).  Each
+        # request is a new TLS connection (30-40 ms here), so the bucket
+        # lets one more through every 0.5 s: count against the time taken
+        # rather than expect a given request to be refused.
+        t0 = time.monotonic()
+        answers = [get("/healthz", source="127.0.0.3") for _ in range(45)]
+        elapsed = time.monotonic() - t0
+        statuses = [a[0] for a in answers]
         self.assertIn(429, statuses)
         self.assertGreaterEqual(statuses.count(200), 30)
-        status, headers, body = get("/healthz", source="127.0.0.3")
-        self.assertEqual(status, 429)
+        self.assertLessEqual(statuses.count(200), 32 + 2 * elapsed,
+                             "burst 30 and 2 r/s over %.2f s" % elapsed)
+        # What a refused client is told.
+        _, headers, body = next(a for a in answers if a[0] == 429)
         self.assertEqual(json.loads(body)["error"]["type"],
                          "rate_limit_error")
         self.assertIn("retry-after", headers)

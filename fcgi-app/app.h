@@ -251,6 +251,7 @@ void		 req_send_empty(struct request *, int);
 void		 req_send_text(struct request *, int, const char *,
 		     const char *);
 int		 req_sse_start(struct request *);
+void		 req_sse_hold(struct request *, int);
 int		 req_sse_data(struct request *, const char *);
 int		 req_sse_json(struct request *, json_t *);
 int		 req_sse_event(struct request *, const char *, json_t *);

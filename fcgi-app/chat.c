@@ -118,32 +118,35 @@ chat_job(struct turn *t)
 	return (job);
 }
 
+/*
+ * Open the stream: its headers and the dialect's opening events, held so
+ * that they go out with the event the caller sends next (the first delta,
+ * a heartbeat, the final events).
+ */
+static int
+chat_stream_open(struct turn *t)
+{
+	int	rc = 0;
+
+	req_sse_hold(t->r, 1);
+	if (req_sse_start(t->r) != 0)
+		rc = -1;
+	else if (!t->started) {
+		t->started = 1;
+		if (t->ops->start != NULL && t->ops->start(t) != 0)
+			rc = -1;
+	}
+	req_sse_hold(t->r, 0);
+	return (rc);
+}
+
 /* Send one delta to a streaming client, opening the stream first. */
 static int
 chat_send_delta(struct turn *t, const char *text)
 {
-	if (req_sse_start(t->r) != 0)
+	if (chat_stream_open(t) != 0)
 		return (-1);
-	if (!t->started) {
-		t->started = 1;
-		if (t->ops->start != NULL && t->ops->start(t) != 0)
-			return (-1);
-	}
 	return (t->ops->delta(t, text));
-}
-
-/* Open the stream without a delta (heartbeats, the final events). */
-static int
-chat_stream_open(struct turn *t)
-{
-	if (req_sse_start(t->r) != 0)
-		return (-1);
-	if (!t->started) {
-		t->started = 1;
-		if (t->ops->start != NULL && t->ops->start(t) != 0)
-			return (-1);
-	}
-	return (0);
 }
 
 /* Keep the partial text of a job that failed. */

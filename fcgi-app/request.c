@@ -47,6 +47,7 @@ struct request {
 	int		 status;
 	int		 sent;
 	int		 sse;
+	int		 held;		/* SSE writes wait for the next flush */
 	char		 headers[REQ_MAX_HEADERS];
 	size_t		 headers_len;
 	char		*body;
@@ -287,6 +288,27 @@ req_db_down(struct request *r)
 	req_error(r, 503, NULL, "the database is unavailable; retry shortly");
 }
 
+/*
+ * Hold the stream's writes (1) or let them go (0).  What is written while
+ * held goes out with the next event written after: a stream's headers,
+ * its opening events and its first delta reach nginx in one write, so
+ * nginx is woken once for them, not once for each.
+ */
+void
+req_sse_hold(struct request *r, int hold)
+{
+	r->held = hold;
+}
+
+/* Send what the stream has buffered, unless it is held. */
+static int
+req_sse_flush(struct request *r)
+{
+	if (!r->held && FCGX_FFlush(r->fx->out) != 0)
+		return (-1);
+	return (FCGX_GetError(r->fx->out) == 0 ? 0 : -1);
+}
+
 /* Start a Server-Sent Events response. */
 int
 req_sse_start(struct request *r)
@@ -304,7 +326,7 @@ req_sse_start(struct request *r)
 	req_add_header(r, "X-Accel-Buffering", "no");
 	req_head(r, 200, "text/event-stream");
 	r->sse = 1;
-	return (FCGX_FFlush(r->fx->out) == 0 ? 0 : -1);
+	return (req_sse_flush(r));
 }
 
 /* Send one "data:" event (or a comment line if data starts with ':'). */
@@ -323,9 +345,7 @@ req_sse_data(struct request *r, const char *data)
 		FCGX_FPrintF(r->fx->out, "%s\n\n", data);
 	else
 		FCGX_FPrintF(r->fx->out, "data: %s\n\n", data);
-	if (FCGX_FFlush(r->fx->out) != 0 || FCGX_GetError(r->fx->out) != 0)
-		return (-1);
-	return (0);
+	return (req_sse_flush(r));
 }
 
 /* Send a JSON object as one event (borrowed). */
@@ -358,9 +378,7 @@ req_sse_event(struct request *r, const char *name, json_t *obj)
 	}
 	FCGX_FPrintF(r->fx->out, "event: %s\ndata: %s\n\n", name, s);
 	free(s);
-	if (FCGX_FFlush(r->fx->out) != 0 || FCGX_GetError(r->fx->out) != 0)
-		return (-1);
-	return (0);
+	return (req_sse_flush(r));
 }
 
 /*

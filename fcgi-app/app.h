@@ -304,6 +304,10 @@ void		 health_live(struct request *);
 void		 health_ready(struct request *);
 
 /* Conversations, shared by the routes and the chat turn. */
+
+/* The 404 text of a conversation the tenant does not have. */
+#define CONV_MISSING	"conversation not found"
+
 struct conversation {
 	char	 id[UUID_LEN + 1];
 	char	 tenant[TENANT_MAX + 1];
@@ -314,10 +318,18 @@ struct conversation {
 	char	 created_at[32];
 	char	 history_hash[65];
 	int	 fresh;		/* made by this request: nothing stored yet */
+	int	 cached;	/* from this process's cache: not yet checked */
 };
 
 int		 conv_load(struct db *, const char *, const char *,
 		     struct conversation *);
+int		 conv_lookup(struct db *, const char *, const char *,
+		     struct conversation *);
+int		 conv_add_user_message(struct db *, struct conversation *,
+		     const char *, const char *);
+int		 conv_set_history(struct db *, struct conversation *,
+		     const char *);
+void		 conv_cache_counts(uint64_t *, uint64_t *);
 int		 conv_insert(struct db *, const struct apikey *, const char *,
 		     const char *, const char *, struct conversation *);
 void		 conv_clear(struct conversation *);
@@ -333,7 +345,7 @@ int		 conv_find_history(struct db *, const char *, const char *,
 		     struct conversation *);
 char		*conv_title_from_message(const char *);
 void		 chat_turn(struct request *, struct conversation *,
-		     const char *, long long, int);
+		     const char *, long long, int, const char *);
 
 /* An error of an operation shared by HTTP and the command line. */
 struct op_error {

@@ -22,6 +22,8 @@
 
 #define CHAT_STORE_RETRY_MS	500
 #define CHAT_PRIME_MAX		(512 * 1024)
+/* POST /api/chat's answer for a conversation_id the tenant does not have. */
+#define CHAT_MISSING		"conversation_id: no such conversation"
 
 /* Whether a turn may stream: never (a batch item), on request, always. */
 enum chat_stream {
@@ -499,6 +501,7 @@ turn_init(struct turn *t, struct request *r, const struct turn_ops *ops,
 	t->stream = stream;
 	t->resume = 1;
 	t->ttft_ms = -1;
+	t->missing = CONV_MISSING;
 	t->started_ms = util_now_ms();
 	t->created = (long long)time(NULL);
 }
@@ -516,8 +519,14 @@ chat_turn_run(struct turn *t)
 	char		*primed = NULL;
 
 	/* chat_run gives the connection back: take it afresh each time. */
-	if (conv_add_message(db_thread(), t->conv->id, "user", t->message,
-	    req_id(r), 0, 0, 0.0) != 0) {
+	switch (conv_add_user_message(db_thread(), t->conv, t->message,
+	    req_id(r))) {
+	case 0:
+		break;
+	case 1:		/* deleted since this process last saw it */
+		req_error(r, 404, NULL, "%s", t->missing);
+		return;
+	default:
 		req_db_down(r);
 		return;
 	}
@@ -550,14 +559,18 @@ chat_turn_run(struct turn *t)
 	free(primed);
 }
 
-/* A native turn of conv. */
+/*
+ * A native turn of conv.  missing: what to answer if conv turns out to be
+ * deleted (the route's own 404 text).
+ */
 void
 chat_turn(struct request *r, struct conversation *conv, const char *message,
-    long long max_tokens, int stream)
+    long long max_tokens, int stream, const char *missing)
 {
 	struct turn	t;
 
 	turn_init(&t, r, &native_ops, conv, message, max_tokens, stream);
+	t.missing = missing;
 	chat_turn_run(&t);
 }
 
@@ -595,10 +608,9 @@ chat_body(struct request *r, json_t *body, enum chat_stream mode)
 		req_add_header(r, "X-Ccgate-Ignored", "temperature");
 	db = db_thread();
 	if (conv_id != NULL) {
-		rc = conv_load(db, req_key(r)->tenant, conv_id, &conv);
+		rc = conv_lookup(db, req_key(r)->tenant, conv_id, &conv);
 		if (rc == 1) {
-			req_error(r, 404, NULL, "conversation_id: no such "
-			    "conversation");
+			req_error(r, 404, NULL, "%s", CHAT_MISSING);
 			return;
 		}
 		if (rc == 0 && perm_check(r, model != NULL ? model : conv.model,
@@ -637,7 +649,7 @@ chat_body(struct request *r, json_t *body, enum chat_stream mode)
 	}
 	/* A front nginx routes the next turns by it (docs/scaling.md). */
 	req_add_header(r, "X-Ccgate-Conversation-Id", conv.id);
-	chat_turn(r, &conv, message, max_tokens, stream);
+	chat_turn(r, &conv, message, max_tokens, stream, CHAT_MISSING);
 	conv_clear(&conv);
 }
 

@@ -238,10 +238,8 @@ compat_conversation(struct request *r, const char *model,
 		    req_id(r), 0, 0, 0.0) != 0)
 			goto down;
 	}
-	if (db_run(db, NULL, NULL, "UPDATE conversations SET history_hash = ? "
-	    "WHERE id = ?", "ss", h, conv->id) != 0)
+	if (conv_set_history(db, conv, h) != 0)
 		goto down;
-	memcpy(conv->history_hash, h, sizeof h);
 	*prime = 1;
 	return (0);
 down:

@@ -5,6 +5,7 @@
  */
 #include "config.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,26 @@
 
 #define CONV_TITLE_MAX	200
 
+/*
+ * The conversations this process has read or written, so that a turn need
+ * not read its conversation again (one round trip to MariaDB less before
+ * the job starts).  A cached row is never trusted alone: the turn's first
+ * write, the user's message, is an INSERT ... SELECT that stores nothing
+ * unless the row still has the cached session and history hash and is not
+ * deleted (conv_add_user_message).  The other columns a turn uses (tenant,
+ * title, model, system prompt, creation time) never change once written.
+ * Another process's turn or a deletion makes the entry stale; the INSERT
+ * finds it so, and the row is read again.  Direct-mapped by the id, like
+ * the key cache: a collision replaces the older entry.  Long system
+ * prompts are not kept, so the cache stays within a few megabytes.
+ */
+#define CONV_CACHE_SIZE		1024
+#define CONV_CACHE_PROMPT_MAX	4096
+
+static struct conversation	conv_cache[CONV_CACHE_SIZE];
+static pthread_mutex_t		conv_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t			conv_cache_hits, conv_cache_stale;
+
 /* Free what a conversation holds. */
 void
 conv_clear(struct conversation *c)
@@ -28,11 +49,118 @@ conv_clear(struct conversation *c)
 	memset(c, 0, sizeof *c);
 }
 
-/* Duplicate a possibly NULL cell. */
+/* Duplicate a possibly NULL string. */
 static char *
 conv_dup(const char *s)
 {
 	return (s != NULL ? strdup(s) : NULL);
+}
+
+/* Copy a conversation, its strings too.  Returns 0, or -1 (nothing held). */
+static int
+conv_copy(struct conversation *to, const struct conversation *from)
+{
+	*to = *from;
+	to->title = conv_dup(from->title);
+	to->model = conv_dup(from->model);
+	to->system_prompt = conv_dup(from->system_prompt);
+	if ((from->title != NULL && to->title == NULL) ||
+	    (from->model != NULL && to->model == NULL) ||
+	    (from->system_prompt != NULL && to->system_prompt == NULL)) {
+		conv_clear(to);
+		return (-1);
+	}
+	return (0);
+}
+
+/* The cache slot of a conversation id (FNV-1a). */
+static struct conversation *
+conv_cache_slot(const char *id)
+{
+	uint32_t	h = 2166136261u;
+
+	for (; *id != '\0'; id++)
+		h = (h ^ (uint8_t)*id) * 16777619u;
+	return (&conv_cache[h % CONV_CACHE_SIZE]);
+}
+
+/* Keep a copy of c (a row as MariaDB has it). */
+static void
+conv_cache_put(const struct conversation *c)
+{
+	struct conversation	*e, copy;
+
+	if (c->system_prompt != NULL &&
+	    strlen(c->system_prompt) > CONV_CACHE_PROMPT_MAX)
+		return;
+	if (conv_copy(&copy, c) != 0)
+		return;
+	copy.fresh = copy.cached = 0;
+	e = conv_cache_slot(c->id);
+	pthread_mutex_lock(&conv_cache_lock);
+	conv_clear(e);
+	*e = copy;
+	pthread_mutex_unlock(&conv_cache_lock);
+}
+
+/* The tenant's conversation id from the cache into c: 0, or 1 if absent. */
+static int
+conv_cache_get(const char *tenant, const char *id, struct conversation *c)
+{
+	struct conversation	*e = conv_cache_slot(id);
+	int			 rc = 1;
+
+	pthread_mutex_lock(&conv_cache_lock);
+	if (strcmp(e->id, id) == 0 && strcmp(e->tenant, tenant) == 0 &&
+	    conv_copy(c, e) == 0) {
+		c->cached = 1;
+		conv_cache_hits++;
+		rc = 0;
+	}
+	pthread_mutex_unlock(&conv_cache_lock);
+	return (rc);
+}
+
+/*
+ * Record in the cache what this process wrote to the row: its session
+ * (NULL: forgotten) and history hash (NULL: unchanged).
+ */
+static void
+conv_cache_wrote(const char *id, const char *session_id, const char *hash)
+{
+	struct conversation	*e = conv_cache_slot(id);
+
+	pthread_mutex_lock(&conv_cache_lock);
+	if (strcmp(e->id, id) == 0) {
+		snprintf(e->cli_session_id, sizeof e->cli_session_id, "%s",
+		    session_id != NULL ? session_id : "");
+		if (hash != NULL)
+			snprintf(e->history_hash, sizeof e->history_hash, "%s",
+			    hash);
+	}
+	pthread_mutex_unlock(&conv_cache_lock);
+}
+
+/* Forget a conversation (deleted, or found stale). */
+static void
+conv_cache_drop(const char *id)
+{
+	struct conversation	*e = conv_cache_slot(id);
+
+	pthread_mutex_lock(&conv_cache_lock);
+	if (strcmp(e->id, id) == 0)
+		conv_clear(e);
+	pthread_mutex_unlock(&conv_cache_lock);
+}
+
+/* The cache's counters, for /metrics. */
+void
+conv_cache_counts(uint64_t *hits, uint64_t *stale)
+{
+	pthread_mutex_lock(&conv_cache_lock);
+	*hits = conv_cache_hits;
+	*stale = conv_cache_stale;
+	pthread_mutex_unlock(&conv_cache_lock);
 }
 
 /*
@@ -72,7 +200,25 @@ conv_load(struct db *db, const char *tenant, const char *id,
 	snprintf(c->created_at, sizeof c->created_at, "%s",
 	    db_cell(res, 0, 6) != NULL ? db_cell(res, 0, 6) : "");
 	db_res_free(res);
+	conv_cache_put(c);
 	return (0);
+}
+
+/*
+ * conv_load, from this process's cache when it has the conversation: a
+ * turn's lookup.  The turn's conv_add_user_message checks the cached row
+ * against MariaDB's.
+ */
+int
+conv_lookup(struct db *db, const char *tenant, const char *id,
+    struct conversation *c)
+{
+	memset(c, 0, sizeof *c);
+	if (!util_valid_uuid(id))
+		return (1);
+	if (conv_cache_get(tenant, id, c) == 0)
+		return (0);
+	return (conv_load(db, tenant, id, c));
 }
 
 /* A title from the first message: at most 80 bytes, cut on a character. */
@@ -117,10 +263,58 @@ conv_insert(struct db *db, const struct apikey *key, const char *model,
 	    c->system_prompt, appconf->node, c->history_hash) != 0)
 		goto fail;
 	c->fresh = 1;
+	conv_cache_put(c);
 	return (0);
 fail:
 	conv_clear(c);
 	return (-1);
+}
+
+/*
+ * Store the user's message of a turn of c.  A conversation that came from
+ * the cache is checked in the same statement: the message is stored only
+ * if the row is still live with the session and history hash the turn
+ * will use.  If it is not, the row is read again (c's session and hash
+ * are updated) and the message stored after it.  Returns 0, 1 if the
+ * conversation is gone (deleted meanwhile: nothing stored), -1 on a
+ * database error.
+ */
+int
+conv_add_user_message(struct db *db, struct conversation *c,
+    const char *content, const char *request_id)
+{
+	struct conversation	now;
+	uint64_t		stored;
+	int			rc;
+
+	if (c->cached) {
+		if (db_run(db, NULL, &stored,
+		    "INSERT INTO messages (conversation_id, role, content, "
+		    "request_id, created_at) SELECT id, 'user', ?, ?, "
+		    "UTC_TIMESTAMP(3) FROM conversations WHERE id = ? AND "
+		    "tenant = ? AND deleted_at IS NULL AND "
+		    "cli_session_id <=> NULLIF(?, '') AND "
+		    "history_hash <=> NULLIF(?, '')", "ssssss", content,
+		    request_id, c->id, c->tenant, c->cli_session_id,
+		    c->history_hash) != 0)
+			return (-1);
+		if (stored == 1)
+			return (0);
+		pthread_mutex_lock(&conv_cache_lock);
+		conv_cache_stale++;
+		pthread_mutex_unlock(&conv_cache_lock);
+		conv_cache_drop(c->id);
+		if ((rc = conv_load(db, c->tenant, c->id, &now)) != 0)
+			return (rc);
+		memcpy(c->cli_session_id, now.cli_session_id,
+		    sizeof c->cli_session_id);
+		memcpy(c->history_hash, now.history_hash,
+		    sizeof c->history_hash);
+		conv_clear(&now);
+		c->cached = 0;
+	}
+	return (conv_add_message(db, c->id, "user", content, request_id, 0,
+	    0, 0.0) == 0 ? 0 : -1);
 }
 
 /* Append a message to a conversation. */
@@ -144,10 +338,25 @@ int
 conv_set_session(struct db *db, const char *conv_id, const char *session_id,
     const char *history_hash)
 {
-	return (db_run(db, NULL, NULL,
+	if (db_run(db, NULL, NULL,
 	    "UPDATE conversations SET cli_session_id = ?, node = ?, "
 	    "history_hash = ?, updated_at = UTC_TIMESTAMP(3) WHERE id = ?",
-	    "ssss", session_id, appconf->node, history_hash, conv_id));
+	    "ssss", session_id, appconf->node, history_hash, conv_id) != 0)
+		return (-1);
+	conv_cache_wrote(conv_id, session_id, history_hash);
+	return (0);
+}
+
+/* Record the hash of a conversation's history (its messages were stored). */
+int
+conv_set_history(struct db *db, struct conversation *c, const char *hash)
+{
+	if (db_run(db, NULL, NULL, "UPDATE conversations SET history_hash = ? "
+	    "WHERE id = ?", "ss", hash, c->id) != 0)
+		return (-1);
+	snprintf(c->history_hash, sizeof c->history_hash, "%s", hash);
+	conv_cache_wrote(c->id, c->cli_session_id, hash);
+	return (0);
 }
 
 /*
@@ -159,9 +368,12 @@ int
 conv_forget_session(struct db *db, struct conversation *c)
 {
 	c->cli_session_id[0] = '\0';
-	return (db_run(db, NULL, NULL, "UPDATE conversations SET "
+	if (db_run(db, NULL, NULL, "UPDATE conversations SET "
 	    "cli_session_id = NULL, updated_at = UTC_TIMESTAMP(3) WHERE id = ?",
-	    "s", c->id));
+	    "s", c->id) != 0)
+		return (-1);
+	conv_cache_wrote(c->id, NULL, NULL);
+	return (0);
 }
 
 /* The next link of a history hash: hex of H(prev || role || 0 || content). */
@@ -183,7 +395,8 @@ conv_chain(const char *prev, const char *role, const char *content,
 
 /*
  * Find the tenant's conversation whose history hashes to hash (the most
- * recently used if several do).  Returns like conv_load.
+ * recently used if several do), for a turn: from the cache if this process
+ * has it (conv_lookup).  Returns like conv_load.
  */
 int
 conv_find_history(struct db *db, const char *tenant, const char *hash,
@@ -203,7 +416,7 @@ conv_find_history(struct db *db, const char *tenant, const char *hash,
 	}
 	snprintf(id, sizeof id, "%s", db_cell(res, 0, 0));
 	db_res_free(res);
-	return (conv_load(db, tenant, id, c));
+	return (conv_lookup(db, tenant, id, c));
 }
 
 /* The JSON form of a conversation (without messages). */
@@ -274,7 +487,7 @@ conv_get_handle(struct request *r)
 		return;
 	}
 	if (rc == 1) {
-		req_error(r, 404, NULL, "conversation not found");
+		req_error(r, 404, NULL, "%s", CONV_MISSING);
 		return;
 	}
 	if (db_run(db, &res, NULL,
@@ -412,7 +625,7 @@ conv_delete_handle(struct request *r)
 		return;
 	}
 	if (rc == 1) {
-		req_error(r, 404, NULL, "conversation not found");
+		req_error(r, 404, NULL, "%s", CONV_MISSING);
 		return;
 	}
 	msg = json_pack("{s:i, s:s, s:s, s:s, s:s?}", "v", PROTO_VERSION,
@@ -446,6 +659,7 @@ conv_delete_handle(struct request *r)
 		req_db_down(r);
 		return;
 	}
+	conv_cache_drop(c.id);
 	conv_clear(&c);
 	req_send_empty(r, 204);
 }
@@ -469,16 +683,16 @@ conv_continue_handle(struct request *r)
 	    input_bool(r, body, "stream", &stream) != 0)
 		return;
 	if ((db = db_thread()) == NULL ||
-	    (rc = conv_load(db, req_key(r)->tenant, req_route(r)->param,
+	    (rc = conv_lookup(db, req_key(r)->tenant, req_route(r)->param,
 	    &c)) == -1) {
 		req_db_down(r);
 		return;
 	}
 	if (rc == 1) {
-		req_error(r, 404, NULL, "conversation not found");
+		req_error(r, 404, NULL, "%s", CONV_MISSING);
 		return;
 	}
 	if (perm_check(r, c.model, stream, &max_tokens) == 0)
-		chat_turn(r, &c, message, max_tokens, stream);
+		chat_turn(r, &c, message, max_tokens, stream, CONV_MISSING);
 	conv_clear(&c);
 }

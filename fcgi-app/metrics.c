@@ -134,6 +134,7 @@ metrics_requests(struct metrics_buf *b)
 {
 	struct metrics_route	*m;
 	const char		*name;
+	uint64_t		 hits, stale;
 	int			 id, s, i;
 
 	metrics_put(b, "# HELP ccgate_http_requests_total Requests answered, "
@@ -191,6 +192,14 @@ metrics_requests(struct metrics_buf *b)
 	    (unsigned long long)metrics.cache_creation, metrics.cost,
 	    (unsigned long long)metrics.quota_rejections,
 	    (unsigned long long)metrics.usage_lost);
+	conv_cache_counts(&hits, &stale);
+	metrics_put(b, "# HELP ccgate_conversation_cache_total Turns whose "
+	    "conversation came from this process's cache, and those of them "
+	    "MariaDB found stale (read again).\n"
+	    "# TYPE ccgate_conversation_cache_total counter\n"
+	    "ccgate_conversation_cache_total{result=\"hit\"} %llu\n"
+	    "ccgate_conversation_cache_total{result=\"stale\"} %llu\n",
+	    (unsigned long long)hits, (unsigned long long)stale);
 }
 
 /* The pool daemon's gauges and counters (ccgate_pool_up 0 if down). */

@@ -42,6 +42,7 @@ struct turn {
 	char			*partial;
 	char			 code[32];
 	char			 error[1024];
+	const char		*missing;	/* the 404 text for a deleted conv */
 	uint64_t		 started_ms;
 	uint64_t		 job_us;	/* the job went to the pool */
 	long long		 ttft_ms;

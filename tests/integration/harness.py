@@ -512,6 +512,10 @@ class Stack:
     def stats(self):
         return self.poold({"type": "stats"})[0]
 
+    def metric(self, name, **labels):
+        """One sample of ccgate-fcgi's /metrics (0 when absent)."""
+        return metric(self.request("GET", "/metrics").body, name, **labels)
+
     def sql(self, query):
         out = self._run([os.path.join(SRCDIR, "deploy", "mariadb-private"),
                          "sql", self.db_dir(), query]).stdout
@@ -532,6 +536,15 @@ class Stack:
             return json.loads(c.getresponse().read())
         finally:
             c.close()
+
+
+def metric(text, name, **labels):
+    """One sample's value in a Prometheus scrape (0 when absent)."""
+    want = ",".join('%s="%s"' % kv for kv in labels.items())
+    pat = "^" + re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels
+                              else "") + r" (\S+)$"
+    m = re.search(pat, text, re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 def texts_of(record):

@@ -9,14 +9,14 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, SRCDIR, wait_for, within_one_window, main  # noqa: E402,E501
+from harness import (Stack, SRCDIR, metric, wait_for,  # noqa: E402
+                     within_one_window, main)
 
 stack = None
 PW = "correct horse battery staple"
@@ -506,15 +506,6 @@ def scrape(source="127.0.0.1", path="/metrics"):
     """GET path from a source address: (status, content type, text)."""
     r = stack.request("GET", path, source=source)
     return r.status, r.headers.get("content-type"), r.body
-
-
-def metric(text, name, **labels):
-    """One sample's value (0 when absent)."""
-    want = ",".join('%s="%s"' % kv for kv in labels.items())
-    pat = "^" + re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels
-                              else "") + r" (\S+)$"
-    m = re.search(pat, text, re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 class Metrics(unittest.TestCase):

@@ -139,6 +139,87 @@ class Delete(unittest.TestCase):
                           if p["conversation"] == cid])
 
 
+def cache_count(result):
+    """ccgate-fcgi's conversation cache counter (hit or stale)."""
+    return stack.metric("ccgate_conversation_cache_total", result=result)
+
+
+def stored_count(cid):
+    return int(stack.sql("SELECT COUNT(*) FROM messages WHERE "
+                         "conversation_id = '%s'" % cid)[0][0])
+
+
+def next_turn(cid, message):
+    r = call("POST", "/api/chat", {"message": message,
+                                   "conversation_id": cid})
+    assert r.status == 200, r
+    return r
+
+
+def upstream_turns(text):
+    """The (role, text) turns of the last upstream request whose last
+    message contains text."""
+    return [texts_of(x) for x in stack.mock_records()
+            if text in texts_of(x)[-1][1]][-1]
+
+
+class ConversationCache(unittest.TestCase):
+    """ccgate-fcgi keeps the conversations it has seen, so that a turn does
+    not read its conversation first; the turn's INSERT of the user's
+    message checks the cached row against MariaDB's.  Another process
+    (another node, an operator) changing the row must be noticed."""
+
+    def test_later_turns_use_the_cache(self):
+        cid = new_conversation("count my turns")["conversation_id"]
+        hits, stale = cache_count("hit"), cache_count("stale")
+        for i in range(3):
+            next_turn(cid, "turn %d" % i)
+        self.assertEqual(cache_count("hit"), hits + 3)
+        self.assertEqual(cache_count("stale"), stale)
+        self.assertEqual(upstream_turns("turn 2")[0][1], "count my turns")
+        self.assertEqual(stored_count(cid), 8)
+
+    def test_a_session_forgotten_elsewhere_is_noticed(self):
+        cid = new_conversation("the password is tangerine")["conversation_id"]
+        next_turn(cid, "noted?")
+        # As another node does when a turn of its fails: the CLI session
+        # is no longer trusted, the next turn primes one from MariaDB.
+        stack.sql("UPDATE conversations SET cli_session_id = NULL "
+                  "WHERE id = '%s'" % cid)
+        stale = cache_count("stale")
+        next_turn(cid, "what is the password?")
+        self.assertEqual(cache_count("stale"), stale + 1)
+        primed = upstream_turns("what is the password?")[-1][1]
+        self.assertIn("[user]\nthe password is tangerine", primed)
+        self.assertEqual(stored_count(cid), 6)
+        # The new session is the cache's from now on: no longer stale.
+        next_turn(cid, "thanks")
+        self.assertEqual(cache_count("stale"), stale + 1)
+
+    def test_a_conversation_deleted_elsewhere_is_not_found(self):
+        for path in ("/api/chat", "/api/conversations/%s/continue"):
+            cid = new_conversation("soon gone")["conversation_id"]
+            next_turn(cid, "still here")   # cached by now
+            # Deleted as another node deletes it.
+            stack.sql("UPDATE conversations SET deleted_at = "
+                      "UTC_TIMESTAMP(3) WHERE id = '%s'" % cid)
+            records = len(stack.mock_records())
+            r = call("POST", path % cid if "%s" in path else path,
+                     {"message": "anyone?", "conversation_id": cid})
+            self.assertEqual(r.status, 404, r)
+            self.assertEqual(r.json()["error"]["message"],
+                             "conversation_id: no such conversation"
+                             if path == "/api/chat" else
+                             "conversation not found")
+            self.assertEqual(stored_count(cid), 4)
+            self.assertEqual(len(stack.mock_records()), records)
+            # Nor is it there to read or delete.
+            self.assertEqual(call("GET", "/api/conversations/" + cid).status,
+                             404)
+            self.assertEqual(call("DELETE",
+                                  "/api/conversations/" + cid).status, 404)
+
+
 class Batch(unittest.TestCase):
     def test_items_run_at_once_and_keep_their_order(self):
         cid = new_conversation("batch base")["conversation_id"]

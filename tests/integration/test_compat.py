@@ -128,6 +128,7 @@ class OpenAI(unittest.TestCase):
         reply = first.json()["choices"][0]["message"]["content"]
         cid = first.headers["x-ccgate-conversation-id"]
         before = stack.stats()
+        hits = stack.metric("ccgate_conversation_cache_total", result="hit")
         second = post("/v1/chat/completions", {"model": MODEL, "messages": [
             {"role": "system", "content": "You are terse."},
             {"role": "user", "content": "oa remember 31337"},
@@ -138,6 +139,10 @@ class OpenAI(unittest.TestCase):
         after = stack.stats()
         self.assertEqual(after["placed"]["bound"], before["placed"]["bound"] + 1,
                          "the turn should reuse the conversation's CLI")
+        # Found by its history, the conversation came from ccgate-fcgi's
+        # cache (its row checked by the INSERT of the message).
+        self.assertEqual(stack.metric("ccgate_conversation_cache_total",
+                                      result="hit"), hits + 1)
         rec = last_record("oa which number?")
         self.assertEqual(texts_of(rec), [("user", "oa remember 31337"),
                                          ("assistant", reply),

@@ -141,15 +141,17 @@ conv_cache_wrote(const char *id, const char *session_id, const char *hash)
 	pthread_mutex_unlock(&conv_cache_lock);
 }
 
-/* Forget a conversation (deleted, or found stale). */
+/* Forget a conversation: deleted, or found stale (counted). */
 static void
-conv_cache_drop(const char *id)
+conv_cache_drop(const char *id, int stale)
 {
 	struct conversation	*e = conv_cache_slot(id);
 
 	pthread_mutex_lock(&conv_cache_lock);
 	if (strcmp(e->id, id) == 0)
 		conv_clear(e);
+	if (stale)
+		conv_cache_stale++;
 	pthread_mutex_unlock(&conv_cache_lock);
 }
 
@@ -300,10 +302,7 @@ conv_add_user_message(struct db *db, struct conversation *c,
 			return (-1);
 		if (stored == 1)
 			return (0);
-		pthread_mutex_lock(&conv_cache_lock);
-		conv_cache_stale++;
-		pthread_mutex_unlock(&conv_cache_lock);
-		conv_cache_drop(c->id);
+		conv_cache_drop(c->id, 1);
 		if ((rc = conv_load(db, c->tenant, c->id, &now)) != 0)
 			return (rc);
 		memcpy(c->cli_session_id, now.cli_session_id,
@@ -659,7 +658,7 @@ conv_delete_handle(struct request *r)
 		req_db_down(r);
 		return;
 	}
-	conv_cache_drop(c.id);
+	conv_cache_drop(c.id, 0);
 	conv_clear(&c);
 	req_send_empty(r, 204);
 }

@@ -138,6 +138,14 @@ class Stack:
                               text=True, **kw)
 
     def _start_db(self):
+        # MariaDB runs as the unprivileged `mysql`, which cannot search
+        # self.dir (mkdtemp's 0700), so its directory is a sibling, linked
+        # as db/ and named after self.dir (leftovers() sees its server).
+        # A db/ a test made itself is out of mysql's reach: mariadb-private
+        # moves it to $CCGATE_DB_RELOCATE and links it.
+        if not os.path.lexists(self.path("db")):
+            os.mkdir(self.dir + "-db", 0o700)
+            os.symlink(self.dir + "-db", self.path("db"))
         self._run([os.path.join(SRCDIR, "deploy", "mariadb-private"), "start",
                    self.path("db"), "it-password"])
         with open(self.path("db.password"), "w") as f:
@@ -345,6 +353,7 @@ class Stack:
         if self.fcgi_socket is not None:
             self.fcgi_socket.close()
             os.unlink(self.path("run", "fcgi.sock"))
+        db_real = os.path.realpath(self.path("db"))
         if self.share_with is None:
             subprocess.run([os.path.join(SRCDIR, "deploy",
                                          "mariadb-private"),
@@ -361,6 +370,8 @@ class Stack:
                     pass
             raise AssertionError("processes left behind: %r" % left)
         if check and not os.environ.get("CCGATE_KEEP"):
+            if self.share_with is None and os.path.isdir(db_real):
+                shutil.rmtree(db_real, ignore_errors=True)
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def sanitizer_reports(self):

@@ -15,7 +15,10 @@
  *   ccgate-admin [-f config] purge [--usage-days N] [--deleted-days N]
  *   ccgate-admin secret FILE
  *
- * Every command but secret takes --json for output scripts can read.
+ * secret writes 32 random bytes as 64 hex digits: the key hashing secret
+ * (key_secret_file) or the admin token secret (admin_secret_file), two
+ * files made apart.  Every command but secret takes --json for output
+ * scripts can read.
  * Key and user changes go through the same code as the admin API
  * (keys.c, adminuser.c) and are audited as "cli:<unix user>".
  *
@@ -75,7 +78,7 @@ usage(void)
 	exit(2);
 }
 
-/* Write a new random hashing secret to path (mode 0600, never replaced). */
+/* Write a new random secret to path (mode 0600, never replaced). */
 static int
 admin_secret(const char *path)
 {
@@ -87,7 +90,8 @@ admin_secret(const char *path)
 	if (fd == -1) {
 		fprintf(stderr, "ccgate-admin: %s: %s%s\n", path,
 		    strerror(errno), errno == EEXIST ? " (kept: replacing "
-		    "it would invalidate every key)" : "");
+		    "it would invalidate every key or admin token made with "
+		    "it)" : "");
 		return (errno == EEXIST ? 0 : 1);
 	}
 	randombytes_buf(raw, sizeof raw);
@@ -102,7 +106,7 @@ admin_secret(const char *path)
 	}
 	sodium_memzero(hex, sizeof hex);
 	close(fd);
-	printf("wrote a new key hashing secret to %s\n", path);
+	printf("wrote a new secret to %s\n", path);
 	return (0);
 }
 

@@ -6,7 +6,9 @@
  * MariaDB, so every ccgate-fcgi process sees them, and past a threshold a
  * login waits (30 s, doubling, at most 15 minutes) whatever its password.
  * An account that is disabled or whose password changed raises its
- * token_version, which refuses every token issued before.
+ * token_version, which refuses every token issued before.  Without an
+ * admin secret (admin_secret_file) there are no logins and no tokens:
+ * both answer 503.
  */
 #include "config.h"
 
@@ -27,6 +29,8 @@
 #define ADMUSER_USER_LIMIT	5	/* failures per user name before waiting */
 #define ADMUSER_IP_LIMIT	20	/* failures per address before waiting */
 #define ADMUSER_HASHING		4	/* Argon2id runs at once (64 MiB each) */
+#define ADMUSER_NO_SECRET	"admin logins are disabled: this server has " \
+	"no admin secret (admin_secret_file)"
 
 static sem_t		admuser_sem;
 static pthread_once_t	admuser_once = PTHREAD_ONCE_INIT;
@@ -305,6 +309,10 @@ admuser_login(struct db *db, const char *name, const char *pw,
 
 	*user = NULL;
 	*retry = 0;
+	if (!appconf->have_admin_secret) {
+		op_fail(e, 503, ADMUSER_NO_SECRET);
+		return (-1);
+	}
 	if ((wait = admuser_wait(db, name, ip)) < 0) {
 		op_fail(e, 503, "the database is unavailable");
 		return (-1);
@@ -337,8 +345,9 @@ admuser_login(struct db *db, const char *name, const char *pw,
 	}
 	id = strtoll(db_cell(res, 0, 0), NULL, 10);
 	ver = strtoll(db_cell(res, 0, 3), NULL, 10);
-	if (jwt_sign(appconf->key_secret, id, name, ver, (long long)time(NULL),
-	    appconf->admin_token_ttl_s, token, tokenlen) != 0) {
+	if (jwt_sign(appconf->admin_secret, id, name, ver,
+	    (long long)time(NULL), appconf->admin_token_ttl_s, token,
+	    tokenlen) != 0) {
 		op_fail(e, 500, "cannot sign a token");
 		goto out;
 	}
@@ -357,8 +366,8 @@ out:
 }
 
 /*
- * Check an admin token: its signature and expiry, and that its user is
- * still active at the same token version.  Fills who (actor name
+ * Check an admin token: its signature, expiry and lifetime, and that its
+ * user is still active at the same token version.  Fills who (actor name
  * "admin:<name>") and returns 0, or -1 with e set (401 or 503).
  */
 int
@@ -370,8 +379,13 @@ admuser_check_token(struct db *db, const char *token, struct actor *who,
 	long long	 id, ver;
 	int		 ok;
 
-	if (jwt_verify(appconf->key_secret, token, (long long)time(NULL), &id,
-	    name, sizeof name, &ver, why, sizeof why) != 0) {
+	if (!appconf->have_admin_secret) {
+		op_fail(e, 503, ADMUSER_NO_SECRET);
+		return (-1);
+	}
+	if (jwt_verify(appconf->admin_secret, token, (long long)time(NULL),
+	    appconf->admin_token_ttl_s, &id, name, sizeof name, &ver, why,
+	    sizeof why) != 0) {
 		op_fail(e, 401, "%s", why);
 		return (-1);
 	}

@@ -65,6 +65,9 @@ struct app_config {
 	char	*key_secret_file;
 	uint8_t	 key_secret[32];
 	int	 have_secret;
+	char	*admin_secret_file;	/* signs admin tokens */
+	uint8_t	 admin_secret[32];
+	int	 have_admin_secret;
 	char	*poold_socket;
 	long	 max_body;
 	long	 max_message;
@@ -408,7 +411,8 @@ json_t		*keys_list(struct db *, const char *, const char *, long long,
 int		 jwt_sign(const uint8_t [32], long long, const char *,
 		     long long, long long, long long, char *, size_t);
 int		 jwt_verify(const uint8_t [32], const char *, long long,
-		     long long *, char *, size_t, long long *, char *, size_t);
+		     long long, long long *, char *, size_t, long long *,
+		     char *, size_t);
 
 /* adminuser.c */
 json_t		*admuser_list(struct db *, struct op_error *);

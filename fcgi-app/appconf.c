@@ -1,8 +1,8 @@
 /*
  * Configuration of ccgate-fcgi and ccgate-admin: ccgate.conf, in the
  * format of common/conf.c.  Secrets (the database password, the key
- * hashing secret) are read from files named here, never from the file
- * itself, so the configuration can be world-readable.
+ * hashing secret, the admin token secret) are read from files named here,
+ * never from the file itself, so the configuration can be world-readable.
  */
 #include "config.h"
 
@@ -13,6 +13,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "app.h"
 #include "conf.h"
 
@@ -21,8 +23,8 @@ struct app_config	*appconf;
 static const char *const app_keys[] = {
 	"listen", "listen_mode", "listen_group", "threads", "db_host",
 	"db_port", "db_socket", "db_user", "db_password_file", "db_name",
-	"db_timeout_s", "db_connections", "key_secret_file", "poold_socket",
-	"max_body",
+	"db_timeout_s", "db_connections", "key_secret_file",
+	"admin_secret_file", "poold_socket", "max_body",
 	"max_message", "max_json_depth", "job_timeout_ms", "default_model",
 	"models", "node", "sql_dir", "batch_max", "key_cache_ms",
 	"cors_origins", "log_verbose", "admin_token_ttl_s", "rotate_grace_s",
@@ -50,6 +52,7 @@ appconf_free(struct app_config *cf)
 	}
 	free(cf->db_name);
 	free(cf->key_secret_file);
+	free(cf->admin_secret_file);
 	free(cf->poold_socket);
 	free(cf->default_model);
 	for (i = 0; i < cf->nmodels; i++)
@@ -58,6 +61,7 @@ appconf_free(struct app_config *cf)
 	free(cf->sql_dir);
 	free(cf->cors_origins);
 	explicit_bzero(cf->key_secret, sizeof cf->key_secret);
+	explicit_bzero(cf->admin_secret, sizeof cf->admin_secret);
 	free(cf);
 }
 
@@ -126,8 +130,10 @@ app_models(struct app_config *cf, const char *list, char **cause)
 } while (0)
 
 /*
- * Load ccgate.conf.  The key secret is loaded if the file is configured;
- * programs that need it check have_secret.
+ * Load ccgate.conf.  Each secret is loaded if its file exists; programs
+ * that need one check have_secret or have_admin_secret.  The admin secret
+ * must not be the key hashing secret: whoever reads key.secret could then
+ * sign admin tokens.
  */
 struct app_config *
 appconf_load(const char *path, char **cause)
@@ -154,6 +160,8 @@ appconf_load(const char *path, char **cause)
 	    app_str(c, "db_name", "ccgate", &cf->db_name) != 0 ||
 	    app_str(c, "key_secret_file", SYSCONFDIR "/ccgate/key.secret",
 	    &cf->key_secret_file) != 0 ||
+	    app_str(c, "admin_secret_file", SYSCONFDIR "/ccgate/admin.secret",
+	    &cf->admin_secret_file) != 0 ||
 	    app_str(c, "poold_socket", LOCALSTATEDIR "/run/ccgate/poold.sock",
 	    &cf->poold_socket) != 0 ||
 	    app_str(c, "default_model", "claude-sonnet-4-5",
@@ -203,6 +211,19 @@ appconf_load(const char *path, char **cause)
 		    cause) != 0)
 			goto fail;
 		cf->have_secret = 1;
+	}
+	if (access(cf->admin_secret_file, F_OK) == 0) {
+		if (auth_load_secret(cf->admin_secret_file, cf->admin_secret,
+		    cause) != 0)
+			goto fail;
+		cf->have_admin_secret = 1;
+	}
+	if (cf->have_secret && cf->have_admin_secret &&
+	    sodium_memcmp(cf->key_secret, cf->admin_secret, 32) == 0) {
+		util_cause(cause, "%s: holds the key hashing secret of %s: "
+		    "make a secret of its own (ccgate-admin secret FILE)",
+		    cf->admin_secret_file, cf->key_secret_file);
+		goto fail;
 	}
 	conf_free(c);
 	return (cf);

@@ -136,6 +136,10 @@ main(int argc, char **argv)
 	int		 rc, warm;
 
 	(void)front_start("ccgate-fcgi", argc, argv, &set);
+	if (!appconf->have_admin_secret)
+		log_warnx("no admin secret at %s: admin logins and tokens are "
+		    "refused (503); make one with ccgate-admin secret",
+		    appconf->admin_secret_file);
 	if (FCGX_Init() != 0)
 		fatalx("FCGX_Init failed");
 

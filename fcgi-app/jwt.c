@@ -7,9 +7,10 @@
  *	iss "ccgate", aud "ccgate-admin", sub the admin's id (a string),
  *	name, ver (the user's token_version), iat, exp
  *
- * The signing key is derived from the server's key hashing secret with a
- * purpose label, so no second secret file is needed and the token key is
- * never the key-hashing key itself.
+ * The signing key is the admin secret (admin_secret_file), a secret of
+ * its own: nothing that reads the key hashing secret can sign a token.
+ * A token is refused if its lifetime (exp - iat) is longer than the
+ * server gives (admin_token_ttl_s), or if it was issued in the future.
  */
 #include "config.h"
 
@@ -25,16 +26,8 @@
 #define JWT_ISSUER	"ccgate"
 #define JWT_AUDIENCE	"ccgate-admin"
 #define JWT_B64		sodium_base64_VARIANT_URLSAFE_NO_PADDING
-
-/* The HMAC key for tokens, derived from the key hashing secret. */
-static void
-jwt_key(const uint8_t secret[32], uint8_t key[32])
-{
-	static const char	label[] = "ccgate admin token key v1";
-
-	crypto_generichash(key, 32, (const unsigned char *)label,
-	    sizeof label - 1, secret, 32);
-}
+/* How far ahead of our clock iat may be (another node's clock). */
+#define JWT_SKEW_S	60
 
 /* Base64url-encode len bytes of in onto the end of out. */
 static int
@@ -62,14 +55,15 @@ jwt_dot(char *out, size_t outlen)
 }
 
 /*
- * Sign a token for admin id/name at token version ver, valid for ttl
- * seconds from now.  Returns 0, or -1 if out is too small.
+ * Sign a token with the admin secret for admin id/name at token version
+ * ver, valid for ttl seconds from now.  Returns 0, or -1 if out is too
+ * small.
  */
 int
 jwt_sign(const uint8_t secret[32], long long id, const char *name,
     long long ver, long long now, long long ttl, char *out, size_t outlen)
 {
-	uint8_t	 key[32], mac[crypto_auth_hmacsha256_BYTES];
+	uint8_t	 mac[crypto_auth_hmacsha256_BYTES];
 	char	 sub[32], *claims;
 	json_t	*c;
 	int	 rc = -1;
@@ -88,10 +82,8 @@ jwt_sign(const uint8_t secret[32], long long id, const char *name,
 	    jwt_dot(out, outlen) != 0 ||
 	    jwt_b64_append(out, outlen, claims, strlen(claims)) != 0)
 		goto out;
-	jwt_key(secret, key);
 	crypto_auth_hmacsha256(mac, (const unsigned char *)out, strlen(out),
-	    key);
-	sodium_memzero(key, sizeof key);
+	    secret);
 	if (jwt_dot(out, outlen) != 0 ||
 	    jwt_b64_append(out, outlen, mac, sizeof mac) != 0)
 		goto out;
@@ -104,16 +96,18 @@ out:
 }
 
 /*
- * Verify token at time now.  On success fill *id, name (of namelen) and
- * *ver from its claims and return 0; otherwise return -1 with the reason
- * in why.  The caller still checks the user and version in MariaDB.
+ * Verify token with the admin secret at time now: a token lives at most
+ * max_ttl seconds (exp - iat) and was not issued after now (give or take
+ * JWT_SKEW_S).  On success fill *id, name (of namelen) and *ver from its
+ * claims and return 0; otherwise return -1 with the reason in why.  The
+ * caller still checks the user and version in MariaDB.
  */
 int
 jwt_verify(const uint8_t secret[32], const char *token, long long now,
-    long long *id, char *name, size_t namelen, long long *ver,
-    char *why, size_t whylen)
+    long long max_ttl, long long *id, char *name, size_t namelen,
+    long long *ver, char *why, size_t whylen)
 {
-	uint8_t		 key[32], mac[64];
+	uint8_t		 mac[64];
 	unsigned char	*claims = NULL;
 	const char	*dot1, *dot2, *sub, *nm;
 	char		 expect[128];
@@ -143,10 +137,8 @@ jwt_verify(const uint8_t secret[32], const char *token, long long now,
 		snprintf(why, whylen, "invalid token: bad signature");
 		return (-1);
 	}
-	jwt_key(secret, key);
 	rc = crypto_auth_hmacsha256_verify(mac, (const unsigned char *)token,
-	    (unsigned long long)(dot2 - token), key);
-	sodium_memzero(key, sizeof key);
+	    (unsigned long long)(dot2 - token), secret);
 	if (rc != 0) {
 		snprintf(why, whylen, "invalid token: bad signature");
 		return (-1);
@@ -172,6 +164,16 @@ jwt_verify(const uint8_t secret[32], const char *token, long long now,
 	}
 	if (exp <= now) {
 		snprintf(why, whylen, "the token has expired: log in again");
+		goto out;
+	}
+	if (iat > now + JWT_SKEW_S) {
+		snprintf(why, whylen, "invalid token: issued in the future");
+		goto out;
+	}
+	/* iat >= 0 and exp > iat first: the difference cannot overflow. */
+	if (iat < 0 || exp <= iat || exp - iat > max_ttl) {
+		snprintf(why, whylen, "invalid token: its lifetime (exp - "
+		    "iat) must be from 1 to %lld s", max_ttl);
 		goto out;
 	}
 	*id = strtoll(sub, &end, 10);

@@ -80,8 +80,9 @@ class Stack:
 
     def __init__(self, poold_opts=None, app_opts=None, name="it",
                  nginx_opts=None, edge_files=None, share_with=None):
-        # share_with: another, started Stack whose MariaDB, mock upstream
-        # and key secret this one uses (a second node of one deployment).
+        # share_with: another, started Stack whose MariaDB, mock upstream,
+        # key secret and admin secret this one uses (a second node of one
+        # deployment).
         self.share_with = share_with
         self.poold_opts = {
             "min_instances": 2, "max_instances": 6, "idle_timeout_ms": 60000,
@@ -198,6 +199,7 @@ class Stack:
                 (self.share_with or self).dir, "db.password"),
             "db_name = ccgate",
             "key_secret_file = %s" % self.path("key.secret"),
+            "admin_secret_file = %s" % self.path("admin.secret"),
             "poold_socket = %s" % self.path("run", "poold.sock"),
             "default_model = %s" % DEFAULT_MODEL,
             "models = %s, claude-haiku-4-5" % DEFAULT_MODEL,
@@ -207,12 +209,12 @@ class Stack:
         lines += ["%s = %s" % kv for kv in self.app_opts.items()]
         with open(self.path("ccgate.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")
-        if self.share_with is None:
-            self._run([self.bin("ccgate-admin"), "secret",
-                       self.path("key.secret")])
-        else:
-            shutil.copy(self.share_with.path("key.secret"),
-                        self.path("key.secret"))
+        for secret in ("key.secret", "admin.secret"):
+            if self.share_with is None:
+                self._run([self.bin("ccgate-admin"), "secret",
+                           self.path(secret)])
+            else:
+                shutil.copy(self.share_with.path(secret), self.path(secret))
 
     def start_poold(self, env=None):
         log = open(self.path("poold.log"), "a")

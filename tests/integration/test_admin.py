@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Administration through the real stack: admin login and its tokens
-(expiry, tampering, disabled users, slowed-down guessing), the admin API
-for keys with its audit trail, usage, the request and error logs, the
-pool, the operators' SQL views and procedures, and ccgate-admin."""
+(expiry, tampering, disabled users, slowed-down guessing, a signing secret
+of their own, bounded lifetimes), the admin API for keys with its audit
+trail, usage, the request and error logs, the pool, the operators' SQL
+views and procedures, and ccgate-admin."""
 
 import base64
 import hashlib
@@ -54,12 +55,17 @@ def b64(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def secret_of(name):
+    """The 32 bytes of a secret file (key.secret, admin.secret)."""
+    with open(stack.path(name)) as f:
+        return bytes.fromhex(f.read().strip())
+
+
 def forge(claims, header=None, key=None):
-    """A token signed the way the server signs, with our own claims."""
+    """A token signed the way the server signs (HMAC-SHA256 with the
+    admin secret, jwt.c's exact header), with our own claims."""
     if key is None:
-        secret = bytes.fromhex(open(stack.path("key.secret")).read().strip())
-        key = hashlib.blake2b(b"ccgate admin token key v1", key=secret,
-                              digest_size=32).digest()
+        key = secret_of("admin.secret")
     head = b64(json.dumps(header or {"alg": "HS256", "typ": "JWT"},
                           separators=(",", ":")).encode())
     body = b64(json.dumps(claims, separators=(",", ":")).encode())
@@ -247,6 +253,116 @@ class Login(unittest.TestCase):
             self.assertEqual(r.status, 401, "%s %s: %r" % (method, path, r))
             self.assertEqual(r.headers.get("www-authenticate"), "Bearer")
         self.assertEqual(key_count(), before)
+
+
+class AdminSecret(unittest.TestCase):
+    """Admin tokens are signed with admin.secret, never with anything
+    derived from key.secret (which keys the API-key hashes)."""
+
+    def test_a_token_made_from_the_key_secret_is_refused(self):
+        self.assertEqual(admin("GET", "/admin/me", tok=forge(claims())).status,
+                         200, "the forge mirrors jwt.c")
+        key_secret = secret_of("key.secret")
+        derived = hashlib.blake2b(b"ccgate admin token key v1",
+                                  key=key_secret, digest_size=32).digest()
+        before = stack.stats()["limits"]
+        for what, key in (("the old derived key", derived),
+                          ("key.secret itself", key_secret)):
+            tok = forge(claims(), key=key)
+            for method, path, body in (
+                    ("GET", "/admin/me", None),
+                    ("GET", "/admin/api-keys", None),
+                    ("POST", "/api/cli-pool/initialize",
+                     {"minInstances": 0, "maxInstances": 1})):
+                r = admin(method, path, body, tok=tok)
+                self.assertEqual(r.status, 401, "%s, %s: %r" % (what, path,
+                                                                 r))
+                self.assertIn("signature", r.json()["error"]["message"])
+        self.assertEqual(stack.stats()["limits"], before)
+        self.assertNotEqual(secret_of("admin.secret"), key_secret)
+
+    def test_the_admin_secret_may_not_be_the_key_secret(self):
+        conf = stack.path("same-secret.conf")
+        with open(stack.path("ccgate.conf")) as f, open(conf, "w") as out:
+            for line in f:
+                if line.startswith("admin_secret_file"):
+                    line = "admin_secret_file = %s\n" % stack.path(
+                        "key.secret")
+                out.write(line)
+        for prog in ("ccgate-fcgi", "ccgate-ws"):
+            r = subprocess.run([stack.bin(prog), "-n", "-f", conf],
+                               capture_output=True, text=True)
+            self.assertNotEqual(r.returncode, 0, prog)
+            self.assertIn("key hashing secret", r.stderr)
+        r = subprocess.run([stack.bin("ccgate-admin"), "-f", conf, "usage"],
+                           capture_output=True, text=True)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("key hashing secret", r.stderr)
+
+    def test_without_an_admin_secret_admin_answers_503(self):
+        tok = token()
+        secret = stack.path("admin.secret")
+        os.rename(secret, secret + ".away")
+        try:
+            stack.stop_proc("fcgi")
+            stack.start_fcgi()
+            wait_for(lambda: stack.request("GET", "/healthz").status == 200,
+                     10, "ccgate-fcgi back")
+            with open(stack.path("fcgi.log")) as f:
+                self.assertIn("no admin secret at " + secret, f.read())
+            r = stack.request("POST", "/admin/login",
+                              {"username": "root", "password": PW})
+            self.assertEqual(r.status, 503, r)
+            self.assertIn("no admin secret", r.json()["error"]["message"])
+            self.assertNotIn("token", r.json())
+            for t in (tok, forge(claims(), key=secret_of(
+                    "admin.secret.away")), forge(claims(), key=bytes(32))):
+                r = admin("GET", "/admin/me", tok=t)
+                self.assertEqual(r.status, 503, r)
+                self.assertIn("no admin secret", r.json()["error"]["message"])
+            # The client API does not need it.
+            key = stack.create_key("no-admin-secret")
+            self.assertEqual(stack.request("GET", "/api/models",
+                                           key=key).status, 200)
+        finally:
+            stack.stop_proc("fcgi")
+            os.rename(secret + ".away", secret)
+            stack.start_fcgi()
+            wait_for(lambda: stack.request("GET", "/healthz").status == 200,
+                     10, "ccgate-fcgi back")
+        self.assertEqual(admin("GET", "/admin/me", tok=tok).status, 200)
+
+
+class TokenLifetime(unittest.TestCase):
+    """A token lives at most admin_token_ttl_s (exp - iat), however
+    validly it is signed, and is not issued in the future."""
+
+    def test_a_token_longer_than_the_ttl_is_refused(self):
+        now = int(time.time())
+        ok = forge(claims(iat=now - 10, exp=now - 10 + TTL))
+        self.assertEqual(admin("GET", "/admin/me", tok=ok).status, 200)
+        before = stack.stats()["limits"]
+        for what, c in (
+                ("24 h", claims(iat=now, exp=now + 86400)),
+                ("one second over", claims(iat=now - 10, exp=now - 9 + TTL)),
+                ("old iat, far exp", claims(iat=now - 86400, exp=now + 60)),
+                ("no lifetime", claims(iat=now + 30, exp=now + 30)),
+                ("issued an hour ahead", claims(iat=now + 3600,
+                                                exp=now + 3600 + 60))):
+            tok = forge(c)
+            for method, path, body in (
+                    ("GET", "/admin/me", None),
+                    ("POST", "/api/cli-pool/initialize",
+                     {"minInstances": 0, "maxInstances": 1})):
+                r = admin(method, path, body, tok=tok)
+                self.assertEqual(r.status, 401, "%s: %r" % (what, r))
+                self.assertEqual(r.json()["error"]["type"],
+                                 "authentication_error")
+        self.assertIn("lifetime", admin("GET", "/admin/me", tok=forge(claims(
+            iat=now, exp=now + 86400))).json()["error"]["message"])
+        self.assertIn("future", admin("GET", "/admin/me", tok=forge(claims(
+            iat=now + 3600, exp=now + 3660))).json()["error"]["message"])
+        self.assertEqual(stack.stats()["limits"], before)
 
 
 class Keys(unittest.TestCase):

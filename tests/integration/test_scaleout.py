@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Two ccgate nodes (each its own nginx, ccgate-fcgi, ccgate-ws,
-ccgate-poold and state directory) sharing one MariaDB and key secret,
-behind a front nginx (nginx/ccgate-front.conf.in) that hashes on the
-conversation id: turns stay on the node holding the conversation, move
-with their context when that node stops, and keys, quotas and usage are
-one for both."""
+ccgate-poold and state directory) sharing one MariaDB, key secret and
+admin secret, behind a front nginx (nginx/ccgate-front.conf.in) that
+hashes on the conversation id: turns stay on the node holding the
+conversation, move with their context when that node stops, and keys,
+quotas, usage and admin tokens are one for both."""
 
 import os
 import shutil
@@ -195,6 +195,18 @@ class ScaleOut(unittest.TestCase):
         rec = [x for x in nodes[0].mock_records()
                if texts_of(x) and "favourite colour?" in texts_of(x)[-1][1]]
         self.assertIn("vermilion", " ".join(t for _, t in texts_of(rec[-1])))
+
+
+
+class AdminTokens(unittest.TestCase):
+    def test_an_admin_token_works_on_every_node(self):
+        nodes[0].admin("user", "create", "scaler",
+                       stdin="scale-out admin password\n")
+        tok = nodes[0].admin_token("scaler", "scale-out admin password")
+        for n in nodes:
+            r = n.request("GET", "/admin/me",
+                          headers={"Authorization": "Bearer " + tok})
+            self.assertEqual(r.status, 200, (node_name(n), r))
 
 
 def front_key():

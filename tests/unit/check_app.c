@@ -1,4 +1,7 @@
-/* Unit tests: key format and hashing, routes, JSON depth, dialects. */
+/*
+ * Unit tests: key format and hashing, routes, JSON depth, dialects, admin
+ * tokens.
+ */
 #include "config.h"
 
 #include <check.h>
@@ -183,23 +186,23 @@ START_TEST(test_jwt)
 	memset(other, 8, sizeof other);
 	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 900, tok,
 	    sizeof tok), 0);
-	ck_assert_int_eq(jwt_verify(secret, tok, 1000899, &id, name,
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000899, 900, &id, name,
 	    sizeof name, &ver, why, sizeof why), 0);
 	ck_assert_int_eq(id, 42);
 	ck_assert_int_eq(ver, 3);
 	ck_assert_str_eq(name, "ops");
 	/* Expired at exp, not a second later. */
-	ck_assert_int_eq(jwt_verify(secret, tok, 1000900, &id, name,
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000900, 900, &id, name,
 	    sizeof name, &ver, why, sizeof why), -1);
 	ck_assert_ptr_nonnull(strstr(why, "expired"));
 	/* Another server's secret. */
-	ck_assert_int_eq(jwt_verify(other, tok, 1000001, &id, name,
+	ck_assert_int_eq(jwt_verify(other, tok, 1000001, 900, &id, name,
 	    sizeof name, &ver, why, sizeof why), -1);
 	/* Every single changed byte is refused. */
 	for (size_t i = 0; i < strlen(tok); i++) {
 		memcpy(bad, tok, sizeof bad);
 		bad[i] = bad[i] == 'A' ? 'B' : 'A';
-		ck_assert_int_eq(jwt_verify(secret, bad, 1000001, &id, name,
+		ck_assert_int_eq(jwt_verify(secret, bad, 1000001, 900, &id, name,
 		    sizeof name, &ver, why, sizeof why), -1);
 	}
 	/* alg "none" with the signature dropped. */
@@ -207,14 +210,96 @@ START_TEST(test_jwt)
 	memcpy(bad, "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0", 36);
 	snprintf(bad + 35, sizeof bad - 35, "%.*s.", (int)(dot - strchr(tok,
 	    '.')), strchr(tok, '.'));
-	ck_assert_int_eq(jwt_verify(secret, bad, 1000001, &id, name,
+	ck_assert_int_eq(jwt_verify(secret, bad, 1000001, 900, &id, name,
 	    sizeof name, &ver, why, sizeof why), -1);
-	ck_assert_int_eq(jwt_verify(secret, "", 1000001, &id, name,
+	ck_assert_int_eq(jwt_verify(secret, "", 1000001, 900, &id, name,
 	    sizeof name, &ver, why, sizeof why), -1);
-	ck_assert_int_eq(jwt_verify(secret, "a.b.c.d", 1000001, &id, name,
+	ck_assert_int_eq(jwt_verify(secret, "a.b.c.d", 1000001, 900, &id, name,
 	    sizeof name, &ver, why, sizeof why), -1);
 	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 900, tok,
 	    20), -1);
+}
+END_TEST
+
+/* A token of jwt.c's header and the given claims, signed with secret. */
+static void
+jwt_make(const uint8_t secret[32], const char *claims, char *out,
+    size_t outlen)
+{
+	static const char	 head[] = "{\"alg\":\"HS256\",\"typ\":\"JWT\"}";
+	const int		 v = sodium_base64_VARIANT_URLSAFE_NO_PADDING;
+	uint8_t			 mac[crypto_auth_hmacsha256_BYTES];
+	size_t			 n;
+
+	sodium_bin2base64(out, outlen, (const unsigned char *)head,
+	    strlen(head), v);
+	n = strlen(out);
+	out[n++] = '.';
+	sodium_bin2base64(out + n, outlen - n, (const unsigned char *)claims,
+	    strlen(claims), v);
+	crypto_auth_hmacsha256(mac, (const unsigned char *)out, strlen(out),
+	    secret);
+	n = strlen(out);
+	out[n++] = '.';
+	sodium_bin2base64(out + n, outlen - n, mac, sizeof mac, v);
+}
+
+START_TEST(test_jwt_lifetime)
+{
+	uint8_t		 secret[32];
+	char		 tok[1024], name[64], why[128];
+	long long	 id = 0, ver = 0;
+
+	memset(secret, 7, sizeof secret);
+	/* Signed with the secret, but for longer than the server gives. */
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 86400, tok,
+	    sizeof tok), 0);
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000001, 900, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_ptr_nonnull(strstr(why, "lifetime"));
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000001, 86400, &id, name,
+	    sizeof name, &ver, why, sizeof why), 0);
+	/* One second over, and exactly the lifetime. */
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 901, tok,
+	    sizeof tok), 0);
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000001, 900, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 900, tok,
+	    sizeof tok), 0);
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000001, 900, &id, name,
+	    sizeof name, &ver, why, sizeof why), 0);
+	/* No lifetime at all, or a negative one. */
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 0, tok,
+	    sizeof tok), 0);
+	ck_assert_int_eq(jwt_verify(secret, tok, 999999, 900, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, -5, tok,
+	    sizeof tok), 0);
+	ck_assert_int_eq(jwt_verify(secret, tok, 999990, 900, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	/* Issued in the future: a minute of skew is allowed, not more. */
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000060, 900, tok,
+	    sizeof tok), 0);
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000000, 900, &id, name,
+	    sizeof name, &ver, why, sizeof why), 0);
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000061, 900, tok,
+	    sizeof tok), 0);
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000000, 900, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_ptr_nonnull(strstr(why, "future"));
+	/* A negative iat with a far exp must not overflow exp - iat. */
+	jwt_make(secret, "{\"iss\":\"ccgate\",\"aud\":\"ccgate-admin\","
+	    "\"sub\":\"42\",\"name\":\"ops\",\"ver\":3,"
+	    "\"iat\":-9000000000000000000,\"exp\":9000000000000000000}", tok,
+	    sizeof tok);
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000000, 900, &id, name,
+	    sizeof name, &ver, why, sizeof why), -1);
+	/* The same claims with sane times pass: only the times failed. */
+	jwt_make(secret, "{\"iss\":\"ccgate\",\"aud\":\"ccgate-admin\","
+	    "\"sub\":\"42\",\"name\":\"ops\",\"ver\":3,"
+	    "\"iat\":1000000,\"exp\":1000900}", tok, sizeof tok);
+	ck_assert_int_eq(jwt_verify(secret, tok, 1000000, 900, &id, name,
+	    sizeof name, &ver, why, sizeof why), 0);
 }
 END_TEST
 
@@ -251,6 +336,7 @@ main(void)
 		test_dialects,
 		test_title,
 		test_jwt,
+		test_jwt_lifetime,
 		test_parse_time,
 		NULL
 	};

@@ -489,7 +489,7 @@ views.pool = async () => {
       '</tbody></table>' + (p.processes.length ? '' : '<div class="empty">No CLI process is running.</div>') + '</div>';
     $('#limits-form').addEventListener('submit', (ev) => {
       ev.preventDefault();
-      api('POST', '/api/cli-pool/initialize', { minInstances: Number(ev.target.min.value),
+      api('POST', '/admin/pool/initialize', { minInstances: Number(ev.target.min.value),
         maxInstances: Number(ev.target.max.value) })
         .then(() => { flash('Pool limits applied.'); return draw(); }, (e) => flash(e.message, true));
     });

@@ -2,7 +2,8 @@
  * The pool and models, as clients see them (seed 000): /api/cli-pool/stats
  * and /health, /api/models.  A client key sees every process's state but
  * the tenant and conversation only of its own; the full view is the
- * admin's (/admin/pool).
+ * admin's (/admin/pool), and so are the pool's bounds
+ * (/admin/pool/initialize).
  */
 #include "config.h"
 
@@ -132,10 +133,12 @@ poolinfo_admin_handle(struct request *r)
 }
 
 /*
- * POST /api/cli-pool/initialize {"minInstances","maxInstances"} (seed
- * 000): set the pool's bounds at run time.  Administrators only: a client
- * key gets 403.  The change is audited (the pool daemon holds the state,
- * so the audit row follows the daemon's answer).
+ * POST /admin/pool/initialize and its old path /api/cli-pool/initialize
+ * {"minInstances","maxInstances"} (seed 000): set the pool's bounds at run
+ * time.  Administrators only: a client key gets 403, and nginx serves
+ * both paths only to the admin allowlist.  The change is audited (the
+ * pool daemon holds the state, so the audit row follows the daemon's
+ * answer).
  */
 void
 poolinfo_init_handle(struct request *r)

@@ -822,6 +822,7 @@ req_dispatch(struct request *r)
 		poolinfo_health_handle(r);
 		break;
 	case ROUTE_POOL_INIT:
+	case ROUTE_ADMIN_POOL_INIT:
 		poolinfo_init_handle(r);
 		break;
 	case ROUTE_OPENAI_CHAT:

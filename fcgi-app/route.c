@@ -39,6 +39,7 @@ static const struct route_def routes[] = {
 	    DIALECT_NATIVE },
 	{ "GET",  "/api/cli-pool/health",	ROUTE_POOL_HEALTH,
 	    DIALECT_NATIVE },
+	/* The old path of /admin/pool/initialize: nginx gates both alike. */
 	{ "POST", "/api/cli-pool/initialize",	ROUTE_POOL_INIT,
 	    DIALECT_NATIVE },
 	{ "POST", "/v1/chat/completions",	ROUTE_OPENAI_CHAT,
@@ -68,6 +69,8 @@ static const struct route_def routes[] = {
 	{ "GET",  "/admin/errors",		ROUTE_ADMIN_ERRORS,
 	    DIALECT_NATIVE },
 	{ "GET",  "/admin/pool",		ROUTE_ADMIN_POOL, DIALECT_NATIVE },
+	{ "POST", "/admin/pool/initialize",	ROUTE_ADMIN_POOL_INIT,
+	    DIALECT_NATIVE },
 	{ "GET",  "/admin/audit",		ROUTE_ADMIN_AUDIT, DIALECT_NATIVE },
 	{ "GET",  "/metrics",			ROUTE_METRICS, DIALECT_PLAIN },
 	{ "GET",  "/api/ws",			ROUTE_WS, DIALECT_NATIVE },

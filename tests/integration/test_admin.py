@@ -2,8 +2,9 @@
 """Administration through the real stack: admin login and its tokens
 (expiry, tampering, disabled users, slowed-down guessing, a signing secret
 of their own, bounded lifetimes), the admin API for keys with its audit
-trail, usage, the request and error logs, the pool, the operators' SQL
-views and procedures, and ccgate-admin."""
+trail, usage, the request and error logs, the pool and its bounds behind
+the admin allowlist, the operators' SQL views and procedures, and
+ccgate-admin."""
 
 import base64
 import hashlib
@@ -240,7 +241,8 @@ class Login(unittest.TestCase):
                   ("GET", "/admin/usage"), ("GET", "/admin/requests"),
                   ("GET", "/admin/errors"), ("GET", "/admin/pool"),
                   ("GET", "/admin/audit"),
-                  ("POST", "/api/cli-pool/initialize")]
+                  ("POST", "/api/cli-pool/initialize"),
+                  ("POST", "/admin/pool/initialize")]
         before = key_count()
         for method, path in routes:
             r = stack.request(method, path, {"name": "x"}, key=key)
@@ -272,6 +274,8 @@ class AdminSecret(unittest.TestCase):
             for method, path, body in (
                     ("GET", "/admin/me", None),
                     ("GET", "/admin/api-keys", None),
+                    ("POST", "/admin/pool/initialize",
+                     {"minInstances": 0, "maxInstances": 1}),
                     ("POST", "/api/cli-pool/initialize",
                      {"minInstances": 0, "maxInstances": 1})):
                 r = admin(method, path, body, tok=tok)
@@ -616,6 +620,59 @@ class Logs(unittest.TestCase):
         admin("POST", "/api/cli-pool/initialize", {
             "minInstances": before["min_instances"],
             "maxInstances": before["max_instances"]})
+
+
+class PoolBoundsAllowlist(unittest.TestCase):
+    """The pool's bounds (POST /admin/pool/initialize and its old path
+    /api/cli-pool/initialize) are for the admin allowlist's addresses
+    only, and still need an admin token there."""
+
+    PATHS = ("/admin/pool/initialize", "/api/cli-pool/initialize")
+
+    def audits(self):
+        return stack.sql("SELECT COUNT(*) FROM audit_log WHERE "
+                         "object_id = 'cli-pool'")[0][0]
+
+    def test_outside_the_allowlist_nothing_changes(self):
+        before, audited = stack.stats()["limits"], self.audits()
+        body = {"minInstances": 0, "maxInstances": 1}
+        for path in self.PATHS:
+            for variant in (path, path + "?x=1", path.replace("/", "//", 1)):
+                r = admin("POST", variant, body, source="127.0.0.2")
+                self.assertEqual(r.status, 403, "%s: %r" % (variant, r))
+                self.assertEqual(r.json()["error"]["type"],
+                                 "permission_error")
+                self.assertEqual(r.headers.get("content-type"),
+                                 "application/json")
+            # Nor without a token, nor with a client key.
+            r = stack.request("POST", path, body, source="127.0.0.2")
+            self.assertEqual(r.status, 403, r)
+            r = stack.request("POST", path, body, source="127.0.0.2",
+                              key=stack.create_key("far-%d" % len(path)))
+            self.assertEqual(r.status, 403, r)
+            self.assertNotIn("never admin", r.body, "nginx's own 403")
+        self.assertEqual(stack.stats()["limits"], before)
+        self.assertEqual(self.audits(), audited)
+        # The client API is still open to that address.
+        self.assertEqual(stack.request("GET", "/healthz",
+                                       source="127.0.0.2").status, 200)
+
+    def test_inside_the_allowlist_both_paths_work_with_a_token(self):
+        before = stack.stats()["limits"]
+        try:
+            for i, path in enumerate(self.PATHS):
+                r = stack.request("POST", path, {"maxInstances": 5 + i})
+                self.assertEqual(r.status, 401, r)
+                r = admin("POST", path, {"maxInstances": 5 + i})
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(stack.stats()["limits"]["max_instances"],
+                                 5 + i)
+                self.assertEqual(audit_rows("cli-pool")[0]["after"][
+                    "max_instances"], 5 + i)
+        finally:
+            admin("POST", "/admin/pool/initialize", {
+                "minInstances": before["min_instances"],
+                "maxInstances": before["max_instances"]})
 
 
 def scrape(source="127.0.0.1", path="/metrics"):

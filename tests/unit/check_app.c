@@ -105,6 +105,12 @@ START_TEST(test_routes)
 	expect_route("GET", "/api/conversations/a/b", ROUTE_NONE, 404, NULL);
 	expect_route("GET", "/", ROUTE_NONE, 404, NULL);
 	expect_route("GET", "", ROUTE_NONE, 404, NULL);
+	/* The pool's bounds: the admin path and its old one. */
+	expect_route("POST", "/admin/pool/initialize", ROUTE_ADMIN_POOL_INIT, 0,
+	    NULL);
+	expect_route("POST", "/api/cli-pool/initialize", ROUTE_POOL_INIT, 0,
+	    NULL);
+	expect_route("GET", "/admin/pool/initialize", ROUTE_NONE, 405, NULL);
 	route_match("DELETE", "/api/chat", &r);
 	ck_assert_str_eq(r.allow, "POST");
 	ck_assert_int_eq(r.dialect, DIALECT_NATIVE);

@@ -426,6 +426,8 @@ async function logView(kind) {
     '<label>Key id<input name="key_id" maxlength="16" value="' + esc(params.get('key_id') || '') + '"></label>' +
     '<label>Status<input name="status" type="number" min="100" max="599" value="' + esc(params.get('status') || '') + '"></label>' +
     '<label>Route<input name="route" placeholder="/api/chat" value="' + esc(params.get('route') || '') + '"></label>' +
+    '<label>Client request id<input name="client_request_id" maxlength="128" value="' +
+    esc(params.get('client_request_id') || '') + '"></label>' +
     '<button class="primary">Filter</button></form>' +
     '<div class="card table-card"><table id="log-table"><thead><tr><th>Time (UTC)</th><th>Status</th>' +
     '<th>Method</th><th>Route</th><th>Key</th><th>Model</th><th class="num">Tokens in/out</th>' +
@@ -434,7 +436,7 @@ async function logView(kind) {
   $('#log-filters').addEventListener('submit', (ev) => {
     ev.preventDefault();
     const q = new URLSearchParams();
-    for (const n of ['key_id', 'status', 'route']) if (ev.target[n].value) q.set(n, ev.target[n].value);
+    for (const n of ['key_id', 'status', 'route', 'client_request_id']) if (ev.target[n].value) q.set(n, ev.target[n].value);
     location.hash = '#/' + kind + (q.toString() ? '?' + q : '');
   });
   let before = null;
@@ -449,7 +451,8 @@ async function logView(kind) {
       '</td><td class="mono">' + esc(r.route) + '</td><td class="mono">' + esc(r.key_id || '—') +
       '</td><td>' + esc(r.model || '—') + '</td><td class="num">' + num(r.input_tokens) + ' / ' +
       num(r.output_tokens) + '</td><td class="num">' + num(r.duration_ms) + '</td><td class="mono">' +
-      esc(r.request_id) + '</td>' + (kind === 'errors' ? '<td>' + esc(r.error || '') + '</td>' : '') +
+      esc(r.request_id) + (r.client_request_id ? '<div class="muted" title="the client\'s X-Request-Id">client: ' +
+      esc(r.client_request_id) + '</div>' : '') + '</td>' + (kind === 'errors' ? '<td>' + esc(r.error || '') + '</td>' : '') +
       '</tr>').join(''));
     if (!$('#log-table tbody tr')) {
       $('#log-table tbody').innerHTML = '<tr><td colspan="10" class="empty">Nothing matches.</td></tr>';

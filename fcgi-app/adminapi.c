@@ -443,15 +443,17 @@ adminapi_usage(struct request *r)
 
 /*
  * GET /admin/requests and /admin/errors: the newest requests first,
- * filtered by key_id, status, route; paged with before (an id).
+ * filtered by key_id, status, route, client_request_id; paged with
+ * before (an id).
  */
 static void
 adminapi_log(struct request *r, int errors_only)
 {
 	struct actor	 who;
 	struct db_res	*res;
-	const char	*key, *route;
+	const char	*key, *route, *cid;
 	char		 kbuf[KEY_ID_LEN + 2], rbuf[128];
+	char		 cbuf[REQ_CLIENT_ID_MAX + 1];
 	long long	 limit, before, status;
 	json_t		*rows;
 	size_t		 i;
@@ -463,15 +465,18 @@ adminapi_log(struct request *r, int errors_only)
 	    adminapi_qint(r, "status", 100, 599, 0, &status) != 0)
 		return;
 	route = req_query(r, "route", rbuf, sizeof rbuf);
+	cid = req_query(r, "client_request_id", cbuf, sizeof cbuf);
 	if (db_run(db_thread(), &res, NULL,
 	    "SELECT id, request_id, " ADMINAPI_ISO_MS("created_at") ", key_id, "
 	    "tenant, route, endpoint, method, status_code, model, "
 	    "input_tokens, output_tokens, cost_usd, ttft_ms, duration_ms, "
-	    "error FROM usage_logs WHERE (? IS NULL OR key_id = ?) AND "
-	    "(? = 0 OR status_code = ?) AND (? IS NULL OR route = ?) AND "
+	    "error, client_request_id FROM usage_logs WHERE (? IS NULL OR "
+	    "key_id = ?) AND (? = 0 OR status_code = ?) AND (? IS NULL OR "
+	    "route = ?) AND (? IS NULL OR client_request_id = ?) AND "
 	    "(? = 0 OR status_code >= 400) AND (? = 0 OR id < ?) "
-	    "ORDER BY id DESC LIMIT ?", "ssiissiiii", key, key, status, status,
-	    route, route, (long long)errors_only, before, before, limit) != 0) {
+	    "ORDER BY id DESC LIMIT ?", "ssiissssiiii", key, key, status,
+	    status, route, route, cid, cid, (long long)errors_only, before,
+	    before, limit) != 0) {
 		req_add_header(r, "Retry-After", "5");
 		req_error(r, 503, NULL, "the database is unavailable");
 		return;
@@ -480,9 +485,10 @@ adminapi_log(struct request *r, int errors_only)
 	for (i = 0; rows != NULL && i < res->nrows; i++) {
 		json_array_append_new(rows, json_pack("{s:o, s:o, s:o, s:o, "
 		    "s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, "
-		    "s:o}",
+		    "s:o, s:o}",
 		    "id", adminapi_num(res, i, 0, 0),
 		    "request_id", adminapi_str(res, i, 1),
+		    "client_request_id", adminapi_str(res, i, 16),
 		    "created_at", adminapi_str(res, i, 2),
 		    "key_id", adminapi_str(res, i, 3),
 		    "tenant", adminapi_str(res, i, 4),

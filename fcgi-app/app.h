@@ -428,9 +428,13 @@ int		 admuser_login(struct db *, const char *, const char *,
 int		 admuser_check_token(struct db *, const char *,
 		     struct actor *, struct op_error *);
 
+/* The longest client X-Request-Id kept (usage_logs.client_request_id). */
+#define REQ_CLIENT_ID_MAX	128
+
 /* usage.c: one request's usage record. */
 struct usage_rec {
 	char		 request_id[64];
+	char		*client_request_id;		/* owned, may be NULL */
 	char		 key_id[KEY_ID_LEN + 1];	/* "" for none */
 	char		 tenant[TENANT_MAX + 1];	/* "" for none */
 	char		 route[128];

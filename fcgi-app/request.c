@@ -36,7 +36,9 @@ struct request {
 	char		**envp;		/* the parameters */
 	const struct req_sink *sink;	/* a WebSocket turn's events */
 	int		 watch_fd;	/* with sink: hangs up on cancel */
-	char		 id[64];
+	char		 id[64];	/* ccgate's, never the client's */
+	/* The client's X-Request-Id, if usable, else "". */
+	char		 client_id[REQ_CLIENT_ID_MAX + 1];
 	char		 method[16];
 	char		*path;
 	struct route	 route;
@@ -84,7 +86,7 @@ req_header(struct request *r, const char *cgi_name)
 	return (FCGX_GetParam(cgi_name, r->envp));
 }
 
-/* The request id (from nginx's X-Request-Id, else generated). */
+/* The request id (nginx's $request_id, else generated). */
 const char *
 req_id(struct request *r)
 {
@@ -671,6 +673,8 @@ req_write_usage(struct request *r, uint64_t duration_ms)
 		return;
 	memset(&u, 0, sizeof u);
 	snprintf(u.request_id, sizeof u.request_id, "%s", r->id);
+	/* Lost if out of memory: the row is still worth writing. */
+	u.client_request_id = r->client_id[0] ? strdup(r->client_id) : NULL;
 	if (r->have_key) {
 		snprintf(u.key_id, sizeof u.key_id, "%s", r->key.id);
 		snprintf(u.tenant, sizeof u.tenant, "%s", r->key.tenant);
@@ -908,15 +912,45 @@ req_finish(struct request *r, void (*finish)(struct request *))
 	db_release();
 }
 
-/* Set the request id: the client's (through nginx) if usable, else new. */
+/*
+ * Return 1 if id, a client's X-Request-Id, may be kept as its
+ * client_request_id: 1 to REQ_CLIENT_ID_MAX visible ASCII characters.
+ */
+int
+req_client_id_ok(const char *id)
+{
+	size_t	n;
+
+	for (n = 0; id[n] != '\0'; n++) {
+		if (n == REQ_CLIENT_ID_MAX || (unsigned char)id[n] < 0x21 ||
+		    (unsigned char)id[n] > 0x7e)
+			return (0);
+	}
+	return (n > 0);
+}
+
+/*
+ * Set the request ids.  rid is ccgate's own, from nginx ($request_id, in
+ * a parameter no client header can set): used if it is letters, digits,
+ * '.', '_' and '-' that fit, else a new one is made.  The client's
+ * X-Request-Id is only ever its client_request_id, kept if usable.
+ */
 static void
 req_set_id(struct request *r, const char *rid)
 {
-	if (rid != NULL && *rid != '\0' && strlen(rid) < sizeof r->id &&
-	    req_header_safe(rid))
+	const char	*cid = req_header(r, "HTTP_X_REQUEST_ID");
+	size_t		 n = 0;
+
+	if (rid != NULL)
+		n = strspn(rid, "abcdefghijklmnopqrstuvwxyz"
+		    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-");
+	if (rid != NULL && n > 0 && rid[n] == '\0' && n < sizeof r->id)
 		snprintf(r->id, sizeof r->id, "%s", rid);
 	else if (util_uuid4(r->id) != 0)
 		snprintf(r->id, sizeof r->id, "unknown");
+	r->client_id[0] = '\0';
+	if (cid != NULL && req_client_id_ok(cid))
+		snprintf(r->client_id, sizeof r->client_id, "%s", cid);
 }
 
 /* FastCGI: end the request (the answer goes out to nginx). */
@@ -949,7 +983,7 @@ req_handle(FCGX_Request *fx)
 	if (plen > 2048)
 		plen = 2048;
 	r.path = strndup(v, plen);
-	req_set_id(&r, req_header(&r, "HTTP_X_REQUEST_ID"));
+	req_set_id(&r, req_param(&r, "CCGATE_REQUEST_ID"));
 	route_match(r.method, r.path != NULL ? r.path : "/", &r.route);
 	if (r.path == NULL)
 		req_error(&r, 500, NULL, "out of memory");
@@ -963,7 +997,9 @@ req_handle(FCGX_Request *fx)
  * parameters are envp (the upgrade's headers, as CGI names), its events go
  * to sink, and watch_fd hangs up when the turn is to be cancelled.  The
  * turn is a request of its own: authenticated, admitted by the quotas and
- * recorded in the usage log as "WS /api/ws".  Returns the turn's status.
+ * recorded in the usage log as "WS /api/ws" under its own id (the
+ * upgrade's, with "-n"), with the upgrade's X-Request-Id, if the client
+ * sent one, as its client_request_id.  Returns the turn's status.
  */
 int
 req_frame_run(const struct req_sink *sink, char **envp, int watch_fd,

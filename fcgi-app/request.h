@@ -24,6 +24,7 @@ struct req_sink {
 void	req_handle(FCGX_Request *);
 int	req_fd(struct request *);
 int	req_json_depth_ok(const char *, size_t, long);
+int	req_client_id_ok(const char *);
 struct request	*req_sub(struct request *, int);
 json_t		*req_sub_take(struct request *, long long *, long long *,
 		    double *);

@@ -46,6 +46,7 @@ static struct usage_queue	usage;
 static void
 usage_rec_clear(struct usage_rec *u)
 {
+	free(u->client_request_id);
 	free(u->model);
 	free(u->error);
 	free(u->endpoint);
@@ -57,13 +58,15 @@ static int
 usage_insert(struct db *db, const struct usage_rec *u)
 {
 	return (db_run(db, NULL, NULL,
-	    "INSERT INTO usage_logs (request_id, key_id, tenant, route, "
-	    "endpoint, method, status_code, model, input_tokens, "
-	    "output_tokens, cache_read_tokens, cache_creation_tokens, "
-	    "total_tokens, cost_usd, ttft_ms, duration_ms, error, node, "
-	    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-	    "?, ?, ?, FROM_UNIXTIME(? / 1000))", "ssssssisiiiiidiissi",
-	    u->request_id, u->key_id[0] ? u->key_id : NULL,
+	    "INSERT INTO usage_logs (request_id, client_request_id, key_id, "
+	    "tenant, route, endpoint, method, status_code, model, "
+	    "input_tokens, output_tokens, cache_read_tokens, "
+	    "cache_creation_tokens, total_tokens, cost_usd, ttft_ms, "
+	    "duration_ms, error, node, created_at) VALUES (?, ?, ?, ?, ?, ?, "
+	    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(? / 1000))",
+	    "sssssssisiiiiidiissi", u->request_id,
+	    u->client_request_id,
+	    u->key_id[0] ? u->key_id : NULL,
 	    u->tenant[0] ? u->tenant : NULL, u->route, u->endpoint, u->method,
 	    (long long)u->status, u->model, u->in, u->out, u->cache_read,
 	    u->cache_creation, u->in + u->out, u->cost, u->ttft,

@@ -53,6 +53,7 @@
 #define WS_QUEUE_MAX	(4 * 1024 * 1024)
 #define WS_HEADER_MAX	1024
 #define WS_TURNS_MAX	8	/* a socket's running and waiting turns */
+#define WS_NPARAMS	4	/* the upgrade's headers the turns see */
 #define WS_TRY_AGAIN_LATER	1013	/* RFC 6455's registry; lws 4.1 has no name */
 /* After SIGTERM, how long running turns may take to end. */
 #define WS_DRAIN_MS	((uint64_t)appconf->job_timeout_ms + 5000)
@@ -69,8 +70,8 @@ struct wsconn {
 	int		 want_write;
 	struct lws	*wsi;		/* NULL once the socket is closed */
 	int		 refs;		/* the socket's, and a turn's */
-	char		*envp[4];	/* the turns' parameters */
-	char		 id[48];	/* the upgrade's request id */
+	char		*envp[WS_NPARAMS + 1]; /* the turns' parameters */
+	char		 id[48];	/* the upgrade's request id (nginx's) */
 	unsigned	 nturns;	/* turns so far, for their ids */
 	struct ws_turn	*turns;		/* the first runs, the others wait */
 	struct ws_turn	**turns_tail;
@@ -428,7 +429,7 @@ ws_param(struct wsconn *c, size_t i, struct lws *wsi, const char *name,
 		c->envp[i] = NULL;
 }
 
-/* Return 1 if id (nginx's X-Request-Id) may start the turns' ids. */
+/* Return 1 if id (nginx's X-Ccgate-Request-Id) may start the turns' ids. */
 static int
 ws_id_ok(const char *id)
 {
@@ -444,6 +445,7 @@ ws_open(struct lws *wsi, struct wsconn **slot)
 {
 	struct wsconn	*c;
 	char		 rid[48];
+	size_t		 i, n;
 	int		 full;
 
 	pthread_mutex_lock(&ws_lock);
@@ -467,18 +469,21 @@ ws_open(struct lws *wsi, struct wsconn **slot)
 	ws_param(c, 1, wsi, "HTTP_X_API_KEY", 0, "x-api-key:");
 	ws_param(c, 2, wsi, "HTTP_SEC_WEBSOCKET_PROTOCOL", WSI_TOKEN_PROTOCOL,
 	    NULL);
+	/* The client's own X-Request-Id: each turn's client_request_id. */
+	ws_param(c, 3, wsi, "HTTP_X_REQUEST_ID", 0, "x-request-id:");
 	/* Compact: the NULLs of absent headers must not end the list. */
-	if (c->envp[1] == NULL) {
-		c->envp[1] = c->envp[2];
-		c->envp[2] = NULL;
+	for (i = n = 0; i < WS_NPARAMS; i++) {
+		if (c->envp[i] == NULL)
+			continue;
+		if (i != n) {
+			c->envp[n] = c->envp[i];
+			c->envp[i] = NULL;
+		}
+		n++;
 	}
-	if (c->envp[0] == NULL) {
-		c->envp[0] = c->envp[1];
-		c->envp[1] = c->envp[2];
-		c->envp[2] = NULL;
-	}
-	if (lws_hdr_custom_copy(wsi, rid, sizeof rid, "x-request-id:", 13) <=
-	    0 || !ws_id_ok(rid))
+	/* ccgate's id: nginx's, set over any a client sent of that name. */
+	if (lws_hdr_custom_copy(wsi, rid, sizeof rid, "x-ccgate-request-id:",
+	    20) <= 0 || !ws_id_ok(rid))
 		(void)util_uuid4(rid);
 	snprintf(c->id, sizeof c->id, "%s", rid);
 

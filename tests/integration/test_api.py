@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The native client API beyond chat: conversations listed, continued and
-deleted; models; the pool's statistics and health as a client sees them."""
+deleted; models; the pool's statistics and health as a client sees them;
+request ids (ccgate's own, the client's kept apart)."""
 
 import json
 import os
@@ -369,6 +370,83 @@ class ModelsAndPool(unittest.TestCase):
         self.assertEqual(r.json()["error"]["type"], "permission_error")
         self.assertEqual(stack.stats()["limits"], before)
 
+
+
+class ClientRequestId(unittest.TestCase):
+    """A client's X-Request-Id is never ccgate's request id: answers,
+    usage_logs.request_id and messages.request_id carry nginx's own, and
+    the client's is kept apart in usage_logs.client_request_id."""
+
+    def usage(self, rid):
+        """(client_request_id or "NULL", status) of request rid's row."""
+        rows = []
+        wait_for(lambda: rows.extend(stack.sql(
+            "SELECT IFNULL(client_request_id, 'NULL'), status_code FROM "
+            "usage_logs WHERE request_id = '%s'" % rid)) or rows, 10,
+            "the usage row of " + rid)
+        self.assertEqual(len(rows), 1, rows)
+        return rows[0]
+
+    def count(self, column, value):
+        return int(stack.sql("SELECT COUNT(*) FROM usage_logs WHERE %s = "
+                             "'%s'" % (column, value))[0][0])
+
+    def test_a_forged_id_is_kept_apart(self):
+        r = call("POST", "/api/chat", {"message": "whose id is this?"},
+                 headers={"X-Request-Id": "forged-123"})
+        self.assertEqual(r.status, 200, r)
+        rid = r.headers["x-request-id"]
+        self.assertNotEqual(rid, "forged-123")
+        self.assertRegex(rid, "^[0-9a-f]{32}$", "nginx's $request_id")
+        self.assertEqual(self.usage(rid), ["forged-123", "200"])
+        self.assertEqual(self.count("request_id", "forged-123"), 0)
+        conv = r.json()["conversation_id"]
+        self.assertEqual(stack.sql(
+            "SELECT DISTINCT request_id FROM messages WHERE "
+            "conversation_id = '%s'" % conv), [[rid]])
+        # A stream, and a refusal, alike.
+        resp, events = stack.stream("/api/chat", {
+            "message": "again", "stream": True}, key=stack.keys["alice"],
+            headers={"X-Request-Id": "forged-123"})
+        self.assertEqual(resp.status, 200, resp)
+        self.assertEqual(events[-1], "[DONE]")
+        srid = resp.headers["x-request-id"]
+        self.assertNotIn(srid, ("forged-123", rid))
+        self.assertEqual(self.usage(srid), ["forged-123", "200"])
+        r = stack.request("GET", "/api/models", key="ccg_nope",
+                          headers={"X-Request-Id": "forged-123"})
+        self.assertEqual(r.status, 401, r)
+        self.assertNotEqual(r.headers["x-request-id"], "forged-123")
+        self.assertEqual(self.usage(r.headers["x-request-id"]),
+                         ["forged-123", "401"])
+        self.assertEqual(self.count("request_id", "forged-123"), 0)
+
+    def test_another_requests_id_cannot_be_replayed(self):
+        first = call("GET", "/api/models").headers["x-request-id"]
+        self.usage(first)
+        again = call("GET", "/api/models", headers={"X-Request-Id": first})
+        self.assertNotEqual(again.headers["x-request-id"], first)
+        self.assertEqual(self.usage(again.headers["x-request-id"]),
+                         [first, "200"])
+        self.assertEqual(self.count("request_id", first), 1,
+                         "one row per ccgate id, whatever clients send")
+
+    def test_only_visible_ascii_up_to_128_is_kept(self):
+        for sent, kept in (("x" * 128, "x" * 128), ("x" * 129, "NULL"),
+                           ("a b", "NULL"), ("caf\xe9", "NULL"),
+                           ("trace:1/2;x=\"y\"", "trace:1/2;x=\"y\""),
+                           ("", "NULL")):
+            r = call("GET", "/api/models", headers={"X-Request-Id": sent})
+            self.assertEqual(r.status, 200, r)
+            self.assertNotEqual(r.headers["x-request-id"], sent)
+            self.assertEqual(self.usage(r.headers["x-request-id"])[0], kept,
+                             repr(sent))
+
+    def test_nginx_own_errors_keep_its_id(self):
+        r = call("POST", "/api/chat", raw=b"x" * (3 * 1024 * 1024),
+                 headers={"X-Request-Id": "forged-413"})
+        self.assertEqual(r.status, 413, r)
+        self.assertRegex(r.headers["x-request-id"], "^[0-9a-f]{32}$")
 
 if __name__ == "__main__":
     main()

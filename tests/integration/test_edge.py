@@ -2,7 +2,8 @@
 """nginx at the edge, with the template's real limits: per-address and
 per-key request rates and per-address connections answered 429 in JSON,
 the API and admin allowlists, the client address taken from trusted
-proxies only, HSTS, and the JSON access log with its logrotate script."""
+proxies only, HSTS, the JSON access log with its logrotate script, and
+whose request id it records (nginx's own; a client's kept apart)."""
 
 import concurrent.futures
 import gzip
@@ -222,6 +223,36 @@ class AccessLog(unittest.TestCase):
         self.assertIn(rid, self.request_ids("access.log.2.gz"))
         self.assertIn(rid2, self.request_ids("access.log.1"))
 
+
+
+class RequestIdInTheLog(unittest.TestCase):
+    def line_of(self, rid):
+        def find():
+            with open(stack.path("log", "access.log")) as f:
+                return [e for e in map(json.loads, f)
+                        if e["request_id"] == rid]
+        found = []
+        wait_for(lambda: found.extend(find()) or found, 5, "the log line")
+        return found[0]
+
+    def test_the_log_has_nginx_id_and_the_clients_apart(self):
+        for sent, kept in (("forged-log-1", "forged-log-1"),
+                           ("not usable", ""), ("y" * 129, "")):
+            status, headers, _ = get("/healthz", source="127.0.0.4",
+                                     headers={"X-Request-Id": sent})
+            self.assertEqual(status, 200)
+            rid = headers["x-request-id"]
+            self.assertRegex(rid, "^[0-9a-f]{32}$")
+            e = self.line_of(rid)
+            self.assertEqual(e["client_request_id"], kept, repr(sent))
+        # nginx's own refusals too (the API allowlist's 403).
+        status, headers, _ = get("/healthz", source="127.0.0.2",
+                                 headers={"X-Request-Id": "forged-log-2"})
+        self.assertEqual(status, 403)
+        rid = headers["x-request-id"]
+        self.assertNotEqual(rid, "forged-log-2")
+        self.assertEqual(self.line_of(rid)["client_request_id"],
+                         "forged-log-2")
 
 if __name__ == "__main__":
     main()

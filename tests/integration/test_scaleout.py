@@ -4,8 +4,10 @@ ccgate-poold and state directory) sharing one MariaDB, key secret and
 admin secret, behind a front nginx (nginx/ccgate-front.conf.in) that
 hashes on the conversation id: turns stay on the node holding the
 conversation, move with their context when that node stops, and keys,
-quotas, usage and admin tokens are one for both."""
+quotas, usage and admin tokens are one for both; request ids are the
+nodes', and the front's log names them."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,7 +55,8 @@ class Front:
                    "TLS_KEY=" + self.path("tls.key"), "MAX_BODY=2m",
                    "NODES_CONF=" + self.path("nodes.conf"),
                    "NODES_CA=" + self.path("nodes-ca.pem"),
-                   "NODES_TLS_NAME=127.0.0.1", "READ_TIMEOUT=660s"])
+                   "NODES_TLS_NAME=127.0.0.1", "READ_TIMEOUT=660s",
+                   "ACCESS_LOG=" + self.path("access.log")])
         user = "user root root;" if os.geteuid() == 0 else ""
         self._run([render, os.path.join(SRCDIR, "nginx",
                                         "nginx-standalone.conf.in"),
@@ -207,6 +210,30 @@ class AdminTokens(unittest.TestCase):
             r = n.request("GET", "/admin/me",
                           headers={"Authorization": "Bearer " + tok})
             self.assertEqual(r.status, 200, (node_name(n), r))
+
+
+class RequestIds(unittest.TestCase):
+    def test_the_nodes_id_is_answered_logged_and_recorded(self):
+        r = front.request("GET", "/api/models", key=front_key(),
+                          headers={"X-Request-Id": "forged-front"})
+        self.assertEqual(r.status, 200, r)
+        rid = r.headers["x-request-id"]
+        self.assertRegex(rid, "^[0-9a-f]{32}$")
+        rows = []
+        wait_for(lambda: rows.extend(nodes[0].sql(
+            "SELECT IFNULL(client_request_id, 'NULL') FROM usage_logs "
+            "WHERE request_id = '%s'" % rid)) or rows, 5, "the usage row")
+        self.assertEqual(rows, [["forged-front"]])
+
+        def line():
+            with open(front.path("access.log")) as f:
+                return [e for e in map(json.loads, f)
+                        if e["request_id"] == rid]
+        found = []
+        wait_for(lambda: found.extend(line()) or found, 5, "the front's line")
+        self.assertEqual(found[0]["client_request_id"], "forged-front")
+        self.assertRegex(found[0]["front_request_id"], "^[0-9a-f]{32}$")
+        self.assertNotEqual(found[0]["front_request_id"], rid)
 
 
 def front_key():

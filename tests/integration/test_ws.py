@@ -196,6 +196,36 @@ class Turns(unittest.TestCase):
             s.close()
 
 
+class ClientRequestId(unittest.TestCase):
+    def test_turns_get_nginx_ids_and_keep_the_clients_apart(self):
+        """The upgrade's X-Request-Id is the client's, kept as each
+        turn's client_request_id; a turn's request id is nginx's with
+        "-n", even when the client sends ccgate's own header."""
+        stack.create_key("tracer", user="tracer")
+        s = Socket({"headers": {
+            "Authorization": "Bearer " + stack.keys["tracer"],
+            "X-Request-Id": "forged-ws-1",
+            "X-Ccgate-Request-Id": "forged-ccgate"}})
+        try:
+            s.opened()
+            for msg in ("first", "second"):
+                _, done = s.turn(message=msg)
+                self.assertEqual(done["type"], "done", done)
+        finally:
+            s.close()
+        rows = []
+        wait_for(lambda: len(rows.extend(stack.sql(
+            "SELECT request_id, IFNULL(client_request_id, 'NULL') FROM "
+            "usage_logs WHERE method = 'WS' AND key_id = '%s' ORDER BY id"
+            % key_id("tracer"))) or rows) >= 2 or rows.clear(), 5,
+            "the turns' usage rows")
+        self.assertRegex(rows[0][0], "^[0-9a-f]{32}-1$")
+        self.assertEqual(rows[1][0], rows[0][0][:-1] + "2")
+        self.assertEqual([r[1] for r in rows], ["forged-ws-1"] * 2)
+        self.assertEqual(stack.sql(
+            "SELECT COUNT(*) FROM usage_logs WHERE request_id LIKE "
+            "'forged%'"), [["0"]])
+
 class Keys(unittest.TestCase):
     def refused(self, opts):
         s = Socket(opts)

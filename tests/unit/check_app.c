@@ -1,6 +1,6 @@
 /*
  * Unit tests: key format and hashing, routes, JSON depth, dialects, admin
- * tokens.
+ * tokens, client request ids.
  */
 #include "config.h"
 
@@ -309,6 +309,27 @@ START_TEST(test_jwt_lifetime)
 }
 END_TEST
 
+START_TEST(test_client_request_id)
+{
+	char	id[REQ_CLIENT_ID_MAX + 2];
+
+	ck_assert_int_eq(req_client_id_ok("forged-123"), 1);
+	ck_assert_int_eq(req_client_id_ok("trace:1/2;x=\"y\"~!"), 1);
+	ck_assert_int_eq(req_client_id_ok(""), 0);
+	ck_assert_int_eq(req_client_id_ok("a b"), 0);
+	ck_assert_int_eq(req_client_id_ok("a\tb"), 0);
+	ck_assert_int_eq(req_client_id_ok("a\r\nSet-Cookie:x"), 0);
+	ck_assert_int_eq(req_client_id_ok("a\x7f"), 0);
+	ck_assert_int_eq(req_client_id_ok("caf\xc3\xa9"), 0);
+	memset(id, 'x', sizeof id);
+	id[REQ_CLIENT_ID_MAX] = '\0';
+	ck_assert_int_eq(req_client_id_ok(id), 1);
+	id[REQ_CLIENT_ID_MAX] = 'x';
+	id[REQ_CLIENT_ID_MAX + 1] = '\0';
+	ck_assert_int_eq(req_client_id_ok(id), 0);
+}
+END_TEST
+
 START_TEST(test_parse_time)
 {
 	char	out[32];
@@ -343,6 +364,7 @@ main(void)
 		test_title,
 		test_jwt,
 		test_jwt_lifetime,
+		test_client_request_id,
 		test_parse_time,
 		NULL
 	};

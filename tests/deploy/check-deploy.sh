@@ -117,7 +117,7 @@ echo "server 127.0.0.1:1 max_fails=1 fail_timeout=10s;" > "$tmp/nodes.conf"
 "$src/deploy/render" "$src/nginx/ccgate-front.conf.in" "$tmp/front.conf" \
     LISTEN=127.0.0.1:2 "TLS_CERT=$tmp/tls.crt" "TLS_KEY=$tmp/tls.key" \
     MAX_BODY=2m "NODES_CONF=$tmp/nodes.conf" "NODES_CA=$tmp/tls.crt" \
-    NODES_TLS_NAME=127.0.0.1 READ_TIMEOUT=660s
+    NODES_TLS_NAME=127.0.0.1 READ_TIMEOUT=660s "ACCESS_LOG=$tmp/nginx/front.log"
 nginx_t front "$tmp/front.conf"
 
 echo "$passed passed, $failed failed, 0 skipped"

@@ -46,6 +46,8 @@
 #define PROTO_E_RESUME_FAILED	"resume_failed"
 #define PROTO_E_SHUTTING_DOWN	"shutting_down"
 #define PROTO_E_INTERNAL	"internal"
+#define PROTO_E_UNAVAILABLE	"unavailable"
+#define PROTO_E_MODEL_MISMATCH	"model_mismatch"
 
 /* Incremental frame decoder, for non-blocking sockets. */
 struct proto_reader {

@@ -117,6 +117,9 @@ chat_job(struct turn *t)
 	if (t->max_tokens > 0)
 		json_object_set_new(job, "max_tokens",
 		    json_integer(t->max_tokens));
+	/* The CLI's own tools, in the tenant's sandboxed workspace. */
+	if (req_key(t->r)->allow_tools)
+		json_object_set_new(job, "tools", json_true());
 	return (job);
 }
 

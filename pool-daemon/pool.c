@@ -188,6 +188,12 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 		    "the pool is draining; retry shortly");
 		return (0);
 	}
+	if (tools && (cf->sandbox != SANDBOX_BWRAP ||
+	    cf->egress_socket == NULL)) {
+		pool_fail(job, PROTO_E_UNAVAILABLE, "tools are not available: "
+		    "ccgate-poold runs CLIs without its sandbox or its egress");
+		return (0);
+	}
 	TAILQ_FOREACH(q, &poold->queue, entry)
 		qlen++;
 	if (qlen >= cf->queue_max) {
@@ -351,9 +357,10 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 	int		 rc;
 
 	if (origin == ORIGIN_WARM) {
-		if (workspace_tenant(poold->cf->state_dir, job->tenant,
-		    &cause) != 0 || workspace_slot_bind(poold->cf->state_dir,
-		    p->slot, job->tenant, &cause) != 0) {
+		if (workspace_slot_bind(poold->cf->state_dir, p->slot,
+		    job->tenant, job->conversation, &cause) != 0 ||
+		    (p->egress[0] != '\0' && egress_bind(poold->cf->state_dir,
+		    p->egress, job->tenant, &cause) != 0)) {
 			log_warnx("bind warm CLI: %s", cause);
 			free(cause);
 			return (-1);
@@ -362,8 +369,14 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 	}
 	snprintf(p->conversation, sizeof p->conversation, "%s",
 	    job->conversation);
-	line = json_pack("{s:s, s:{s:s, s:s}}", "type", "user", "message",
-	    "role", "user", "content", job->message);
+	/*
+	 * The CLI would run a message that starts with '/' as a command
+	 * (--disable-slash-commands answers it instead of the model): a
+	 * space in front makes it text, as the client meant it.
+	 */
+	line = json_pack("{s:s, s:{s:s, s:s+}}", "type", "user", "message",
+	    "role", "user", "content", job->message[0] == '/' ? " " : "",
+	    job->message);
 	if (line == NULL)
 		return (-1);
 	s = json_dumps(line, JSON_COMPACT);
@@ -496,9 +509,14 @@ pool_place(struct job *job, int *evicting)
 		return (0);
 	}
 
+	/*
+	 * A warm process's HOME becomes the conversation's: only for one
+	 * that has none yet (a primed conversation keeps its old one).
+	 */
 	pool_default_profile(&def);
 	if (job->resume[0] == '\0' && profile_equal(&job->profile, &def) &&
-	    (p = pool_find_warm(&def)) != NULL) {
+	    !workspace_home_exists(cf->state_dir, job->tenant,
+	    job->conversation) && (p = pool_find_warm(&def)) != NULL) {
 		if (pool_start(job, p, ORIGIN_WARM) == 0)
 			return (1);
 		proc_kill(p);
@@ -511,8 +529,8 @@ pool_place(struct job *job, int *evicting)
 		return (0);
 	}
 	resume = job->resume[0] != '\0';
-	p = proc_spawn(&job->profile, job->tenant, resume ? job->resume : NULL,
-	    resume, &cause);
+	p = proc_spawn(&job->profile, job->tenant, job->conversation,
+	    resume ? job->resume : NULL, resume, &cause);
 	if (p == NULL) {
 		log_warnx("spawn CLI: %s", cause);
 		pool_fail(job, PROTO_E_CLI_FAILED, cause != NULL ? cause :
@@ -557,7 +575,7 @@ pool_dispatch(void)
 	pool_default_profile(&def);
 	while (pool_count(PROC_WARM, NULL) < cf->min_instances &&
 	    poold->nprocs < cf->max_instances) {
-		p = proc_spawn(&def, NULL, NULL, 0, &cause);
+		p = proc_spawn(&def, NULL, NULL, NULL, 0, &cause);
 		if (p == NULL) {
 			log_warnx("spawn warm CLI: %s", cause);
 			free(cause);
@@ -646,7 +664,8 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 	    "output_tokens", (json_int_t)m->output_tokens,
 	    "cache_read_input_tokens", (json_int_t)m->cache_read_tokens,
 	    "cache_creation_input_tokens", (json_int_t)m->cache_creation_tokens);
-	proc = json_pack("{s:I, s:s, s:i}", "pid", (json_int_t)p->pid,
+	proc = json_pack("{s:I, s:s, s:i}", "pid",
+	    (json_int_t)(proc_cli_pid(p) != 0 ? proc_cli_pid(p) : p->pid),
 	    "origin", job->origin == ORIGIN_WARM ? "warm" :
 	    job->origin == ORIGIN_BOUND ? "bound" :
 	    job->origin == ORIGIN_RESUMED ? "resumed" : "spawned",
@@ -684,6 +703,36 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 	pool_dispatch();
 }
 
+/*
+ * Check the model a CLI says it runs a turn with (each turn's system/init
+ * line) against the job's: a CLI that was talked into another model (or
+ * went there by itself) ends the turn with an error, never billed as the
+ * model the key may use.  A model given as an alias ("sonnet") is checked
+ * against what the process first said it resolved to.
+ */
+static void
+pool_model_check(struct proc *p, struct job *job, const char *model)
+{
+	const char	*want = job->profile.model;
+	char		 msg[512];
+
+	if (model[0] == '\0' || want[0] == '\0')
+		return;
+	if (p->model_seen[0] == '\0' && (strncmp(want, "claude-", 7) != 0 ||
+	    strcmp(model, want) == 0)) {
+		snprintf(p->model_seen, sizeof p->model_seen, "%s", model);
+		return;
+	}
+	if (strcmp(model, p->model_seen) == 0)
+		return;
+	log_warnx("job %s on CLI %ld: the CLI runs %s, not %s: killing it",
+	    job->id, (long)p->pid, model, want);
+	snprintf(msg, sizeof msg, "the CLI reported model %s, not the "
+	    "conversation's %s; the turn was stopped", model, want);
+	proc_kill(p);
+	pool_fail(job, PROTO_E_MODEL_MISMATCH, msg);
+}
+
 /* One stdout line from a CLI. */
 void
 pool_proc_line(struct proc *p, const char *line, size_t len)
@@ -716,6 +765,7 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			snprintf(p->session_id, sizeof p->session_id, "%s",
 			    m.session_id);
 		}
+		pool_model_check(p, job, m.model);
 		break;
 	case CLI_TEXT_START:
 		/*
@@ -797,7 +847,7 @@ void
 pool_proc_gone(struct proc *p)
 {
 	struct job	*job = p->job;
-	char		 msg[POOLD_STDERR_KEEP + 128], *nl;
+	char		 msg[POOLD_STDERR_KEEP + 128], how[64], *nl;
 	const char	*tail;
 
 	TAILQ_REMOVE(&poold->procs, p, entry);
@@ -840,12 +890,17 @@ pool_proc_gone(struct proc *p)
 				*nl = '\0';
 			if ((nl = strrchr(tail, '\n')) != NULL)
 				tail = nl + 1;
+			proc_exit_text(p, how, sizeof how);
 			snprintf(msg, sizeof msg, "the CLI exited during the "
-			    "turn (status %d)%s%s", p->status,
-			    *tail != '\0' ? ": " : "", tail);
+			    "turn (%s)%s%s", how, *tail != '\0' ? ": " : "",
+			    tail);
 			pool_fail(job, PROTO_E_CLI_FAILED, msg);
 		}
 	}
+	if (p->delete_home && workspace_delete_home(poold->cf->state_dir,
+	    p->tenant, p->conversation) < 0)
+		log_warnx("cannot remove the folder of deleted conversation %s",
+		    p->conversation);
 	proc_free(p);
 	if (poold->stopping && poold->nprocs == 0)
 		loop_stop(poold->loop);
@@ -930,7 +985,8 @@ pool_tick(void *arg)
 			 * answer: replace it.  A busy one is watched by the
 			 * stall timeout instead.
 			 */
-			st = proc_sched_state(p->pid);
+			st = proc_sched_state(proc_cli_pid(p) != 0 ?
+			    proc_cli_pid(p) : p->pid);
 			if (p->job == NULL && (st == 'T' || st == 't' ||
 			    st == 'Z' || st == 'X')) {
 				log_warnx("CLI %ld is not runnable (state %c): "
@@ -1029,6 +1085,7 @@ pool_stats(void)
 	struct job		*job;
 	json_t			*f, *procs, *one;
 	uint64_t		 now = util_now_ms();
+	pid_t			 cli;
 	int			 qlen = 0, busy;
 	static const char *const names[] = { "warm", "bound", "busy", "dying" };
 
@@ -1037,9 +1094,10 @@ pool_stats(void)
 	if ((procs = json_array()) == NULL)
 		return (NULL);
 	TAILQ_FOREACH(p, &poold->procs, entry) {
+		cli = proc_cli_pid(p) != 0 ? proc_cli_pid(p) : p->pid;
 		one = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, "
 		    "s:I, s:b}",
-		    "pid", (json_int_t)p->pid,
+		    "pid", (json_int_t)cli,
 		    "state", names[p->state],
 		    "tenant", p->tenant,
 		    "conversation", p->conversation,
@@ -1049,7 +1107,7 @@ pool_stats(void)
 		    "idle_ms", (json_int_t)(p->job != NULL ? 0 :
 		    now - p->last_used_at),
 		    "turns", (json_int_t)p->turns,
-		    "rss_kb", (json_int_t)proc_rss_kb(p->pid),
+		    "rss_kb", (json_int_t)proc_rss_kb(cli),
 		    "tools", p->profile.tools);
 		if (one != NULL)
 			json_array_append_new(procs, one);
@@ -1167,7 +1225,7 @@ pool_delete(json_t *msg, char **cause)
 {
 	const char	*tenant, *sid, *conv;
 	struct proc	*p;
-	int		 n;
+	int		 n, live = 0;
 
 	tenant = json_string_value(json_object_get(msg, "tenant"));
 	sid = json_string_value(json_object_get(msg, "session_id"));
@@ -1186,12 +1244,18 @@ pool_delete(json_t *msg, char **cause)
 			if (p->job != NULL)
 				pool_cancel(p->job);
 			proc_kill(p);
+			if (conv != NULL && strcmp(p->conversation, conv) == 0)
+				live = p->delete_home = 1;
 		}
 	}
-	if (sid == NULL)
+	if (conv == NULL)
 		return (0);
-	n = workspace_delete_session(poold->cf->state_dir, tenant, sid);
-	if (n < 0)
+	/*
+	 * A CLI killed just now may write there until it is gone: its HOME
+	 * is removed again then (pool_proc_gone).
+	 */
+	n = workspace_delete_home(poold->cf->state_dir, tenant, conv);
+	if (n < 0 && !live)
 		return (*cause = strdup("cannot remove the transcript"), -1);
-	return (n);
+	return (n < 0 ? 1 : n);
 }

@@ -34,7 +34,27 @@ static const char *const poold_keys[] = {
 	"stall_timeout_ms", "idle_timeout_ms", "max_messages_per_instance",
 	"max_instance_age_ms", "health_check_interval_ms", "shutdown_grace_ms",
 	"max_frame", "rlimit_nofile", "rlimit_nproc", "cli_nice", "log_verbose",
+	"sandbox", "sandbox_bwrap", "sandbox_setpriv", "sandbox_paths",
+	"sandbox_tmp_mb", "egress_socket", "egress_auth",
 	NULL
+};
+
+/*
+ * env. keys a CLI may not be given: what the daemon sets itself (the
+ * sandbox depends on it), and, with an egress, the credential (it stays
+ * in the egress) and anything that would send the CLI past the egress.
+ */
+static const char *const poold_env_own[] = {
+	"PATH", "HOME", "CLAUDE_CONFIG_DIR", "TMPDIR", "SHELL",
+	"CLAUDE_CODE_MAX_OUTPUT_TOKENS", NULL
+};
+static const char *const poold_env_credentials[] = {
+	"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN",
+	"ANTHROPIC_BASE_URL", "ANTHROPIC_UNIX_SOCKET",
+	"CLAUDE_CODE_API_KEY_FILE_DESCRIPTOR",
+	"CLAUDE_CODE_OAUTH_TOKEN_FILE_DESCRIPTOR", "HTTP_PROXY", "HTTPS_PROXY",
+	"http_proxy", "https_proxy", "ALL_PROXY", "CLAUDE_CODE_USE_BEDROCK",
+	"CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY", NULL
 };
 static const char *const poold_prefixes[] = { "env.", NULL };
 
@@ -50,7 +70,13 @@ poold_config_free(struct poold_config *cf)
 	free(cf->socket_group);
 	free(cf->state_dir);
 	free(cf->cli_path);
+	free(cf->cli_real);
 	free(cf->cli_env_path);
+	free(cf->sandbox_bwrap);
+	free(cf->sandbox_setpriv);
+	free(cf->egress_socket);
+	for (i = 0; i < cf->nsandbox_paths; i++)
+		free(cf->sandbox_paths[i]);
 	free(cf->default_model);
 	free(cf->run_as_user);
 	for (i = 0; i < cf->nenv; i++)
@@ -71,6 +97,111 @@ poold_config_str(const struct conf *c, const char *key, const char *def,
 	return ((*out = strdup(v)) == NULL ? -1 : 0);
 }
 
+/* Whether name is in the NULL-terminated list. */
+static int
+poold_in(const char *const *list, const char *name)
+{
+	for (; *list != NULL; list++) {
+		if (strcmp(*list, name) == 0)
+			return (1);
+	}
+	return (0);
+}
+
+/* Refuse an env. key that the sandbox or the egress must own. */
+static int
+poold_env_refused(const struct poold_config *cf, const char *name,
+    const char *path, int line, char **cause)
+{
+	if (poold_in(poold_env_own, name)) {
+		util_cause(cause, "%s:%d: env.%s: ccgate-poold sets it itself",
+		    path, line, name);
+		return (-1);
+	}
+	if (cf->egress_socket != NULL && poold_in(poold_env_credentials,
+	    name)) {
+		util_cause(cause, "%s:%d: env.%s: with egress_socket, the "
+		    "upstream credential and address belong to the egress "
+		    "(nginx), never to a CLI", path, line, name);
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * No CLI runs as root, nor as a user that can read this file (it names
+ * the CLI's environment, and may hold more): run_as_user is required of
+ * a daemon that runs as root, and must be somebody else.
+ */
+static int
+poold_config_secure(const struct poold_config *cf, const char *path,
+    char **cause)
+{
+	struct stat	sb;
+
+	if (geteuid() != 0) {
+		if (cf->run_as_user != NULL) {
+			util_cause(cause, "%s: run_as_user needs ccgate-poold "
+			    "to run as root", path);
+			return (-1);
+		}
+		return (0);
+	}
+	if (cf->run_as_user == NULL) {
+		util_cause(cause, "%s: ccgate-poold runs as root: set "
+		    "run_as_user to the unprivileged user CLIs run as", path);
+		return (-1);
+	}
+	if (stat(path, &sb) == 0 && (sb.st_uid == cf->run_uid ||
+	    (sb.st_mode & S_IROTH) || ((sb.st_mode & S_IRGRP) &&
+	    sb.st_gid == cf->run_gid))) {
+		util_cause(cause, "%s: %s could read this file: make it "
+		    "root's (or the daemon's), mode 0600", path,
+		    cf->run_as_user);
+		return (-1);
+	}
+	return (0);
+}
+
+/* sandbox_paths: absolute, comma-separated, read-only in every sandbox. */
+static int
+poold_config_paths(const struct conf *c, struct poold_config *cf,
+    const char *path, char **cause)
+{
+	const char	*v = conf_str(c, "sandbox_paths", NULL);
+	char		*copy, *next, *one;
+
+	if (v == NULL)
+		return (0);
+	if ((copy = strdup(v)) == NULL) {
+		*cause = strdup("out of memory");
+		return (-1);
+	}
+	next = copy;
+	while ((one = strsep(&next, ",")) != NULL) {
+		one += strspn(one, " \t");
+		one[strcspn(one, " \t")] = '\0';
+		if (*one == '\0')
+			continue;
+		if (one[0] != '/' || strstr(one, "/..") != NULL ||
+		    cf->nsandbox_paths == POOLD_SANDBOX_PATHS) {
+			util_cause(cause, "%s: sandbox_paths: %s: at most %d "
+			    "absolute paths", path, one, POOLD_SANDBOX_PATHS);
+			free(copy);
+			return (-1);
+		}
+		if ((cf->sandbox_paths[cf->nsandbox_paths] = strdup(one)) ==
+		    NULL) {
+			*cause = strdup("out of memory");
+			free(copy);
+			return (-1);
+		}
+		cf->nsandbox_paths++;
+	}
+	free(copy);
+	return (0);
+}
+
 /* Read one integer setting. */
 #define POOLD_INT(key, field, def, min, max) do {			\
 	if (conf_long(c, key, def, min, max, &cf->field, cause) != 0)	\
@@ -84,7 +215,7 @@ poold_config_load(const char *path, char **cause)
 	struct poold_config	*cf;
 	struct conf		*c;
 	struct passwd		*pw;
-	const char		*mode;
+	const char		*mode, *v;
 	char			*end;
 	size_t			 i;
 	long			 m;
@@ -110,15 +241,49 @@ poold_config_load(const char *path, char **cause)
 	    poold_config_str(c, "cli_env_path", "/usr/local/bin:/usr/bin:/bin",
 	    &cf->cli_env_path) != 0 ||
 	    poold_config_str(c, "default_model", NULL, &cf->default_model) != 0 ||
-	    poold_config_str(c, "run_as_user", NULL, &cf->run_as_user) != 0) {
+	    poold_config_str(c, "run_as_user", NULL, &cf->run_as_user) != 0 ||
+	    poold_config_str(c, "sandbox_bwrap", "/usr/bin/bwrap",
+	    &cf->sandbox_bwrap) != 0 ||
+	    poold_config_str(c, "sandbox_setpriv", "/usr/bin/setpriv",
+	    &cf->sandbox_setpriv) != 0 ||
+	    poold_config_str(c, "egress_socket", NULL,
+	    &cf->egress_socket) != 0) {
 		*cause = strdup("out of memory");
 		goto fail;
 	}
-	if (cf->state_dir[0] != '/' || cf->cli_path[0] != '/') {
-		util_cause(cause, "%s: state_dir and cli_path must be "
-		    "absolute", path);
+	if (cf->state_dir[0] != '/' || cf->cli_path[0] != '/' ||
+	    cf->sandbox_bwrap[0] != '/' || cf->sandbox_setpriv[0] != '/' ||
+	    (cf->egress_socket != NULL && cf->egress_socket[0] != '/')) {
+		util_cause(cause, "%s: state_dir, cli_path, sandbox_bwrap, "
+		    "sandbox_setpriv and egress_socket must be absolute", path);
 		goto fail;
 	}
+	/* The sandbox mounts the CLI where it really is. */
+	if ((cf->cli_real = realpath(cf->cli_path, NULL)) == NULL &&
+	    (cf->cli_real = strdup(cf->cli_path)) == NULL) {
+		*cause = strdup("out of memory");
+		goto fail;
+	}
+	v = conf_str(c, "sandbox", "bwrap");
+	if (strcmp(v, "bwrap") == 0)
+		cf->sandbox = SANDBOX_BWRAP;
+	else if (strcmp(v, "none") == 0)
+		cf->sandbox = SANDBOX_NONE;
+	else {
+		util_cause(cause, "%s: sandbox: bwrap or none, not %s", path,
+		    v);
+		goto fail;
+	}
+	v = conf_str(c, "egress_auth", "api_key");
+	if (strcmp(v, "oauth") == 0)
+		cf->egress_oauth = 1;
+	else if (strcmp(v, "api_key") != 0) {
+		util_cause(cause, "%s: egress_auth: api_key or oauth, not %s",
+		    path, v);
+		goto fail;
+	}
+	if (poold_config_paths(c, cf, path, cause) != 0)
+		goto fail;
 	mode = conf_str(c, "socket_mode", "0660");
 	m = strtol(mode, &end, 8);
 	if (*mode == '\0' || *end != '\0' || m < 0 || m > 0777) {
@@ -152,6 +317,7 @@ poold_config_load(const char *path, char **cause)
 	POOLD_INT("rlimit_nproc", rlimit_nproc, 0, 0, 1048576);
 	POOLD_INT("cli_nice", cli_nice, 5, 0, 19);
 	POOLD_INT("log_verbose", verbose, 0, 0, 2);
+	POOLD_INT("sandbox_tmp_mb", sandbox_tmp_mb, 256, 1, 65536);
 	if (cf->min_instances > cf->max_instances) {
 		util_cause(cause, "%s: min_instances exceeds max_instances",
 		    path);
@@ -165,12 +331,21 @@ poold_config_load(const char *path, char **cause)
 		}
 		cf->run_uid = pw->pw_uid;
 		cf->run_gid = pw->pw_gid;
+		if (cf->run_uid == 0) {
+			util_cause(cause, "%s: run_as_user: %s is root; CLIs "
+			    "run as an unprivileged user", path,
+			    cf->run_as_user);
+			goto fail;
+		}
 	}
 	for (i = 0; i < c->n; i++) {
 		struct conf_entry	*e = &c->entries[i];
 
 		if (strncmp(e->key, "env.", 4) != 0)
 			continue;
+		if (poold_env_refused(cf, e->key + 4, path, e->line,
+		    cause) != 0)
+			goto fail;
 		if (cf->nenv == POOLD_ENV_MAX) {
 			util_cause(cause, "%s: too many env. keys", path);
 			goto fail;
@@ -182,6 +357,9 @@ poold_config_load(const char *path, char **cause)
 		}
 		cf->nenv++;
 	}
+	if (poold_config_secure(cf, path, cause) != 0 ||
+	    sandbox_check(cf, cause) != 0)
+		goto fail;
 	conf_free(c);
 	return (cf);
 fail:
@@ -212,7 +390,15 @@ poold_reload(void)
 	tmp = ncf->state_dir;
 	ncf->state_dir = ocf->state_dir;
 	ocf->state_dir = tmp;
+	if (ncf->sandbox != ocf->sandbox) {
+		log_warnx("sandbox changes need a restart");
+		ncf->sandbox = ocf->sandbox;
+	}
 	poold->cf = ncf;
+	if (sandbox_init(ncf->state_dir, &cause) != 0) {
+		log_warnx("reload: %s", cause);
+		free(cause);
+	}
 	poold_config_free(ocf);
 	log_setverbose((int)ncf->verbose > log_getverbose() ?
 	    (int)ncf->verbose : log_getverbose());
@@ -305,8 +491,18 @@ main(int argc, char **argv)
 	if (access(poold->cf->cli_path, X_OK) != 0)
 		log_warn("cli_path %s is not executable", poold->cf->cli_path);
 
-	if (workspace_init(poold->cf->state_dir, &cause) != 0)
+	poold->run_as_root = geteuid() == 0;
+	if (workspace_init(poold->cf->state_dir, &cause) != 0 ||
+	    egress_init(poold->cf->state_dir, &cause) != 0 ||
+	    sandbox_init(poold->cf->state_dir, &cause) != 0)
 		fatalx("state directory: %s", cause);
+	if (poold->cf->sandbox == SANDBOX_NONE)
+		log_warnx("sandbox = none: CLIs run on the host as %s, and "
+		    "tools are refused", poold->cf->run_as_user != NULL ?
+		    poold->cf->run_as_user : "this daemon's user");
+	if (poold->cf->egress_socket == NULL)
+		log_warnx("no egress_socket: CLIs reach the network directly, "
+		    "with whatever credential the env. keys give them");
 	poold->neutral_dir = workspace_path(poold->cf->state_dir, "neutral",
 	    NULL);
 	if (poold->neutral_dir == NULL)

@@ -6,6 +6,8 @@
  *   pool.c	 jobs and scheduling: warm, bound and new processes, queue
  *   proc.c	 one CLI process: spawn, pipes, reaping
  *   workspace.c tenant directories and warm slots
+ *   sandbox.c	 the bubblewrap sandbox around each CLI, its settings
+ *   egress.c	 the tokens a CLI shows the egress instead of a credential
  *   cli.c	 the CLI's stream-json lines
  */
 #ifndef CCGATE_POOLD_H
@@ -22,12 +24,20 @@
 #include "proto.h"
 #include "util.h"
 
-#define POOLD_MAX_PROMPT	(256 * 1024)
+#define POOLD_MAX_PROMPT	(64 * 1024 * 1024)	/* max_frame bounds it */
 #define POOLD_MAX_MODEL		128
 #define POOLD_STDERR_KEEP	2048
 #define POOLD_ENV_MAX		64
 #define POOLD_SAMPLES		1024
 #define POOLD_STOP_GRACE_MS	3000
+#define POOLD_SANDBOX_PATHS	16
+#define EGRESS_TOKEN_HEX	64
+
+/* Where a CLI runs. */
+enum sandbox_kind {
+	SANDBOX_BWRAP,		/* bubblewrap: namespaces, a filesystem of its own */
+	SANDBOX_NONE		/* on the host, as run_as_user (tools refused) */
+};
 
 struct client;
 struct job;
@@ -42,9 +52,18 @@ struct poold_config {
 	char	*cli_path;
 	char	*cli_env_path;
 	char	*default_model;
+	char	*cli_real;		/* cli_path with symlinks resolved */
 	char	*run_as_user;
 	uid_t	 run_uid;
 	gid_t	 run_gid;
+	int	 sandbox;		/* enum sandbox_kind */
+	char	*sandbox_bwrap;
+	char	*sandbox_setpriv;
+	char	*sandbox_paths[POOLD_SANDBOX_PATHS];	/* extra, read-only */
+	int	 nsandbox_paths;
+	long	 sandbox_tmp_mb;
+	char	*egress_socket;		/* NULL: the CLI has the network */
+	int	 egress_oauth;		/* the token as an OAuth token */
 	long	 min_instances;
 	long	 max_instances;
 	long	 tenant_max_jobs;
@@ -99,6 +118,9 @@ struct proc {
 	char			 conversation[UUID_LEN + 1];
 	char			 session_id[UUID_LEN + 1];
 	int			 slot;		/* warm slot number, or -1 */
+	pid_t			 cli_pid;	/* the CLI inside the sandbox */
+	char			 egress[EGRESS_TOKEN_HEX + 1];	/* "" for none */
+	char			 model_seen[POOLD_MAX_MODEL];
 	uint64_t		 started_at;
 	uint64_t		 last_used_at;
 	unsigned		 turns;
@@ -122,6 +144,7 @@ struct proc {
 	int			 eof;
 	int			 reaped;
 	int			 crashed;	/* exited without being killed */
+	int			 delete_home;	/* its conversation was deleted */
 	uint64_t		 kill_at;	/* stopping: SIGKILL from then */
 	int			 status;
 
@@ -218,6 +241,7 @@ struct poold {
 	uint64_t		 stop_deadline;
 	uint64_t		 last_health;
 	int			 next_slot;
+	int			 run_as_root;	/* the daemon runs as root */
 	struct job		*submitting;	/* the job pool_submit places */
 	int			 warm_failures;
 	uint64_t		 warm_backoff_until;
@@ -257,9 +281,21 @@ int		 profile_equal(const struct profile *,
 		     const struct profile *);
 void		 profile_clear(struct profile *);
 
-/* proc.c */
+/* proc.c: a growing NULL-terminated vector of strings (argv, envp). */
+struct strv {
+	char	**v;
+	size_t	  n;
+	size_t	  cap;
+	int	  failed;	/* an allocation failed: the vector is short */
+};
+void		 strv_add(struct strv *, const char *, ...)
+		     __attribute__((format(printf, 2, 3)));
+void		 strv_free(struct strv *);
+
 struct proc	*proc_spawn(const struct profile *, const char *, const char *,
-		     int, char **);
+		     const char *, int, char **);
+pid_t		 proc_cli_pid(struct proc *);
+void		 proc_exit_text(const struct proc *, char *, size_t);
 int		 proc_write(struct proc *, const char *, size_t);
 void		 proc_kill(struct proc *);
 void		 proc_stop(struct proc *);
@@ -273,10 +309,33 @@ char		 proc_sched_state(pid_t);
 int		 workspace_init(const char *, char **);
 int		 workspace_tenant(const char *, const char *, char **);
 char		*workspace_path(const char *, const char *, const char *);
-int		 workspace_slot_create(const char *, int, char **);
-int		 workspace_slot_bind(const char *, int, const char *, char **);
-void		 workspace_slot_remove(const char *, int);
-int		 workspace_delete_session(const char *, const char *,
+int		 workspace_home(const char *, const char *, const char *, char *,
+		     size_t, char **);
+int		 workspace_home_exists(const char *, const char *,
 		     const char *);
+int		 workspace_slot_create(const char *, int, char **);
+int		 workspace_slot_bind(const char *, int, const char *,
+		     const char *, char **);
+void		 workspace_slot_remove(const char *, int);
+int		 workspace_delete_home(const char *, const char *,
+		     const char *);
+
+/* sandbox.c */
+#define SANDBOX_HOME		"/home/claude"
+#define SANDBOX_WORKSPACE	"/workspace"
+#define SANDBOX_EGRESS_DIR	"/run/ccgate-egress"
+#define SANDBOX_PROMPT		"/run/ccgate/system-prompt"
+#define SANDBOX_PROMPT_FD	3
+int		 sandbox_check(const struct poold_config *, char **);
+int		 sandbox_init(const char *, char **);
+void		 sandbox_args(struct strv *, const char *, const char *, int);
+void		 sandbox_cli_args(struct strv *, int);
+
+/* egress.c */
+int		 egress_init(const char *, char **);
+int		 egress_issue(const char *, const char *,
+		     char [EGRESS_TOKEN_HEX + 1], char **);
+int		 egress_bind(const char *, const char *, const char *, char **);
+void		 egress_revoke(const char *, const char *);
 
 #endif

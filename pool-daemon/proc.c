@@ -5,6 +5,7 @@
  */
 #include "config.h"
 
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -13,6 +14,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +24,6 @@
 #include "log.h"
 #include "poold.h"
 
-#define PROC_MAX_ARGS	32
 #define PROC_READ	65536
 
 static void	proc_out_cb(struct loop_io *, uint32_t);
@@ -30,117 +31,141 @@ static void	proc_err_cb(struct loop_io *, uint32_t);
 static void	proc_in_cb(struct loop_io *, uint32_t);
 static void	proc_check_done(struct proc *);
 
-/* Free a NULL-terminated array of strings. */
-static void
-proc_free_strv(char **v)
+/* Append a formatted string; on failure the vector is marked failed. */
+void
+strv_add(struct strv *sv, const char *fmt, ...)
 {
-	char	**s;
+	va_list	  ap;
+	char	**nv, *s;
+	size_t	  ncap;
+	int	  r;
 
-	if (v == NULL)
+	if (sv->failed)
 		return;
-	for (s = v; *s != NULL; s++)
-		free(*s);
-	free(v);
-}
-
-/* Append a formatted string to a NULL-terminated array with room. */
-static int __attribute__((format(printf, 3, 4)))
-proc_push(char **v, int *n, const char *fmt, ...)
-{
-	va_list	ap;
-	int	r;
-
+	if (sv->n + 2 > sv->cap) {
+		ncap = sv->cap ? sv->cap * 2 : 64;
+		if ((nv = reallocarray(sv->v, ncap, sizeof *nv)) == NULL) {
+			sv->failed = 1;
+			return;
+		}
+		sv->v = nv;
+		sv->cap = ncap;
+	}
 	va_start(ap, fmt);
-	r = vasprintf(&v[*n], fmt, ap);
+	r = vasprintf(&s, fmt, ap);
 	va_end(ap);
 	if (r == -1) {
-		v[*n] = NULL;
-		return (-1);
+		sv->failed = 1;
+		return;
 	}
-	v[++(*n)] = NULL;
-	return (0);
+	sv->v[sv->n++] = s;
+	sv->v[sv->n] = NULL;
+}
+
+/* Free a vector's strings and itself. */
+void
+strv_free(struct strv *sv)
+{
+	size_t	i;
+
+	for (i = 0; i < sv->n; i++)
+		free(sv->v[i]);
+	free(sv->v);
+	memset(sv, 0, sizeof *sv);
 }
 
 /*
- * Build the argv of a CLI for profile pr.  session is the session to start
- * (--session-id) or, with resume set, to continue (--resume).  Values are
- * passed as --flag=value so that one starting with '-' is never taken for
- * a flag.
+ * Build the argv of a CLI for profile pr: the sandbox around it (if any),
+ * then the CLI.  session is the session to start (--session-id) or, with
+ * resume set, to continue (--resume).  Values are passed as --flag=value
+ * so that one starting with '-' is never taken for a flag.
  */
-static char **
-proc_argv(const struct profile *pr, const char *session, int resume)
-{
-	char	**v;
-	int	  n = 0, bad = 0;
-
-	if ((v = calloc(PROC_MAX_ARGS + 1, sizeof *v)) == NULL)
-		return (NULL);
-	bad |= proc_push(v, &n, "%s", poold->cf->cli_path);
-	bad |= proc_push(v, &n, "-p");
-	bad |= proc_push(v, &n, "--input-format=stream-json");
-	bad |= proc_push(v, &n, "--output-format=stream-json");
-	bad |= proc_push(v, &n, "--verbose");
-	bad |= proc_push(v, &n, "--include-partial-messages");
-	bad |= proc_push(v, &n, "--setting-sources=user");
-	bad |= proc_push(v, &n, "--strict-mcp-config");
-	if (!pr->tools)
-		bad |= proc_push(v, &n, "--tools=");
-	if (pr->model[0] != '\0')
-		bad |= proc_push(v, &n, "--model=%s", pr->model);
-	if (pr->system_prompt != NULL)
-		bad |= proc_push(v, &n, "--system-prompt=%s",
-		    pr->system_prompt);
-	if (resume)
-		bad |= proc_push(v, &n, "--resume=%s", session);
-	else
-		bad |= proc_push(v, &n, "--session-id=%s", session);
-	if (bad) {
-		proc_free_strv(v);
-		return (NULL);
-	}
-	return (v);
-}
-
-/* Build the environment of a CLI whose HOME is home. */
-static char **
-proc_envp(const struct profile *pr, const char *home, const char *tmpdir)
+static int
+proc_argv(struct strv *sv, const struct profile *pr, const char *home,
+    const char *workspace, const char *session, int resume)
 {
 	struct poold_config	*cf = poold->cf;
-	char			**v;
-	int			  n = 0, i, bad = 0;
+	int			 prompt = pr->system_prompt != NULL;
 
-	if ((v = calloc(POOLD_ENV_MAX + 16, sizeof *v)) == NULL)
-		return (NULL);
-	bad |= proc_push(v, &n, "PATH=%s", cf->cli_env_path);
-	bad |= proc_push(v, &n, "HOME=%s", home);
-	bad |= proc_push(v, &n, "CLAUDE_CONFIG_DIR=%s/.claude", home);
-	bad |= proc_push(v, &n, "LANG=C.UTF-8");
-	bad |= proc_push(v, &n, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1");
-	bad |= proc_push(v, &n, "DISABLE_AUTOUPDATER=1");
-	bad |= proc_push(v, &n, "DISABLE_TELEMETRY=1");
-	if (tmpdir != NULL)
-		bad |= proc_push(v, &n, "TMPDIR=%s", tmpdir);
+	if (cf->sandbox == SANDBOX_BWRAP)
+		sandbox_args(sv, home, workspace, prompt);
+	strv_add(sv, "%s", cf->cli_real);
+	strv_add(sv, "-p");
+	strv_add(sv, "--input-format=stream-json");
+	strv_add(sv, "--output-format=stream-json");
+	strv_add(sv, "--verbose");
+	strv_add(sv, "--include-partial-messages");
+	strv_add(sv, "--setting-sources=user");
+	strv_add(sv, "--strict-mcp-config");
+	sandbox_cli_args(sv, pr->tools);
+	if (pr->model[0] != '\0')
+		strv_add(sv, "--model=%s", pr->model);
+	/* A file, not argv: a prompt may be larger than argv allows. */
+	if (prompt && cf->sandbox == SANDBOX_BWRAP)
+		strv_add(sv, "--system-prompt-file=%s", SANDBOX_PROMPT);
+	else if (prompt)
+		strv_add(sv, "--system-prompt-file=/proc/self/fd/%d",
+		    SANDBOX_PROMPT_FD);
+	if (resume)
+		strv_add(sv, "--resume=%s", session);
+	else
+		strv_add(sv, "--session-id=%s", session);
+	return (sv->failed ? -1 : 0);
+}
+
+/*
+ * Build the environment of a CLI from scratch: home is its HOME as it
+ * sees it, egress its token ("" for none).
+ */
+static int
+proc_envp(struct strv *sv, const struct profile *pr, const char *home,
+    const char *egress)
+{
+	struct poold_config	*cf = poold->cf;
+	const char		*sock;
+	int			 i, box = cf->sandbox == SANDBOX_BWRAP;
+
+	strv_add(sv, "PATH=%s", cf->cli_env_path);
+	strv_add(sv, "HOME=%s", home);
+	strv_add(sv, "CLAUDE_CONFIG_DIR=%s/.claude", home);
+	strv_add(sv, "LANG=C.UTF-8");
+	strv_add(sv, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1");
+	strv_add(sv, "DISABLE_AUTOUPDATER=1");
+	strv_add(sv, "DISABLE_TELEMETRY=1");
+	if (box)
+		strv_add(sv, "TMPDIR=/tmp");
+	if (pr->tools)
+		strv_add(sv, "SHELL=/bin/bash");
 	if (pr->max_tokens > 0)
-		bad |= proc_push(v, &n, "CLAUDE_CODE_MAX_OUTPUT_TOKENS=%ld",
+		strv_add(sv, "CLAUDE_CODE_MAX_OUTPUT_TOKENS=%ld",
 		    pr->max_tokens);
-	for (i = 0; i < cf->nenv; i++)
-		bad |= proc_push(v, &n, "%s", cf->env[i]);
-	if (bad) {
-		proc_free_strv(v);
-		return (NULL);
+	if (cf->egress_socket != NULL) {
+		sock = strrchr(cf->egress_socket, '/') + 1;
+		if (box)
+			strv_add(sv, "ANTHROPIC_UNIX_SOCKET=%s/%s",
+			    SANDBOX_EGRESS_DIR, sock);
+		else
+			strv_add(sv, "ANTHROPIC_UNIX_SOCKET=%s",
+			    cf->egress_socket);
+		strv_add(sv, "ANTHROPIC_BASE_URL=http://ccgate-egress");
+		strv_add(sv, "%s=ccgate-egress-%s", cf->egress_oauth ?
+		    "CLAUDE_CODE_OAUTH_TOKEN" : "ANTHROPIC_API_KEY", egress);
 	}
-	return (v);
+	for (i = 0; i < cf->nenv; i++)
+		strv_add(sv, "%s", cf->env[i]);
+	return (sv->failed ? -1 : 0);
 }
 
 /*
  * In the child: become a process group, die with the daemon, set up the
- * descriptors, limits and user, and exec.  Never returns.  It runs in the
- * daemon's memory (vfork), so it only makes system calls and writes its
- * own stack: no allocation, no stdio, nothing the daemon would see.
+ * descriptors (the system prompt on SANDBOX_PROMPT_FD), limits and user,
+ * and exec.  Never returns.  It runs in the daemon's memory (vfork), so
+ * it only makes system calls and writes its own stack: no allocation, no
+ * stdio, nothing the daemon would see.
  */
 static void __attribute__((noreturn))
-proc_child(pid_t parent, int in, int out, int err, const char *cwd,
-    char **argv, char **envp)
+proc_child(pid_t parent, int in, int out, int err, int prompt,
+    const char *cwd, char **argv, char **envp)
 {
 	struct poold_config	*cf = poold->cf;
 	struct rlimit		 rl;
@@ -156,7 +181,15 @@ proc_child(pid_t parent, int in, int out, int err, const char *cwd,
 	if (dup2(in, STDIN_FILENO) == -1 || dup2(out, STDOUT_FILENO) == -1 ||
 	    dup2(err, STDERR_FILENO) == -1)
 		_exit(127);
-	if (close_range(3, ~0U, 0) == -1)
+	if (prompt != -1) {
+		if (prompt != SANDBOX_PROMPT_FD &&
+		    dup2(prompt, SANDBOX_PROMPT_FD) == -1)
+			_exit(127);
+		if (fcntl(SANDBOX_PROMPT_FD, F_SETFD, 0) == -1)
+			_exit(127);
+	}
+	if (close_range(prompt != -1 ? SANDBOX_PROMPT_FD + 1 : 3, ~0U, 0) ==
+	    -1)
 		_exit(127);
 	if (chdir(cwd) == -1)
 		_exit(127);
@@ -174,11 +207,14 @@ proc_child(pid_t parent, int in, int out, int err, const char *cwd,
 	/* The daemons that relay its output go first when CPU is short. */
 	if (setpriority(PRIO_PROCESS, 0, (int)cf->cli_nice) == -1)
 		_exit(127);
-	if (cf->run_as_user != NULL) {
+	/* In the sandbox, setpriv becomes the user once bwrap has mounted. */
+	if (cf->run_as_user != NULL && cf->sandbox != SANDBOX_BWRAP) {
 		if (setgroups(0, NULL) == -1 || setgid(cf->run_gid) == -1 ||
 		    setuid(cf->run_uid) == -1)
 			_exit(127);
 	}
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1)
+		_exit(127);
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL) == -1)
 		_exit(127);
@@ -192,35 +228,81 @@ proc_child(pid_t parent, int in, int out, int err, const char *cwd,
  * other jobs' events for less.  Signals are blocked by the caller.
  */
 static pid_t
-proc_vfork(pid_t parent, int in, int out, int err, const char *cwd,
-    char **argv, char **envp)
+proc_vfork(pid_t parent, int in, int out, int err, int prompt,
+    const char *cwd, char **argv, char **envp)
 {
 	pid_t	pid = vfork();
 
 	if (pid == 0)
-		proc_child(parent, in, out, err, cwd, argv, envp);
+		proc_child(parent, in, out, err, prompt, cwd, argv, envp);
 	return (pid);
 }
 
 /*
+ * A sealed memory file holding the system prompt s: the CLI reads it as
+ * a file (--system-prompt-file), so its size is not bounded by argv.
+ */
+static int
+proc_prompt_fd(const char *s, char **cause)
+{
+	size_t	len = strlen(s), off = 0;
+	ssize_t	n;
+	int	fd;
+
+	fd = memfd_create("ccgate-system-prompt", MFD_CLOEXEC |
+	    MFD_ALLOW_SEALING);
+	if (fd == -1) {
+		util_cause(cause, "memfd_create: %s", strerror(errno));
+		return (-1);
+	}
+	while (off < len) {
+		n = write(fd, s + off, len - off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			util_cause(cause, "system prompt: %s", strerror(errno));
+			close(fd);
+			return (-1);
+		}
+		off += (size_t)n;
+	}
+	if (lseek(fd, 0, SEEK_SET) == -1 || fcntl(fd, F_ADD_SEALS,
+	    F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) == -1) {
+		util_cause(cause, "system prompt: %s", strerror(errno));
+		close(fd);
+		return (-1);
+	}
+	return (fd);
+}
+
+/*
  * Spawn a CLI for profile pr.  With tenant NULL the process is warm: it
- * gets a slot whose HOME is retargeted when it is bound.  Otherwise it is
- * the tenant's, started with session (resumed if resume is set).
+ * gets a slot whose HOME becomes its conversation's when it is bound.
+ * Otherwise it is tenant's, for conversation conv, started with session
+ * (resumed if resume is set).
  */
 struct proc *
-proc_spawn(const struct profile *pr, const char *tenant, const char *session,
-    int resume, char **cause)
+proc_spawn(const struct profile *pr, const char *tenant, const char *conv,
+    const char *session, int resume, char **cause)
 {
 	struct poold_config	*cf = poold->cf;
 	struct proc		*p = NULL;
-	char			**argv = NULL, **envp = NULL;
-	char			 home[PATH_MAX], tmpdir[PATH_MAX], cwd[PATH_MAX];
+	struct strv		 argv = { 0 }, envp = { 0 };
+	char			 home[PATH_MAX], workspace[PATH_MAX];
+	char			 cwd[PATH_MAX];
 	char			 sid[UUID_LEN + 1];
 	int			 in[2] = { -1, -1 }, out[2] = { -1, -1 };
-	int			 err[2] = { -1, -1 };
+	int			 err[2] = { -1, -1 }, prompt = -1;
 	sigset_t		 all, old;
 	pid_t			 pid, parent = getpid();
+	int			 box = cf->sandbox == SANDBOX_BWRAP;
 
+	if (pr->tools && (!box || cf->egress_socket == NULL)) {
+		util_cause(cause, "tools need the sandbox and the egress "
+		    "(sandbox = bwrap, egress_socket)");
+		poold->stats.spawn_failed++;
+		return (NULL);
+	}
 	if ((p = calloc(1, sizeof *p)) == NULL) {
 		util_cause(cause, "out of memory");
 		return (NULL);
@@ -244,7 +326,6 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *session,
 	snprintf(p->session_id, sizeof p->session_id, "%s", session);
 	p->resumed = resume;
 
-	snprintf(cwd, sizeof cwd, "%s", poold->neutral_dir);
 	if (tenant == NULL) {
 		p->slot = poold->next_slot++;
 		if (workspace_slot_create(cf->state_dir, p->slot, cause) != 0)
@@ -252,20 +333,24 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *session,
 		snprintf(home, sizeof home, "%s/slots/%d", cf->state_dir,
 		    p->slot);
 	} else {
-		if (workspace_tenant(cf->state_dir, tenant, cause) != 0)
+		if (workspace_home(cf->state_dir, tenant, conv, home,
+		    sizeof home, cause) != 0)
 			goto fail;
 		snprintf(p->tenant, sizeof p->tenant, "%s", tenant);
-		snprintf(home, sizeof home, "%s/tenants/%s/home", cf->state_dir,
-		    tenant);
-		if (pr->tools)
-			snprintf(cwd, sizeof cwd, "%s/tenants/%s/workspace",
-			    cf->state_dir, tenant);
+		snprintf(p->conversation, sizeof p->conversation, "%s", conv);
 	}
-	snprintf(tmpdir, sizeof tmpdir, "%s/tenants/%s/workspace/temp",
+	snprintf(workspace, sizeof workspace, "%s/tenants/%s/workspace",
 	    cf->state_dir, tenant != NULL ? tenant : "");
-	argv = proc_argv(&p->profile, session, resume);
-	envp = proc_envp(&p->profile, home, tenant != NULL ? tmpdir : NULL);
-	if (argv == NULL || envp == NULL) {
+	snprintf(cwd, sizeof cwd, "%s", box ? "/" : poold->neutral_dir);
+	if (cf->egress_socket != NULL && egress_issue(cf->state_dir, tenant,
+	    p->egress, cause) != 0)
+		goto fail;
+	if (pr->system_prompt != NULL &&
+	    (prompt = proc_prompt_fd(pr->system_prompt, cause)) == -1)
+		goto fail;
+	if (proc_argv(&argv, &p->profile, home, pr->tools ? workspace : NULL,
+	    session, resume) != 0 || proc_envp(&envp, &p->profile, box ?
+	    SANDBOX_HOME : home, p->egress) != 0) {
 		util_cause(cause, "out of memory");
 		goto fail;
 	}
@@ -280,7 +365,8 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *session,
 		util_cause(cause, "sigprocmask: %s", strerror(errno));
 		goto fail;
 	}
-	pid = proc_vfork(parent, in[0], out[1], err[1], cwd, argv, envp);
+	pid = proc_vfork(parent, in[0], out[1], err[1], prompt, cwd, argv.v,
+	    envp.v);
 	if (sigprocmask(SIG_SETMASK, &old, NULL) == -1)
 		log_warn("sigprocmask");
 	if (pid == -1) {
@@ -295,7 +381,10 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *session,
 	close(out[1]);
 	close(err[1]);
 	in[0] = out[1] = err[1] = -1;
+	if (prompt != -1)
+		close(prompt);
 	p->pid = pid;
+	p->cli_pid = box ? 0 : pid;
 	p->in_fd = in[1];
 	p->out_fd = out[0];
 	p->err_fd = err[0];
@@ -313,8 +402,8 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *session,
 		proc_kill(p);
 	}
 	p->in_io.fd = p->in_fd;
-	proc_free_strv(argv);
-	proc_free_strv(envp);
+	strv_free(&argv);
+	strv_free(&envp);
 	TAILQ_INSERT_TAIL(&poold->procs, p, entry);
 	poold->nprocs++;
 	poold->stats.spawned++;
@@ -327,14 +416,73 @@ fail:
 	if (in[0] != -1) { close(in[0]); close(in[1]); }
 	if (out[0] != -1) { close(out[0]); close(out[1]); }
 	if (err[0] != -1) { close(err[0]); close(err[1]); }
-	proc_free_strv(argv);
-	proc_free_strv(envp);
+	if (prompt != -1)
+		close(prompt);
+	strv_free(&argv);
+	strv_free(&envp);
+	egress_revoke(cf->state_dir, p->egress);
 	if (p->slot != -1)
 		workspace_slot_remove(cf->state_dir, p->slot);
 	free(p->profile.system_prompt);
 	free(p);
 	poold->stats.spawn_failed++;
 	return (NULL);
+}
+
+/* The first pid in /proc/PID/task/PID/children, or 0. */
+static pid_t
+proc_first_child(pid_t pid)
+{
+	char	path[64];
+	FILE	*f;
+	long	child = 0;
+
+	snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", (long)pid,
+	    (long)pid);
+	if ((f = fopen(path, "re")) == NULL)
+		return (0);
+	if (fscanf(f, "%ld", &child) != 1)
+		child = 0;
+	fclose(f);
+	return ((pid_t)child);
+}
+
+/*
+ * The CLI's own pid (as the host sees it): in the sandbox it is the child
+ * of bwrap's init, itself the child of the bwrap the daemon started.  0
+ * while it is not there yet.
+ */
+pid_t
+proc_cli_pid(struct proc *p)
+{
+	pid_t	init;
+
+	if (p->cli_pid == 0 && !p->reaped &&
+	    (init = proc_first_child(p->pid)) != 0)
+		p->cli_pid = proc_first_child(init);
+	return (p->cli_pid);
+}
+
+/*
+ * Say how a process ended: bwrap passes the CLI's exit code on, and 128
+ * plus the signal's number for a CLI killed by a signal.
+ */
+void
+proc_exit_text(const struct proc *p, char *buf, size_t len)
+{
+	int	code;
+
+	if (WIFSIGNALED(p->status))
+		snprintf(buf, len, "killed by signal %d", WTERMSIG(p->status));
+	else if (WIFEXITED(p->status)) {
+		code = WEXITSTATUS(p->status);
+		if (poold->cf->sandbox == SANDBOX_BWRAP && code > 128 &&
+		    code < 128 + NSIG)
+			snprintf(buf, len, "killed by signal %d", code - 128);
+		else
+			snprintf(buf, len, "exit code %d", code);
+	} else
+		snprintf(buf, len, "status %d", p->status);
 }
 
 /* Try to write pending stdin bytes; watch for EPOLLOUT while any remain. */
@@ -610,6 +758,7 @@ proc_free(struct proc *p)
 	proc_close_fd(p, &p->err_io, &p->err_fd);
 	if (p->slot != -1)
 		workspace_slot_remove(poold->cf->state_dir, p->slot);
+	egress_revoke(poold->cf->state_dir, p->egress);
 	free(p->inbuf);
 	free(p->line);
 	free(p->profile.system_prompt);

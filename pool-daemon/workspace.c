@@ -1,17 +1,26 @@
 /*
  * The daemon's state directory:
  *
- *   neutral/		empty, read-only: the cwd of every tools-off CLI, so
- *			that a session's transcript folder (a slug of the cwd)
- *			is the same for every process that resumes it
- *   warm-home/		HOME of warm processes before they are bound
- *   slots/<n>		a symlink, the HOME of warm process n: it points at
- *			warm-home/ until the process is bound, then at its
- *			tenant's home/, so the transcript lands there
- *   tenants/<t>/	mode 0700, one per tenant:
- *	workspace/	projects/, temp/, uploads/, README.md (seed 001);
- *			the cwd of tool-enabled CLIs
- *	home/		HOME; home/.claude is CLAUDE_CONFIG_DIR
+ *   tenants/<t>/		one per tenant, the daemon's (root's):
+ *	workspace/		projects/, temp/, uploads/, README.md (seed
+ *				001); the CLI user's; /workspace of the
+ *				tenant's tool-enabled CLIs
+ *	conversations/<c>/	the HOME of every CLI of conversation c (its
+ *				.claude holds the transcript); the CLI user's
+ *   warm/<n>/			the HOME of warm process n until it is bound:
+ *				binding renames it to its conversation's
+ *   slots/<n>			a symlink to warm process n's HOME wherever it
+ *				is (the path a CLI without a sandbox knows)
+ *   neutral/			empty, read-only: the cwd of every tools-off
+ *				CLI that runs without a sandbox
+ *   egress/			the egress tokens (egress.c)
+ *   sandbox/			passwd and group inside the sandbox (sandbox.c)
+ *
+ * A sandboxed CLI sees its HOME and (with tools) its workspace, mounted
+ * when it starts; a rename keeps the mount, so a warm process's transcript
+ * lands in its conversation's folder once bound.  Each conversation has a
+ * HOME of its own: --resume finds the session there, and no CLI ever sees
+ * another conversation's transcript.
  */
 #include "config.h"
 
@@ -19,7 +28,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,9 +59,20 @@ workspace_path(const char *a, const char *b, const char *c)
 }
 
 /*
- * mkdir that accepts an existing directory; the mode is enforced.  With
- * own set and run_as_user configured, the directory belongs to that user
- * (the CLI runs as it and writes there).
+ * The mode of the daemon's own directories on the way to a CLI's HOME: a
+ * sandboxed CLI gets its folders mounted by bubblewrap (run as root) and
+ * need not cross them; one without a sandbox must.
+ */
+static mode_t
+ws_dir_mode(void)
+{
+	return (poold->cf->sandbox == SANDBOX_BWRAP ? 0700 : 0711);
+}
+
+/*
+ * mkdir that accepts an existing directory (never a symlink); the mode is
+ * enforced.  With own set and run_as_user configured, the directory
+ * belongs to that user (the CLI runs as it and writes there).
  */
 static int
 ws_mkdir(const char *path, mode_t mode, int own, char **cause)
@@ -83,23 +102,84 @@ ws_mkdir(const char *path, mode_t mode, int own, char **cause)
 }
 
 /*
- * Create the fixed parts of the state directory.  tenants/ and slots/ can
- * be crossed but not listed by others (a CLI run as run_as_user must reach
- * its own tenant's folder, and no one else's).
+ * Remove name (under the directory at) and everything below it, never
+ * following a symbolic link: each directory is opened relative to its
+ * parent with O_NOFOLLOW, so a CLI that swaps a folder for a link to
+ * elsewhere cannot make the daemon remove anything outside.  Returns 0 if
+ * it was removed or did not exist.
+ */
+static int
+ws_rmtree_at(int at, const char *name, int depth)
+{
+	struct dirent	*de;
+	DIR		*d;
+	int		 fd, rc = 0;
+
+	if (unlinkat(at, name, 0) == 0 || errno == ENOENT)
+		return (0);
+	if ((errno != EISDIR && errno != EPERM) || depth > 256)
+		return (-1);
+	fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+	    O_CLOEXEC);
+	if (fd == -1)
+		return (-1);
+	if ((d = fdopendir(fd)) == NULL) {
+		close(fd);
+		return (-1);
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (ws_rmtree_at(dirfd(d), de->d_name, depth + 1) != 0)
+			rc = -1;
+	}
+	closedir(d);
+	if (unlinkat(at, name, AT_REMOVEDIR) == -1 && errno != ENOENT)
+		rc = -1;
+	return (rc);
+}
+
+/* Remove path and everything below it (see ws_rmtree_at). */
+static int
+ws_rmtree(const char *path)
+{
+	return (ws_rmtree_at(AT_FDCWD, path, 0));
+}
+
+/* Remove every entry of directory path (what a crash left behind). */
+static void
+ws_empty(const char *path)
+{
+	struct dirent	*de;
+	DIR		*d;
+
+	if ((d = opendir(path)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (ws_rmtree_at(dirfd(d), de->d_name, 0) != 0)
+			log_warn("remove %s/%s", path, de->d_name);
+	}
+	closedir(d);
+}
+
+/*
+ * Create the fixed parts of the state directory, and empty what belongs
+ * to processes of an earlier run (warm homes and their slots).  The state
+ * directory itself can be crossed (nginx reaches egress/ through it).
  */
 int
 workspace_init(const char *state, char **cause)
 {
-	static const struct {
+	const struct {
 		const char	*name;
 		mode_t		 mode;
-		int		 own;
 	} dirs[] = {
-		{ "tenants", 0711, 0 },
-		{ "slots", 0711, 0 },
-		{ "warm-home", 0700, 1 },
-		{ "warm-home/.claude", 0700, 1 },
-		{ "neutral", 0555, 0 },
+		{ "tenants", ws_dir_mode() },
+		{ "warm", ws_dir_mode() },
+		{ "slots", ws_dir_mode() },
+		{ "neutral", 0555 },
 	};
 	char	*p;
 	size_t	 i;
@@ -110,10 +190,19 @@ workspace_init(const char *state, char **cause)
 	for (i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
 		if ((p = workspace_path(state, dirs[i].name, NULL)) == NULL)
 			return (-1);
-		rc = ws_mkdir(p, dirs[i].mode, dirs[i].own, cause);
+		rc = ws_mkdir(p, dirs[i].mode, 0, cause);
+		if (rc == 0 && (strcmp(dirs[i].name, "warm") == 0 ||
+		    strcmp(dirs[i].name, "slots") == 0))
+			ws_empty(p);
 		free(p);
 		if (rc != 0)
 			return (-1);
+	}
+	/* The shared warm HOME of earlier versions. */
+	if ((p = workspace_path(state, "warm-home", NULL)) != NULL) {
+		if (ws_rmtree(p) != 0)
+			log_warn("remove %s", p);
+		free(p);
 	}
 	return (0);
 }
@@ -127,7 +216,7 @@ workspace_tenant(const char *state, const char *t, char **cause)
 {
 	static const char *const	 sub[] = { "workspace",
 	    "workspace/projects", "workspace/temp", "workspace/uploads",
-	    "home", "home/.claude", NULL };
+	    NULL };
 	const char *const		*s;
 	char				*base, *p;
 	int				 fd, rc = -1;
@@ -138,8 +227,15 @@ workspace_tenant(const char *state, const char *t, char **cause)
 	}
 	if ((base = workspace_path(state, "tenants", t)) == NULL)
 		return (-1);
-	if (ws_mkdir(base, 0700, 1, cause) != 0)
+	if (ws_mkdir(base, ws_dir_mode(), 0, cause) != 0)
 		goto out;
+	if ((p = workspace_path(base, "conversations", NULL)) == NULL)
+		goto out;
+	if (ws_mkdir(p, ws_dir_mode(), 0, cause) != 0) {
+		free(p);
+		goto out;
+	}
+	free(p);
 	for (s = sub; *s != NULL; s++) {
 		if ((p = workspace_path(base, *s, NULL)) == NULL)
 			goto out;
@@ -151,7 +247,8 @@ workspace_tenant(const char *state, const char *t, char **cause)
 	}
 	if ((p = workspace_path(base, "workspace/README.md", NULL)) == NULL)
 		goto out;
-	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+	    0600);
 	if (fd != -1) {
 		if (write(fd, WORKSPACE_README, strlen(WORKSPACE_README)) == -1)
 			log_warn("write %s", p);
@@ -169,6 +266,53 @@ workspace_tenant(const char *state, const char *t, char **cause)
 out:
 	free(base);
 	return (rc);
+}
+
+/* Write tenant t's conversation c's HOME into out. */
+static int
+ws_home_path(const char *state, const char *t, const char *c, char *out,
+    size_t outlen, char **cause)
+{
+	if (!util_valid_tenant(t) || !util_valid_uuid(c)) {
+		util_cause(cause, "invalid tenant or conversation");
+		return (-1);
+	}
+	if (snprintf(out, outlen, "%s/tenants/%s/conversations/%s", state, t,
+	    c) >= (int)outlen) {
+		util_cause(cause, "state path too long");
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * Create (or check) the HOME of tenant t's conversation c, with its
+ * .claude, and write its path into out.
+ */
+int
+workspace_home(const char *state, const char *t, const char *c, char *out,
+    size_t outlen, char **cause)
+{
+	char	conf[PATH_MAX + 16];
+
+	if (workspace_tenant(state, t, cause) != 0 ||
+	    ws_home_path(state, t, c, out, outlen, cause) != 0 ||
+	    ws_mkdir(out, 0700, 1, cause) != 0)
+		return (-1);
+	snprintf(conf, sizeof conf, "%s/.claude", out);
+	return (ws_mkdir(conf, 0700, 1, cause));
+}
+
+/* Whether conversation c of tenant t has a HOME (an earlier session). */
+int
+workspace_home_exists(const char *state, const char *t, const char *c)
+{
+	struct stat	sb;
+	char		path[PATH_MAX];
+
+	if (ws_home_path(state, t, c, path, sizeof path, NULL) != 0)
+		return (1);	/* no warm process for it, whatever it is */
+	return (lstat(path, &sb) == 0 || errno != ENOENT);
 }
 
 /* Point slot n at target (relative to slots/) atomically. */
@@ -192,79 +336,74 @@ ws_slot_point(const char *state, int n, const char *target, char **cause)
 	return (0);
 }
 
-/* Create warm slot n, pointing at warm-home. */
+/* Create warm slot n: a HOME of its own in warm/, and its slot link. */
 int
 workspace_slot_create(const char *state, int n, char **cause)
 {
-	return (ws_slot_point(state, n, "../warm-home", cause));
-}
+	char	home[PATH_MAX], conf[PATH_MAX + 16], target[64];
 
-/* Point warm slot n at tenant t's home: its transcripts now go there. */
-int
-workspace_slot_bind(const char *state, int n, const char *t, char **cause)
-{
-	char	target[PATH_MAX];
-
-	if (!util_valid_tenant(t)) {
-		util_cause(cause, "invalid tenant name");
+	snprintf(home, sizeof home, "%s/warm/%d", state, n);
+	snprintf(conf, sizeof conf, "%s/.claude", home);
+	snprintf(target, sizeof target, "../warm/%d", n);
+	if (ws_rmtree(home) != 0) {
+		util_cause(cause, "remove %s: %s", home, strerror(errno));
 		return (-1);
 	}
-	snprintf(target, sizeof target, "../tenants/%s/home", t);
+	if (ws_mkdir(home, 0700, 1, cause) != 0 ||
+	    ws_mkdir(conf, 0700, 1, cause) != 0)
+		return (-1);
 	return (ws_slot_point(state, n, target, cause));
 }
 
-/* Remove warm slot n. */
+/*
+ * Bind warm slot n to tenant t's conversation c: its HOME moves to be the
+ * conversation's (which must not exist yet), so its transcript is there.
+ */
+int
+workspace_slot_bind(const char *state, int n, const char *t, const char *c,
+    char **cause)
+{
+	char	from[PATH_MAX], to[PATH_MAX], target[PATH_MAX];
+
+	if (workspace_tenant(state, t, cause) != 0 ||
+	    ws_home_path(state, t, c, to, sizeof to, cause) != 0)
+		return (-1);
+	snprintf(from, sizeof from, "%s/warm/%d", state, n);
+	if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == -1) {
+		util_cause(cause, "bind slot %d: %s", n, strerror(errno));
+		return (-1);
+	}
+	snprintf(target, sizeof target, "../tenants/%s/conversations/%s", t, c);
+	return (ws_slot_point(state, n, target, cause));
+}
+
+/* Remove warm slot n, and its HOME if it was never bound. */
 void
 workspace_slot_remove(const char *state, int n)
 {
-	char	link[PATH_MAX];
+	char	path[PATH_MAX];
 
-	snprintf(link, sizeof link, "%s/slots/%d", state, n);
-	if (unlink(link) == -1 && errno != ENOENT)
-		log_warn("unlink %s", link);
-}
-
-/* nftw callback removing everything. */
-static int
-ws_rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	if (remove(path) == -1)
+	snprintf(path, sizeof path, "%s/slots/%d", state, n);
+	if (unlink(path) == -1 && errno != ENOENT)
+		log_warn("unlink %s", path);
+	snprintf(path, sizeof path, "%s/warm/%d", state, n);
+	if (ws_rmtree(path) != 0)
 		log_warn("remove %s", path);
-	return (0);
 }
 
 /*
- * Remove session sid's transcript (projects/<any>/<sid>.jsonl and a
- * projects/<any>/<sid>/ folder) from tenant t.  Returns how many were
- * removed, or -1.
+ * Remove the HOME of tenant t's conversation c: its transcripts and all
+ * its CLIs wrote there.  Returns 1 if there was one, 0 if not, -1.
  */
 int
-workspace_delete_session(const char *state, const char *t, const char *sid)
+workspace_delete_home(const char *state, const char *t, const char *c)
 {
-	char		 dir[PATH_MAX], p[PATH_MAX * 2];
-	DIR		*d;
-	struct dirent	*de;
-	struct stat	 sb;
-	int		 n = 0;
+	struct stat	sb;
+	char		path[PATH_MAX];
 
-	if (!util_valid_tenant(t) || !util_valid_uuid(sid))
+	if (ws_home_path(state, t, c, path, sizeof path, NULL) != 0)
 		return (-1);
-	snprintf(dir, sizeof dir, "%s/tenants/%s/home/.claude/projects", state,
-	    t);
-	if ((d = opendir(dir)) == NULL)
+	if (lstat(path, &sb) == -1)
 		return (errno == ENOENT ? 0 : -1);
-	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(p, sizeof p, "%s/%s/%s.jsonl", dir, de->d_name, sid);
-		if (unlink(p) == 0)
-			n++;
-		snprintf(p, sizeof p, "%s/%s/%s", dir, de->d_name, sid);
-		if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-			if (nftw(p, ws_rm_cb, 16, FTW_DEPTH | FTW_PHYS) == 0)
-				n++;
-		}
-	}
-	closedir(d);
-	return (n);
+	return (ws_rmtree(path) == 0 ? 1 : -1);
 }

@@ -31,11 +31,23 @@ for u in ccgate-poold ccgate-fcgi ccgate-ws; do
     else
         bad "systemd-analyze verify $u.service: $out"
     fi
+    # ccgate-poold is root (bwrap mounts each CLI's sandbox), with a
+    # bounded set of capabilities; the others are ccgate with none.
+    user=User=ccgate
+    [ $u = ccgate-poold ] && user=User=root
     for d in NoNewPrivileges=yes ProtectSystem=strict ProtectHome=yes \
-             PrivateTmp=yes PrivateDevices=yes Restart=on-failure \
-             SystemCallFilter=@system-service User=ccgate; do
+             PrivateTmp=yes PrivateDevices=yes Restart=on-failure $user; do
         grep -qx "$d" "$tmp/units/$u.service" || bad "$u.service lacks $d"
     done
+    grep -q '^SystemCallFilter=@system-service' "$tmp/units/$u.service" ||
+        bad "$u.service lacks SystemCallFilter=@system-service"
+    if [ $u = ccgate-poold ]; then
+        grep -q '^CapabilityBoundingSet=CAP_' "$tmp/units/$u.service" ||
+            bad "$u.service: root without a bounded capability set"
+    else
+        grep -qx 'CapabilityBoundingSet=' "$tmp/units/$u.service" ||
+            bad "$u.service keeps capabilities"
+    fi
     grep -q '^RestrictAddressFamilies=' "$tmp/units/$u.service" ||
         bad "$u.service lacks RestrictAddressFamilies"
 done
@@ -99,18 +111,32 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
     "ACCESS_LOG=$tmp/nginx/access.log"
 user=""
 [ "$(id -u)" = 0 ] && user="user root root;"
-# nginx_t NAME SITE: `nginx -t` on SITE wrapped in the standalone nginx.conf.
+# The egress, as the quick start renders it (with a credential file; an
+# address for the upstream, since nginx resolves names when it starts).
+mkdir -p "$tmp/run/egress" "$tmp/state/egress/tokens"
+printf 'proxy_set_header x-api-key "sk-ant-test";\nproxy_set_header authorization "";\n' \
+    > "$tmp/egress-credential.conf"
+"$src/deploy/render" "$src/nginx/ccgate-egress.conf.in" "$tmp/egress.conf" \
+    "EGRESS_SOCKET=$tmp/run/egress/egress.sock" \
+    "EGRESS_TOKENS=$tmp/state/egress/tokens" "EGRESS_LOG=$tmp/nginx/egress.log" \
+    "EGRESS_CREDENTIAL=$tmp/egress-credential.conf" \
+    UPSTREAM_SERVER=127.0.0.1:443 UPSTREAM_SCHEME=https \
+    UPSTREAM_HOST=api.anthropic.com
+# An empty http{} file for a template tested alone.
+: > "$tmp/none.conf"
+# nginx_t NAME SITE [EGRESS]: `nginx -t` on SITE (and EGRESS) wrapped in
+# the standalone nginx.conf.
 nginx_t() {
     "$src/deploy/render" "$src/nginx/nginx-standalone.conf.in" "$tmp/$1-nginx.conf" \
         "USER_LINE=$user" "VAR_DIR=$tmp/nginx" "DAEMON_LINE=daemon off;" \
-        "SITE_CONF=$2"
+        "SITE_CONF=$2" "EGRESS_CONF=${3:-$tmp/none.conf}"
     if out=$(nginx -t -p "$tmp/nginx" -c "$tmp/$1-nginx.conf" 2>&1); then
         ok "nginx -t ($1)"
     else
         bad "nginx -t ($1): $out"
     fi
 }
-nginx_t site "$tmp/site.conf"
+nginx_t site "$tmp/site.conf" "$tmp/egress.conf"
 
 # And on the front template of docs/scaling.md.
 echo "server 127.0.0.1:1 max_fails=1 fail_timeout=10s;" > "$tmp/nodes.conf"

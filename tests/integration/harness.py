@@ -1,10 +1,12 @@
 """Integration harness: a private ccgate stack on loopback.
 
 Stack() starts, in a temporary directory and on random ports: a private
-MariaDB (unix socket only), the mock Anthropic upstream, ccgate-poold (with
-the real, pinned `claude` CLI pointed at the mock), ccgate-fcgi and nginx
-(TLS, from the same template the quick start uses).  stop() tears it all
-down and fails if any process it started, or any CLI, is left behind.
+MariaDB (unix socket only), the mock Anthropic upstream (which accepts one
+credential, UPSTREAM_CREDENTIAL), ccgate-poold (with the real, pinned
+`claude` CLI, each in its bubblewrap sandbox as the unprivileged CLI_USER,
+reaching the mock only through the egress), ccgate-fcgi and nginx (TLS,
+and the egress, from the templates the quick start uses).  stop() tears it
+all down and fails if any process it started, or any CLI, is left behind.
 
 Paths come from the environment that `make check` sets:
   CCGATE_SRCDIR, CCGATE_BUILDDIR  source and build trees
@@ -30,7 +32,25 @@ SRCDIR = os.path.abspath(os.environ.get("CCGATE_SRCDIR", "."))
 BUILDDIR = os.path.abspath(os.environ.get("CCGATE_BUILDDIR", "."))
 CLAUDE = os.environ.get("CCGATE_CLAUDE", "")
 DEFAULT_MODEL = "claude-sonnet-4-5"
+# The user every CLI runs as (created if missing: the tests run as root).
+CLI_USER = "ccgate-cli"
+# The upstream credential: only the egress holds it, and the mock accepts
+# nothing else.
+UPSTREAM_CREDENTIAL = "sk-ant-ccgate-test-" + os.urandom(12).hex()
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def cli_user():
+    """The CLI user's (uid, gid), created as a system user if missing."""
+    import pwd
+    try:
+        pw = pwd.getpwnam(CLI_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", CLI_USER], check=True,
+                       capture_output=True)
+        pw = pwd.getpwnam(CLI_USER)
+    return pw.pw_uid, pw.pw_gid
 
 
 def free_port():
@@ -157,7 +177,8 @@ class Stack:
         self.procs["mock"] = subprocess.Popen(
             [sys.executable, os.path.join(SRCDIR, "tests", "mock-upstream",
                                           "mock_upstream.py"),
-             "--port-file", self.path("mock.port")],
+             "--port-file", self.path("mock.port"),
+             "--credential", UPSTREAM_CREDENTIAL],
             stdout=log, stderr=log)
         wait_for(lambda: os.path.exists(self.path("mock.port")), 10, "mock")
         self.mock_port = int(open(self.path("mock.port")).read())
@@ -168,12 +189,16 @@ class Stack:
             "state_dir": self.path("state"),
             "cli_path": CLAUDE,
             "default_model": DEFAULT_MODEL,
-            "env.ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % self.mock_port,
-            "env.ANTHROPIC_API_KEY": "sk-ccgate-test",
+            "egress_socket": self.path("run", "egress", "egress.sock"),
         }
+        if os.geteuid() == 0:
+            cli_user()
+            conf["run_as_user"] = CLI_USER
         conf.update(self.poold_opts)
-        lines = ["%s = %s" % kv for kv in conf.items()]
-        with open(self.path("poold.conf"), "w") as f:
+        lines = ["%s = %s" % kv for kv in conf.items() if kv[1] is not None]
+        fd = os.open(self.path("poold.conf"),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
             f.write("\n".join(lines) + "\n")
 
     def reconfigure(self, **opts):
@@ -310,13 +335,15 @@ class Stack:
                    "EDGE_DIR=" + edge, "READ_TIMEOUT=660s",
                    "ACCESS_LOG=" + self.path("log", "access.log")] +
                   ["%s=%s" % kv for kv in self.nginx_opts.items()])
+        self._write_egress(render)
         user = "user root root;" if os.geteuid() == 0 else ""
         self._run([render, os.path.join(SRCDIR, "nginx",
                                         "nginx-standalone.conf.in"),
                    self.path("nginx.conf"), "USER_LINE=" + user,
                    "VAR_DIR=" + self.path("nginx-tmp"),
                    "DAEMON_LINE=daemon off;",
-                   "SITE_CONF=" + self.path("site.conf")])
+                   "SITE_CONF=" + self.path("site.conf"),
+                   "EGRESS_CONF=" + self.path("egress.conf")])
         log = open(self.path("nginx.log"), "w")
         self.procs["nginx"] = subprocess.Popen(
             ["nginx", "-p", self.path("nginx-tmp"), "-c",
@@ -332,6 +359,45 @@ class Stack:
             except OSError:
                 return False
         wait_for(up, 10, "nginx")
+
+    def _write_egress(self, render):
+        """The egress server, with the credential in a file of its own
+        (root's, 0600) as the quick start writes it: an API key, or an
+        OAuth token with egress_auth = oauth.  None for a pool configured
+        without one (egress_socket = None)."""
+        if "egress_socket" in self.poold_opts and \
+                self.poold_opts["egress_socket"] is None:
+            open(self.path("egress.conf"), "w").close()
+            return
+        fd = os.open(self.path("egress-credential.conf"),
+                     os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            if self.poold_opts.get("egress_auth") == "oauth":
+                f.write('proxy_set_header authorization "Bearer %s";\n'
+                        'proxy_set_header x-api-key "";\n'
+                        % UPSTREAM_CREDENTIAL)
+            else:
+                f.write('proxy_set_header x-api-key "%s";\n'
+                        'proxy_set_header authorization "";\n'
+                        % UPSTREAM_CREDENTIAL)
+        self._run([render, os.path.join(SRCDIR, "nginx",
+                                         "ccgate-egress.conf.in"),
+                   self.path("egress.conf"),
+                   "EGRESS_SOCKET=" + self.path("run", "egress",
+                                                "egress.sock"),
+                   "EGRESS_TOKENS=" + self.path("state", "egress", "tokens"),
+                   "EGRESS_LOG=" + self.path("log", "egress.log"),
+                   "EGRESS_CREDENTIAL=" + self.path("egress-credential.conf"),
+                   "UPSTREAM_SERVER=127.0.0.1:%d" % self.mock_port,
+                   "UPSTREAM_SCHEME=http", "UPSTREAM_HOST=127.0.0.1"])
+
+    def egress_log(self):
+        """The egress's log lines (one JSON object each)."""
+        try:
+            with open(self.path("log", "egress.log")) as f:
+                return [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            return []
 
     def stop_proc(self, name, sig=signal.SIGTERM, timeout=20):
         p = self.procs.pop(name, None)

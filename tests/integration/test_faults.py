@@ -284,12 +284,12 @@ class CliFaults(unittest.TestCase):
         c.close()
         end = rest[-1]
         self.assertEqual((end["type"], end["status"]), ("error", 502), rest)
-        self.assertIn("status 9", end["error"]["message"])
+        self.assertIn("killed by signal 9", end["error"]["message"])
         wait_for(lambda: group_gone(pid), 2, "the CLI's group to go")
         wait_for(lambda: not busy_pids(), 1, "the slot to free")
         status, _, error = usage_row(rid)
         self.assertEqual(status, "502")
-        self.assertIn("status 9", error)
+        self.assertIn("killed by signal 9", error)
         # The user's message and what the CLI said before it died.
         got = stored(cid)
         self.assertEqual([x[0] for x in got], ["user", "assistant"], got)

@@ -313,7 +313,7 @@ class Recovery(PoolTest):
         self.assertEqual((f["type"], f["code"]), ("error", "cli_failed"))
         self.assertTrue(f["incomplete"])
         self.assertEqual(f["text"], "".join(g["text"] for g in got))
-        self.assertIn("status 9", f["message"])
+        self.assertIn("killed by signal 9", f["message"])
 
     def test_death_before_output_is_retried_once(self):
         wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
@@ -370,20 +370,32 @@ class Recovery(PoolTest):
 
 class Workspaces(PoolTest):
     def test_layout_modes_and_isolation(self):
-        a = end(job("ws-alice", conv(), "hello from alice"))
+        c = conv()
+        a = end(job("ws-alice", c, "hello from alice"))
         end(job("ws-bob", conv(), "hello from bob"))
         base = stack.path("state", "tenants", "ws-alice")
-        self.assertEqual(stat.S_IMODE(os.stat(base).st_mode), 0o700)
+        for d in ("", "conversations"):
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(
+                base, d)).st_mode), 0o700, d)
+            self.assertEqual(os.stat(os.path.join(base, d)).st_uid, 0, d)
         for sub in ("workspace/projects", "workspace/temp",
                     "workspace/uploads", "workspace/README.md",
-                    "home/.claude"):
+                    "conversations/%s/.claude" % c):
             self.assertTrue(os.path.exists(os.path.join(base, sub)), sub)
         found = []
-        for root, _, files in os.walk(stack.path("state")):
-            found += [os.path.join(root, f) for f in files
-                      if f == a["session_id"] + ".jsonl"]
+
+        def transcript():
+            # The CLI writes it just after the turn ends.
+            for root, _, files in os.walk(stack.path("state")):
+                found.extend(os.path.join(root, f) for f in files
+                             if f == a["session_id"] + ".jsonl")
+            return found
+        wait_for(transcript, 3, "the transcript")
         self.assertEqual(len(found), 1)
-        self.assertTrue(found[0].startswith(base + "/home/.claude/projects/"))
+        # Its conversation's own HOME; the CLI's cwd is /workspace.
+        self.assertEqual(found[0], os.path.join(
+            base, "conversations", c, ".claude", "projects", "-workspace",
+            a["session_id"] + ".jsonl"))
         bob = stack.path("state", "tenants", "ws-bob")
         for root, _, files in os.walk(bob):
             self.assertNotIn(a["session_id"] + ".jsonl", files)
@@ -435,8 +447,14 @@ class Children(PoolTest):
         self.assertEqual(set(env) - {
             "PATH", "HOME", "CLAUDE_CONFIG_DIR", "LANG", "TMPDIR",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_AUTOUPDATER",
-            "DISABLE_TELEMETRY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"},
+            "DISABLE_TELEMETRY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY",
+            "ANTHROPIC_UNIX_SOCKET", "PWD"},
             set(), "unexpected variables in the CLI's environment")
+        # What it sees is the sandbox's; the key is its egress token.
+        self.assertEqual((env["HOME"], env["TMPDIR"], env["PWD"]),
+                         ("/home/claude", "/tmp", "/workspace"))
+        self.assertRegex(env["ANTHROPIC_API_KEY"],
+                         "^ccgate-egress-[0-9a-f]{64}$")
         limits = open("/proc/%d/limits" % pid).read()
         core = [l for l in limits.splitlines() if l.startswith("Max core")][0]
         self.assertEqual(core.split()[4:6], ["0", "0"])
@@ -445,9 +463,10 @@ class Children(PoolTest):
         self.assertEqual(nofile.split()[3:5], ["1000", "1000"])
         self.assertEqual(os.getpriority(os.PRIO_PROCESS, pid), 7,
                          "the configured nice value")
-        self.assertEqual(os.getpgid(pid), pid, "its own process group")
-        self.assertEqual(os.readlink("/proc/%d/cwd" % pid),
-                         stack.path("state", "neutral"))
+        # Its sandbox's session: the daemon kills the sandbox's group.
+        self.assertNotEqual(os.getpgid(pid), os.getpgid(0))
+        self.assertEqual(os.getsid(pid), os.getpgid(pid))
+        self.assertEqual(os.readlink("/proc/%d/cwd" % pid), "/workspace")
 
 
 class Control(PoolTest):

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""ccgate-poold running every CLI as an unprivileged user (run_as_user):
-the CLI's uid, the tenant folders it owns, and that transcripts and
---resume still work.  Needs root, to create the user and to switch to it."""
+"""ccgate-poold without its sandbox (sandbox = none), the fallback for
+hosts without bubblewrap: every CLI still runs as the unprivileged
+run_as_user, in folders it owns that others cannot list, transcripts and
+--resume still work, and tools are refused (they need the sandbox).  Needs
+root, to create the user and to switch to it."""
 
 import os
 import pwd
@@ -37,7 +39,7 @@ class RunAsUser(unittest.TestCase):
         os.chmod(cls.stack.path("cli"), 0o755)
         shutil.copy(CLAUDE, cls.stack.path("cli", "claude"))
         os.chmod(cls.stack.path("cli", "claude"), 0o755)
-        cls.stack.poold_opts.update(run_as_user=USER,
+        cls.stack.poold_opts.update(run_as_user=USER, sandbox="none",
                                     cli_path=cls.stack.path("cli", "claude"))
         cls.stack.start()
 
@@ -60,14 +62,18 @@ class RunAsUser(unittest.TestCase):
         status = open("/proc/%d/status" % pid).read()
         uids = [l for l in status.splitlines() if l.startswith("Uid:")][0]
         self.assertEqual(set(uids.split()[1:]), {str(self.uid)})
+        self.assertEqual(os.readlink("/proc/%d/cwd" % pid),
+                         s.path("state", "neutral"))
         base = s.path("state", "tenants", "unpriv")
-        for sub in ("", "home", "home/.claude", "workspace",
-                    "workspace/README.md"):
+        for sub in ("conversations/" + c, "conversations/%s/.claude" % c,
+                    "workspace", "workspace/README.md"):
             self.assertEqual(os.stat(os.path.join(base, sub)).st_uid,
                              self.uid, sub)
-        # tenants/ can be crossed but not listed by the CLI's user.
-        self.assertEqual(os.stat(s.path("state", "tenants")).st_mode & 0o777,
-                         0o711)
+        # The daemon's folders on the way can be crossed but not listed
+        # by the CLI's user.
+        for d in ("tenants", "tenants/unpriv", "tenants/unpriv/conversations"):
+            st = os.stat(s.path("state", d))
+            self.assertEqual((st.st_uid, st.st_mode & 0o777), (0, 0o711), d)
         wait_for(lambda: not [p for p in s.stats()["processes"]
                               if p["conversation"] == c], 10,
                  "the idle process to stop")
@@ -77,6 +83,13 @@ class RunAsUser(unittest.TestCase):
         turns = texts_of([r for r in s.mock_records()
                           if texts_of(r)[-1] == ("user", "what was it?")][-1])
         self.assertEqual(turns[0], ("user", "remember: kestrel"))
+
+    def test_tools_are_refused_without_the_sandbox(self):
+        before = len(self.stack.mock_records())
+        e = self.job(str(uuid.uuid4()), "[[mock:bash=id]]", tools=True)
+        self.assertEqual((e["type"], e["code"]), ("error", "unavailable"), e)
+        self.assertIn("sandbox", e["message"])
+        self.assertEqual(len(self.stack.mock_records()), before)
 
 
 if __name__ == "__main__":

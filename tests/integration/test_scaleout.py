@@ -58,11 +58,13 @@ class Front:
                    "NODES_TLS_NAME=127.0.0.1", "READ_TIMEOUT=660s",
                    "ACCESS_LOG=" + self.path("access.log")])
         user = "user root root;" if os.geteuid() == 0 else ""
+        open(self.path("no-egress.conf"), "w").close()  # a front has none
         self._run([render, os.path.join(SRCDIR, "nginx",
                                         "nginx-standalone.conf.in"),
                    self.path("nginx.conf"), "USER_LINE=" + user,
                    "VAR_DIR=" + self.path("tmp"), "DAEMON_LINE=daemon off;",
-                   "SITE_CONF=" + self.path("front.conf")])
+                   "SITE_CONF=" + self.path("front.conf"),
+                   "EGRESS_CONF=" + self.path("no-egress.conf")])
         self.proc = subprocess.Popen(["nginx", "-p", self.path("tmp"), "-c",
                                       self.path("nginx.conf")],
                                      stdout=subprocess.DEVNULL,
@@ -198,7 +200,6 @@ class ScaleOut(unittest.TestCase):
         rec = [x for x in nodes[0].mock_records()
                if texts_of(x) and "favourite colour?" in texts_of(x)[-1][1]]
         self.assertIn("vermilion", " ".join(t for _, t in texts_of(rec[-1])))
-
 
 
 class AdminTokens(unittest.TestCase):

@@ -7,7 +7,8 @@ receives, and can be told how to behave, globally or per request:
 
   POST /_control  {"mode": "normal"|"slow"|"fail"|"hang",
                    "delay_ms": N, "status": N, "text": "...", "chunks": N}
-  GET  /_records  every recorded request: {"seq","path","body","response"}
+  GET  /_records  every recorded request: {"seq","path","body","response",
+                  "auth"} (auth: the x-api-key and authorization headers)
   POST /_reset    forget records and return to normal mode
 
 A user message may carry a directive that overrides the global mode for
@@ -16,6 +17,11 @@ that request only, e.g. "[[mock:slow=200]]", "[[mock:fail=529]]",
 "[[mock:bash=COMMAND]]" and "[[mock:read=PATH]]" answer as a model that
 calls the CLI's Bash or Read tool (stop_reason "tool_use"); the CLI's next
 request carries its tool_result, which the mock answers with text.
+
+With --credential K it answers 401 (authentication_error) to any request
+that does not carry K as x-api-key or as "authorization: Bearer K", as the
+real API would; tests then know that only the egress, which holds K, can
+have sent what it answered.
 
 Answers are deterministic: the reply is "mock reply #<n>: <last user text>"
 and usage counts words, so tests can compare what ccgate recorded with what
@@ -26,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -35,6 +42,7 @@ LOCK = threading.Lock()
 STATE = {"mode": "normal", "delay_ms": 0, "status": 500, "text": None,
          "chunks": 0}
 RECORDS = []
+CREDENTIAL = None
 DIRECTIVE = re.compile(r"\[\[mock:([a-z]+)(?:=([^\]]*))?\]\]")
 
 
@@ -85,6 +93,12 @@ def count_words(body):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ccgate-mock-upstream"
+
+    def setup(self):
+        super().setup()
+        # A stream's events are small writes: sent at once, as a real
+        # server sends them, not held by Nagle for the peer's ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, fmt, *args):
         if os.environ.get("MOCK_VERBOSE"):
@@ -141,6 +155,11 @@ class Handler(BaseHTTPRequestHandler):
                 "type": "invalid_request_error", "message": "bad json"}})
             return
         if path == "/v1/messages/count_tokens":
+            if not self.authorized():
+                self._json(401, {"type": "error", "error": {
+                    "type": "authentication_error",
+                    "message": "invalid x-api-key"}})
+                return
             self._json(200, {"input_tokens": count_words(body)})
             return
         if path != "/v1/messages":
@@ -149,13 +168,28 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.messages(body)
 
+    def authorized(self):
+        """Whether the request carries the credential (if one is set)."""
+        if CREDENTIAL is None:
+            return True
+        return (self.headers.get("x-api-key") == CREDENTIAL or
+                self.headers.get("authorization") == "Bearer " + CREDENTIAL)
+
     def messages(self, body):
         with LOCK:
             cfg = dict(STATE)
             seq = len(RECORDS) + 1
             record = {"seq": seq, "path": self.path, "time": time.time(),
-                      "body": body, "response": None}
+                      "body": body, "response": None, "auth": {
+                          "x-api-key": self.headers.get("x-api-key"),
+                          "authorization": self.headers.get("authorization")}}
             RECORDS.append(record)
+        if not self.authorized():
+            record["response"] = {"status": 401}
+            self._json(401, {"type": "error", "error": {
+                "type": "authentication_error",
+                "message": "invalid x-api-key"}})
+            return
         text_in = last_user_text(body)
         for name, value in DIRECTIVE.findall(text_in):
             if name in ("slow", "hang", "fail", "drip"):
@@ -303,7 +337,11 @@ def main():
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--port-file", help="write the bound port here")
+    ap.add_argument("--credential", help="the one API key or OAuth token "
+                    "accepted (default: any)")
     args = ap.parse_args()
+    global CREDENTIAL
+    CREDENTIAL = args.credential
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.request_queue_size = 1024
     srv = ThreadingHTTPServer((args.host, args.port), Handler)

@@ -29,7 +29,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "integration"))
-from harness import Stack, CLAUDE  # noqa: E402
+from harness import Stack, CLAUDE, UPSTREAM_CREDENTIAL  # noqa: E402
 
 N_TURNS = int(os.environ.get("CCGATE_BENCH_TURNS", "100"))
 N_NEW = int(os.environ.get("CCGATE_BENCH_NEW", "12"))
@@ -59,7 +59,7 @@ class DirectCli:
                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
                "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
                "ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % stack.mock_port,
-               "ANTHROPIC_API_KEY": "sk-ccgate-test"}
+               "ANTHROPIC_API_KEY": UPSTREAM_CREDENTIAL}
         self.p = subprocess.Popen(
             [CLAUDE, "-p", "--input-format=stream-json",
              "--output-format=stream-json", "--verbose",

@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
 import bench_http  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_pool  # noqa: E402
+import bench_sandbox  # noqa: E402
 import bench_soak  # noqa: E402
 import bench_streams  # noqa: E402
 from harness import CLAUDE, SRCDIR  # noqa: E402
@@ -36,7 +37,7 @@ def machine():
 
 def main():
     sections = [bench_latency.run(), bench_http.run(), bench_pool.run(),
-                bench_streams.run(), bench_soak.run()]
+                bench_sandbox.run(), bench_streams.run(), bench_soak.run()]
     cli = subprocess.run([CLAUDE, "--version"], capture_output=True,
                          text=True).stdout.strip()
     now = datetime.datetime.now(datetime.timezone.utc)

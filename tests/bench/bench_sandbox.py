@@ -112,7 +112,10 @@ def run():
                 t, _ = job(stacks[j], convs[j][0], "bound %d" % i, "bound",
                            convs[j][1])
                 times[j]["bound"].append(t)
+        # Conversations placed warm go idle and stop again, so that the
+        # pool always has room for the next warm process.
         for s in stacks:
+            s.reconfigure(idle_timeout_ms=IDLE_MS)
             s.poold({"type": "set_limits", "min_instances": 1})
         for i in range(N):
             for j in rotate(i):

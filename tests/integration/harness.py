@@ -391,6 +391,28 @@ class Stack:
                    "UPSTREAM_SERVER=127.0.0.1:%d" % self.mock_port,
                    "UPSTREAM_SCHEME=http", "UPSTREAM_HOST=127.0.0.1"])
 
+    def connect_as_nobody(self, sock):
+        """What another local user (nobody) gets connecting to the unix
+        socket sock: "connected" or the errno.  The stack's folder and
+        run/ are opened to all meanwhile, so that only sock's own mode
+        and folder decide."""
+        dirs = [self.dir, self.path("run")]
+        modes = [os.stat(d).st_mode & 0o7777 for d in dirs]
+        probe = ("import socket\ns = socket.socket(socket.AF_UNIX)\n"
+                 "try:\n    s.connect(%r)\n    print('connected')\n"
+                 "except OSError as e:\n    print(e.errno)\n" % sock)
+        try:
+            for d in dirs:
+                os.chmod(d, 0o711)
+            out = subprocess.run(["setpriv", "--reuid=nobody",
+                                  "--regid=nogroup", "--clear-groups",
+                                  "/usr/bin/python3", "-c", probe],
+                                 capture_output=True, text=True, check=True)
+        finally:
+            for d, m in zip(dirs, modes):
+                os.chmod(d, m)
+        return out.stdout.strip()
+
     def egress_log(self):
         """The egress's log lines (one JSON object each)."""
         try:

@@ -15,6 +15,7 @@ the sandbox, as the CLI user, and cannot see ccgate's files, another
 tenant, MariaDB or the sockets, cannot write outside the workspace, see
 no other process, and reach no network but the egress."""
 
+import errno
 import json
 import os
 import pwd
@@ -328,23 +329,8 @@ class Egress(unittest.TestCase):
         st = os.stat(d)
         self.assertEqual(st.st_mode & 0o777, 0o750)
         self.assertEqual(st.st_gid, pwd.getpwnam(CLI_USER).pw_gid)
-        modes = [(p, os.stat(p).st_mode) for p in (stack.dir,
-                                                   stack.path("run"))]
-        try:
-            for p, _ in modes:
-                os.chmod(p, 0o711)
-            probe = ("import socket\ns = socket.socket(socket.AF_UNIX)\n"
-                     "try:\n    s.connect(%r)\n    print('connected')\n"
-                     "except OSError as e:\n    print(e.errno)\n" %
-                     stack.path("run", "egress", "egress.sock"))
-            out = subprocess.run(["setpriv", "--reuid=nobody",
-                                  "--regid=nogroup", "--clear-groups",
-                                  "/usr/bin/python3", "-c", probe],
-                                 capture_output=True, text=True, check=True)
-        finally:
-            for p, m in modes:
-                os.chmod(p, m & 0o7777)
-        self.assertEqual(out.stdout.strip(), "13", out)
+        self.assertEqual(stack.connect_as_nobody(stack.path(
+            "run", "egress", "egress.sock")), str(errno.EACCES))
 
 
 class OAuthEgress(unittest.TestCase):

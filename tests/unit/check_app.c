@@ -250,6 +250,23 @@ jwt_make(const uint8_t secret[32], const char *claims, char *out,
 	sodium_bin2base64(out + n, outlen - n, mac, sizeof mac, v);
 }
 
+/*
+ * Sign a token issued at iat for ttl seconds and verify it at now against
+ * a server that gives max_ttl; the verdict, and why in why.
+ */
+static int
+jwt_try(const uint8_t secret[32], long long iat, long long ttl,
+    long long now, long long max_ttl, char *why, size_t whylen)
+{
+	char		tok[1024], name[64];
+	long long	id = 0, ver = 0;
+
+	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, iat, ttl, tok,
+	    sizeof tok), 0);
+	return (jwt_verify(secret, tok, now, max_ttl, &id, name, sizeof name,
+	    &ver, why, whylen));
+}
+
 START_TEST(test_jwt_lifetime)
 {
 	uint8_t		 secret[32];
@@ -258,40 +275,26 @@ START_TEST(test_jwt_lifetime)
 
 	memset(secret, 7, sizeof secret);
 	/* Signed with the secret, but for longer than the server gives. */
-	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 86400, tok,
-	    sizeof tok), 0);
-	ck_assert_int_eq(jwt_verify(secret, tok, 1000001, 900, &id, name,
-	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_int_eq(jwt_try(secret, 1000000, 86400, 1000001, 900, why,
+	    sizeof why), -1);
 	ck_assert_ptr_nonnull(strstr(why, "lifetime"));
-	ck_assert_int_eq(jwt_verify(secret, tok, 1000001, 86400, &id, name,
-	    sizeof name, &ver, why, sizeof why), 0);
+	ck_assert_int_eq(jwt_try(secret, 1000000, 86400, 1000001, 86400, why,
+	    sizeof why), 0);
 	/* One second over, and exactly the lifetime. */
-	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 901, tok,
-	    sizeof tok), 0);
-	ck_assert_int_eq(jwt_verify(secret, tok, 1000001, 900, &id, name,
-	    sizeof name, &ver, why, sizeof why), -1);
-	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 900, tok,
-	    sizeof tok), 0);
-	ck_assert_int_eq(jwt_verify(secret, tok, 1000001, 900, &id, name,
-	    sizeof name, &ver, why, sizeof why), 0);
+	ck_assert_int_eq(jwt_try(secret, 1000000, 901, 1000001, 900, why,
+	    sizeof why), -1);
+	ck_assert_int_eq(jwt_try(secret, 1000000, 900, 1000001, 900, why,
+	    sizeof why), 0);
 	/* No lifetime at all, or a negative one. */
-	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, 0, tok,
-	    sizeof tok), 0);
-	ck_assert_int_eq(jwt_verify(secret, tok, 999999, 900, &id, name,
-	    sizeof name, &ver, why, sizeof why), -1);
-	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000000, -5, tok,
-	    sizeof tok), 0);
-	ck_assert_int_eq(jwt_verify(secret, tok, 999990, 900, &id, name,
-	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_int_eq(jwt_try(secret, 1000000, 0, 999999, 900, why,
+	    sizeof why), -1);
+	ck_assert_int_eq(jwt_try(secret, 1000000, -5, 999990, 900, why,
+	    sizeof why), -1);
 	/* Issued in the future: a minute of skew is allowed, not more. */
-	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000060, 900, tok,
-	    sizeof tok), 0);
-	ck_assert_int_eq(jwt_verify(secret, tok, 1000000, 900, &id, name,
-	    sizeof name, &ver, why, sizeof why), 0);
-	ck_assert_int_eq(jwt_sign(secret, 42, "ops", 3, 1000061, 900, tok,
-	    sizeof tok), 0);
-	ck_assert_int_eq(jwt_verify(secret, tok, 1000000, 900, &id, name,
-	    sizeof name, &ver, why, sizeof why), -1);
+	ck_assert_int_eq(jwt_try(secret, 1000060, 900, 1000000, 900, why,
+	    sizeof why), 0);
+	ck_assert_int_eq(jwt_try(secret, 1000061, 900, 1000000, 900, why,
+	    sizeof why), -1);
 	ck_assert_ptr_nonnull(strstr(why, "future"));
 	/* A negative iat with a far exp must not overflow exp - iat. */
 	jwt_make(secret, "{\"iss\":\"ccgate\",\"aud\":\"ccgate-admin\","

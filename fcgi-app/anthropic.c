@@ -130,6 +130,7 @@ anthropic_messages_handle(struct request *r)
 	long long		 max_tokens = 0;
 	int			 stream = 0, prime;
 	char			*system = NULL;
+	struct compat_err	 err;
 
 	if (req_authenticate(r) != 0 || (body = req_json_body(r, 1)) == NULL)
 		return;
@@ -145,10 +146,14 @@ anthropic_messages_handle(struct request *r)
 	if (perm_check(r, model, stream, &max_tokens) != 0)
 		return;
 	if ((sys = json_object_get(body, "system")) != NULL &&
-	    !json_is_null(sys) && (system = compat_text(r, sys, "system")) ==
-	    NULL)
+	    !json_is_null(sys) && (system = compat_text(sys, "system",
+	    (size_t)appconf->max_message, &err)) == NULL) {
+		compat_refuse(r, &err);
 		return;
-	if (compat_parse(r, json_object_get(body, "messages"), 0, &m) != 0) {
+	}
+	if (compat_parse(json_object_get(body, "messages"), 0,
+	    (size_t)appconf->max_message, &m, &err) != 0) {
+		compat_refuse(r, &err);
 		free(system);
 		return;
 	}

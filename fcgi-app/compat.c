@@ -9,6 +9,7 @@
  */
 #include "config.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,33 +33,57 @@ compat_free(struct compat_msgs *m)
 	memset(m, 0, sizeof *m);
 }
 
+/* Set err: a status and a message. */
+static void __attribute__((format(printf, 3, 4)))
+compat_fail(struct compat_err *err, int status, const char *fmt, ...)
+{
+	va_list	ap;
+
+	err->status = status;
+	va_start(ap, fmt);
+	(void)vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+	va_end(ap);
+}
+
+/* Answer the client with why its history was refused. */
+void
+compat_refuse(struct request *r, const struct compat_err *err)
+{
+	req_error(r, err->status, NULL, "%s", err->msg);
+}
+
 /*
  * The text of a content value: a string, or an array of {"type":"text",
- * "text":...} parts joined by newlines.  Sends a 400 naming where, and
- * returns NULL, for anything else.
+ * "text":...} parts joined by newlines, at most max bytes.  Anything else
+ * returns NULL with err naming where.
  */
 char *
-compat_text(struct request *r, json_t *content, const char *where)
+compat_text(json_t *content, const char *where, size_t max,
+    struct compat_err *err)
 {
 	json_t	*part;
 	char	*out = NULL, *nb;
 	size_t	 i, len = 0, add;
 
 	if (json_is_string(content)) {
-		if (json_string_length(content) > (size_t)appconf->max_message) {
-			req_error(r, 400, NULL, "%s: longer than %ld bytes",
-			    where, appconf->max_message);
+		if (json_string_length(content) > max) {
+			compat_fail(err, 400, "%s: longer than %zu bytes",
+			    where, max);
 			return (NULL);
 		}
-		return (strdup(json_string_value(content)));
+		if ((out = strdup(json_string_value(content))) == NULL)
+			compat_fail(err, 500, "out of memory");
+		return (out);
 	}
 	if (!json_is_array(content)) {
-		req_error(r, 400, NULL, "%s: must be a string or an array of "
+		compat_fail(err, 400, "%s: must be a string or an array of "
 		    "text parts", where);
 		return (NULL);
 	}
-	if ((out = strdup("")) == NULL)
+	if ((out = strdup("")) == NULL) {
+		compat_fail(err, 500, "out of memory");
 		return (NULL);
+	}
 	json_array_foreach(content, i, part) {
 		const char	*type = json_string_value(json_object_get(part,
 		    "type"));
@@ -66,16 +91,20 @@ compat_text(struct request *r, json_t *content, const char *where)
 
 		if (type == NULL || strcmp(type, "text") != 0 ||
 		    !json_is_string(text)) {
-			req_error(r, 400, NULL, "%s[%zu]: only text parts are "
+			compat_fail(err, 400, "%s[%zu]: only text parts are "
 			    "supported", where, i);
 			free(out);
 			return (NULL);
 		}
 		add = json_string_length(text) + (len > 0);
-		if (len + add > (size_t)appconf->max_message ||
-		    (nb = realloc(out, len + add + 1)) == NULL) {
-			req_error(r, 400, NULL, "%s: longer than %ld bytes",
-			    where, appconf->max_message);
+		if (len + add > max) {
+			compat_fail(err, 400, "%s: longer than %zu bytes",
+			    where, max);
+			free(out);
+			return (NULL);
+		}
+		if ((nb = realloc(out, len + add + 1)) == NULL) {
+			compat_fail(err, 500, "out of memory");
 			free(out);
 			return (NULL);
 		}
@@ -88,7 +117,7 @@ compat_text(struct request *r, json_t *content, const char *where)
 		out[len] = '\0';
 	}
 	if (strlen(out) != len) {
-		req_error(r, 400, NULL, "%s: contains a NUL character", where);
+		compat_fail(err, 400, "%s: contains a NUL character", where);
 		free(out);
 		return (NULL);
 	}
@@ -116,14 +145,15 @@ compat_add_system(struct compat_msgs *m, char *text)
 }
 
 /*
- * Parse a "messages" array.  With system_roles, "system" and "developer"
- * messages become the system prompt (OpenAI); otherwise only "user" and
- * "assistant" are allowed (Anthropic).  The last message must be the
- * user's.  On error the 400 is sent and -1 returned.
+ * Parse a "messages" array (each text at most max bytes).  With
+ * system_roles, "system" and "developer" messages become the system
+ * prompt (OpenAI); otherwise only "user" and "assistant" are allowed
+ * (Anthropic).  The last message must be the user's.  Returns 0, or -1
+ * with err set and m empty.
  */
 int
-compat_parse(struct request *r, json_t *msgs, int system_roles,
-    struct compat_msgs *m)
+compat_parse(json_t *msgs, int system_roles, size_t max,
+    struct compat_msgs *m, struct compat_err *err)
 {
 	json_t		*msg;
 	const char	*role;
@@ -132,11 +162,11 @@ compat_parse(struct request *r, json_t *msgs, int system_roles,
 
 	memset(m, 0, sizeof *m);
 	if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
-		req_error(r, 400, NULL, "messages: must be a non-empty array");
+		compat_fail(err, 400, "messages: must be a non-empty array");
 		return (-1);
 	}
 	if ((n = json_array_size(msgs)) > COMPAT_MAX_MESSAGES) {
-		req_error(r, 400, NULL, "messages: more than %d messages",
+		compat_fail(err, 400, "messages: more than %d messages",
 		    COMPAT_MAX_MESSAGES);
 		return (-1);
 	}
@@ -148,28 +178,28 @@ compat_parse(struct request *r, json_t *msgs, int system_roles,
 		role = json_string_value(json_object_get(msg, "role"));
 		snprintf(where, sizeof where, "messages[%zu].role", i);
 		if (!json_is_object(msg) || role == NULL) {
-			req_error(r, 400, NULL, "%s: required", where);
+			compat_fail(err, 400, "%s: required", where);
 			goto fail;
 		}
 		if (system_roles && (strcmp(role, "system") == 0 ||
 		    strcmp(role, "developer") == 0)) {
 			snprintf(where, sizeof where, "messages[%zu].content", i);
-			if ((text = compat_text(r, json_object_get(msg,
-			    "content"), where)) == NULL)
+			if ((text = compat_text(json_object_get(msg, "content"),
+			    where, max, err)) == NULL)
 				goto fail;
 			if (compat_add_system(m, text) != 0)
 				goto nomem;
 			continue;
 		}
 		if (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) {
-			req_error(r, 400, NULL, "%s: \"%s\" is not supported (user "
-			    "and assistant%s)", where, role, system_roles ?
+			compat_fail(err, 400, "%s: \"%.32s\" is not supported "
+			    "(user and assistant%s)", where, role, system_roles ?
 			    ", system" : "");
 			goto fail;
 		}
 		snprintf(where, sizeof where, "messages[%zu].content", i);
-		if ((text = compat_text(r, json_object_get(msg, "content"),
-		    where)) == NULL)
+		if ((text = compat_text(json_object_get(msg, "content"),
+		    where, max, err)) == NULL)
 			goto fail;
 		m->roles[m->n] = strcmp(role, "user") == 0 ? "user" :
 		    "assistant";
@@ -177,13 +207,13 @@ compat_parse(struct request *r, json_t *msgs, int system_roles,
 	}
 	if (m->n == 0 || strcmp(m->roles[m->n - 1], "user") != 0 ||
 	    *m->texts[m->n - 1] == '\0') {
-		req_error(r, 400, NULL, "messages: the last message must be a "
+		compat_fail(err, 400, "messages: the last message must be a "
 		    "non-empty user message");
 		goto fail;
 	}
 	return (0);
 nomem:
-	req_error(r, 500, NULL, "out of memory");
+	compat_fail(err, 500, "out of memory");
 fail:
 	compat_free(m);
 	return (-1);

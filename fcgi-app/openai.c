@@ -123,6 +123,7 @@ void
 openai_chat_handle(struct request *r)
 {
 	struct compat_msgs	 m;
+	struct compat_err	 err;
 	struct conversation	 conv;
 	struct turn		 t;
 	const char		*model;
@@ -150,9 +151,13 @@ openai_chat_handle(struct request *r)
 			return;
 		}
 	}
-	if (perm_check(r, model, stream, &max_tokens) != 0 ||
-	    compat_parse(r, json_object_get(body, "messages"), 1, &m) != 0)
+	if (perm_check(r, model, stream, &max_tokens) != 0)
 		return;
+	if (compat_parse(json_object_get(body, "messages"), 1,
+	    (size_t)appconf->max_message, &m, &err) != 0) {
+		compat_refuse(r, &err);
+		return;
+	}
 	compat_ignored(r, body, openai_ignored);
 	if (compat_conversation(r, model, &m, &conv, &prime) != 0) {
 		compat_free(&m);

@@ -31,25 +31,11 @@
 #include "log.h"
 #include "poold.h"
 
-/* mkdir that accepts an existing directory, with the mode enforced. */
+/* A folder of the egress: crossed by nginx's workers, listed by no one. */
 static int
 egress_mkdir(const char *path, char **cause)
 {
-	struct stat	sb;
-
-	if (mkdir(path, 0711) == -1 && errno != EEXIST) {
-		util_cause(cause, "mkdir %s: %s", path, strerror(errno));
-		return (-1);
-	}
-	if (lstat(path, &sb) == -1 || !S_ISDIR(sb.st_mode)) {
-		util_cause(cause, "%s: not a directory", path);
-		return (-1);
-	}
-	if ((sb.st_mode & 07777) != 0711 && chmod(path, 0711) == -1) {
-		util_cause(cause, "chmod %s: %s", path, strerror(errno));
-		return (-1);
-	}
-	return (0);
+	return (workspace_mkdir(path, 0711, (uid_t)-1, (gid_t)-1, cause));
 }
 
 /*

@@ -306,6 +306,7 @@ long		 proc_rss_kb(pid_t);
 char		 proc_sched_state(pid_t);
 
 /* workspace.c */
+int		 workspace_mkdir(const char *, mode_t, uid_t, gid_t, char **);
 int		 workspace_init(const char *, char **);
 int		 workspace_tenant(const char *, const char *, char **);
 char		*workspace_path(const char *, const char *, const char *);
@@ -326,6 +327,8 @@ int		 workspace_delete_home(const char *, const char *,
 #define SANDBOX_EGRESS_DIR	"/run/ccgate-egress"
 #define SANDBOX_PROMPT		"/run/ccgate/system-prompt"
 #define SANDBOX_PROMPT_FD	3
+int		 sandbox_egress_dir(const struct poold_config *, char *,
+		     size_t);
 int		 sandbox_check(const struct poold_config *, char **);
 int		 sandbox_init(const char *, char **);
 void		 sandbox_args(struct strv *, const char *, const char *, int);

@@ -85,6 +85,25 @@ sandbox_is_elf(const char *path)
 }
 
 /*
+ * Write the egress socket's folder (what every sandbox mounts) into buf.
+ * Returns -1 if there is no egress, or no folder but /.
+ */
+int
+sandbox_egress_dir(const struct poold_config *cf, char *buf, size_t len)
+{
+	const char	*slash;
+
+	if (cf->egress_socket == NULL ||
+	    (slash = strrchr(cf->egress_socket, '/')) == NULL ||
+	    slash == cf->egress_socket ||
+	    (size_t)(slash - cf->egress_socket) >= len)
+		return (-1);
+	memcpy(buf, cf->egress_socket, (size_t)(slash - cf->egress_socket));
+	buf[slash - cf->egress_socket] = '\0';
+	return (0);
+}
+
+/*
  * Check a configuration's sandbox before it is used: the programs exist,
  * the egress socket's folder holds nothing else a CLI could reach.
  */
@@ -92,7 +111,7 @@ int
 sandbox_check(const struct poold_config *cf, char **cause)
 {
 	struct stat	 sb;
-	char		*dir, *copy;
+	char		 dir[PATH_MAX];
 	const char	*base;
 	DIR		*d;
 	struct dirent	*de;
@@ -113,19 +132,13 @@ sandbox_check(const struct poold_config *cf, char **cause)
 	}
 	if (cf->egress_socket == NULL)
 		return (0);
-	if ((copy = strdup(cf->egress_socket)) == NULL) {
-		util_cause(cause, "out of memory");
-		return (-1);
-	}
-	dir = dirname(copy);
-	base = cf->egress_socket + strlen(dir) + 1;
-	if (strcmp(dir, "/") == 0 || (stat(dir, &sb) == 0 &&
-	    !S_ISDIR(sb.st_mode))) {
+	if (sandbox_egress_dir(cf, dir, sizeof dir) != 0 ||
+	    (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode))) {
 		util_cause(cause, "egress_socket: %s must be in a folder of "
 		    "its own", cf->egress_socket);
-		free(copy);
 		return (-1);
 	}
+	base = cf->egress_socket + strlen(dir) + 1;
 	/* The folder is mounted into every sandbox: it holds the socket only. */
 	if ((d = opendir(dir)) != NULL) {
 		while ((de = readdir(d)) != NULL) {
@@ -141,7 +154,6 @@ sandbox_check(const struct poold_config *cf, char **cause)
 		}
 		closedir(d);
 	}
-	free(copy);
 	return (rc);
 }
 
@@ -177,8 +189,7 @@ sandbox_init(const char *state, char **cause)
 {
 	struct poold_config	*cf = poold->cf;
 	struct group		*gr;
-	struct stat		 sb;
-	char			 dir[PATH_MAX], path[PATH_MAX + 16], *copy;
+	char			 dir[PATH_MAX], path[PATH_MAX + 16];
 	char			 buf[1024], group[256];
 	uid_t			 uid = cf->run_as_user != NULL ? cf->run_uid :
 				     geteuid();
@@ -208,32 +219,10 @@ sandbox_init(const char *state, char **cause)
 	if (sandbox_write(path, buf, cause) != 0)
 		return (-1);
 
-	if (cf->egress_socket == NULL)
+	if (sandbox_egress_dir(cf, dir, sizeof dir) != 0)
 		return (0);
-	if ((copy = strdup(cf->egress_socket)) == NULL) {
-		util_cause(cause, "out of memory");
-		return (-1);
-	}
-	snprintf(dir, sizeof dir, "%s", dirname(copy));
-	free(copy);
-	if (mkdir(dir, 0750) == -1 && errno != EEXIST) {
-		util_cause(cause, "mkdir %s: %s", dir, strerror(errno));
-		return (-1);
-	}
-	if (lstat(dir, &sb) == -1 || !S_ISDIR(sb.st_mode)) {
-		util_cause(cause, "%s: not a directory", dir);
-		return (-1);
-	}
-	if (geteuid() == 0 && (sb.st_uid != 0 || sb.st_gid != gid) &&
-	    chown(dir, 0, gid) == -1) {
-		util_cause(cause, "chown %s: %s", dir, strerror(errno));
-		return (-1);
-	}
-	if ((sb.st_mode & 07777) != 0750 && chmod(dir, 0750) == -1) {
-		util_cause(cause, "chmod %s: %s", dir, strerror(errno));
-		return (-1);
-	}
-	return (0);
+	return (workspace_mkdir(dir, 0750, geteuid() == 0 ? 0 : (uid_t)-1, gid,
+	    cause));
 }
 
 /* Make path's parent folders on the sandbox's own root (mode 0755). */
@@ -379,14 +368,11 @@ sandbox_args(struct strv *sv, const char *home, const char *workspace,
 	strv_add(sv, "0755");
 	strv_add(sv, "--dir");
 	strv_add(sv, "/run");
-	if (cf->egress_socket != NULL &&
-	    (copy = strdup(cf->egress_socket)) != NULL) {
+	if (sandbox_egress_dir(cf, target, sizeof target) == 0) {
 		strv_add(sv, "--ro-bind");
-		strv_add(sv, "%s", dirname(copy));
+		strv_add(sv, "%s", target);
 		strv_add(sv, SANDBOX_EGRESS_DIR);
-		free(copy);
-	} else if (cf->egress_socket != NULL)
-		sv->failed = 1;
+	}
 	if (prompt) {
 		strv_add(sv, "--perms");
 		strv_add(sv, "0755");

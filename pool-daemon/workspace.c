@@ -70,15 +70,14 @@ ws_dir_mode(void)
 }
 
 /*
- * mkdir that accepts an existing directory (never a symlink); the mode is
- * enforced.  With own set and run_as_user configured, the directory
- * belongs to that user (the CLI runs as it and writes there).
+ * mkdir that accepts an existing directory (never a symlink), with the
+ * mode enforced and, unless uid is (uid_t)-1, the owner too.
  */
-static int
-ws_mkdir(const char *path, mode_t mode, int own, char **cause)
+int
+workspace_mkdir(const char *path, mode_t mode, uid_t uid, gid_t gid,
+    char **cause)
 {
-	struct poold_config	*cf = poold != NULL ? poold->cf : NULL;
-	struct stat		 sb;
+	struct stat	sb;
 
 	if (mkdir(path, mode) == -1 && errno != EEXIST) {
 		util_cause(cause, "mkdir %s: %s", path, strerror(errno));
@@ -92,13 +91,28 @@ ws_mkdir(const char *path, mode_t mode, int own, char **cause)
 		util_cause(cause, "chmod %s: %s", path, strerror(errno));
 		return (-1);
 	}
-	if (own && cf != NULL && cf->run_as_user != NULL &&
-	    (sb.st_uid != cf->run_uid || sb.st_gid != cf->run_gid) &&
-	    chown(path, cf->run_uid, cf->run_gid) == -1) {
+	if (uid != (uid_t)-1 && (sb.st_uid != uid || sb.st_gid != gid) &&
+	    chown(path, uid, gid) == -1) {
 		util_cause(cause, "chown %s: %s", path, strerror(errno));
 		return (-1);
 	}
 	return (0);
+}
+
+/*
+ * workspace_mkdir for the state directory: with own set and run_as_user
+ * configured, the directory belongs to that user (the CLI runs as it and
+ * writes there).
+ */
+static int
+ws_mkdir(const char *path, mode_t mode, int own, char **cause)
+{
+	struct poold_config	*cf = poold->cf;
+
+	if (own && cf->run_as_user != NULL)
+		return (workspace_mkdir(path, mode, cf->run_uid, cf->run_gid,
+		    cause));
+	return (workspace_mkdir(path, mode, (uid_t)-1, (gid_t)-1, cause));
 }
 
 /*

@@ -50,6 +50,7 @@ loop_create(int tick_ms, loop_tick_cb tick_cb, void *arg)
 	loop->tick_cb = tick_cb;
 	loop->tick_arg = arg;
 	loop->sig_io.fd = -1;
+	loop->last_tick = util_now_ms();
 	return (loop);
 }
 
@@ -181,46 +182,59 @@ loop_was_removed(const struct loop *loop, const struct loop_io *io)
 }
 
 /*
- * Run until loop_stop.  The removed list guards against a callback that
- * frees another io whose event is still pending in this round; an io
- * freed and reallocated in the same round is caught the same way because
- * the owner always calls loop_del before freeing.  If more were removed
- * than the list holds, the rest of the round is skipped: epoll is level
- * triggered, so what was skipped is reported again.
+ * One round: wait for events, at most max_ms and no longer than until the
+ * next tick, run their callbacks, then the tick if it is due.  The removed
+ * list guards against a callback that frees another io whose event is
+ * still pending in this round; an io freed and reallocated in the same
+ * round is caught the same way because the owner always calls loop_del
+ * before freeing.  If more were removed than the list holds, the rest of
+ * the round is skipped: epoll is level triggered, so what was skipped is
+ * reported again.
  */
 int
-loop_run(struct loop *loop)
+loop_once(struct loop *loop, int max_ms)
 {
 	struct epoll_event	 evs[LOOP_MAX_EVENTS];
 	struct loop_io		*io;
 	uint64_t		 now;
 	int			 n, i, wait;
 
+	now = util_now_ms();
+	wait = loop->tick_ms - (int)(now - loop->last_tick);
+	if (wait < 0)
+		wait = 0;
+	if (max_ms >= 0 && wait > max_ms)
+		wait = max_ms;
+	n = epoll_wait(loop->epfd, evs, LOOP_MAX_EVENTS, wait);
+	if (n == -1 && errno != EINTR)
+		return (-1);
+	loop->nremoved = 0;
+	loop->overflow = 0;
+	for (i = 0; i < n && !loop->overflow; i++) {
+		io = evs[i].data.ptr;
+		if (loop_was_removed(loop, io) || !io->active)
+			continue;
+		io->cb(io, evs[i].events);
+	}
+	loop->nremoved = 0;
+	now = util_now_ms();
+	if (now - loop->last_tick >= (uint64_t)loop->tick_ms) {
+		loop->last_tick = now;
+		if (loop->tick_cb != NULL)
+			loop->tick_cb(loop->tick_arg);
+	}
+	return (0);
+}
+
+/* Run rounds until loop_stop. */
+int
+loop_run(struct loop *loop)
+{
 	loop->running = 1;
 	loop->last_tick = util_now_ms();
 	while (loop->running) {
-		now = util_now_ms();
-		wait = loop->tick_ms - (int)(now - loop->last_tick);
-		if (wait < 0)
-			wait = 0;
-		n = epoll_wait(loop->epfd, evs, LOOP_MAX_EVENTS, wait);
-		if (n == -1 && errno != EINTR)
+		if (loop_once(loop, -1) != 0)
 			return (-1);
-		loop->nremoved = 0;
-		loop->overflow = 0;
-		for (i = 0; i < n && !loop->overflow; i++) {
-			io = evs[i].data.ptr;
-			if (loop_was_removed(loop, io) || !io->active)
-				continue;
-			io->cb(io, evs[i].events);
-		}
-		loop->nremoved = 0;
-		now = util_now_ms();
-		if (now - loop->last_tick >= (uint64_t)loop->tick_ms) {
-			loop->last_tick = now;
-			if (loop->tick_cb != NULL)
-				loop->tick_cb(loop->tick_arg);
-		}
 	}
 	return (0);
 }

@@ -34,6 +34,7 @@ int		 loop_add(struct loop *, struct loop_io *, int, uint32_t,
 int		 loop_mod(struct loop *, struct loop_io *, uint32_t);
 void		 loop_del(struct loop *, struct loop_io *);
 void		 loop_set_tick(struct loop *, int);
+int		 loop_once(struct loop *, int);
 int		 loop_run(struct loop *);
 void		 loop_stop(struct loop *);
 

@@ -25,6 +25,8 @@
 static void	pool_finish(struct job *, json_t *);
 static void	pool_fail(struct job *, const char *, const char *);
 static void	pool_job_free(struct job *);
+static void	pool_proc_line(struct proc *, const char *, size_t);
+static void	pool_proc_gone(struct proc *);
 
 /* Forget a profile's allocations. */
 void
@@ -98,11 +100,12 @@ pool_opt_str(json_t *msg, const char *key, const char **out)
 }
 
 /*
- * Validate a job message and queue it.  Returns 0, or -1 with *cause set
- * and nothing queued (the caller answers bad_request).
+ * Validate a job message and queue it; its frames go to sink.  Returns 0,
+ * or -1 with *cause set and nothing queued (the caller answers
+ * bad_request).
  */
 int
-pool_submit(struct client *c, json_t *msg, char **cause)
+pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 {
 	struct poold_config	*cf = poold->cf;
 	struct job		*job, *q;
@@ -157,9 +160,10 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 
 	if ((job = calloc(1, sizeof *job)) == NULL)
 		return (*cause = strdup("out of memory"), -1);
-	job->client = c;
+	job->sink = sink;
+	job->sink_arg = arg;
 	job->state = JOB_NEW;
-	job->accepted_at = util_now_ms();
+	job->accepted_at = poold_now();
 	job->accepted_us = util_now_us();
 	job->timeout_ms = timeout;
 	snprintf(job->id, sizeof job->id, "%s", id != NULL ? id : "");
@@ -181,7 +185,7 @@ pool_submit(struct client *c, json_t *msg, char **cause)
 		return (*cause = strdup("out of memory"), -1);
 	}
 	poold->stats.jobs++;
-	client_set_job(c, job);
+	sink->started(arg, job);
 
 	if (poold->draining) {
 		pool_fail(job, PROTO_E_SHUTTING_DOWN,
@@ -222,7 +226,7 @@ pool_job_free(struct job *job)
 static void
 pool_finish(struct job *job, json_t *frame)
 {
-	uint64_t	now = util_now_ms();
+	uint64_t	now = poold_now();
 
 	if (job->state == JOB_QUEUED)
 		TAILQ_REMOVE(&poold->queue, job, entry);
@@ -234,9 +238,9 @@ pool_finish(struct job *job, json_t *frame)
 	if (job->started_at != 0)
 		pool_sample(poold->stats.dur, &poold->stats.ndur,
 		    now - job->started_at);
-	if (job->client != NULL && frame != NULL) {
-		(void)client_send(job->client, frame);
-		client_job_finished(job->client);
+	if (job->sink != NULL && frame != NULL) {
+		(void)job->sink->send(job->sink_arg, frame);
+		job->sink->finished(job->sink_arg);
 	}
 	json_decref(frame);
 	pool_job_free(job);
@@ -282,7 +286,7 @@ pool_cancel(struct job *job)
 	struct proc	*p = job->proc;
 
 	poold->stats.cancelled++;
-	job->client = NULL;
+	job->sink = NULL;
 	if (p != NULL) {
 		log_info("job %s cancelled: killing CLI %ld", job->id,
 		    (long)p->pid);
@@ -401,7 +405,7 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 	job->state = JOB_RUNNING;
 	job->proc = p;
 	job->origin = origin;
-	job->started_at = job->last_output_at = util_now_ms();
+	job->started_at = job->last_output_at = poold_now();
 	snprintf(job->session_id, sizeof job->session_id, "%s", p->session_id);
 	p->job = job;
 	p->state = PROC_BUSY;
@@ -530,7 +534,8 @@ pool_place(struct job *job, int *evicting)
 	}
 	resume = job->resume[0] != '\0';
 	p = proc_spawn(&job->profile, job->tenant, job->conversation,
-	    resume ? job->resume : NULL, resume, &cause);
+	    resume ? job->resume : NULL, resume, pool_proc_line, pool_proc_gone,
+	    &cause);
 	if (p == NULL) {
 		log_warnx("spawn CLI: %s", cause);
 		pool_fail(job, PROTO_E_CLI_FAILED, cause != NULL ? cause :
@@ -570,12 +575,13 @@ pool_dispatch(void)
 	}
 	if (waiting > 0 || poold->draining)
 		return;
-	if (util_now_ms() < poold->warm_backoff_until)
+	if (poold_now() < poold->warm_backoff_until)
 		return;
 	pool_default_profile(&def);
 	while (pool_count(PROC_WARM, NULL) < cf->min_instances &&
 	    poold->nprocs < cf->max_instances) {
-		p = proc_spawn(&def, NULL, NULL, NULL, 0, &cause);
+		p = proc_spawn(&def, NULL, NULL, NULL, 0, pool_proc_line,
+		    pool_proc_gone, &cause);
 		if (p == NULL) {
 			log_warnx("spawn warm CLI: %s", cause);
 			free(cause);
@@ -628,7 +634,7 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 {
 	struct poold_config	*cf = poold->cf;
 	json_t			*f, *usage, *proc;
-	uint64_t		 now = util_now_ms();
+	uint64_t		 now = poold_now();
 	char			 msg[512];
 
 	if (m->session_id[0] != '\0' && util_valid_uuid(m->session_id))
@@ -734,7 +740,7 @@ pool_model_check(struct proc *p, struct job *job, const char *model)
 }
 
 /* One stdout line from a CLI. */
-void
+static void
 pool_proc_line(struct proc *p, const char *line, size_t len)
 {
 	struct job	*job = p->job;
@@ -751,7 +757,7 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 		free(cause);
 		return;
 	}
-	now = util_now_ms();
+	now = poold_now();
 	job->last_output_at = now;
 	if (!job->got_output) {
 		job->got_output = 1;
@@ -804,7 +810,7 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
 			break;
 		}
-		if (client_send(job->client, f) != 0) {
+		if (job->sink->send(job->sink_arg, f) != 0) {
 			json_decref(f);
 			pool_cancel(job);
 			break;
@@ -819,7 +825,7 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			 * its workspace) is counted apart.
 			 */
 			us = (job->handed_us - job->accepted_us) +
-			    (client_handed_us(job->client) - p->read_us);
+			    (job->sink->handed_us(job->sink_arg) - p->read_us);
 			if (job->origin == ORIGIN_WARM ||
 			    job->origin == ORIGIN_BOUND)
 				pool_sample(poold->stats.overhead,
@@ -843,7 +849,7 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 }
 
 /* A process is gone (exited and at EOF): end its job, free it. */
-void
+static void
 pool_proc_gone(struct proc *p)
 {
 	struct job	*job = p->job;
@@ -856,7 +862,7 @@ pool_proc_gone(struct proc *p)
 		/* A warm process that died unused: do not respawn in a loop. */
 		if (poold->warm_failures < 7)
 			poold->warm_failures++;
-		poold->warm_backoff_until = util_now_ms() +
+		poold->warm_backoff_until = poold_now() +
 		    (250ULL << poold->warm_failures);
 		log_warnx("warm CLI %ld died at start (status %d): %s",
 		    (long)p->pid, p->status, p->errtail);
@@ -865,7 +871,7 @@ pool_proc_gone(struct proc *p)
 	if (job != NULL) {
 		job->proc = NULL;
 		p->job = NULL;
-		if (poold->stopping && util_now_ms() >= poold->stop_deadline) {
+		if (poold->stopping && poold_now() >= poold->stop_deadline) {
 			/* Killed by the stop: the client may try again. */
 			pool_fail(job, PROTO_E_SHUTTING_DOWN, "the pool stopped "
 			    "before the turn finished; retry shortly");
@@ -918,7 +924,7 @@ pool_tick(void *arg)
 	int			 excess;
 
 	proc_reap();
-	now = util_now_ms();
+	now = poold_now();
 	proc_tick(now);
 	for (job = TAILQ_FIRST(&poold->queue); job != NULL; job = jnext) {
 		jnext = TAILQ_NEXT(job, entry);
@@ -1042,7 +1048,7 @@ pool_shutdown(void)
 	while ((job = TAILQ_FIRST(&poold->queue)) != NULL)
 		pool_fail(job, PROTO_E_SHUTTING_DOWN, "the pool is stopping");
 	poold->stopping = 1;
-	poold->stop_deadline = util_now_ms() +
+	poold->stop_deadline = poold_now() +
 	    (uint64_t)poold->cf->shutdown_grace_ms;
 	pool_tick(NULL);
 }
@@ -1084,7 +1090,7 @@ pool_stats(void)
 	struct proc		*p;
 	struct job		*job;
 	json_t			*f, *procs, *one;
-	uint64_t		 now = util_now_ms();
+	uint64_t		 now = poold_now();
 	pid_t			 cli;
 	int			 qlen = 0, busy;
 	static const char *const names[] = { "warm", "bound", "busy", "dying" };
@@ -1094,10 +1100,12 @@ pool_stats(void)
 	if ((procs = json_array()) == NULL)
 		return (NULL);
 	TAILQ_FOREACH(p, &poold->procs, entry) {
-		cli = proc_cli_pid(p) != 0 ? proc_cli_pid(p) : p->pid;
-		one = json_pack("{s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, "
-		    "s:I, s:b}",
-		    "pid", (json_int_t)cli,
+		/* The CLI's pid: null until it runs in its sandbox. */
+		cli = proc_cli_pid(p);
+		one = json_pack("{s:o, s:I, s:s, s:s, s:s, s:s, s:s, s:I, s:I, "
+		    "s:I, s:I, s:b}",
+		    "pid", cli != 0 ? json_integer(cli) : json_null(),
+		    "sandbox_pid", (json_int_t)p->pid,
 		    "state", names[p->state],
 		    "tenant", p->tenant,
 		    "conversation", p->conversation,
@@ -1107,7 +1115,7 @@ pool_stats(void)
 		    "idle_ms", (json_int_t)(p->job != NULL ? 0 :
 		    now - p->last_used_at),
 		    "turns", (json_int_t)p->turns,
-		    "rss_kb", (json_int_t)proc_rss_kb(cli),
+		    "rss_kb", (json_int_t)proc_rss_kb(cli != 0 ? cli : p->pid),
 		    "tools", p->profile.tools);
 		if (one != NULL)
 			json_array_append_new(procs, one);

@@ -475,6 +475,7 @@ main(int argc, char **argv)
 	TAILQ_INIT(&poold->procs);
 	TAILQ_INIT(&poold->queue);
 	poold->listen_fd = -1;
+	poold->clock = util_now_ms;
 	if ((poold->config_path = strdup(path)) == NULL)
 		fatal("strdup");
 	if ((poold->cf = poold_config_load(path, &cause)) == NULL)
@@ -520,7 +521,7 @@ main(int argc, char **argv)
 	if (loop_add(poold->loop, &poold->listen_io, poold->listen_fd, EPOLLIN,
 	    server_accept_cb, NULL) != 0)
 		fatal("watch listening socket");
-	poold->stats.started_at = util_now_ms();
+	poold->stats.started_at = poold_now();
 	poold->last_health = poold->stats.started_at;
 	log_info("listening on %s (min %ld, max %ld CLI processes)",
 	    poold->cf->socket_path, poold->cf->min_instances,

@@ -39,9 +39,28 @@ enum sandbox_kind {
 	SANDBOX_NONE		/* on the host, as run_as_user (tools refused) */
 };
 
-struct client;
 struct job;
 struct proc;
+
+/*
+ * Where a job's frames go: a client of the job socket (server.c), or a
+ * test.  The pool calls started(arg, job) as soon as the job exists (its
+ * owner keeps it, to cancel it with pool_cancel), send(arg, frame) for
+ * each frame (-1: the peer is gone, the pool cancels the job), finished(arg)
+ * once the job is over (the last frame sent), and handed_us(arg) for the
+ * moment the last frame reached the kernel (the daemon's own time ends
+ * there).
+ */
+struct job_sink {
+	void		 (*started)(void *, struct job *);
+	int		 (*send)(void *, json_t *);
+	void		 (*finished)(void *);
+	uint64_t	 (*handed_us)(void *);
+};
+
+/* What a process tells its owner: an output line, and that it is gone. */
+typedef void (*proc_line_cb)(struct proc *, const char *, size_t);
+typedef void (*proc_gone_cb)(struct proc *);
 
 /* The daemon's configuration, read at start and on SIGHUP. */
 struct poold_config {
@@ -149,6 +168,8 @@ struct proc {
 	int			 status;
 
 	struct job		*job;
+	proc_line_cb		 line_cb;
+	proc_gone_cb		 gone_cb;
 	TAILQ_ENTRY(proc)	 entry;
 };
 TAILQ_HEAD(procs, proc);
@@ -161,7 +182,8 @@ enum job_state {
 };
 
 struct job {
-	struct client		*client;
+	const struct job_sink	*sink;		/* NULL once cancelled */
+	void			*sink_arg;
 	enum job_state		 state;
 	char			 id[64];
 	char			 tenant[TENANT_MAX + 1];
@@ -246,10 +268,14 @@ struct poold {
 	int			 warm_failures;
 	uint64_t		 warm_backoff_until;
 	char			*neutral_dir;
+	uint64_t		 (*clock)(void);	/* ms: util_now_ms */
 	struct poold_stats	 stats;
 };
 
 extern struct poold	*poold;
+
+/* The time deadlines are measured in (a test may make its own clock). */
+#define poold_now()	(poold->clock())
 
 /* poold.c */
 struct poold_config	*poold_config_load(const char *, char **);
@@ -258,20 +284,14 @@ void			 poold_config_free(struct poold_config *);
 /* server.c */
 int		 server_listen(const char *, mode_t, const char *, char **);
 void		 server_accept_cb(struct loop_io *, uint32_t);
-int		 client_send(struct client *, json_t *);
-uint64_t	 client_handed_us(const struct client *);
-void		 client_set_job(struct client *, struct job *);
-void		 client_job_finished(struct client *);
-int		 client_peer_gone(struct client *);
 void		 server_close_all(void);
 
 /* pool.c */
-int		 pool_submit(struct client *, json_t *, char **);
+int		 pool_submit(const struct job_sink *, void *, json_t *,
+		     char **);
 void		 pool_cancel(struct job *);
 void		 pool_tick(void *);
 void		 pool_dispatch(void);
-void		 pool_proc_line(struct proc *, const char *, size_t);
-void		 pool_proc_gone(struct proc *);
 json_t		*pool_stats(void);
 int		 pool_set_limits(json_t *, char **);
 int		 pool_delete(json_t *, char **);
@@ -293,7 +313,7 @@ void		 strv_add(struct strv *, const char *, ...)
 void		 strv_free(struct strv *);
 
 struct proc	*proc_spawn(const struct profile *, const char *, const char *,
-		     const char *, int, char **);
+		     const char *, int, proc_line_cb, proc_gone_cb, char **);
 pid_t		 proc_cli_pid(struct proc *);
 void		 proc_exit_text(const struct proc *, char *, size_t);
 int		 proc_write(struct proc *, const char *, size_t);

@@ -1,7 +1,9 @@
 /*
  * One claude CLI process.  It is spawned without a shell, in its own
- * process group, with an environment built from scratch, and is complete
- * only once both EOF on its stdout and its exit status have been seen.
+ * process group (in its sandbox), with an environment built from scratch,
+ * and is complete only once both EOF on its stdout and its exit status
+ * have been seen.  It reports to its owner (pool.c) through the callbacks
+ * it was spawned with.
  */
 #include "config.h"
 
@@ -279,11 +281,14 @@ proc_prompt_fd(const char *s, char **cause)
  * Spawn a CLI for profile pr.  With tenant NULL the process is warm: it
  * gets a slot whose HOME becomes its conversation's when it is bound.
  * Otherwise it is tenant's, for conversation conv, started with session
- * (resumed if resume is set).
+ * (resumed if resume is set).  Each line it writes goes to line_cb, and
+ * gone_cb is called once it has exited and its output ended (as tmux's
+ * job_run reports to its owner).
  */
 struct proc *
 proc_spawn(const struct profile *pr, const char *tenant, const char *conv,
-    const char *session, int resume, char **cause)
+    const char *session, int resume, proc_line_cb line_cb,
+    proc_gone_cb gone_cb, char **cause)
 {
 	struct poold_config	*cf = poold->cf;
 	struct proc		*p = NULL;
@@ -309,6 +314,8 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *conv,
 	}
 	p->in_fd = p->out_fd = p->err_fd = -1;
 	p->slot = -1;
+	p->line_cb = line_cb;
+	p->gone_cb = gone_cb;
 	p->profile = *pr;
 	p->profile.system_prompt = NULL;
 	if (pr->system_prompt != NULL &&
@@ -388,7 +395,7 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *conv,
 	p->in_fd = in[1];
 	p->out_fd = out[0];
 	p->err_fd = err[0];
-	p->started_at = p->last_used_at = util_now_ms();
+	p->started_at = p->last_used_at = poold_now();
 	p->state = PROC_WARM;
 	if (util_set_nonblock(p->in_fd) == -1 ||
 	    util_set_nonblock(p->out_fd) == -1 ||
@@ -543,7 +550,7 @@ proc_write(struct proc *p, const char *data, size_t len)
 	return (proc_flush(p));
 }
 
-/* Split what was read from stdout into lines and hand each to the pool. */
+/* Split what was read from stdout into lines and hand each to the owner. */
 static int
 proc_take_lines(struct proc *p, const char *buf, size_t n)
 {
@@ -574,9 +581,9 @@ proc_take_lines(struct proc *p, const char *buf, size_t n)
 		buf += chunk + 1;
 		n -= chunk + 1;
 		if (p->linelen > 0)
-			pool_proc_line(p, p->line, p->linelen);
+			p->line_cb(p, p->line, p->linelen);
 		p->linelen = 0;
-		/* The pool may have killed the process on that line. */
+		/* The owner may have killed the process on that line. */
 		if (p->state == PROC_DYING)
 			return (0);
 	}
@@ -677,7 +684,7 @@ proc_stop(struct proc *p)
 	if (p->state == PROC_DYING)
 		return;
 	p->state = PROC_DYING;
-	p->kill_at = util_now_ms() + POOLD_STOP_GRACE_MS;
+	p->kill_at = poold_now() + POOLD_STOP_GRACE_MS;
 	proc_close_fd(p, &p->in_io, &p->in_fd);
 }
 
@@ -704,7 +711,7 @@ static void
 proc_check_done(struct proc *p)
 {
 	if (p->eof && p->reaped)
-		pool_proc_gone(p);
+		p->gone_cb(p);
 }
 
 /*

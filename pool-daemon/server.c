@@ -171,7 +171,7 @@ client_flush(struct client *c)
  * Queue a frame for the client.  Returns -1 if the client is gone or too
  * slow (more than CLIENT_OUT_MAX pending): the caller cancels its job.
  */
-int
+static int
 client_send(struct client *c, json_t *frame)
 {
 	uint8_t	*buf, *nb;
@@ -209,32 +209,51 @@ client_send(struct client *c, json_t *frame)
 	return (0);
 }
 
+/* The client's job sink (struct job_sink): its job's frames. */
+
+/* Attach a job to its client; it stays until the job is finished. */
+static void
+client_sink_started(void *arg, struct job *job)
+{
+	struct client	*c = arg;
+
+	c->job = job;
+}
+
+static int
+client_sink_send(void *arg, json_t *frame)
+{
+	return (client_send(arg, frame));
+}
+
+/* The client's job is over: close once the last frame is written. */
+static void
+client_sink_finished(void *arg)
+{
+	struct client	*c = arg;
+
+	c->job = NULL;
+	c->closing = 1;
+	client_maybe_close(c);
+}
+
 /*
  * When client_send last handed a frame to the kernel: the moment the
  * daemon's part in delivering it ended, whenever the scheduler next runs
  * the daemon.
  */
-uint64_t
-client_handed_us(const struct client *c)
+static uint64_t
+client_sink_handed_us(void *arg)
 {
+	struct client	*c = arg;
+
 	return (c->handed_us);
 }
 
-/* Attach a job to its client; it stays until client_job_finished. */
-void
-client_set_job(struct client *c, struct job *job)
-{
-	c->job = job;
-}
-
-/* The client's job is over: close once the last frame is written. */
-void
-client_job_finished(struct client *c)
-{
-	c->job = NULL;
-	c->closing = 1;
-	client_maybe_close(c);
-}
+static const struct job_sink client_sink = {
+	client_sink_started, client_sink_send, client_sink_finished,
+	client_sink_handed_us
+};
 
 /* Send an error frame and close. */
 static void
@@ -288,7 +307,7 @@ client_frame(struct client *c, json_t *msg)
 	}
 	c->seen_frame = 1;
 	if (strcmp(type, PROTO_JOB) == 0) {
-		if (pool_submit(c, msg, &cause) != 0) {
+		if (pool_submit(&client_sink, c, msg, &cause) != 0) {
 			client_reject(c, PROTO_E_BAD_REQUEST, cause);
 			free(cause);
 		}
@@ -421,9 +440,3 @@ server_close_all(void)
 		client_free(c);
 }
 
-/* Return 1 if the client is gone. */
-int
-client_peer_gone(struct client *c)
-{
-	return (c == NULL || c->dead);
-}

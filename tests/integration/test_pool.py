@@ -65,6 +65,20 @@ def procs():
     return stack.stats()["processes"]
 
 
+def warm_cli():
+    """The pid of the one warm process's CLI, once it runs in its sandbox
+    (until then its pid is null: bwrap has not started it yet)."""
+    found = []
+
+    def one():
+        warm = [p for p in procs() if p["state"] == "warm"]
+        if len(warm) == 1 and warm[0]["pid"]:
+            found.append(warm[0]["pid"])
+        return found
+    wait_for(one, 15, "a warm process's CLI")
+    return found[0]
+
+
 def pid_alive(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
@@ -316,9 +330,7 @@ class Recovery(PoolTest):
         self.assertIn("killed by signal 9", f["message"])
 
     def test_death_before_output_is_retried_once(self):
-        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
-                 "a warm process")
-        warm = [p["pid"] for p in procs() if p["state"] == "warm"][0]
+        warm = warm_cli()
         os.kill(warm, signal.SIGSTOP)     # it cannot answer...
         before = stack.stats()["totals"]["retried"]
         f = job_async("unlucky", conv(), "retry me")
@@ -348,18 +360,14 @@ class Recovery(PoolTest):
                          ["one", "two", "three", "four"])
 
     def test_vanished_warm_process_is_replaced(self):
-        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
-                 "a warm process")
-        warm = [p["pid"] for p in procs() if p["state"] == "warm"][0]
+        warm = warm_cli()
         os.kill(warm, signal.SIGKILL)
         wait_for(lambda: [p for p in procs() if p["state"] == "warm" and
                           p["pid"] != warm], 5, "a replacement")
 
 
     def test_stopped_idle_process_is_replaced(self):
-        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 15,
-                 "a warm process")
-        warm = [p["pid"] for p in procs() if p["state"] == "warm"][0]
+        warm = warm_cli()
         before = stack.stats()["totals"]["unhealthy"]
         os.kill(warm, signal.SIGSTOP)
         wait_for(lambda: not pid_alive(warm), 3, "the stopped CLI to go")

@@ -1,0 +1,557 @@
+/*
+ * ccgate-poold's scheduler (pool.c with proc.c and workspace.c) against a
+ * stand-in CLI (stub-cli.py), without the socket: jobs go in through
+ * pool_submit with a test's job sink, the event loop runs a round at a
+ * time, and deadlines are read from a clock the test moves.  Covers the
+ * placement order (bound, warm, spawn, queue), eviction, tenant and key
+ * caps, one conversation's turns in order, the first-event, stall, job
+ * and queue timeouts, recycling, a crash retried once, and a CLI that
+ * reports another model.
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <jansson.h>
+
+#include "poold.h"
+#include "proto.h"
+
+struct poold	*poold;
+
+static uint64_t	fake_ms;
+
+/* Deadlines are read here: the test moves it with advance(). */
+static uint64_t
+test_clock(void)
+{
+	return (fake_ms);
+}
+
+/* A job as the test sees it: its frames and when it ended. */
+struct tjob {
+	struct job	*job;
+	json_t		*frames;
+	int		 finished;
+	int		 order;		/* 1 for the first job to end, ... */
+};
+
+static int	ended;
+
+static void
+sink_started(void *arg, struct job *job)
+{
+	((struct tjob *)arg)->job = job;
+}
+
+static int
+sink_send(void *arg, json_t *frame)
+{
+	return (json_array_append(((struct tjob *)arg)->frames, frame));
+}
+
+static void
+sink_finished(void *arg)
+{
+	struct tjob	*tj = arg;
+
+	tj->job = NULL;
+	tj->finished = 1;
+	tj->order = ++ended;
+}
+
+static uint64_t
+sink_handed_us(void *arg)
+{
+	return (util_now_us());
+}
+
+static const struct job_sink test_sink = {
+	sink_started, sink_send, sink_finished, sink_handed_us
+};
+
+static void
+on_signal(int sig, void *arg)
+{
+	proc_reap();
+}
+
+/* Remove a directory tree (the test's state). */
+static void
+rmtree(const char *path)
+{
+	char	cmd[PATH_MAX + 16];
+
+	snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
+	ck_assert_int_eq(system(cmd), 0);
+}
+
+static char	state[64];
+
+/* A daemon with everything a test needs but the socket. */
+static void
+setup(void)
+{
+	static const int	 sigs[] = { SIGCHLD };
+	struct poold_config	*cf;
+	const char		*src = getenv("CCGATE_SRCDIR");
+	char			*cause = NULL;
+
+	snprintf(state, sizeof state, "/tmp/ccgate-check-pool-XXXXXX");
+	ck_assert_ptr_nonnull(mkdtemp(state));
+	/* As the daemon: a CLI that is gone shows as EPIPE, not a signal. */
+	ck_assert(signal(SIGPIPE, SIG_IGN) != SIG_ERR);
+	ck_assert_ptr_nonnull(poold = calloc(1, sizeof *poold));
+	ck_assert_ptr_nonnull(cf = calloc(1, sizeof *cf));
+	TAILQ_INIT(&poold->procs);
+	TAILQ_INIT(&poold->queue);
+	poold->cf = cf;
+	poold->listen_fd = -1;
+	poold->clock = test_clock;
+	fake_ms = 1000000;
+	ended = 0;
+	ck_assert_ptr_nonnull(cf->state_dir = strdup(state));
+	ck_assert_int_ne(asprintf(&cf->cli_path, "%s/tests/unit/stub-cli.py",
+	    src != NULL ? src : "."), -1);
+	ck_assert_ptr_nonnull(cf->cli_real = strdup(cf->cli_path));
+	ck_assert_ptr_nonnull(cf->cli_env_path = strdup("/usr/bin:/bin"));
+	ck_assert_ptr_nonnull(cf->default_model = strdup("claude-sonnet-4-5"));
+	cf->sandbox = SANDBOX_NONE;
+	cf->min_instances = 0;
+	cf->max_instances = 4;
+	cf->tenant_max_jobs = 4;
+	cf->tenant_max_processes = 8;
+	cf->queue_max = 100;
+	cf->queue_max_wait_ms = 30000;
+	cf->job_timeout_ms = 600000;
+	cf->first_event_timeout_ms = 120000;
+	cf->stall_timeout_ms = 120000;
+	cf->idle_timeout_ms = 300000;
+	cf->max_messages_per_instance = 100;
+	cf->max_instance_age_ms = 3600000;
+	cf->health_check_interval_ms = 30000;
+	cf->shutdown_grace_ms = 1000;
+	cf->max_frame = PROTO_DEFAULT_MAX;
+	cf->rlimit_nofile = 1024;
+	ck_assert_ptr_nonnull(poold->loop = loop_create(20, pool_tick, NULL));
+	ck_assert_int_eq(loop_signals(poold->loop, sigs, 1, on_signal, NULL),
+	    0);
+	ck_assert_int_eq(workspace_init(state, &cause), 0);
+	ck_assert_int_eq(egress_init(state, &cause), 0);
+	ck_assert_int_eq(sandbox_init(state, &cause), 0);
+	ck_assert_ptr_nonnull(poold->neutral_dir = workspace_path(state,
+	    "neutral", NULL));
+}
+
+static void
+teardown(void)
+{
+	uint64_t	deadline = util_now_ms() + 10000;
+
+	pool_shutdown();
+	while (poold->nprocs > 0 && util_now_ms() < deadline) {
+		fake_ms += 1000;
+		ck_assert_int_eq(loop_once(poold->loop, 20), 0);
+	}
+	ck_assert_int_eq(poold->nprocs, 0);
+	loop_free(poold->loop);
+	free(poold->neutral_dir);
+	free(poold->cf->state_dir);
+	free(poold->cf->cli_path);
+	free(poold->cf->cli_real);
+	free(poold->cf->cli_env_path);
+	free(poold->cf->default_model);
+	free(poold->cf);
+	free(poold);
+	rmtree(state);
+}
+
+/* Run the loop until pred holds (at most 20 s of real time). */
+#define RUN_UNTIL(pred) do {						\
+	uint64_t	until_ = util_now_ms() + 20000;			\
+	while (!(pred)) {						\
+		ck_assert_msg(util_now_ms() < until_, "timed out: %s",	\
+		    #pred);						\
+		ck_assert_int_eq(loop_once(poold->loop, 20), 0);	\
+	}								\
+} while (0)
+
+/* Submit a job; extra is a JSON object of more fields, or NULL. */
+static struct tjob *
+submit(const char *tenant, const char *conv, const char *message,
+    const char *extra)
+{
+	struct tjob	*tj;
+	json_t		*msg, *more;
+	char		*cause = NULL;
+
+	ck_assert_ptr_nonnull(tj = calloc(1, sizeof *tj));
+	ck_assert_ptr_nonnull(tj->frames = json_array());
+	msg = json_pack("{s:i, s:s, s:s, s:s, s:s}", "v", PROTO_VERSION,
+	    "type", "job", "tenant", tenant, "conversation", conv, "message",
+	    message);
+	ck_assert_ptr_nonnull(msg);
+	if (extra != NULL) {
+		ck_assert_ptr_nonnull(more = json_loads(extra, 0, NULL));
+		ck_assert_int_eq(json_object_update(msg, more), 0);
+		json_decref(more);
+	}
+	ck_assert_int_eq(pool_submit(&test_sink, tj, msg, &cause), 0);
+	json_decref(msg);
+	return (tj);
+}
+
+/* The job's last frame. */
+static json_t *
+last(struct tjob *tj)
+{
+	return (json_array_get(tj->frames, json_array_size(tj->frames) - 1));
+}
+
+/* Wait for a job's end; it must be "done": its process's origin. */
+static const char *
+done(struct tjob *tj)
+{
+	json_t	*f;
+
+	RUN_UNTIL(tj->finished);
+	f = last(tj);
+	ck_assert_msg(strcmp(proto_type(f), PROTO_DONE) == 0, "not done: %s",
+	    json_string_value(json_object_get(f, "message")));
+	return (json_string_value(json_object_get(json_object_get(f,
+	    "process"), "origin")));
+}
+
+/* Wait for a job's end; it must be an error with code: its message. */
+static const char *
+failed(struct tjob *tj, const char *code)
+{
+	json_t	*f;
+
+	RUN_UNTIL(tj->finished);
+	f = last(tj);
+	ck_assert_str_eq(proto_type(f), PROTO_ERROR);
+	ck_assert_str_eq(json_string_value(json_object_get(f, "code")), code);
+	return (json_string_value(json_object_get(f, "message")));
+}
+
+static const char *
+session_of(struct tjob *tj)
+{
+	return (json_string_value(json_object_get(last(tj), "session_id")));
+}
+
+static void
+tjob_free(struct tjob *tj)
+{
+	json_decref(tj->frames);
+	free(tj);
+}
+
+/* Count live processes in a state. */
+static int
+count(enum proc_state st)
+{
+	struct proc	*p;
+	int		 n = 0;
+
+	TAILQ_FOREACH(p, &poold->procs, entry)
+		n += p->state == st;
+	return (n);
+}
+
+/* The live process of a conversation, or NULL. */
+static struct proc *
+proc_of(const char *conv)
+{
+	struct proc	*p;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->state != PROC_DYING && strcmp(p->conversation, conv) == 0)
+			return (p);
+	}
+	return (NULL);
+}
+
+/* Move the test's clock (deadlines), then let the tick see it. */
+static void
+advance(uint64_t ms)
+{
+	fake_ms += ms;
+	pool_tick(NULL);
+}
+
+#define C1	"11111111-1111-4111-8111-111111111111"
+#define C2	"22222222-2222-4222-8222-222222222222"
+#define C3	"33333333-3333-4333-8333-333333333333"
+#define C4	"44444444-4444-4444-8444-444444444444"
+
+START_TEST(test_placement_order)
+{
+	struct tjob	*a, *b, *c, *d, *e;
+	char		 extra[128];
+
+	/* A warm process, then the conversation's own on its next turn. */
+	poold->cf->min_instances = 1;
+	pool_dispatch();
+	RUN_UNTIL(count(PROC_WARM) == 1);
+	a = submit("t", C1, "first", NULL);
+	ck_assert_str_eq(done(a), "warm");
+	snprintf(extra, sizeof extra, "{\"resume\":\"%s\"}", session_of(a));
+	b = submit("t", C1, "second", extra);
+	ck_assert_str_eq(done(b), "bound");
+	/* With no warm process left: a spawn. */
+	poold->cf->min_instances = 0;
+	pool_tick(NULL);
+	RUN_UNTIL(count(PROC_WARM) == 0 && count(PROC_DYING) == 0);
+	c = submit("t", C2, "third", NULL);
+	ck_assert_str_eq(done(c), "spawned");
+	/* After the idle timeout: --resume in a new process. */
+	advance((uint64_t)poold->cf->idle_timeout_ms);
+	RUN_UNTIL(proc_of(C1) == NULL);
+	d = submit("t", C1, "fourth", extra);
+	ck_assert_str_eq(done(d), "resumed");
+	/*
+	 * A full pool: the job waits in the queue while an idle process
+	 * makes room, then takes its place.
+	 */
+	poold->cf->max_instances = 1;
+	e = submit("t", C3, "fifth", NULL);
+	ck_assert_int_eq(e->job->state, JOB_QUEUED);
+	ck_assert_str_eq(done(e), "spawned");
+	tjob_free(a);
+	tjob_free(b);
+	tjob_free(c);
+	tjob_free(d);
+	tjob_free(e);
+}
+END_TEST
+
+START_TEST(test_eviction_takes_the_oldest_idle_process)
+{
+	struct tjob	*a, *b, *c, *hang, *d;
+	struct proc	*pb;
+
+	poold->cf->max_instances = 2;
+	a = submit("t", C1, "one", NULL);
+	done(a);
+	advance(10);
+	b = submit("t", C2, "two", NULL);
+	done(b);
+	pb = proc_of(C2);
+	/* C1 was used least recently: it goes, C2 stays. */
+	c = submit("t", C3, "three", NULL);
+	ck_assert_str_eq(done(c), "spawned");
+	ck_assert_ptr_null(proc_of(C1));
+	ck_assert_ptr_eq(proc_of(C2), pb);
+	ck_assert_uint_eq(poold->stats.evicted, 1);
+	/* A busy process is never evicted, however old. */
+	advance(10);
+	hang = submit("t", C2, "hang", NULL);
+	RUN_UNTIL(pb->state == PROC_BUSY && pb->job != NULL &&
+	    pb->job->got_output);
+	d = submit("t", C4, "four", NULL);
+	ck_assert_str_eq(done(d), "spawned");
+	ck_assert_ptr_null(proc_of(C3));
+	ck_assert_ptr_eq(proc_of(C2), pb);
+	ck_assert_int_eq(pb->state, PROC_BUSY);
+	pool_cancel(hang->job);
+	tjob_free(a);
+	tjob_free(b);
+	tjob_free(c);
+	tjob_free(hang);
+	tjob_free(d);
+}
+END_TEST
+
+START_TEST(test_tenant_and_key_caps)
+{
+	struct tjob	*a, *b, *c, *k1, *k2, *k3;
+
+	/* One running job a tenant: its next waits, another tenant's runs. */
+	poold->cf->tenant_max_jobs = 1;
+	a = submit("capped", C1, "hang", NULL);
+	RUN_UNTIL(a->job->state == JOB_RUNNING);
+	b = submit("capped", C2, "waits", NULL);
+	c = submit("other", C3, "runs", NULL);
+	done(c);
+	ck_assert_int_eq(b->job->state, JOB_QUEUED);
+	pool_cancel(a->job);
+	done(b);
+	ck_assert_int_lt(c->order, b->order);
+	/* One running job a key, the tenant allowing more. */
+	poold->cf->tenant_max_jobs = 4;
+	poold->cf->key_max_jobs = 1;
+	k1 = submit("keyed", C1, "hang", "{\"key\":\"k1\"}");
+	RUN_UNTIL(k1->job->state == JOB_RUNNING);
+	k2 = submit("keyed", C2, "same key", "{\"key\":\"k1\"}");
+	k3 = submit("keyed", C3, "other key", "{\"key\":\"k2\"}");
+	done(k3);
+	ck_assert_int_eq(k2->job->state, JOB_QUEUED);
+	pool_cancel(k1->job);
+	done(k2);
+	tjob_free(a);
+	tjob_free(b);
+	tjob_free(c);
+	tjob_free(k1);
+	tjob_free(k2);
+	tjob_free(k3);
+}
+END_TEST
+
+START_TEST(test_one_conversations_turns_never_overlap)
+{
+	struct tjob	*a, *b;
+	char		 extra[128];
+
+	a = submit("t", C1, "first", NULL);
+	done(a);
+	snprintf(extra, sizeof extra, "{\"resume\":\"%s\"}", session_of(a));
+	tjob_free(a);
+	/* The second is sent while the first runs: it waits for it, on
+	 * the same process, never a second one for the conversation. */
+	a = submit("t", C1, "slow", extra);
+	b = submit("t", C1, "after", extra);
+	RUN_UNTIL(a->job == NULL || a->job->state == JOB_RUNNING);
+	ck_assert_int_eq(b->job->state, JOB_QUEUED);
+	ck_assert_str_eq(done(a), "bound");
+	ck_assert_str_eq(done(b), "bound");
+	ck_assert_int_lt(a->order, b->order);
+	ck_assert_uint_eq(poold->stats.spawned, 1);
+	tjob_free(a);
+	tjob_free(b);
+}
+END_TEST
+
+START_TEST(test_timeouts)
+{
+	struct tjob	*a, *b, *c, *d, *q;
+	const char	*msg;
+
+	/* No first output in time. */
+	poold->cf->first_event_timeout_ms = 5000;
+	a = submit("t", C1, "silent", NULL);
+	RUN_UNTIL(a->job->state == JOB_RUNNING);
+	advance(4999);
+	ck_assert_int_eq(a->finished, 0);
+	advance(2);
+	msg = failed(a, PROTO_E_TIMEOUT);
+	ck_assert_ptr_nonnull(strstr(msg, "no output"));
+	/* Output, then nothing: stalled. */
+	poold->cf->stall_timeout_ms = 3000;
+	b = submit("t", C2, "stall", NULL);
+	RUN_UNTIL(json_array_size(b->frames) > 0);
+	advance(3001);
+	msg = failed(b, PROTO_E_TIMEOUT);
+	ck_assert_ptr_nonnull(strstr(msg, "stalled"));
+	/* The job's own limit. */
+	poold->cf->first_event_timeout_ms = 120000;
+	c = submit("t", C3, "hang", "{\"timeout_ms\":2000}");
+	RUN_UNTIL(c->job->state == JOB_RUNNING);
+	advance(2001);
+	msg = failed(c, PROTO_E_TIMEOUT);
+	ck_assert_ptr_nonnull(strstr(msg, "time limit"));
+	/* Queued too long: busy. */
+	poold->cf->max_instances = 1;
+	poold->cf->queue_max_wait_ms = 1000;
+	RUN_UNTIL(count(PROC_DYING) == 0);
+	d = submit("t", C4, "hang", NULL);
+	RUN_UNTIL(d->job->state == JOB_RUNNING);
+	q = submit("t", C1, "queued", NULL);
+	ck_assert_int_eq(q->job->state, JOB_QUEUED);
+	advance(1001);
+	failed(q, PROTO_E_BUSY);
+	pool_cancel(d->job);
+	tjob_free(a);
+	tjob_free(b);
+	tjob_free(c);
+	tjob_free(d);
+	tjob_free(q);
+}
+END_TEST
+
+START_TEST(test_recycled_after_its_turns)
+{
+	struct tjob	*a, *b, *c;
+	char		 extra[128];
+
+	poold->cf->max_messages_per_instance = 2;
+	a = submit("t", C1, "one", NULL);
+	ck_assert_str_eq(done(a), "spawned");
+	snprintf(extra, sizeof extra, "{\"resume\":\"%s\"}", session_of(a));
+	b = submit("t", C1, "two", extra);
+	ck_assert_str_eq(done(b), "bound");
+	ck_assert_uint_eq(poold->stats.recycled, 1);
+	RUN_UNTIL(proc_of(C1) == NULL && count(PROC_DYING) == 0);
+	c = submit("t", C1, "three", extra);
+	ck_assert_str_eq(done(c), "resumed");
+	tjob_free(a);
+	tjob_free(b);
+	tjob_free(c);
+}
+END_TEST
+
+START_TEST(test_a_crash_is_retried_once)
+{
+	struct tjob	*a, *b;
+	const char	*msg;
+
+	a = submit("t", C1, "crash-once", NULL);
+	ck_assert_str_eq(done(a), "spawned");
+	ck_assert_uint_eq(poold->stats.retried, 1);
+	b = submit("t", C2, "crash", NULL);
+	msg = failed(b, PROTO_E_CLI_FAILED);
+	ck_assert_ptr_nonnull(strstr(msg, "exit code 3"));
+	ck_assert_uint_eq(poold->stats.retried, 2);
+	tjob_free(a);
+	tjob_free(b);
+}
+END_TEST
+
+START_TEST(test_another_model_ends_the_turn)
+{
+	struct tjob	*a;
+	const char	*msg;
+
+	a = submit("t", C1, "model=claude-opus-4-1", NULL);
+	msg = failed(a, PROTO_E_MODEL_MISMATCH);
+	ck_assert_ptr_nonnull(strstr(msg, "claude-opus-4-1"));
+	ck_assert_int_eq(json_array_size(a->frames), 1);
+	RUN_UNTIL(poold->nprocs == 0);
+	tjob_free(a);
+}
+END_TEST
+
+int
+main(void)
+{
+	Suite	*s = suite_create("pool");
+	TCase	*tc = tcase_create("scheduler");
+	SRunner	*sr;
+	int	 nfailed;
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_placement_order);
+	tcase_add_test(tc, test_eviction_takes_the_oldest_idle_process);
+	tcase_add_test(tc, test_tenant_and_key_caps);
+	tcase_add_test(tc, test_one_conversations_turns_never_overlap);
+	tcase_add_test(tc, test_timeouts);
+	tcase_add_test(tc, test_recycled_after_its_turns);
+	tcase_add_test(tc, test_a_crash_is_retried_once);
+	tcase_add_test(tc, test_another_model_ends_the_turn);
+	suite_add_tcase(s, tc);
+	sr = srunner_create(s);
+	srunner_run_all(sr, CK_NORMAL);
+	nfailed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return (nfailed == 0 ? 0 : 1);
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""A stand-in for the claude CLI in stream-json mode, for check_pool: it
+reads one user line a turn and answers at once with the lines ccgate-poold
+reads (system/init, a text block, a delta, the result), unless the
+message asks otherwise:
+
+  silent      nothing at all, not even system/init
+  hang        system/init, then nothing
+  stall       one delta, then nothing
+  slow        the answer after 300 ms
+  crash       exit with status 3 before answering
+  crash-once  crash the first time in this HOME, answer after that
+  model=M     say model M in system/init
+
+Its session is the one --session-id or --resume names.  The answer's text
+is "echo: MESSAGE"."""
+
+import json
+import os
+import sys
+import time
+
+session, model = "", ""
+for arg in sys.argv[1:]:
+    if arg.startswith(("--session-id=", "--resume=")):
+        session = arg.split("=", 1)[1]
+    elif arg.startswith("--model="):
+        model = arg.split("=", 1)[1]
+
+
+def out(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def delta(text):
+    out({"type": "stream_event", "event": {
+        "type": "content_block_delta", "index": 0,
+        "delta": {"type": "text_delta", "text": text}}})
+
+
+for line in sys.stdin:
+    text = json.loads(line)["message"]["content"]
+    said = model
+    for word in text.split():
+        if word.startswith("model="):
+            said = word[6:]
+    if "crash-once" in text:
+        mark = os.path.join(os.environ["HOME"], "crashed-once")
+        if not os.path.exists(mark):
+            open(mark, "w").close()
+            sys.exit(3)
+    elif "crash" in text:
+        sys.exit(3)
+    if "silent" in text:
+        time.sleep(3600)
+    out({"type": "system", "subtype": "init", "session_id": session,
+         "model": said, "tools": []})
+    if "hang" in text:
+        time.sleep(3600)
+    if "slow" in text:
+        time.sleep(0.3)
+    out({"type": "stream_event", "event": {
+        "type": "content_block_start", "index": 0,
+        "content_block": {"type": "text", "text": ""}}})
+    delta("echo: ")
+    if "stall" in text:
+        time.sleep(3600)
+    delta(text)
+    out({"type": "result", "subtype": "success", "is_error": False,
+         "duration_ms": 1, "result": "echo: " + text, "session_id": session,
+         "total_cost_usd": 0.001,
+         "usage": {"input_tokens": 3, "output_tokens": 2}})

@@ -24,6 +24,7 @@
 
 #include "poold.h"
 #include "proto.h"
+#include "unit.h"
 
 struct poold	*poold;
 
@@ -45,6 +46,11 @@ struct tjob {
 };
 
 static int	ended;
+
+/* Every job a test submitted, freed by teardown. */
+#define MAX_TJOBS	32
+static struct tjob	*tjobs[MAX_TJOBS];
+static int		 ntjobs;
 
 static void
 sink_started(void *arg, struct job *job)
@@ -162,6 +168,10 @@ teardown(void)
 		ck_assert_int_eq(loop_once(poold->loop, 20), 0);
 	}
 	ck_assert_int_eq(poold->nprocs, 0);
+	while (ntjobs > 0) {
+		json_decref(tjobs[--ntjobs]->frames);
+		free(tjobs[ntjobs]);
+	}
 	loop_free(poold->loop);
 	free(poold->neutral_dir);
 	free(poold->cf->state_dir);
@@ -193,8 +203,10 @@ submit(const char *tenant, const char *conv, const char *message,
 	json_t		*msg, *more;
 	char		*cause = NULL;
 
+	ck_assert_int_lt(ntjobs, MAX_TJOBS);
 	ck_assert_ptr_nonnull(tj = calloc(1, sizeof *tj));
 	ck_assert_ptr_nonnull(tj->frames = json_array());
+	tjobs[ntjobs++] = tj;
 	msg = json_pack("{s:i, s:s, s:s, s:s, s:s}", "v", PROTO_VERSION,
 	    "type", "job", "tenant", tenant, "conversation", conv, "message",
 	    message);
@@ -249,12 +261,6 @@ session_of(struct tjob *tj)
 	return (json_string_value(json_object_get(last(tj), "session_id")));
 }
 
-static void
-tjob_free(struct tjob *tj)
-{
-	json_decref(tj->frames);
-	free(tj);
-}
 
 /* Count live processes in a state. */
 static int
@@ -327,11 +333,6 @@ START_TEST(test_placement_order)
 	e = submit("t", C3, "fifth", NULL);
 	ck_assert_int_eq(e->job->state, JOB_QUEUED);
 	ck_assert_str_eq(done(e), "spawned");
-	tjob_free(a);
-	tjob_free(b);
-	tjob_free(c);
-	tjob_free(d);
-	tjob_free(e);
 }
 END_TEST
 
@@ -364,11 +365,6 @@ START_TEST(test_eviction_takes_the_oldest_idle_process)
 	ck_assert_ptr_eq(proc_of(C2), pb);
 	ck_assert_int_eq(pb->state, PROC_BUSY);
 	pool_cancel(hang->job);
-	tjob_free(a);
-	tjob_free(b);
-	tjob_free(c);
-	tjob_free(hang);
-	tjob_free(d);
 }
 END_TEST
 
@@ -398,12 +394,6 @@ START_TEST(test_tenant_and_key_caps)
 	ck_assert_int_eq(k2->job->state, JOB_QUEUED);
 	pool_cancel(k1->job);
 	done(k2);
-	tjob_free(a);
-	tjob_free(b);
-	tjob_free(c);
-	tjob_free(k1);
-	tjob_free(k2);
-	tjob_free(k3);
 }
 END_TEST
 
@@ -415,7 +405,6 @@ START_TEST(test_one_conversations_turns_never_overlap)
 	a = submit("t", C1, "first", NULL);
 	done(a);
 	snprintf(extra, sizeof extra, "{\"resume\":\"%s\"}", session_of(a));
-	tjob_free(a);
 	/* The second is sent while the first runs: it waits for it, on
 	 * the same process, never a second one for the conversation. */
 	a = submit("t", C1, "slow", extra);
@@ -426,8 +415,6 @@ START_TEST(test_one_conversations_turns_never_overlap)
 	ck_assert_str_eq(done(b), "bound");
 	ck_assert_int_lt(a->order, b->order);
 	ck_assert_uint_eq(poold->stats.spawned, 1);
-	tjob_free(a);
-	tjob_free(b);
 }
 END_TEST
 
@@ -470,11 +457,6 @@ START_TEST(test_timeouts)
 	advance(1001);
 	failed(q, PROTO_E_BUSY);
 	pool_cancel(d->job);
-	tjob_free(a);
-	tjob_free(b);
-	tjob_free(c);
-	tjob_free(d);
-	tjob_free(q);
 }
 END_TEST
 
@@ -493,9 +475,6 @@ START_TEST(test_recycled_after_its_turns)
 	RUN_UNTIL(proc_of(C1) == NULL && count(PROC_DYING) == 0);
 	c = submit("t", C1, "three", extra);
 	ck_assert_str_eq(done(c), "resumed");
-	tjob_free(a);
-	tjob_free(b);
-	tjob_free(c);
 }
 END_TEST
 
@@ -511,8 +490,6 @@ START_TEST(test_a_crash_is_retried_once)
 	msg = failed(b, PROTO_E_CLI_FAILED);
 	ck_assert_ptr_nonnull(strstr(msg, "exit code 3"));
 	ck_assert_uint_eq(poold->stats.retried, 2);
-	tjob_free(a);
-	tjob_free(b);
 }
 END_TEST
 
@@ -526,32 +503,24 @@ START_TEST(test_another_model_ends_the_turn)
 	ck_assert_ptr_nonnull(strstr(msg, "claude-opus-4-1"));
 	ck_assert_int_eq(json_array_size(a->frames), 1);
 	RUN_UNTIL(poold->nprocs == 0);
-	tjob_free(a);
 }
 END_TEST
 
 int
 main(void)
 {
-	Suite	*s = suite_create("pool");
-	TCase	*tc = tcase_create("scheduler");
-	SRunner	*sr;
-	int	 nfailed;
+	const TTest *const tests[] = {
+		test_placement_order,
+		test_eviction_takes_the_oldest_idle_process,
+		test_tenant_and_key_caps,
+		test_one_conversations_turns_never_overlap,
+		test_timeouts,
+		test_recycled_after_its_turns,
+		test_a_crash_is_retried_once,
+		test_another_model_ends_the_turn,
+		NULL
+	};
 
-	tcase_add_checked_fixture(tc, setup, teardown);
-	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, test_placement_order);
-	tcase_add_test(tc, test_eviction_takes_the_oldest_idle_process);
-	tcase_add_test(tc, test_tenant_and_key_caps);
-	tcase_add_test(tc, test_one_conversations_turns_never_overlap);
-	tcase_add_test(tc, test_timeouts);
-	tcase_add_test(tc, test_recycled_after_its_turns);
-	tcase_add_test(tc, test_a_crash_is_retried_once);
-	tcase_add_test(tc, test_another_model_ends_the_turn);
-	suite_add_tcase(s, tc);
-	sr = srunner_create(s);
-	srunner_run_all(sr, CK_NORMAL);
-	nfailed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return (nfailed == 0 ? 0 : 1);
+	return (unit_run_fixture("pool", "scheduler", tests, setup, teardown,
+	    60));
 }

@@ -4,15 +4,25 @@
 
 #include <check.h>
 
-/* Run one test case of the given tests; exit status 0 if all passed. */
+/*
+ * Run one test case of the given tests, each between setup and teardown
+ * (if given) and within timeout seconds (0: Check's default); exit status
+ * 0 if all passed.
+ */
 static inline int
-unit_run(const char *suite, const char *tcname, const TTest *const *tests)
+unit_run_fixture(const char *suite, const char *tcname,
+    const TTest *const *tests, void (*setup)(void), void (*teardown)(void),
+    int timeout)
 {
 	Suite	*s = suite_create(suite);
 	TCase	*tc = tcase_create(tcname);
 	SRunner	*sr;
 	int	 failed;
 
+	if (setup != NULL || teardown != NULL)
+		tcase_add_checked_fixture(tc, setup, teardown);
+	if (timeout > 0)
+		tcase_set_timeout(tc, timeout);
 	for (; *tests != NULL; tests++)
 		tcase_add_test(tc, *tests);
 	suite_add_tcase(s, tc);
@@ -21,6 +31,13 @@ unit_run(const char *suite, const char *tcname, const TTest *const *tests)
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 	return (failed == 0 ? 0 : 1);
+}
+
+/* Run one test case of the given tests; exit status 0 if all passed. */
+static inline int
+unit_run(const char *suite, const char *tcname, const TTest *const *tests)
+{
+	return (unit_run_fixture(suite, tcname, tests, NULL, NULL, 0));
 }
 
 #endif

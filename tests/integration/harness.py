@@ -68,6 +68,18 @@ def wait_for(pred, timeout=20.0, what="condition"):
     raise AssertionError("timed out waiting for " + what)
 
 
+def recv_all(s):
+    """Read a socket to its end, close it, return the bytes."""
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return data
+
+
 def within_one_window(seconds_needed, period=60):
     """Quotas count in UTC windows (the minute, or the day: period=86400).
     Wait, if need be, for the next window to begin, so that what follows
@@ -205,11 +217,14 @@ class Stack:
         """Change poold.conf and reload it with SIGHUP; wait until applied."""
         self.poold_opts.update(opts)
         self.write_poold_conf()
+        reloads = self._log_count("poold.log", "configuration reloaded")
         self.procs["poold"].send_signal(signal.SIGHUP)
 
         def applied():
             limits = self.stats()["limits"]
-            return all(limits.get(k, v) == v for k, v in opts.items())
+            return self._log_count("poold.log", "configuration reloaded") \
+                > reloads and all(limits.get(k, v) == v
+                                  for k, v in opts.items())
         wait_for(applied, 10, "poold to reload")
 
     def _write_configs(self):

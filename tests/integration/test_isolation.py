@@ -28,8 +28,8 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Stack, CLI_USER, UPSTREAM_CREDENTIAL, wait_for,  # noqa
-                     main)
+from harness import (Stack, CLI_USER, UPSTREAM_CREDENTIAL, recv_all,  # noqa
+                     wait_for, main)
 
 stack = None
 CANARY = None
@@ -276,14 +276,7 @@ def egress_request(token, path="/v1/messages", header="x-api-key"):
                "application/json\r\nanthropic-version: 2023-06-01\r\n"
                "content-length: %d\r\nconnection: close\r\n\r\n"
                % (path, auth, len(body))).encode() + body)
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    return int(data.split(b" ", 2)[1])
+    return int(recv_all(s).split(b" ", 2)[1])
 
 
 class Egress(unittest.TestCase):

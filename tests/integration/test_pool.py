@@ -330,12 +330,20 @@ class Recovery(PoolTest):
         self.assertIn("killed by signal 9", f["message"])
 
     def test_death_before_output_is_retried_once(self):
+        # The health check would replace the stopped idle process before
+        # the job reaches it (test_stopped_idle_process_is_replaced): not
+        # here.  setUp restores the interval.
+        stack.reconfigure(health_check_interval_ms=600000)
         warm = warm_cli()
         os.kill(warm, signal.SIGSTOP)     # it cannot answer...
         before = stack.stats()["totals"]["retried"]
         f = job_async("unlucky", conv(), "retry me")
-        wait_for(lambda: [p for p in procs() if p["pid"] == warm and
-                          p["state"] == "busy"], 5, "the job on it")
+        try:
+            wait_for(lambda: [p for p in procs() if p["pid"] == warm and
+                              p["state"] == "busy"], 5, "the job on it")
+        except AssertionError:
+            raise AssertionError("the job is not on CLI %d: %r\n%s" % (
+                warm, procs(), open(stack.path("poold.log")).read()[-3000:]))
         os.kill(warm, signal.SIGKILL)     # ...and dies before any output
         done = end(f.result())
         self.assertEqual(done["type"], "done", done)

@@ -18,7 +18,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, texts_of, wait_for, main  # noqa: E402
+from harness import Stack, recv_all, texts_of, wait_for, main  # noqa: E402
 
 stack = None
 
@@ -152,14 +152,7 @@ class Injection(unittest.TestCase):
                   b"\r\nX-Request-Id: a\rSet-Cookie: x=1\r\n"
                   b"Content-Type: application/json\r\nContent-Length: %d\r\n"
                   b"Connection: close\r\n\r\n" % len(body) + body)
-        answer = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-        s.close()
-        head = answer.split(b"\r\n\r\n", 1)[0]
+        head = recv_all(s).split(b"\r\n\r\n", 1)[0]
         self.assertNotIn(b"Set-Cookie", head)
         self.assertTrue(head.startswith(b"HTTP/1.1 400"), head)
 

@@ -457,16 +457,28 @@ proc_first_child(pid_t pid)
 /*
  * The CLI's own pid (as the host sees it): in the sandbox it is the child
  * of bwrap's init, itself the child of the bwrap the daemon started.  0
- * while it is not there yet.
+ * while it is not there yet: while bwrap sets the sandbox up, its init's
+ * child is bwrap's own helper, and then setpriv, before the CLI.
  */
 pid_t
 proc_cli_pid(struct proc *p)
 {
-	pid_t	init;
+	struct poold_config	*cf = poold->cf;
+	char			 path[64], exe[PATH_MAX];
+	ssize_t			 n;
+	pid_t			 init, child;
 
-	if (p->cli_pid == 0 && !p->reaped &&
-	    (init = proc_first_child(p->pid)) != 0)
-		p->cli_pid = proc_first_child(init);
+	if (p->cli_pid != 0 || p->reaped ||
+	    (init = proc_first_child(p->pid)) == 0 ||
+	    (child = proc_first_child(init)) == 0)
+		return (p->cli_pid);
+	snprintf(path, sizeof path, "/proc/%ld/exe", (long)child);
+	if ((n = readlink(path, exe, sizeof exe - 1)) <= 0)
+		return (0);
+	exe[n] = '\0';
+	if (strcmp(exe, cf->sandbox_bwrap) != 0 &&
+	    strcmp(exe, cf->sandbox_setpriv) != 0)
+		p->cli_pid = child;
 	return (p->cli_pid);
 }
 

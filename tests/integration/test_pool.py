@@ -19,7 +19,8 @@ import uuid
 import json
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, UUID_RE, texts_of, wait_for, main  # noqa: E402
+from harness import (Stack, CLAUDE, UUID_RE, texts_of, wait_for,  # noqa: E402
+                     main)
 
 stack = None
 pool = concurrent.futures.ThreadPoolExecutor(max_workers=16)
@@ -503,6 +504,31 @@ class Control(PoolTest):
             self.assertIn(k, p)
         self.assertTrue(any(p["rss_kb"] > 10000 for p in st["processes"]))
         self.assertGreater(st["daemon_rss_kb"], 0)
+
+    def test_a_pid_is_the_clis_from_its_start(self):
+        """A process's pid is its CLI's, never bwrap's (the daemon's
+        child, or its helper while it sets the sandbox up) nor setpriv's:
+        null until the CLI runs, and then for good."""
+        stack.poold({"type": "set_limits", "min_instances": 3})
+        cli = os.path.realpath(CLAUDE)
+        deadline = time.time() + 20
+        known = {}
+        while time.time() < deadline:
+            for p in stack.stats()["processes"]:
+                if p["pid"] is None or p["state"] == "dying":
+                    continue
+                try:
+                    exe = os.readlink("/proc/%d/exe" % p["pid"])
+                except OSError:
+                    continue        # gone since
+                self.assertEqual(exe, cli, p)
+                self.assertNotEqual(p["pid"], p["sandbox_pid"])
+                self.assertEqual(known.setdefault(p["sandbox_pid"],
+                                                  p["pid"]), p["pid"])
+            if len(known) >= 3:
+                break
+            time.sleep(0.005)
+        self.assertGreaterEqual(len(known), 3)
 
     def test_overhead_samples_by_placement(self):
         """A job on a running process is sampled as the daemon's overhead;

@@ -244,7 +244,7 @@ done(struct tjob *tj)
 
 /* Wait for a job's end; it must be an error with code: its message. */
 static const char *
-failed(struct tjob *tj, const char *code)
+failed_with(struct tjob *tj, const char *code)
 {
 	json_t	*f;
 
@@ -430,21 +430,21 @@ START_TEST(test_timeouts)
 	advance(4999);
 	ck_assert_int_eq(a->finished, 0);
 	advance(2);
-	msg = failed(a, PROTO_E_TIMEOUT);
+	msg = failed_with(a, PROTO_E_TIMEOUT);
 	ck_assert_ptr_nonnull(strstr(msg, "no output"));
 	/* Output, then nothing: stalled. */
 	poold->cf->stall_timeout_ms = 3000;
 	b = submit("t", C2, "stall", NULL);
 	RUN_UNTIL(json_array_size(b->frames) > 0);
 	advance(3001);
-	msg = failed(b, PROTO_E_TIMEOUT);
+	msg = failed_with(b, PROTO_E_TIMEOUT);
 	ck_assert_ptr_nonnull(strstr(msg, "stalled"));
 	/* The job's own limit. */
 	poold->cf->first_event_timeout_ms = 120000;
 	c = submit("t", C3, "hang", "{\"timeout_ms\":2000}");
 	RUN_UNTIL(c->job->state == JOB_RUNNING);
 	advance(2001);
-	msg = failed(c, PROTO_E_TIMEOUT);
+	msg = failed_with(c, PROTO_E_TIMEOUT);
 	ck_assert_ptr_nonnull(strstr(msg, "time limit"));
 	/* Queued too long: busy. */
 	poold->cf->max_instances = 1;
@@ -455,7 +455,7 @@ START_TEST(test_timeouts)
 	q = submit("t", C1, "queued", NULL);
 	ck_assert_int_eq(q->job->state, JOB_QUEUED);
 	advance(1001);
-	failed(q, PROTO_E_BUSY);
+	failed_with(q, PROTO_E_BUSY);
 	pool_cancel(d->job);
 }
 END_TEST
@@ -487,7 +487,7 @@ START_TEST(test_a_crash_is_retried_once)
 	ck_assert_str_eq(done(a), "spawned");
 	ck_assert_uint_eq(poold->stats.retried, 1);
 	b = submit("t", C2, "crash", NULL);
-	msg = failed(b, PROTO_E_CLI_FAILED);
+	msg = failed_with(b, PROTO_E_CLI_FAILED);
 	ck_assert_ptr_nonnull(strstr(msg, "exit code 3"));
 	ck_assert_uint_eq(poold->stats.retried, 2);
 }
@@ -499,7 +499,7 @@ START_TEST(test_another_model_ends_the_turn)
 	const char	*msg;
 
 	a = submit("t", C1, "model=claude-opus-4-1", NULL);
-	msg = failed(a, PROTO_E_MODEL_MISMATCH);
+	msg = failed_with(a, PROTO_E_MODEL_MISMATCH);
 	ck_assert_ptr_nonnull(strstr(msg, "claude-opus-4-1"));
 	ck_assert_int_eq(json_array_size(a->frames), 1);
 	RUN_UNTIL(poold->nprocs == 0);

@@ -28,8 +28,8 @@ import unittest
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Stack, CLI_USER, UPSTREAM_CREDENTIAL, recv_all,  # noqa
-                     wait_for, main)
+from harness import (Stack, CLAUDE, CLI_USER, UPSTREAM_CREDENTIAL,  # noqa
+                     recv_all, wait_for, main)
 
 stack = None
 CANARY = None
@@ -324,6 +324,45 @@ class Egress(unittest.TestCase):
         self.assertEqual(st.st_gid, pwd.getpwnam(CLI_USER).pw_gid)
         self.assertEqual(stack.connect_as_nobody(stack.path(
             "run", "egress", "egress.sock")), str(errno.EACCES))
+
+
+class RefusedConfiguration(unittest.TestCase):
+    """ccgate-poold will not start a configuration that would put a CLI
+    as root, within reach of poold.conf, or holding the credential."""
+
+    def check(self, lines, mode=0o600):
+        path = stack.path("refused-%s.conf" % uuid.uuid4().hex[:8])
+        os.makedirs(stack.path("refused-egress"), exist_ok=True)
+        base = ["socket = %s" % stack.path("refused.sock"),
+                "state_dir = %s" % stack.path("refused-state"),
+                "cli_path = %s" % CLAUDE,
+                "egress_socket = %s" % stack.path("refused-egress",
+                                                  "egress.sock")]
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(base + lines) + "\n")
+        os.chmod(path, mode)
+        out = subprocess.run([stack.bin("ccgate-poold"), "-n", "-f", path],
+                             capture_output=True, text=True)
+        return out.returncode, out.stdout + out.stderr
+
+    def test_refused(self):
+        user = "run_as_user = " + CLI_USER
+        self.assertEqual(self.check([user]), (0, "configuration OK\n"))
+        for lines, mode, why in (
+                ([], 0o600, "set run_as_user"),
+                (["run_as_user = root"], 0o600, "is root"),
+                ([user], 0o644, "could read this file"),
+                ([user, "env.ANTHROPIC_API_KEY = sk-ant-x"], 0o600,
+                 "belong to the egress"),
+                ([user, "env.CLAUDE_CODE_OAUTH_TOKEN = x"], 0o600,
+                 "belong to the egress"),
+                ([user, "env.HTTPS_PROXY = http://x"], 0o600,
+                 "belong to the egress"),
+                ([user, "env.HOME = /"], 0o600, "sets it itself")):
+            rc, text = self.check(lines, mode)
+            self.assertNotEqual(rc, 0, (lines, text))
+            self.assertIn(why, text, lines)
 
 
 class OAuthEgress(unittest.TestCase):

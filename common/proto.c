@@ -189,24 +189,15 @@ int
 proto_write_fd(int fd, const json_t *obj, size_t max, char **cause)
 {
 	uint8_t	*frame;
-	size_t	 len, off = 0;
-	ssize_t	 n;
+	size_t	 len;
+	int	 rc;
 
 	if (proto_encode(obj, max, &frame, &len, cause) != 0)
 		return (-1);
-	while (off < len) {
-		n = write(fd, frame + off, len - off);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1) {
-			util_cause(cause, "write: %s", strerror(errno));
-			free(frame);
-			return (-1);
-		}
-		off += (size_t)n;
-	}
+	if ((rc = util_write_all(fd, frame, len)) != 0)
+		util_cause(cause, "write: %s", strerror(errno));
 	free(frame);
-	return (0);
+	return (rc);
 }
 
 /* Read exactly len bytes, waiting at most until deadline (ms, -1 forever). */

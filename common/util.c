@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -129,4 +130,63 @@ util_cause(char **cause, const char *fmt, ...)
 	if (vasprintf(cause, fmt, ap) == -1)
 		*cause = NULL;
 	va_end(ap);
+}
+
+/*
+ * Read a daemon's command line, "[-nv] [-f config]", into a (config
+ * defaults to def); anything else prints prog's usage and exits 2.
+ */
+void
+util_args(const char *prog, int argc, char **argv, const char *def,
+    struct util_args *a)
+{
+	int	ch;
+
+	a->config = def;
+	a->check = a->verbose = 0;
+	while ((ch = getopt(argc, argv, "f:nv")) != -1) {
+		switch (ch) {
+		case 'f':
+			a->config = optarg;
+			break;
+		case 'n':
+			a->check = 1;
+			break;
+		case 'v':
+			a->verbose++;
+			break;
+		default:
+			goto usage;
+		}
+	}
+	if (optind == argc)
+		return;
+usage:
+	fprintf(stderr, "usage: %s [-nv] [-f config]\n", prog);
+	exit(2);
+}
+
+/*
+ * Write all len bytes of buf to the blocking descriptor fd, again after
+ * EINTR or a short write.  Returns 0, or -1 with errno set.
+ */
+int
+util_write_all(int fd, const void *buf, size_t len)
+{
+	const char	*p = buf;
+	ssize_t		 n;
+
+	while (len > 0) {
+		if ((n = write(fd, p, len)) == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return (-1);
+		if (n == 0) {
+			errno = EIO;
+			return (-1);
+		}
+		p += n;
+		len -= (size_t)n;
+	}
+	return (0);
 }

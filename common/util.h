@@ -14,6 +14,16 @@ int		util_uuid4(char [UUID_LEN + 1]);
 int		util_valid_uuid(const char *);
 int		util_valid_tenant(const char *);
 int		util_set_nonblock(int);
+int		util_write_all(int, const void *, size_t);
+/* The daemons' command line: [-nv] [-f config]. */
+struct util_args {
+	const char	*config;	/* -f, else the default given */
+	int		 check;		/* -n: check the configuration, exit */
+	int		 verbose;	/* the number of -v */
+};
+
+void		util_args(const char *, int, char **, const char *,
+		    struct util_args *);
 void		util_cause(char **, const char *, ...)
 		    __attribute__((format(printf, 2, 3)));
 

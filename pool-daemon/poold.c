@@ -433,40 +433,16 @@ poold_signal_cb(int sig, void *arg)
 	}
 }
 
-/* Print usage and exit. */
-static void __attribute__((noreturn))
-usage(void)
-{
-	fprintf(stderr, "usage: ccgate-poold [-nv] [-f config]\n");
-	exit(2);
-}
-
 int
 main(int argc, char **argv)
 {
 	static const int	 sigs[] = { SIGCHLD, SIGHUP, SIGTERM, SIGINT };
-	const char		*path = SYSCONFDIR "/ccgate/poold.conf";
+	struct util_args	 args;
 	char			*cause = NULL;
-	int			 ch, check = 0, verbose = 0;
 
-	while ((ch = getopt(argc, argv, "f:nv")) != -1) {
-		switch (ch) {
-		case 'f':
-			path = optarg;
-			break;
-		case 'n':
-			check = 1;
-			break;
-		case 'v':
-			verbose++;
-			break;
-		default:
-			usage();
-		}
-	}
-	if (optind != argc)
-		usage();
-	log_init("ccgate-poold", verbose);
+	util_args("ccgate-poold", argc, argv, SYSCONFDIR "/ccgate/poold.conf",
+	    &args);
+	log_init("ccgate-poold", args.verbose);
 	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
 		fatal("signal");
 
@@ -476,18 +452,18 @@ main(int argc, char **argv)
 	TAILQ_INIT(&poold->queue);
 	poold->listen_fd = -1;
 	poold->clock = util_now_ms;
-	if ((poold->config_path = strdup(path)) == NULL)
+	if ((poold->config_path = strdup(args.config)) == NULL)
 		fatal("strdup");
-	if ((poold->cf = poold_config_load(path, &cause)) == NULL)
+	if ((poold->cf = poold_config_load(args.config, &cause)) == NULL)
 		fatalx("%s", cause);
-	if (check) {
+	if (args.check) {
 		printf("configuration OK\n");
 		poold_config_free(poold->cf);
 		free(poold->config_path);
 		free(poold);
 		return (0);
 	}
-	if (poold->cf->verbose > verbose)
+	if (poold->cf->verbose > args.verbose)
 		log_setverbose((int)poold->cf->verbose);
 	if (access(poold->cf->cli_path, X_OK) != 0)
 		log_warn("cli_path %s is not executable", poold->cf->cli_path);

@@ -247,8 +247,6 @@ proc_vfork(pid_t parent, int in, int out, int err, int prompt,
 static int
 proc_prompt_fd(const char *s, char **cause)
 {
-	size_t	len = strlen(s), off = 0;
-	ssize_t	n;
 	int	fd;
 
 	fd = memfd_create("ccgate-system-prompt", MFD_CLOEXEC |
@@ -257,18 +255,8 @@ proc_prompt_fd(const char *s, char **cause)
 		util_cause(cause, "memfd_create: %s", strerror(errno));
 		return (-1);
 	}
-	while (off < len) {
-		n = write(fd, s + off, len - off);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			util_cause(cause, "system prompt: %s", strerror(errno));
-			close(fd);
-			return (-1);
-		}
-		off += (size_t)n;
-	}
-	if (lseek(fd, 0, SEEK_SET) == -1 || fcntl(fd, F_ADD_SEALS,
+	if (util_write_all(fd, s, strlen(s)) != 0 ||
+	    lseek(fd, 0, SEEK_SET) == -1 || fcntl(fd, F_ADD_SEALS,
 	    F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) == -1) {
 		util_cause(cause, "system prompt: %s", strerror(errno));
 		close(fd);

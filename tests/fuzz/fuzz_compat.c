@@ -16,9 +16,7 @@
 
 #include <jansson.h>
 
-#include "app.h"
-#include "compat.h"
-#include "request.h"
+#include "http.h"
 
 #define FUZZ_MAX	4096
 

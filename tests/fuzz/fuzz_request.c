@@ -12,8 +12,7 @@
 
 #include <jansson.h>
 
-#include "app.h"
-#include "request.h"
+#include "http.h"
 
 int	LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 

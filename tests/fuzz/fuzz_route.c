@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "app.h"
+#include "http.h"
 
 int	LLVMFuzzerTestOneInput(const uint8_t *, size_t);
 
@@ -32,8 +32,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	query = strchr(path, '\n');
 	query = query != NULL ? (*query = '\0', query + 1) : path + strlen(path);
 
-	route_match(method, path, &r);
-	if ((r.id == ROUTE_NONE) != (r.status != 0) ||
+	route_match(&http_routes, method, path, &r);
+	if ((r.def == NULL) != (r.status != 0) ||
 	    strlen(r.param) >= sizeof r.param || strlen(r.allow) >= sizeof r.allow)
 		abort();
 	for (i = 0; i < sizeof names / sizeof names[0]; i++) {

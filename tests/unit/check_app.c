@@ -10,8 +10,7 @@
 
 #include <sodium.h>
 
-#include "app.h"
-#include "request.h"
+#include "http.h"
 #include "unit.h"
 
 START_TEST(test_key_format)
@@ -76,15 +75,28 @@ START_TEST(test_two_keys_differ)
 }
 END_TEST
 
-/* Match a route and check the outcome. */
+/*
+ * Match a route and check the outcome: the handler it runs and who may
+ * call it, or the status of no route (handler NULL).
+ */
+typedef void route_handler(struct request *);
+
 static void
-expect_route(const char *m, const char *p, enum route_id id, int status,
-    const char *param)
+/* cppcheck-suppress constParameter ; it is a function */
+expect_route(const char *m, const char *p, route_handler *handler,
+    enum access access, int status, const char *param)
 {
 	struct route	r;
 
-	route_match(m, p, &r);
-	ck_assert_msg(r.id == id, "%s %s: route %d, want %d", m, p, r.id, id);
+	route_match(&http_routes, m, p, &r);
+	ck_assert_msg((r.def != NULL ? r.def->handler : NULL) == handler,
+	    "%s %s: not the expected handler", m, p);
+	if (r.def != NULL) {
+		ck_assert_int_eq(r.def->access, access);
+		ck_assert_str_eq(r.name, r.def->pattern);
+		ck_assert_ptr_eq(&http_routes.rows[r.slot - 1], r.def);
+	} else
+		ck_assert_int_eq(r.slot, 0);
 	ck_assert_int_eq(r.status, status);
 	if (param != NULL)
 		ck_assert_str_eq(r.param, param);
@@ -95,34 +107,100 @@ START_TEST(test_routes)
 	struct route	r;
 	char		long_id[300];
 
-	expect_route("GET", "/healthz", ROUTE_HEALTHZ, 0, NULL);
-	expect_route("POST", "/api/chat", ROUTE_CHAT, 0, NULL);
-	expect_route("POST", "/api/conversations", ROUTE_CONV_CREATE, 0, NULL);
-	expect_route("GET", "/api/conversations/abc", ROUTE_CONV_GET, 0, "abc");
-	expect_route("GET", "/api/chat", ROUTE_NONE, 405, NULL);
-	expect_route("POST", "/api/chat/", ROUTE_NONE, 404, NULL);
-	expect_route("GET", "/api/conversations/", ROUTE_NONE, 404, NULL);
-	expect_route("GET", "/api/conversations/a/b", ROUTE_NONE, 404, NULL);
-	expect_route("GET", "/", ROUTE_NONE, 404, NULL);
-	expect_route("GET", "", ROUTE_NONE, 404, NULL);
-	/* The pool's bounds: the admin path and its old one. */
-	expect_route("POST", "/admin/pool/initialize", ROUTE_ADMIN_POOL_INIT, 0,
+	expect_route("GET", "/healthz", health_live, ACCESS_ANYONE, 0, NULL);
+	expect_route("POST", "/api/chat", chat_handle, ACCESS_KEY, 0, NULL);
+	expect_route("POST", "/api/conversations", conv_create_handle,
+	    ACCESS_KEY, 0, NULL);
+	expect_route("GET", "/api/conversations/abc", conv_get_handle,
+	    ACCESS_KEY, 0, "abc");
+	expect_route("DELETE", "/api/conversations/abc", conv_delete_handle,
+	    ACCESS_KEY, 0, "abc");
+	expect_route("GET", "/api/chat", NULL, 0, 405, NULL);
+	expect_route("POST", "/api/chat/", NULL, 0, 404, NULL);
+	expect_route("GET", "/api/conversations/", NULL, 0, 404, NULL);
+	expect_route("GET", "/api/conversations/a/b", NULL, 0, 404, NULL);
+	expect_route("GET", "/", NULL, 0, 404, NULL);
+	expect_route("GET", "", NULL, 0, 404, NULL);
+	/* The admin plane needs an admin token; login and health nothing. */
+	expect_route("POST", "/admin/login", adminapi_login, ACCESS_ANYONE, 0,
 	    NULL);
-	expect_route("POST", "/api/cli-pool/initialize", ROUTE_POOL_INIT, 0,
+	expect_route("GET", "/admin/api-keys/k1", adminapi_keys_get,
+	    ACCESS_ADMIN, 0, "k1");
+	/* The pool's bounds: the admin path and its old one, both admin. */
+	expect_route("POST", "/admin/pool/initialize", poolinfo_init_handle,
+	    ACCESS_ADMIN, 0, NULL);
+	expect_route("POST", "/api/cli-pool/initialize", poolinfo_init_handle,
+	    ACCESS_ADMIN, 0, NULL);
+	expect_route("GET", "/admin/pool/initialize", NULL, 0, 405, NULL);
+	/* The WebSocket upgrade's check spends no quota. */
+	expect_route("GET", "/api/ws", ws_auth_handle, ACCESS_KEY_ONLY, 0,
 	    NULL);
-	expect_route("GET", "/admin/pool/initialize", ROUTE_NONE, 405, NULL);
-	route_match("DELETE", "/api/chat", &r);
+	route_match(&http_routes, "DELETE", "/api/chat", &r);
 	ck_assert_str_eq(r.allow, "POST");
 	ck_assert_int_eq(r.dialect, DIALECT_NATIVE);
-	route_match("GET", "/v1/nothing", &r);
+	route_match(&http_routes, "PATCH", "/api/conversations/x", &r);
+	ck_assert_str_eq(r.allow, "GET, DELETE");
+	route_match(&http_routes, "GET", "/v1/nothing", &r);
 	ck_assert_int_eq(r.dialect, DIALECT_OPENAI);
-	route_match("GET", "/v1/messages/x", &r);
+	route_match(&http_routes, "GET", "/v1/messages/x", &r);
+	ck_assert_int_eq(r.dialect, DIALECT_ANTHROPIC);
+	route_match(&http_routes, "POST", "/v1/messages", &r);
+	ck_assert_ptr_eq(r.def->handler, anthropic_messages_handle);
 	ck_assert_int_eq(r.dialect, DIALECT_ANTHROPIC);
 	/* An over-long id still matches, with the id left empty (404). */
 	memset(long_id, 'a', sizeof long_id);
 	memcpy(long_id, "/api/conversations/", 19);
 	long_id[sizeof long_id - 1] = '\0';
-	expect_route("GET", long_id, ROUTE_CONV_GET, 0, "");
+	expect_route("GET", long_id, conv_get_handle, ACCESS_KEY, 0, "");
+}
+END_TEST
+
+/*
+ * Every row of the table: a handler, its own counter slot, rows of one
+ * pattern next to each other, and each row reached by its own method and
+ * pattern (no row hidden behind another).
+ */
+START_TEST(test_route_table)
+{
+	static const char *const methods[] = { "GET", "POST", "PUT", "DELETE",
+	    "PATCH" };
+	const struct route_def	*d;
+	struct route		 r;
+	char			 path[128];
+	const char		*c;
+	size_t			 i, j, k, o;
+	int			 hits;
+
+	ck_assert_uint_gt(http_routes.n, 30);
+	ck_assert_uint_lt(http_routes.n, METRICS_SLOTS);
+	for (i = 0; i < http_routes.n; i++) {
+		d = &http_routes.rows[i];
+		ck_assert_ptr_nonnull(d->handler);
+		for (j = i + 2; j < http_routes.n; j++) {
+			if (strcmp(http_routes.rows[j].pattern, d->pattern) == 0)
+				ck_assert_str_eq(http_routes.rows[j - 1].pattern,
+				    d->pattern);
+		}
+		for (c = d->pattern, o = 0; *c != '\0' && o + 2 < sizeof path;
+		    c++) {
+			if (*c == ':') {
+				path[o++] = 'x';
+				c += strcspn(c, "/") - 1;
+			} else
+				path[o++] = *c;
+		}
+		path[o] = '\0';
+		for (k = 0, hits = 0; k < sizeof methods / sizeof methods[0];
+		    k++) {
+			route_match(&http_routes, methods[k], path, &r);
+			if (r.def == d) {
+				ck_assert_int_eq(r.slot, (int)i + 1);
+				hits++;
+			}
+		}
+		ck_assert_msg(hits == 1, "%s %s: reached %d times", d->method,
+		    d->pattern, hits);
+	}
 }
 END_TEST
 
@@ -362,6 +440,7 @@ main(void)
 		test_key_hash,
 		test_two_keys_differ,
 		test_routes,
+		test_route_table,
 		test_json_depth,
 		test_dialects,
 		test_title,

@@ -1,0 +1,128 @@
+/*
+ * Client side of the job protocol: one connection to ccgate-poold per job
+ * or control message.  Closing the connection cancels the job.
+ */
+#include "config.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "proto.h"
+
+struct poolc {
+	int	fd;
+};
+
+/* Connect to the daemon; NULL with *cause set if it does not answer. */
+struct poolc *
+poolc_open(const char *path, char **cause)
+{
+	struct sockaddr_un	 sa;
+	struct poolc		*pc;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof sa.sun_path) {
+		*cause = strdup("pool socket path too long");
+		return (NULL);
+	}
+	strncpy(sa.sun_path, path, sizeof sa.sun_path - 1);
+	if ((pc = calloc(1, sizeof *pc)) == NULL) {
+		*cause = strdup("out of memory");
+		return (NULL);
+	}
+	pc->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (pc->fd == -1 || connect(pc->fd, (struct sockaddr *)&sa,
+	    sizeof sa) == -1) {
+		util_cause(cause, "the pool daemon is not answering (%s)",
+		    strerror(errno));
+		if (pc->fd != -1)
+			close(pc->fd);
+		free(pc);
+		return (NULL);
+	}
+	return (pc);
+}
+
+/* Send one message. */
+int
+poolc_send(struct poolc *pc, json_t *msg, char **cause)
+{
+	return (proto_write_fd(pc->fd, msg, PROTO_DEFAULT_MAX, cause));
+}
+
+/*
+ * Wait for the next frame for at most timeout_ms, also watching watch_fd
+ * (the client's connection, -1 for none) for a hang-up.  Returns the frame,
+ * or NULL with *why set: POOLC_TIMEOUT, POOLC_GONE (the client left) or
+ * POOLC_ERROR (*cause says why).
+ */
+json_t *
+poolc_next(struct poolc *pc, int watch_fd, int timeout_ms, int *why,
+    char **cause)
+{
+	struct pollfd	pfd[2];
+	int		n, nfds = 1;
+
+	*why = POOLC_ERROR;
+	pfd[0].fd = pc->fd;
+	pfd[0].events = POLLIN;
+	if (watch_fd != -1) {
+		pfd[1].fd = watch_fd;
+		pfd[1].events = POLLRDHUP;
+		nfds = 2;
+	}
+	for (;;) {
+		pfd[0].revents = pfd[1].revents = 0;
+		n = poll(pfd, (nfds_t)nfds, timeout_ms);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			util_cause(cause, "poll: %s", strerror(errno));
+			return (NULL);
+		}
+		break;
+	}
+	if (nfds == 2 && (pfd[1].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+		*why = POOLC_GONE;
+		return (NULL);
+	}
+	if (n == 0) {
+		*why = POOLC_TIMEOUT;
+		return (NULL);
+	}
+	return (proto_read_fd(pc->fd, PROTO_DEFAULT_MAX, 30000, cause));
+}
+
+/* Close the connection (cancelling a running job). */
+void
+poolc_close(struct poolc *pc)
+{
+	if (pc == NULL)
+		return;
+	close(pc->fd);
+	free(pc);
+}
+
+/* Send one control message and return the answer (a new reference). */
+json_t *
+poolc_call(const char *path, json_t *msg, int timeout_ms, char **cause)
+{
+	struct poolc	*pc;
+	json_t		*ans = NULL;
+
+	if ((pc = poolc_open(path, cause)) == NULL)
+		return (NULL);
+	if (poolc_send(pc, msg, cause) == 0)
+		ans = proto_read_fd(pc->fd, PROTO_DEFAULT_MAX, timeout_ms,
+		    cause);
+	poolc_close(pc);
+	return (ans);
+}

@@ -1,0 +1,272 @@
+/*
+ * Usage records, off the request path.  A finished request hands its
+ * record to usage_submit, which queues it (a copy) and returns; one writer
+ * thread takes what has queued, at most USAGE_BATCH at a time, and writes
+ * it in one transaction, so MariaDB commits (and, with its default
+ * settings, flushes its log) once per batch instead of once per request.
+ *
+ * Nothing accepted is dropped: a batch that fails stays queued and is
+ * tried again (after USAGE_RETRY_MS); when the queue is full, the request
+ * thread writes its own record, so a database that is down slows workers
+ * rather than losing rows.  usage_stop flushes the queue before the
+ * process exits (waiting up to USAGE_STOP_MS for a database that is down).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core.h"
+#include "log.h"
+
+#define USAGE_QUEUE	8192	/* records waiting at most */
+#define USAGE_BATCH	256	/* records a transaction at most */
+#define USAGE_WAIT_MS	100	/* gathering time before a batch is written */
+#define USAGE_RETRY_MS	1000
+#define USAGE_STOP_MS	30000
+
+/* The queue, under usage_lock. */
+struct usage_queue {
+	pthread_t		 thread;
+	struct usage_rec	*q;		/* a ring of USAGE_QUEUE */
+	size_t			 head;
+	size_t			 len;
+	int			 stopping;
+	int			 running;
+};
+
+static pthread_mutex_t		usage_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t		usage_cond = PTHREAD_COND_INITIALIZER;
+static struct usage_queue	usage;
+
+/* Free the strings a record owns. */
+static void
+usage_rec_clear(struct usage_rec *u)
+{
+	free(u->client_request_id);
+	free(u->model);
+	free(u->error);
+	free(u->endpoint);
+	memset(u, 0, sizeof *u);
+}
+
+/* Insert one record (inside or outside a transaction). */
+static int
+usage_insert(struct db *db, const struct usage_rec *u)
+{
+	return (db_run(db, NULL, NULL,
+	    "INSERT INTO usage_logs (request_id, client_request_id, key_id, "
+	    "tenant, route, endpoint, method, status_code, model, "
+	    "input_tokens, output_tokens, cache_read_tokens, "
+	    "cache_creation_tokens, total_tokens, cost_usd, ttft_ms, "
+	    "duration_ms, error, node, created_at) VALUES (?, ?, ?, ?, ?, ?, "
+	    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(? / 1000))",
+	    "sssssssisiiiiidiissi", u->request_id,
+	    u->client_request_id,
+	    u->key_id[0] ? u->key_id : NULL,
+	    u->tenant[0] ? u->tenant : NULL, u->route, u->endpoint, u->method,
+	    (long long)u->status, u->model, u->in, u->out, u->cache_read,
+	    u->cache_creation, u->in + u->out, u->cost, u->ttft,
+	    u->duration_ms, u->error, appconf->node, (long long)u->at_ms));
+}
+
+/*
+ * Write n records from the queue's head in one transaction.  Returns 0,
+ * or -1 (nothing was written: the transaction rolled back).
+ */
+static int
+usage_write(struct db *db, struct usage_rec *batch, size_t n)
+{
+	size_t	i;
+
+	if (db_begin(db) != 0)
+		return (-1);
+	for (i = 0; i < n; i++) {
+		if (usage_insert(db, &batch[i]) != 0) {
+			log_warnx("usage batch: %s", db_error(db));
+			(void)db_rollback(db);
+			return (-1);
+		}
+	}
+	if (db_commit(db) != 0) {
+		(void)db_rollback(db);
+		return (-1);
+	}
+	return (0);
+}
+
+/* A deadline ms from now, for pthread_cond_timedwait. */
+static void
+usage_deadline(struct timespec *ts, long ms)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+/*
+ * Copy up to USAGE_BATCH records from the queue's head into batch (the
+ * lock held); they leave the queue only once written (usage_drop).
+ */
+static size_t
+usage_peek(struct usage_rec *batch, size_t queued)
+{
+	size_t	n = queued < USAGE_BATCH ? queued : USAGE_BATCH, i;
+
+	/*
+	 * cppcheck takes queued for 0: it cannot see that other threads
+	 * fill the queue while the writer waits on the condition.
+	 */
+	/* cppcheck-suppress knownConditionTrueFalse */
+	for (i = 0; i < n; i++)
+		batch[i] = usage.q[(usage.head + i) % USAGE_QUEUE];
+	return (n);
+}
+
+/* Free and remove n written records from the queue's head (lock held). */
+static void
+usage_drop(size_t n)
+{
+	size_t	i;
+
+	for (i = 0; i < n; i++) {
+		usage_rec_clear(&usage.q[usage.head]);
+		usage.head = (usage.head + 1) % USAGE_QUEUE;
+	}
+	/*
+	 * Empty: start again from the ring's first record, so that a writer
+	 * that keeps up touches a few pages of the ring, not all 3 MB of it
+	 * one request after another (which looked like a leak: resident
+	 * memory growing by a record a request until the ring wrapped).
+	 */
+	if ((usage.len -= n) == 0)
+		usage.head = 0;
+}
+
+/* The writer thread. */
+static void *
+usage_main(void *arg)
+{
+	struct usage_rec	*batch;
+	struct timespec		 ts;
+	struct db		*db = db_thread();
+	uint64_t		 stop_deadline = 0;
+	size_t			 n, i;
+	int			 failed = 0;
+
+	(void)arg;
+	if ((batch = calloc(USAGE_BATCH, sizeof *batch)) == NULL || db == NULL)
+		fatalx("usage writer: out of memory");
+	pthread_mutex_lock(&usage_lock);
+	for (;;) {
+		/* Gather: wait for work, then a little more for company. */
+		while (usage.len == 0 && !usage.stopping)
+			pthread_cond_wait(&usage_cond, &usage_lock);
+		if (usage.len == 0 && usage.stopping)
+			break;
+		if (!usage.stopping && (failed || usage.len < USAGE_BATCH)) {
+			usage_deadline(&ts, failed ? USAGE_RETRY_MS :
+			    USAGE_WAIT_MS);
+			while (!usage.stopping && (failed ||
+			    usage.len < USAGE_BATCH) && pthread_cond_timedwait(
+			    &usage_cond, &usage_lock, &ts) != ETIMEDOUT)
+				;
+		}
+		n = usage_peek(batch, usage.len);
+		pthread_mutex_unlock(&usage_lock);
+
+		failed = usage_write(db, batch, n) != 0;
+
+		pthread_mutex_lock(&usage_lock);
+		if (!failed) {
+			usage_drop(n);
+			continue;
+		}
+		if (usage.stopping) {
+			if (stop_deadline == 0)
+				stop_deadline = util_now_ms() + USAGE_STOP_MS;
+			if (util_now_ms() >= stop_deadline) {
+				log_warnx("stopping: %zu usage records not "
+				    "written (the database does not answer)",
+				    usage.len);
+				for (i = 0; i < usage.len; i++)
+					metrics_usage_lost();
+				break;
+			}
+			pthread_mutex_unlock(&usage_lock);
+			(void)nanosleep(&(struct timespec){ 0, 200000000L },
+			    NULL);
+			pthread_mutex_lock(&usage_lock);
+		}
+	}
+	pthread_mutex_unlock(&usage_lock);
+	free(batch);
+	db_release();
+	return (NULL);
+}
+
+/* Start the writer thread. */
+void
+usage_start(void)
+{
+	if ((usage.q = calloc(USAGE_QUEUE, sizeof *usage.q)) == NULL)
+		fatal("calloc");
+	if (pthread_create(&usage.thread, NULL, usage_main, NULL) != 0)
+		fatalx("pthread_create");
+	usage.running = 1;
+}
+
+/* Write every queued record, then stop the writer thread. */
+void
+usage_stop(void)
+{
+	size_t	i;
+
+	if (!usage.running)
+		return;
+	pthread_mutex_lock(&usage_lock);
+	usage.stopping = 1;
+	pthread_cond_broadcast(&usage_cond);
+	pthread_mutex_unlock(&usage_lock);
+	pthread_join(usage.thread, NULL);
+	for (i = 0; i < USAGE_QUEUE; i++)
+		usage_rec_clear(&usage.q[i]);
+	free(usage.q);
+	usage.q = NULL;
+	usage.running = 0;
+}
+
+/*
+ * Hand a record over; the queue takes its strings (u is cleared).  With
+ * no writer thread (ccgate-admin, tests) or a full queue, write it here.
+ */
+void
+usage_submit(struct usage_rec *u)
+{
+	struct db	*db;
+
+	pthread_mutex_lock(&usage_lock);
+	if (usage.running && !usage.stopping && usage.len < USAGE_QUEUE) {
+		usage.q[(usage.head + usage.len) % USAGE_QUEUE] = *u;
+		memset(u, 0, sizeof *u);
+		usage.len++;
+		if (usage.len == 1 || usage.len == USAGE_BATCH)
+			pthread_cond_signal(&usage_cond);
+		pthread_mutex_unlock(&usage_lock);
+		return;
+	}
+	pthread_mutex_unlock(&usage_lock);
+	if ((db = db_thread()) == NULL || usage_insert(db, u) != 0) {
+		metrics_usage_lost();
+		log_warnx("request %s: usage record lost: %s", u->request_id,
+		    db != NULL ? db_error(db) : "out of memory");
+	}
+	usage_rec_clear(u);
+}

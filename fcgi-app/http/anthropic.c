@@ -1,0 +1,171 @@
+/*
+ * The Anthropic-compatible dialect: POST /v1/messages, as a message
+ * object or as the Messages API's event stream (message_start,
+ * content_block_start, content_block_delta..., content_block_stop,
+ * message_delta with usage, message_stop).  Errors are
+ * {"type":"error","error":{"type","message"}}.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "log.h"
+
+static const char *const anthropic_ignored[] = { "temperature", "top_p",
+    "top_k", "stop_sequences", "metadata", "thinking", "service_tier",
+    NULL };
+static const char *const anthropic_tools[] = { "tools", "tool_choice",
+    NULL };
+
+/* Send one named event (takes data). */
+static int
+anthropic_event(struct turn *t, const char *name, json_t *data)
+{
+	int	rc;
+
+	if (data == NULL)
+		return (-1);
+	rc = req_sse_event(t->r, name, data);
+	json_decref(data);
+	return (rc);
+}
+
+/* The message id. */
+static void
+anthropic_id(struct turn *t, char *buf, size_t len)
+{
+	snprintf(buf, len, "msg_%s", req_id(t->r));
+}
+
+/* message_start and the text block's start. */
+static int
+anthropic_start(struct turn *t)
+{
+	char	id[96];
+
+	anthropic_id(t, id, sizeof id);
+	if (anthropic_event(t, "message_start", json_pack("{s:s, s:{s:s, s:s, "
+	    "s:s, s:s, s:[], s:n, s:n, s:{s:i, s:i}}}", "type", "message_start",
+	    "message", "id", id, "type", "message", "role", "assistant",
+	    "model", t->conv->model, "content", "stop_reason",
+	    "stop_sequence", "usage", "input_tokens", 0, "output_tokens",
+	    0)) != 0)
+		return (-1);
+	return (anthropic_event(t, "content_block_start", json_pack("{s:s, s:i, "
+	    "s:{s:s, s:s}}", "type", "content_block_start", "index", 0,
+	    "content_block", "type", "text", "text", "")));
+}
+
+/* One text delta. */
+static int
+anthropic_delta(struct turn *t, const char *text)
+{
+	return (anthropic_event(t, "content_block_delta", json_pack("{s:s, s:i, "
+	    "s:{s:s, s:s}}", "type", "content_block_delta", "index", 0, "delta",
+	    "type", "text_delta", "text", text)));
+}
+
+/* The usage object. */
+static json_t *
+anthropic_usage(struct turn *t)
+{
+	return (json_pack("{s:I, s:I, s:I, s:I}", "input_tokens",
+	    (json_int_t)t->in, "output_tokens", (json_int_t)t->out,
+	    "cache_read_input_tokens", (json_int_t)t->cache_read,
+	    "cache_creation_input_tokens", (json_int_t)t->cache_creation));
+}
+
+/* The message, or the stream's closing events. */
+static void
+anthropic_done(struct turn *t)
+{
+	char	id[96];
+
+	if (!t->stream) {
+		anthropic_id(t, id, sizeof id);
+		req_send_json(t->r, 200, json_pack("{s:s, s:s, s:s, s:s, "
+		    "s:[{s:s, s:s}], s:s, s:n, s:o}", "id", id, "type",
+		    "message", "role", "assistant", "model", t->conv->model,
+		    "content", "type", "text", "text", t->text, "stop_reason",
+		    "end_turn", "stop_sequence", "usage", anthropic_usage(t)));
+		return;
+	}
+	if (anthropic_event(t, "content_block_stop", json_pack("{s:s, s:i}",
+	    "type", "content_block_stop", "index", 0)) != 0 ||
+	    anthropic_event(t, "message_delta", json_pack("{s:s, s:{s:s, s:n}, "
+	    "s:o}", "type", "message_delta", "delta", "stop_reason", "end_turn",
+	    "stop_sequence", "usage", anthropic_usage(t))) != 0)
+		return;
+	(void)anthropic_event(t, "message_stop", json_pack("{s:s}", "type",
+	    "message_stop"));
+}
+
+/* An error event after the stream began. */
+static void
+anthropic_stream_error(struct turn *t, int status, const char *type,
+    const char *msg)
+{
+	(void)anthropic_event(t, "error", dialect_error(DIALECT_ANTHROPIC, type,
+	    msg));
+}
+
+static const struct turn_ops anthropic_ops = {
+	anthropic_start, anthropic_delta, anthropic_done, anthropic_stream_error
+};
+
+/* POST /v1/messages */
+void
+anthropic_messages_handle(struct request *r)
+{
+	struct compat_msgs	 m;
+	struct conversation	 conv;
+	struct turn		 t;
+	const char		*model;
+	json_t			*body, *sys;
+	long long		 max_tokens = 0;
+	int			 stream = 0, prime;
+	char			*system = NULL;
+	struct compat_err	 err;
+
+	if ((body = req_json_body(r, 1)) == NULL)
+		return;
+	if (compat_model(r, body, &model) != 0 ||
+	    compat_no_tools(r, body, anthropic_tools) != 0 ||
+	    input_bool(r, body, "stream", &stream) != 0 ||
+	    input_int(r, body, "max_tokens", 1, 1000000, &max_tokens) != 0)
+		return;
+	if (max_tokens == 0) {
+		req_error(r, 400, NULL, "max_tokens: required");
+		return;
+	}
+	if (perm_check(r, model, stream, &max_tokens) != 0)
+		return;
+	if ((sys = json_object_get(body, "system")) != NULL &&
+	    !json_is_null(sys) && (system = compat_text(sys, "system",
+	    (size_t)appconf->max_message, &err)) == NULL) {
+		compat_refuse(r, &err);
+		return;
+	}
+	if (compat_parse(json_object_get(body, "messages"), 0,
+	    (size_t)appconf->max_message, &m, &err) != 0) {
+		compat_refuse(r, &err);
+		free(system);
+		return;
+	}
+	m.system = system;
+	compat_ignored(r, body, anthropic_ignored);
+	if (compat_conversation(r, model, &m, &conv, &prime) != 0) {
+		compat_free(&m);
+		return;
+	}
+	req_add_header(r, "X-Ccgate-Conversation-Id", conv.id);
+	turn_init(&t, r, &anthropic_ops, &conv, m.texts[m.n - 1], max_tokens,
+	    stream);
+	t.prime = prime;
+	turn_run(&t);
+	conv_clear(&conv);
+	compat_free(&m);
+}

@@ -1,0 +1,62 @@
+/*
+ * The three API dialects' error shapes:
+ *   native	{"success":false,"error":{"type","message"}}
+ *   OpenAI	{"error":{"message","type","param","code"}}
+ *   Anthropic	{"type":"error","error":{"type","message"}}
+ */
+#include "config.h"
+
+#include "http.h"
+
+/* The error type a status maps to in a dialect. */
+const char *
+dialect_error_type(enum dialect d, int status)
+{
+	switch (status) {
+	case 400:
+	case 413:
+		return (d == DIALECT_ANTHROPIC && status == 413 ?
+		    "request_too_large" : "invalid_request_error");
+	case 401:
+		return ("authentication_error");
+	case 403:
+		return ("permission_error");
+	case 404:
+		return (d == DIALECT_OPENAI ? "invalid_request_error" :
+		    "not_found_error");
+	case 405:
+		return (d == DIALECT_OPENAI ? "invalid_request_error" :
+		    "method_not_allowed");
+	case 429:
+		return (d == DIALECT_OPENAI ? "rate_limit_exceeded" :
+		    "rate_limit_error");
+	case 503:
+		return (d == DIALECT_OPENAI ? "service_unavailable" :
+		    "overloaded_error");
+	case 504:
+		return ("timeout_error");
+	case 502:
+		return (d == DIALECT_NATIVE ? "cli_error" : "api_error");
+	default:
+		return ("api_error");
+	}
+}
+
+/* Build an error body (a new reference). */
+json_t *
+dialect_error(enum dialect d, const char *type, const char *message)
+{
+	switch (d) {
+	case DIALECT_OPENAI:
+		return (json_pack("{s:{s:s, s:s, s:n, s:n}}", "error",
+		    "message", message, "type", type, "param", "code"));
+	case DIALECT_ANTHROPIC:
+		return (json_pack("{s:s, s:{s:s, s:s}}", "type", "error",
+		    "error", "type", type, "message", message));
+	case DIALECT_NATIVE:
+	case DIALECT_PLAIN:
+		break;
+	}
+	return (json_pack("{s:b, s:{s:s, s:s}}", "success", 0, "error",
+	    "type", type, "message", message));
+}

@@ -1,0 +1,194 @@
+/*
+ * The OpenAI-compatible dialect: POST /v1/chat/completions (JSON, or
+ * chat.completion.chunk events ending in [DONE], with
+ * stream_options.include_usage) and GET /v1/models.  Errors are
+ * {"error":{"message","type","param","code"}}.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "http.h"
+#include "log.h"
+
+static const char *const openai_ignored[] = { "temperature", "top_p", "n",
+    "stop", "presence_penalty", "frequency_penalty", "logit_bias",
+    "logprobs", "top_logprobs", "seed", "user", "response_format",
+    "service_tier", "store", "metadata", "reasoning_effort", NULL };
+static const char *const openai_tools[] = { "tools", "tool_choice",
+    "functions", "function_call", "parallel_tool_calls", NULL };
+
+/* A chunk with one choice whose delta is delta (stolen). */
+static json_t *
+openai_chunk(struct turn *t, json_t *delta, const char *finish)
+{
+	char	id[96];
+
+	snprintf(id, sizeof id, "chatcmpl-%s", req_id(t->r));
+	return (json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:s?}]}", "id",
+	    id, "object", "chat.completion.chunk", "created",
+	    (json_int_t)t->created, "model", t->conv->model, "choices", "index",
+	    0, "delta", delta, "finish_reason", finish));
+}
+
+/* Send a chunk and free it. */
+static int
+openai_send(struct turn *t, json_t *chunk)
+{
+	int	rc;
+
+	if (chunk == NULL)
+		return (-1);
+	rc = req_sse_json(t->r, chunk);
+	json_decref(chunk);
+	return (rc);
+}
+
+/* The stream opens with the assistant's role. */
+static int
+openai_start(struct turn *t)
+{
+	return (openai_send(t, openai_chunk(t, json_pack("{s:s, s:s}", "role",
+	    "assistant", "content", ""), NULL)));
+}
+
+/* One content delta. */
+static int
+openai_delta(struct turn *t, const char *text)
+{
+	return (openai_send(t, openai_chunk(t, json_pack("{s:s}", "content",
+	    text), NULL)));
+}
+
+/* The usage object. */
+static json_t *
+openai_usage(struct turn *t)
+{
+	return (json_pack("{s:I, s:I, s:I, s:{s:I}}", "prompt_tokens",
+	    (json_int_t)t->in, "completion_tokens", (json_int_t)t->out,
+	    "total_tokens", (json_int_t)(t->in + t->out),
+	    "prompt_tokens_details", "cached_tokens",
+	    (json_int_t)t->cache_read));
+}
+
+/* The completion, or the stream's last chunks. */
+static void
+openai_done(struct turn *t)
+{
+	json_t	*usage;
+	char	 id[96];
+
+	if (!t->stream) {
+		snprintf(id, sizeof id, "chatcmpl-%s", req_id(t->r));
+		req_send_json(t->r, 200, json_pack("{s:s, s:s, s:I, s:s, "
+		    "s:[{s:i, s:{s:s, s:s}, s:s}], s:o}", "id", id, "object",
+		    "chat.completion", "created", (json_int_t)t->created,
+		    "model", t->conv->model, "choices", "index", 0, "message",
+		    "role", "assistant", "content", t->text, "finish_reason",
+		    "stop", "usage", openai_usage(t)));
+		return;
+	}
+	if (openai_send(t, openai_chunk(t, json_object(), "stop")) != 0)
+		return;
+	if (t->include_usage) {
+		snprintf(id, sizeof id, "chatcmpl-%s", req_id(t->r));
+		usage = json_pack("{s:s, s:s, s:I, s:s, s:[], s:o}", "id", id,
+		    "object", "chat.completion.chunk", "created",
+		    (json_int_t)t->created, "model", t->conv->model, "choices",
+		    "usage", openai_usage(t));
+		if (openai_send(t, usage) != 0)
+			return;
+	}
+	(void)req_sse_data(t->r, "[DONE]");
+}
+
+/* An error after the stream began. */
+static void
+openai_stream_error(struct turn *t, int status, const char *type,
+    const char *msg)
+{
+	if (openai_send(t, dialect_error(DIALECT_OPENAI, type, msg)) == 0)
+		(void)req_sse_data(t->r, "[DONE]");
+}
+
+static const struct turn_ops openai_ops = {
+	openai_start, openai_delta, openai_done, openai_stream_error
+};
+
+/* POST /v1/chat/completions */
+void
+openai_chat_handle(struct request *r)
+{
+	struct compat_msgs	 m;
+	struct compat_err	 err;
+	struct conversation	 conv;
+	struct turn		 t;
+	const char		*model;
+	json_t			*body, *so;
+	long long		 max_tokens = 0, n = 1;
+	int			 stream = 0, include_usage = 0, prime;
+
+	if ((body = req_json_body(r, 1)) == NULL)
+		return;
+	if (compat_model(r, body, &model) != 0 ||
+	    compat_no_tools(r, body, openai_tools) != 0 ||
+	    input_bool(r, body, "stream", &stream) != 0 ||
+	    input_int(r, body, "max_tokens", 1, 1000000, &max_tokens) != 0 ||
+	    input_int(r, body, "max_completion_tokens", 1, 1000000,
+	    &max_tokens) != 0 ||
+	    input_int(r, body, "n", 1, 1, &n) != 0)
+		return;
+	if ((so = json_object_get(body, "stream_options")) != NULL &&
+	    !json_is_null(so)) {
+		if (!json_is_object(so) ||
+		    input_bool(r, so, "include_usage", &include_usage) != 0) {
+			if (!req_sent(r))
+				req_error(r, 400, NULL, "stream_options: must be "
+				    "an object");
+			return;
+		}
+	}
+	if (perm_check(r, model, stream, &max_tokens) != 0)
+		return;
+	if (compat_parse(json_object_get(body, "messages"), 1,
+	    (size_t)appconf->max_message, &m, &err) != 0) {
+		compat_refuse(r, &err);
+		return;
+	}
+	compat_ignored(r, body, openai_ignored);
+	if (compat_conversation(r, model, &m, &conv, &prime) != 0) {
+		compat_free(&m);
+		return;
+	}
+	req_add_header(r, "X-Ccgate-Conversation-Id", conv.id);
+	turn_init(&t, r, &openai_ops, &conv, m.texts[m.n - 1], max_tokens,
+	    stream);
+	t.prime = prime;
+	t.include_usage = include_usage;
+	turn_run(&t);
+	conv_clear(&conv);
+	compat_free(&m);
+}
+
+/* GET /v1/models */
+void
+openai_models_handle(struct request *r)
+{
+	json_t	*data;
+	int	 i;
+
+	if ((data = json_array()) == NULL) {
+		req_error(r, 500, NULL, "out of memory");
+		return;
+	}
+	for (i = 0; i < appconf->nmodels; i++) {
+		if (!auth_model_allowed(req_key(r), appconf->models[i]))
+			continue;
+		json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}",
+		    "id", appconf->models[i], "object", "model", "created", 0,
+		    "owned_by", "anthropic"));
+	}
+	req_send_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data",
+	    data));
+}

@@ -24,6 +24,13 @@
 #define PROTO_HEADER_LEN	4
 #define PROTO_DEFAULT_MAX	(1024 * 1024)
 #define PROTO_MIN_MAX		1024
+/*
+ * ccgate-poold's default max_frame: a job carries a client's images (up
+ * to max_body of base64), so its frames are larger than the others.
+ */
+#define PROTO_JOB_MAX		(8 * 1024 * 1024)
+/* The largest max_frame there is: what ccgate-fcgi allows itself. */
+#define PROTO_LARGEST		(64 * 1024 * 1024)
 
 /* Message types. */
 #define PROTO_JOB		"job"

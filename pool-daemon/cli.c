@@ -109,6 +109,26 @@ cli_parse_line(const char *line, size_t len, struct cli_msg *m, char **cause)
 		if (!json_is_object(ev))
 			goto out;
 		type = json_string_value(json_object_get(ev, "type"));
+		if (type != NULL && strcmp(type, "message_start") == 0) {
+			usage = json_object_get(json_object_get(ev, "message"),
+			    "usage");
+			m->kind = CLI_MESSAGE_START;
+			m->input_tokens = cli_int(usage, "input_tokens");
+			m->cache_read_tokens = cli_int(usage,
+			    "cache_read_input_tokens");
+			m->cache_creation_tokens = cli_int(usage,
+			    "cache_creation_input_tokens");
+			goto out;
+		}
+		if (type != NULL && strcmp(type, "message_delta") == 0) {
+			cli_copy(m->stop_reason, sizeof m->stop_reason,
+			    json_object_get(ev, "delta"), "stop_reason");
+			if (m->stop_reason[0] != '\0')
+				m->kind = CLI_STOP;
+			m->output_tokens = cli_int(json_object_get(ev, "usage"),
+			    "output_tokens");
+			goto out;
+		}
 		if (type != NULL && strcmp(type, "content_block_start") == 0) {
 			type = json_string_value(json_object_get(
 			    json_object_get(ev, "content_block"), "type"));
@@ -131,6 +151,8 @@ cli_parse_line(const char *line, size_t len, struct cli_msg *m, char **cause)
 		m->is_error = json_is_true(json_object_get(obj, "is_error"));
 		m->error_status = (int)cli_int(obj, "api_error_status");
 		m->duration_ms = cli_int(obj, "duration_ms");
+		cli_copy(m->stop_reason, sizeof m->stop_reason, obj,
+		    "stop_reason");
 		if (json_is_number(json_object_get(obj, "total_cost_usd")))
 			m->cost_usd = json_number_value(json_object_get(obj,
 			    "total_cost_usd"));

@@ -16,6 +16,8 @@ enum cli_kind {
 	CLI_DELTA,		/* a text delta of the answer */
 	CLI_TEXT_START,		/* a text block of the answer begins */
 	CLI_RETRY,		/* system/api_retry: the upstream failed, retrying */
+	CLI_MESSAGE_START,	/* an upstream answer begins: its input usage */
+	CLI_STOP,		/* an upstream answer's stop_reason */
 	CLI_RESULT		/* the turn's end: usage, cost, error flag */
 };
 
@@ -34,6 +36,7 @@ struct cli_msg {
 	double		 cost_usd;
 	long long	 duration_ms;
 	char		 subtype[64];
+	char		 stop_reason[32];	/* STOP, RESULT; "" if none */
 };
 
 int	cli_parse_line(const char *, size_t, struct cli_msg *, char **);

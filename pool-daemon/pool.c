@@ -84,6 +84,53 @@ pool_valid_model(const char *s)
 	return (1);
 }
 
+/*
+ * A message's blocks (text and base64 images) as the CLI is to get them,
+ * rebuilt from the members it needs; a text that starts with '/' gets a
+ * space in front (pool_hand_job says why).  NULL if msg has none that fit.
+ */
+static json_t *
+pool_content(json_t *v)
+{
+	static const char *const media[] = { "image/png", "image/jpeg",
+	    "image/gif", "image/webp", NULL };
+	json_t		*out, *b, *src, *nb;
+	const char	*type, *m, *data, *text;
+	size_t		 i, k;
+
+	if (!json_is_array(v) || json_array_size(v) == 0 ||
+	    json_array_size(v) > POOLD_MAX_BLOCKS || (out = json_array()) == NULL)
+		return (NULL);
+	json_array_foreach(v, i, b) {
+		type = json_string_value(json_object_get(b, "type"));
+		nb = NULL;
+		if (type != NULL && strcmp(type, "text") == 0 &&
+		    (text = json_string_value(json_object_get(b, "text"))) !=
+		    NULL)
+			nb = json_pack("{s:s, s:s+}", "type", "text", "text",
+			    text[0] == '/' ? " " : "", text);
+		else if (type != NULL && strcmp(type, "image") == 0) {
+			src = json_object_get(b, "source");
+			m = json_string_value(json_object_get(src, "media_type"));
+			data = json_string_value(json_object_get(src, "data"));
+			for (k = 0; m != NULL && media[k] != NULL &&
+			    strcmp(media[k], m) != 0; k++)
+				;
+			if (m != NULL && media[k] != NULL && data != NULL &&
+			    data[strspn(data, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+			    "abcdefghijklmnopqrstuvwxyz0123456789+/=")] == '\0')
+				nb = json_pack("{s:s, s:{s:s, s:s, s:s}}", "type",
+				    "image", "source", "type", "base64",
+				    "media_type", media[k], "data", data);
+		}
+		if (nb == NULL || json_array_append_new(out, nb) != 0) {
+			json_decref(out);
+			return (NULL);
+		}
+	}
+	return (out);
+}
+
 /* Copy an optional string member; fail if present and not a string. */
 static int
 pool_opt_str(json_t *msg, const char *key, const char **out)
@@ -111,7 +158,8 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	struct job		*job, *q;
 	const char		*tenant, *key, *conv, *resume, *model, *sp, *text;
 	const char		*id;
-	json_t			*v;
+	json_t			*v, *stops, *content = NULL;
+	size_t			 i;
 	long			 max_tokens = 0, timeout = cf->job_timeout_ms;
 	int			 tools = 0, qlen = 0;
 
@@ -157,9 +205,28 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 			return (*cause = strdup("tools: invalid"), -1);
 		tools = json_is_true(v);
 	}
+	if ((v = json_object_get(msg, "content")) != NULL &&
+	    !json_is_null(v) && (content = pool_content(v)) == NULL)
+		return (*cause = strdup("content: invalid"), -1);
+	if ((stops = json_object_get(msg, "stop")) != NULL &&
+	    !json_is_null(stops)) {
+		if (!json_is_array(stops) ||
+		    json_array_size(stops) > POOLD_MAX_STOPS)
+			goto bad_stop;
+		json_array_foreach(stops, i, v) {
+			if (!json_is_string(v) || json_string_length(v) == 0 ||
+			    json_string_length(v) > POOLD_MAX_STOP_LEN ||
+			    strlen(json_string_value(v)) !=
+			    json_string_length(v))
+				goto bad_stop;
+		}
+	}
 
-	if ((job = calloc(1, sizeof *job)) == NULL)
+	if ((job = calloc(1, sizeof *job)) == NULL) {
+		json_decref(content);
 		return (*cause = strdup("out of memory"), -1);
+	}
+	job->content = content;
 	job->sink = sink;
 	job->sink_arg = arg;
 	job->state = JOB_NEW;
@@ -178,11 +245,19 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		    model);
 	job->profile.tools = tools;
 	job->profile.max_tokens = max_tokens;
+	job->stop_hit = -1;
 	if ((sp != NULL && *sp != '\0' &&
 	    (job->profile.system_prompt = strdup(sp)) == NULL) ||
 	    (job->message = strdup(text)) == NULL) {
 		pool_job_free(job);
 		return (*cause = strdup("out of memory"), -1);
+	}
+	for (i = 0; json_is_array(stops) && i < json_array_size(stops); i++) {
+		if ((job->stops[job->nstops++] = strdup(json_string_value(
+		    json_array_get(stops, i)))) == NULL) {
+			pool_job_free(job);
+			return (*cause = strdup("out of memory"), -1);
+		}
 	}
 	poold->stats.jobs++;
 	sink->started(arg, job);
@@ -210,14 +285,22 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	pool_dispatch();
 	poold->submitting = NULL;
 	return (0);
+bad_stop:
+	json_decref(content);
+	return (*cause = strdup("stop: invalid"), -1);
 }
 
 /* Free a job that is in no list. */
 static void
 pool_job_free(struct job *job)
 {
+	int	i;
+
+	for (i = 0; i < job->nstops; i++)
+		free(job->stops[i]);
 	profile_clear(&job->profile);
 	free(job->message);
+	json_decref(job->content);
 	free(job->text);
 	free(job);
 }
@@ -378,9 +461,13 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 	 * (--disable-slash-commands answers it instead of the model): a
 	 * space in front makes it text, as the client meant it.
 	 */
-	line = json_pack("{s:s, s:{s:s, s:s+}}", "type", "user", "message",
-	    "role", "user", "content", job->message[0] == '/' ? " " : "",
-	    job->message);
+	if (job->content != NULL)
+		line = json_pack("{s:s, s:{s:s, s:O}}", "type", "user",
+		    "message", "role", "user", "content", job->content);
+	else
+		line = json_pack("{s:s, s:{s:s, s:s+}}", "type", "user",
+		    "message", "role", "user", "content",
+		    job->message[0] == '/' ? " " : "", job->message);
 	if (line == NULL)
 		return (-1);
 	s = json_dumps(line, JSON_COMPACT);
@@ -628,6 +715,139 @@ pool_paragraph(struct cli_msg *m)
 	return (0);
 }
 
+/*
+ * Where the job's text may be relayed to: the start of the first stop
+ * sequence in it (*hit is then its index: the turn stops there), else its
+ * end less the longest tail that could begin one.  No stop can begin in
+ * what was relayed already: that much was held back until it could not.
+ */
+static size_t
+pool_stop_scan(const struct job *job, int *hit)
+{
+	const char	*at, *best = NULL;
+	size_t		 len, k, keep = 0, rest = job->textlen - job->sent;
+	int		 i;
+
+	*hit = -1;
+	for (i = 0; i < job->nstops; i++) {
+		len = strlen(job->stops[i]);
+		at = memmem(job->text + job->sent, rest, job->stops[i], len);
+		if (at != NULL && (best == NULL || at < best)) {
+			best = at;
+			*hit = i;
+		}
+		for (k = len - 1 < rest ? len - 1 : rest; k > keep; k--) {
+			if (memcmp(job->text + job->textlen - k, job->stops[i],
+			    k) == 0) {
+				keep = k;
+				break;
+			}
+		}
+	}
+	if (best != NULL)
+		return ((size_t)(best - job->text));
+	return (job->textlen - keep);
+}
+
+/*
+ * Send the client the job's text from what it has up to upto.  Returns
+ * -1 when the job is over (the client left, or memory ran out): the job
+ * is freed then.
+ */
+static int
+pool_relay(struct proc *p, struct job *job, size_t upto)
+{
+	json_t		*f;
+	uint64_t	 us;
+	int		 first = job->sent == 0;
+
+	if (upto <= job->sent)
+		return (0);
+	if (first)
+		pool_sample(poold->stats.ttfe, &poold->stats.nttfe,
+		    poold_now() - job->started_at);
+	/*
+	 * The first text says how long the CLI itself took to it: from the
+	 * turn reaching its stdin to this line read from its stdout, what a
+	 * program driving it directly would wait.
+	 */
+	if ((f = proto_new(PROTO_EVENT)) == NULL ||
+	    json_object_set_new(f, "text", json_stringn(job->text + job->sent,
+	    upto - job->sent)) != 0 || (first && json_object_set_new(f,
+	    "cli_us", json_integer((json_int_t)(p->read_us -
+	    job->handed_us))) != 0)) {
+		json_decref(f);
+		proc_kill(p);
+		pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+		return (-1);
+	}
+	job->sent = upto;
+	if (job->sink->send(job->sink_arg, f) != 0) {
+		json_decref(f);
+		pool_cancel(job);
+		return (-1);
+	}
+	json_decref(f);
+	if (first && !job->waited) {
+		/*
+		 * The daemon's own share of the first event: from the frame to
+		 * the CLI's stdin (less time spent queued) plus from reading
+		 * the CLI's line to handing the client its frame.  Starting a
+		 * process (fork, exec, its workspace) is counted apart.
+		 */
+		us = (job->handed_us - job->accepted_us) +
+		    (job->sink->handed_us(job->sink_arg) - p->read_us);
+		if (job->origin == ORIGIN_WARM || job->origin == ORIGIN_BOUND)
+			pool_sample(poold->stats.overhead,
+			    &poold->stats.noverhead, us);
+		else
+			pool_sample(poold->stats.spawn, &poold->stats.nspawn, us);
+	}
+	return (0);
+}
+
+/*
+ * End the CLI's turn early (a stop sequence, or the upstream's max_tokens,
+ * which the CLI would answer by asking the model to go on): an interrupt
+ * on its stdin, as its SDK sends one.  The process lives on; its result
+ * line ends the job, and what it prints until then is not the client's.
+ */
+static void
+pool_halt(struct proc *p, struct job *job)
+{
+	static const char	line[] = "{\"type\":\"control_request\","
+	    "\"request_id\":\"ccgate-halt\",\"request\":{\"subtype\":"
+	    "\"interrupt\"}}\n";
+
+	job->halted = 1;
+	if (proc_write(p, line, sizeof line - 1) != 0) {
+		log_warnx("CLI %ld: cannot interrupt its turn", (long)p->pid);
+		proc_kill(p);
+	}
+}
+
+/* The upstream's input usage of the turn's first answer, for the client. */
+static void
+pool_start_usage(struct job *job, const struct cli_msg *m)
+{
+	json_t	*f;
+
+	job->usage_sent = 1;
+	f = json_pack("{s:i, s:s, s:{s:I, s:I, s:I}}", "v", PROTO_VERSION,
+	    "type", PROTO_EVENT, "usage", "input_tokens",
+	    (json_int_t)m->input_tokens, "cache_read_input_tokens",
+	    (json_int_t)m->cache_read_tokens, "cache_creation_input_tokens",
+	    (json_int_t)m->cache_creation_tokens);
+	if (f == NULL)
+		return;		/* only bookkeeping: the turn goes on */
+	if (job->sink->send(job->sink_arg, f) != 0) {
+		json_decref(f);
+		pool_cancel(job);
+		return;
+	}
+	json_decref(f);
+}
+
 /* A turn ended with a result line. */
 static void
 pool_result(struct proc *p, struct job *job, struct cli_msg *m)
@@ -645,7 +865,8 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 	p->state = PROC_BOUND;
 	snprintf(p->session_id, sizeof p->session_id, "%s", job->session_id);
 
-	if (m->is_error) {
+	/* An interrupted turn ends in error: it ended where it was meant to. */
+	if (m->is_error && !job->halted) {
 		if (job->origin == ORIGIN_RESUMED && job->textlen == 0 &&
 		    strcmp(m->subtype, "error_during_execution") == 0) {
 			proc_kill(p);
@@ -658,11 +879,13 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 		pool_fail(job, PROTO_E_UPSTREAM, msg);
 		return;
 	}
-	if (job->textlen == 0 && m->text != NULL && pool_append(job,
-	    m->text) != 0) {
-		pool_fail(job, PROTO_E_INTERNAL, "out of memory");
-		return;
-	}
+	if (job->textlen == 0 && !job->halted && m->text != NULL) {
+		if (pool_append(job, m->text) != 0) {
+			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+			return;
+		}
+	} else if (!job->halted && pool_relay(p, job, job->textlen) != 0)
+		return;		/* what was held back for a stop that never came */
 
 	f = proto_new(PROTO_DONE);
 	usage = json_pack("{s:I, s:I, s:I, s:I}",
@@ -693,6 +916,12 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 	json_object_set_new(f, "cli_duration_ms",
 	    json_integer((json_int_t)m->duration_ms));
 	json_object_set_new(f, "model", json_string(job->profile.model));
+	json_object_set_new(f, "stop_reason", json_string(job->stop_reason[0] !=
+	    '\0' ? job->stop_reason : m->stop_reason[0] != '\0' ?
+	    m->stop_reason : "end_turn"));
+	if (job->stop_hit >= 0)
+		json_object_set_new(f, "stop_sequence",
+		    json_string(job->stops[job->stop_hit]));
 	json_object_set_new(f, "process", proc);
 	poold->stats.succeeded++;
 	pool_finish(job, f);
@@ -746,9 +975,9 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 	struct job	*job = p->job;
 	struct cli_msg	 m;
 	char		*cause = NULL;
-	json_t		*f;
-	uint64_t	 now, us;
-	int		 first;
+	uint64_t	 now;
+	size_t		 upto;
+	int		 hit;
 
 	if (job == NULL || p->state == PROC_DYING)
 		return;
@@ -780,59 +1009,43 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 		 */
 		job->new_block = job->textlen > 0;
 		break;
+	case CLI_MESSAGE_START:
+		if (!job->usage_sent && !job->halted)
+			pool_start_usage(job, &m);
+		break;
+	case CLI_STOP:
+		if (job->halted)
+			break;
+		snprintf(job->stop_reason, sizeof job->stop_reason, "%s",
+		    m.stop_reason);
+		if (strcmp(m.stop_reason, "max_tokens") == 0)
+			pool_halt(p, job);
+		break;
 	case CLI_DELTA:
-		first = job->textlen == 0;
-		if (first)
-			pool_sample(poold->stats.ttfe, &poold->stats.nttfe,
-			    now - job->started_at);
+		if (job->halted)
+			break;
 		if (job->new_block && pool_paragraph(&m) != 0) {
 			proc_kill(p);
 			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
 			break;
 		}
 		job->new_block = 0;
-		if (pool_append(job, m.text) != 0 ||
-		    (f = proto_new(PROTO_EVENT)) == NULL) {
+		if (pool_append(job, m.text) != 0) {
 			proc_kill(p);
 			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
 			break;
 		}
-		/*
-		 * The first text says how long the CLI itself took to it:
-		 * from the turn reaching its stdin to this line read from
-		 * its stdout, what a program driving it directly would wait.
-		 */
-		if (json_object_set_new(f, "text", json_string(m.text)) != 0 ||
-		    (first && json_object_set_new(f, "cli_us", json_integer(
-		    (json_int_t)(p->read_us - job->handed_us))) != 0)) {
-			json_decref(f);
-			proc_kill(p);
-			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+		upto = pool_stop_scan(job, &hit);
+		if (pool_relay(p, job, upto) != 0)
 			break;
-		}
-		if (job->sink->send(job->sink_arg, f) != 0) {
-			json_decref(f);
-			pool_cancel(job);
-			break;
-		}
-		json_decref(f);
-		if (first && !job->waited) {
-			/*
-			 * The daemon's own share of the first event: from the
-			 * frame to the CLI's stdin (less time spent queued)
-			 * plus from reading the CLI's line to handing the
-			 * client its frame.  Starting a process (fork, exec,
-			 * its workspace) is counted apart.
-			 */
-			us = (job->handed_us - job->accepted_us) +
-			    (job->sink->handed_us(job->sink_arg) - p->read_us);
-			if (job->origin == ORIGIN_WARM ||
-			    job->origin == ORIGIN_BOUND)
-				pool_sample(poold->stats.overhead,
-				    &poold->stats.noverhead, us);
-			else
-				pool_sample(poold->stats.spawn,
-				    &poold->stats.nspawn, us);
+		if (hit >= 0) {
+			/* What the client saw is the answer: it ends here. */
+			job->stop_hit = hit;
+			job->textlen = upto;
+			job->text[upto] = '\0';
+			snprintf(job->stop_reason, sizeof job->stop_reason,
+			    "stop_sequence");
+			pool_halt(p, job);
 		}
 		break;
 	case CLI_RETRY:

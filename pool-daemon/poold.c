@@ -311,8 +311,8 @@ poold_config_load(const char *path, char **cause)
 	POOLD_INT("health_check_interval_ms", health_check_interval_ms, 30000,
 	    100, 3600000);
 	POOLD_INT("shutdown_grace_ms", shutdown_grace_ms, 10000, 0, 3600000);
-	POOLD_INT("max_frame", max_frame, PROTO_DEFAULT_MAX, PROTO_MIN_MAX,
-	    64 * 1024 * 1024);
+	POOLD_INT("max_frame", max_frame, PROTO_JOB_MAX, PROTO_MIN_MAX,
+	    PROTO_LARGEST);
 	POOLD_INT("rlimit_nofile", rlimit_nofile, 4096, 64, 1048576);
 	POOLD_INT("rlimit_nproc", rlimit_nproc, 0, 0, 1048576);
 	POOLD_INT("cli_nice", cli_nice, 5, 0, 19);

@@ -25,6 +25,9 @@
 #include "util.h"
 
 #define POOLD_MAX_PROMPT	(64 * 1024 * 1024)	/* max_frame bounds it */
+#define POOLD_MAX_STOPS		8	/* a job's stop sequences */
+#define POOLD_MAX_STOP_LEN	256
+#define POOLD_MAX_BLOCKS	100	/* a message's text and image blocks */
 #define POOLD_MAX_MODEL		128
 #define POOLD_STDERR_KEEP	2048
 #define POOLD_ENV_MAX		64
@@ -192,6 +195,7 @@ struct job {
 	char			 resume[UUID_LEN + 1];	/* "" for none */
 	struct profile		 profile;
 	char			*message;
+	json_t			*content;	/* with images: the CLI's blocks */
 	uint64_t		 accepted_at;
 	uint64_t		 accepted_us;	/* frame decoded */
 	uint64_t		 handed_us;	/* turn written to the CLI */
@@ -211,6 +215,17 @@ struct job {
 	char			 session_id[UUID_LEN + 1];
 	int			 retries_seen;
 	int			 last_retry_status;
+	/*
+	 * What the client has been sent of text: a stop sequence's
+	 * possible beginning is held back until it is known not to be one.
+	 */
+	size_t			 sent;
+	char			*stops[POOLD_MAX_STOPS];
+	int			 nstops;
+	int			 stop_hit;	/* stops[] index, or -1 */
+	char			 stop_reason[32]; /* the upstream's last */
+	int			 halted;	/* interrupted: output ignored */
+	int			 usage_sent;	/* the input usage went out */
 	TAILQ_ENTRY(job)	 entry;
 };
 TAILQ_HEAD(jobs, job);

@@ -51,11 +51,14 @@ poolc_open(const char *path, char **cause)
 	return (pc);
 }
 
-/* Send one message. */
+/*
+ * Send one message.  Frames are bounded by ccgate-poold's max_frame, which
+ * it checks both ways; this side allows the largest there is.
+ */
 int
 poolc_send(struct poolc *pc, json_t *msg, char **cause)
 {
-	return (proto_write_fd(pc->fd, msg, PROTO_DEFAULT_MAX, cause));
+	return (proto_write_fd(pc->fd, msg, PROTO_LARGEST, cause));
 }
 
 /*
@@ -98,7 +101,7 @@ poolc_next(struct poolc *pc, int watch_fd, int timeout_ms, int *why,
 		*why = POOLC_TIMEOUT;
 		return (NULL);
 	}
-	return (proto_read_fd(pc->fd, PROTO_DEFAULT_MAX, 30000, cause));
+	return (proto_read_fd(pc->fd, PROTO_LARGEST, 30000, cause));
 }
 
 /* Close the connection (cancelling a running job). */
@@ -121,7 +124,7 @@ poolc_call(const char *path, json_t *msg, int timeout_ms, char **cause)
 	if ((pc = poolc_open(path, cause)) == NULL)
 		return (NULL);
 	if (poolc_send(pc, msg, cause) == 0)
-		ans = proto_read_fd(pc->fd, PROTO_DEFAULT_MAX, timeout_ms,
+		ans = proto_read_fd(pc->fd, PROTO_LARGEST, timeout_ms,
 		    cause);
 	poolc_close(pc);
 	return (ans);

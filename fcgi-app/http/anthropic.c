@@ -14,9 +14,6 @@
 #include "http.h"
 #include "log.h"
 
-static const char *const anthropic_ignored[] = { "temperature", "top_p",
-    "top_k", "stop_sequences", "metadata", "thinking", "service_tier",
-    NULL };
 static const char *const anthropic_tools[] = { "tools", "tool_choice",
     NULL };
 
@@ -47,12 +44,15 @@ anthropic_start(struct turn *t)
 	char	id[96];
 
 	anthropic_id(t, id, sizeof id);
+	/* The usage the upstream's own message_start gave, as it gave it. */
 	if (anthropic_event(t, "message_start", json_pack("{s:s, s:{s:s, s:s, "
-	    "s:s, s:s, s:[], s:n, s:n, s:{s:i, s:i}}}", "type", "message_start",
-	    "message", "id", id, "type", "message", "role", "assistant",
-	    "model", t->conv->model, "content", "stop_reason",
-	    "stop_sequence", "usage", "input_tokens", 0, "output_tokens",
-	    0)) != 0)
+	    "s:s, s:s, s:[], s:n, s:n, s:{s:I, s:I, s:I, s:i}}}", "type",
+	    "message_start", "message", "id", id, "type", "message", "role",
+	    "assistant", "model", t->conv->model, "content", "stop_reason",
+	    "stop_sequence", "usage", "input_tokens", (json_int_t)t->start_in,
+	    "cache_read_input_tokens", (json_int_t)t->start_cache_read,
+	    "cache_creation_input_tokens", (json_int_t)t->start_cache_creation,
+	    "output_tokens", t->have_start_usage ? 1 : 0)) != 0)
 		return (-1);
 	return (anthropic_event(t, "content_block_start", json_pack("{s:s, s:i, "
 	    "s:{s:s, s:s}}", "type", "content_block_start", "index", 0,
@@ -87,17 +87,19 @@ anthropic_done(struct turn *t)
 	if (!t->stream) {
 		anthropic_id(t, id, sizeof id);
 		req_send_json(t->r, 200, json_pack("{s:s, s:s, s:s, s:s, "
-		    "s:[{s:s, s:s}], s:s, s:n, s:o}", "id", id, "type",
+		    "s:[{s:s, s:s}], s:s, s:s?, s:o}", "id", id, "type",
 		    "message", "role", "assistant", "model", t->conv->model,
 		    "content", "type", "text", "text", t->text, "stop_reason",
-		    "end_turn", "stop_sequence", "usage", anthropic_usage(t)));
+		    t->stop_reason, "stop_sequence", t->stop_sequence, "usage",
+		    anthropic_usage(t)));
 		return;
 	}
 	if (anthropic_event(t, "content_block_stop", json_pack("{s:s, s:i}",
 	    "type", "content_block_stop", "index", 0)) != 0 ||
-	    anthropic_event(t, "message_delta", json_pack("{s:s, s:{s:s, s:n}, "
-	    "s:o}", "type", "message_delta", "delta", "stop_reason", "end_turn",
-	    "stop_sequence", "usage", anthropic_usage(t))) != 0)
+	    anthropic_event(t, "message_delta", json_pack("{s:s, s:{s:s, s:s?}, "
+	    "s:o}", "type", "message_delta", "delta", "stop_reason",
+	    t->stop_reason, "stop_sequence", t->stop_sequence, "usage",
+	    anthropic_usage(t))) != 0)
 		return;
 	(void)anthropic_event(t, "message_stop", json_pack("{s:s}", "type",
 	    "message_stop"));
@@ -124,7 +126,7 @@ anthropic_messages_handle(struct request *r)
 	struct conversation	 conv;
 	struct turn		 t;
 	const char		*model;
-	json_t			*body, *sys;
+	json_t			*body, *sys, *stops = NULL;
 	long long		 max_tokens = 0;
 	int			 stream = 0, prime;
 	char			*system = NULL;
@@ -141,31 +143,38 @@ anthropic_messages_handle(struct request *r)
 		req_error(r, 400, NULL, "max_tokens: required");
 		return;
 	}
-	if (perm_check(r, model, stream, &max_tokens) != 0)
+	if (perm_check(r, model, stream, &max_tokens) != 0 ||
+	    compat_stops(r, body, "stop_sequences", 0, &stops) != 0)
 		return;
-	if ((sys = json_object_get(body, "system")) != NULL &&
+	if ((sys = req_field(r, body, "system")) != NULL &&
 	    !json_is_null(sys) && (system = compat_text(sys, "system",
-	    (size_t)appconf->max_message, &err)) == NULL) {
+	    (size_t)appconf->max_message, NULL, &err)) == NULL) {
 		compat_refuse(r, &err);
+		json_decref(stops);
 		return;
 	}
-	if (compat_parse(json_object_get(body, "messages"), 0,
+	if (compat_parse(req_field(r, body, "messages"), 0,
 	    (size_t)appconf->max_message, &m, &err) != 0) {
 		compat_refuse(r, &err);
 		free(system);
+		json_decref(stops);
 		return;
 	}
 	m.system = system;
-	compat_ignored(r, body, anthropic_ignored);
+	compat_ignored(r);
 	if (compat_conversation(r, model, &m, &conv, &prime) != 0) {
 		compat_free(&m);
+		json_decref(stops);
 		return;
 	}
 	req_add_header(r, "X-Ccgate-Conversation-Id", conv.id);
 	turn_init(&t, r, &anthropic_ops, &conv, m.texts[m.n - 1], max_tokens,
 	    stream);
 	t.prime = prime;
+	t.stops = stops;
+	t.content = m.content;
 	turn_run(&t);
 	conv_clear(&conv);
 	compat_free(&m);
+	json_decref(stops);
 }

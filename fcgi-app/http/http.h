@@ -131,6 +131,8 @@ const char	*req_id(struct request *);
 uint64_t	 req_started_us(const struct request *);
 const char	*req_query(struct request *, const char *, char *, size_t);
 json_t		*req_json_body(struct request *, int);
+json_t		*req_field(struct request *, json_t *, const char *);
+const char	*req_unread(struct request *, char *, size_t);
 void		 req_add_header(struct request *, const char *, const char *);
 void		 req_send_json(struct request *, int, json_t *);
 void		 req_send_empty(struct request *, int);
@@ -216,9 +218,16 @@ struct turn {
 	uint64_t		 job_us;	/* the job went to the pool */
 	long long		 ttft_ms;
 	long long		 created;	/* unix time, for the answer */
+	json_t			*stops;		/* stop sequences, or NULL */
+	json_t			*content;	/* message with images, or NULL */
+	/* The upstream's input usage, as the first answer began. */
+	int			 have_start_usage;
+	long long		 start_in, start_cache_read, start_cache_creation;
 	/* The answer, once done. */
 	const char		*text;
 	const char		*session_id;
+	const char		*stop_reason;	/* the upstream's: "end_turn"... */
+	const char		*stop_sequence;	/* the one that ended it, or NULL */
 	long long		 in, out, cache_read, cache_creation;
 	double			 cost;
 };
@@ -232,7 +241,8 @@ struct compat_msgs {
 	char		 *system;
 	size_t		  n;
 	const char	**roles;	/* "user" or "assistant" */
-	char		**texts;
+	char		**texts;	/* images as placeholders */
+	json_t		 *content;	/* the last message's blocks, if images */
 };
 
 /*
@@ -245,16 +255,19 @@ struct compat_err {
 	char	msg[256];
 };
 
-char	*compat_text(json_t *, const char *, size_t, struct compat_err *);
+char	*compat_text(json_t *, const char *, size_t, json_t **,
+	     struct compat_err *);
 int	 compat_parse(json_t *, int, size_t, struct compat_msgs *,
 	     struct compat_err *);
 void	 compat_refuse(struct request *, const struct compat_err *);
 void	 compat_free(struct compat_msgs *);
 int	 compat_conversation(struct request *, const char *,
 	     struct compat_msgs *, struct conversation *, int *);
-void	 compat_ignored(struct request *, json_t *, const char *const *);
+void	 compat_ignored(struct request *);
 int	 compat_no_tools(struct request *, json_t *, const char *const *);
 int	 compat_model(struct request *, json_t *, const char **);
+int	 compat_stops(struct request *, json_t *, const char *, int,
+	     json_t **);
 
 /* http/chat.c: the native dialect. */
 void		 chat_handle(struct request *);
@@ -266,6 +279,7 @@ void		 chat_turn(struct request *, struct conversation *,
 /* http/openai.c, http/anthropic.c: the compatible dialects. */
 void		 openai_chat_handle(struct request *);
 void		 openai_models_handle(struct request *);
+void		 openai_model_handle(struct request *);
 void		 anthropic_messages_handle(struct request *);
 
 /* http/convapi.c: /api/conversations. */

@@ -15,7 +15,7 @@ int
 input_str(struct request *r, json_t *obj, const char *name, int required,
     size_t maxlen, const char **out)
 {
-	json_t	*v = json_object_get(obj, name);
+	json_t	*v = req_field(r, obj, name);
 
 	*out = NULL;
 	if (v == NULL || json_is_null(v)) {
@@ -51,7 +51,7 @@ int
 input_int(struct request *r, json_t *obj, const char *name, long long min,
     long long max, long long *out)
 {
-	json_t	*v = json_object_get(obj, name);
+	json_t	*v = req_field(r, obj, name);
 
 	if (v == NULL || json_is_null(v))
 		return (0);
@@ -73,7 +73,7 @@ int
 input_number(struct request *r, json_t *obj, const char *name, double min,
     double max, double *out)
 {
-	json_t	*v = json_object_get(obj, name);
+	json_t	*v = req_field(r, obj, name);
 
 	if (v == NULL || json_is_null(v))
 		return (0);
@@ -94,7 +94,7 @@ input_number(struct request *r, json_t *obj, const char *name, double min,
 int
 input_bool(struct request *r, json_t *obj, const char *name, int *out)
 {
-	json_t	*v = json_object_get(obj, name);
+	json_t	*v = req_field(r, obj, name);
 
 	if (v == NULL || json_is_null(v))
 		return (0);

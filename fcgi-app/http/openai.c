@@ -12,10 +12,6 @@
 #include "http.h"
 #include "log.h"
 
-static const char *const openai_ignored[] = { "temperature", "top_p", "n",
-    "stop", "presence_penalty", "frequency_penalty", "logit_bias",
-    "logprobs", "top_logprobs", "seed", "user", "response_format",
-    "service_tier", "store", "metadata", "reasoning_effort", NULL };
 static const char *const openai_tools[] = { "tools", "tool_choice",
     "functions", "function_call", "parallel_tool_calls", NULL };
 
@@ -61,6 +57,17 @@ openai_delta(struct turn *t, const char *text)
 	    text), NULL)));
 }
 
+/* Why the answer ended, as OpenAI says it. */
+static const char *
+openai_finish(const struct turn *t)
+{
+	if (strcmp(t->stop_reason, "max_tokens") == 0)
+		return ("length");
+	if (strcmp(t->stop_reason, "refusal") == 0)
+		return ("content_filter");
+	return ("stop");
+}
+
 /* The usage object. */
 static json_t *
 openai_usage(struct turn *t)
@@ -86,10 +93,10 @@ openai_done(struct turn *t)
 		    "chat.completion", "created", (json_int_t)t->created,
 		    "model", t->conv->model, "choices", "index", 0, "message",
 		    "role", "assistant", "content", t->text, "finish_reason",
-		    "stop", "usage", openai_usage(t)));
+		    openai_finish(t), "usage", openai_usage(t)));
 		return;
 	}
-	if (openai_send(t, openai_chunk(t, json_object(), "stop")) != 0)
+	if (openai_send(t, openai_chunk(t, json_object(), openai_finish(t))) != 0)
 		return;
 	if (t->include_usage) {
 		snprintf(id, sizeof id, "chatcmpl-%s", req_id(t->r));
@@ -116,6 +123,35 @@ static const struct turn_ops openai_ops = {
 	openai_start, openai_delta, openai_done, openai_stream_error
 };
 
+/* Refuse audio output (400): the answer is text. */
+static int
+openai_text_only(struct request *r, json_t *body)
+{
+	json_t	*v, *m;
+	size_t	 i;
+
+	if ((v = req_field(r, body, "audio")) != NULL && !json_is_null(v)) {
+		req_error(r, 400, NULL, "audio: audio output is not supported; "
+		    "answers are text");
+		return (-1);
+	}
+	if ((v = req_field(r, body, "modalities")) == NULL || json_is_null(v))
+		return (0);
+	if (!json_is_array(v)) {
+		req_error(r, 400, NULL, "modalities: must be an array");
+		return (-1);
+	}
+	json_array_foreach(v, i, m) {
+		if (!json_is_string(m) || strcmp(json_string_value(m),
+		    "text") != 0) {
+			req_error(r, 400, NULL, "modalities[%zu]: only \"text\" "
+			    "is supported", i);
+			return (-1);
+		}
+	}
+	return (0);
+}
+
 /* POST /v1/chat/completions */
 void
 openai_chat_handle(struct request *r)
@@ -125,7 +161,7 @@ openai_chat_handle(struct request *r)
 	struct conversation	 conv;
 	struct turn		 t;
 	const char		*model;
-	json_t			*body, *so;
+	json_t			*body, *so, *stops = NULL;
 	long long		 max_tokens = 0, n = 1;
 	int			 stream = 0, include_usage = 0, prime;
 
@@ -139,7 +175,7 @@ openai_chat_handle(struct request *r)
 	    &max_tokens) != 0 ||
 	    input_int(r, body, "n", 1, 1, &n) != 0)
 		return;
-	if ((so = json_object_get(body, "stream_options")) != NULL &&
+	if ((so = req_field(r, body, "stream_options")) != NULL &&
 	    !json_is_null(so)) {
 		if (!json_is_object(so) ||
 		    input_bool(r, so, "include_usage", &include_usage) != 0) {
@@ -149,16 +185,20 @@ openai_chat_handle(struct request *r)
 			return;
 		}
 	}
-	if (perm_check(r, model, stream, &max_tokens) != 0)
+	if (openai_text_only(r, body) != 0 ||
+	    perm_check(r, model, stream, &max_tokens) != 0 ||
+	    compat_stops(r, body, "stop", 4, &stops) != 0)
 		return;
-	if (compat_parse(json_object_get(body, "messages"), 1,
+	if (compat_parse(req_field(r, body, "messages"), 1,
 	    (size_t)appconf->max_message, &m, &err) != 0) {
 		compat_refuse(r, &err);
+		json_decref(stops);
 		return;
 	}
-	compat_ignored(r, body, openai_ignored);
+	compat_ignored(r);
 	if (compat_conversation(r, model, &m, &conv, &prime) != 0) {
 		compat_free(&m);
+		json_decref(stops);
 		return;
 	}
 	req_add_header(r, "X-Ccgate-Conversation-Id", conv.id);
@@ -166,17 +206,39 @@ openai_chat_handle(struct request *r)
 	    stream);
 	t.prime = prime;
 	t.include_usage = include_usage;
+	t.stops = stops;
+	t.content = m.content;
 	turn_run(&t);
 	conv_clear(&conv);
 	compat_free(&m);
+	json_decref(stops);
 }
 
-/* GET /v1/models */
+/*
+ * A model as the client's SDK expects it: Anthropic's shape for a request
+ * that says anthropic-version (its SDKs always do), OpenAI's otherwise.
+ */
+static json_t *
+openai_model(struct request *r, const char *id)
+{
+	if (req_header(r, "HTTP_ANTHROPIC_VERSION") != NULL)
+		return (json_pack("{s:s, s:s, s:s, s:s}", "type", "model", "id",
+		    id, "display_name", id, "created_at",
+		    "1970-01-01T00:00:00Z"));
+	return (json_pack("{s:s, s:s, s:i, s:s}", "id", id, "object", "model",
+	    "created", 0, "owned_by", "anthropic"));
+}
+
+/*
+ * GET /v1/models: the models the key may use, in the shape of the
+ * client's SDK (openai_model): OpenAI's list, or Anthropic's page.
+ */
 void
 openai_models_handle(struct request *r)
 {
-	json_t	*data;
-	int	 i;
+	json_t		*data;
+	const char	*first = NULL, *last = NULL;
+	int		 i;
 
 	if ((data = json_array()) == NULL) {
 		req_error(r, 500, NULL, "out of memory");
@@ -185,10 +247,34 @@ openai_models_handle(struct request *r)
 	for (i = 0; i < appconf->nmodels; i++) {
 		if (!auth_model_allowed(req_key(r), appconf->models[i]))
 			continue;
-		json_array_append_new(data, json_pack("{s:s, s:s, s:i, s:s}",
-		    "id", appconf->models[i], "object", "model", "created", 0,
-		    "owned_by", "anthropic"));
+		if (first == NULL)
+			first = appconf->models[i];
+		last = appconf->models[i];
+		json_array_append_new(data, openai_model(r,
+		    appconf->models[i]));
 	}
-	req_send_json(r, 200, json_pack("{s:s, s:o}", "object", "list", "data",
-	    data));
+	if (req_header(r, "HTTP_ANTHROPIC_VERSION") != NULL)
+		req_send_json(r, 200, json_pack("{s:o, s:b, s:s?, s:s?}",
+		    "data", data, "has_more", 0, "first_id", first, "last_id",
+		    last));
+	else
+		req_send_json(r, 200, json_pack("{s:s, s:o}", "object", "list",
+		    "data", data));
+}
+
+/* GET /v1/models/:id: one model the key may use, or 404. */
+void
+openai_model_handle(struct request *r)
+{
+	const char	*id = req_route(r)->param;
+	int		 i;
+
+	for (i = 0; i < appconf->nmodels; i++) {
+		if (strcmp(appconf->models[i], id) == 0 &&
+		    auth_model_allowed(req_key(r), id)) {
+			req_send_json(r, 200, openai_model(r, id));
+			return;
+		}
+	}
+	req_error(r, 404, NULL, "model: no model \"%.64s\" for this key", id);
 }

@@ -26,6 +26,7 @@
 #include "log.h"
 
 #define REQ_MAX_HEADERS	2048
+#define REQ_MAX_USED	48
 /* 12 significant digits: costs print as 0.012453, not 0.012453000000000001. */
 #define REQ_JSON_FLAGS	(JSON_COMPACT | JSON_REAL_PRECISION(12))
 
@@ -53,6 +54,9 @@ struct request {
 	char		*body;
 	size_t		 body_len;
 	json_t		*json;
+	/* The members of the body a handler read (req_field). */
+	const char	*used[REQ_MAX_USED];
+	int		 nused;
 	uint64_t	 started_us;
 
 	/* A batch item: answers are kept here, not sent. */
@@ -485,6 +489,55 @@ req_read_body(struct request *r)
 		return (-1);
 	}
 	return (0);
+}
+
+/*
+ * Member name of obj (NULL if absent), noted as read when obj is the
+ * request's body: what no handler reads, it did not apply (req_unread).
+ */
+json_t *
+req_field(struct request *r, json_t *obj, const char *name)
+{
+	int	i;
+
+	if (obj != NULL && obj == r->json) {
+		for (i = 0; i < r->nused && strcmp(r->used[i], name) != 0; i++)
+			;
+		if (i == r->nused && r->nused < REQ_MAX_USED)
+			r->used[r->nused++] = name;
+	}
+	return (json_object_get(obj, name));
+}
+
+/*
+ * The members of the body no handler read (req_field), as a list for a
+ * header ("a, b"), in buf; "" if none.  A name that a header could not
+ * carry as it is shows as "?".
+ */
+const char *
+req_unread(struct request *r, char *buf, size_t len)
+{
+	const char	*k, *name;
+	json_t		*v;
+	size_t		 o = 0;
+	int		 i, n;
+
+	buf[0] = '\0';
+	json_object_foreach(r->json, k, v) {
+		for (i = 0; i < r->nused && strcmp(r->used[i], k) != 0; i++)
+			;
+		if (i < r->nused)
+			continue;
+		name = *k != '\0' && k[strspn(k, "abcdefghijklmnopqrstuvwxyz"
+		    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")] == '\0' ? k : "?";
+		n = snprintf(buf + o, len - o, "%s%s", o > 0 ? ", " : "", name);
+		if (n < 0 || (size_t)n >= len - o) {
+			buf[o] = '\0';	/* the names that fit whole */
+			break;
+		}
+		o += (size_t)n;
+	}
+	return (buf);
 }
 
 /*

@@ -46,6 +46,8 @@ static const struct route_def routes[] = {
 	    DIALECT_OPENAI, 0 },
 	{ "GET",  "/v1/models",		openai_models_handle, KEY,
 	    DIALECT_OPENAI, 0 },
+	{ "GET",  "/v1/models/:id",	openai_model_handle, KEY,
+	    DIALECT_OPENAI, 0 },
 	{ "POST", "/v1/messages",	anthropic_messages_handle, KEY,
 	    DIALECT_ANTHROPIC, 0 },
 

@@ -77,6 +77,32 @@ turn_timing(struct turn *t, json_t *event)
 	req_add_header(t->r, "Server-Timing", v);
 }
 
+/*
+ * The message as the CLI is to see it when it holds images: the client's
+ * blocks, or, when the session is primed, the primed text (which quotes
+ * the message's text) and then the message's images.
+ */
+static json_t *
+turn_content(const struct turn *t)
+{
+	json_t	*out, *b;
+	size_t	 i;
+
+	if (t->send == t->message)
+		return (json_incref(t->content));
+	if ((out = json_pack("[{s:s, s:s}]", "type", "text", "text",
+	    t->send)) == NULL)
+		return (NULL);
+	json_array_foreach(t->content, i, b) {
+		if (strcmp(json_string_value(json_object_get(b, "type")),
+		    "image") == 0 && json_array_append(out, b) != 0) {
+			json_decref(out);
+			return (NULL);
+		}
+	}
+	return (out);
+}
+
 /* Build the job message for the turn. */
 static json_t *
 turn_job_msg(struct turn *t)
@@ -106,6 +132,13 @@ turn_job_msg(struct turn *t)
 	if (t->max_tokens > 0)
 		json_object_set_new(job, "max_tokens",
 		    json_integer(t->max_tokens));
+	if (t->stops != NULL)
+		json_object_set(job, "stop", t->stops);
+	if (t->content != NULL && json_object_set_new(job, "content",
+	    turn_content(t)) != 0) {
+		json_decref(job);
+		return (NULL);
+	}
 	/* The CLI's own tools, in the tenant's sandboxed workspace. */
 	if (req_key(t->r)->allow_tools)
 		json_object_set_new(job, "tools", json_true());
@@ -141,6 +174,20 @@ turn_send_delta(struct turn *t, const char *text)
 	if (turn_stream_open(t) != 0)
 		return (-1);
 	return (t->ops->delta(t, text));
+}
+
+/* An event's input usage (ccgate-poold's first): the dialect may show it. */
+static void
+turn_event_usage(struct turn *t, json_t *u)
+{
+	if (!json_is_object(u) || t->have_start_usage)
+		return;
+	t->have_start_usage = 1;
+	t->start_in = json_integer_value(json_object_get(u, "input_tokens"));
+	t->start_cache_read = json_integer_value(json_object_get(u,
+	    "cache_read_input_tokens"));
+	t->start_cache_creation = json_integer_value(json_object_get(u,
+	    "cache_creation_input_tokens"));
 }
 
 /* Keep the partial text of a job that failed. */
@@ -205,7 +252,12 @@ turn_pool(struct turn *t)
 			if (why == POOLC_TIMEOUT) {
 				if (!t->stream)
 					continue;
-				if (turn_stream_open(t) != 0 ||
+				/*
+				 * The headers and a comment: the dialect's
+				 * opening events wait for the answer's first
+				 * (Anthropic's message_start for its usage).
+				 */
+				if (req_sse_start(t->r) != 0 ||
 				    req_sse_data(t->r, ": keep-alive") != 0) {
 					end = TURN_GONE;
 					break;
@@ -221,6 +273,7 @@ turn_pool(struct turn *t)
 		}
 		type = proto_type(f);
 		if (strcmp(type, PROTO_EVENT) == 0) {
+			turn_event_usage(t, json_object_get(f, "usage"));
 			text = json_string_value(json_object_get(f, "text"));
 			if (text != NULL && t->ttft_ms < 0) {
 				t->ttft_ms = (long long)(util_now_ms() -
@@ -354,6 +407,12 @@ turn_finish_done(struct turn *t)
 	t->text = json_string_value(json_object_get(t->done, "text"));
 	if (t->text == NULL)
 		t->text = "";
+	t->stop_reason = json_string_value(json_object_get(t->done,
+	    "stop_reason"));
+	if (t->stop_reason == NULL)
+		t->stop_reason = "end_turn";
+	t->stop_sequence = json_string_value(json_object_get(t->done,
+	    "stop_sequence"));
 	t->in = json_integer_value(json_object_get(u, "input_tokens"));
 	t->out = json_integer_value(json_object_get(u, "output_tokens"));
 	t->cache_read = json_integer_value(json_object_get(u,

@@ -46,6 +46,26 @@ fuzz_parse(json_t *msgs, int system_roles)
 	}
 	if (!system_roles && m.system != NULL)
 		abort();
+	/* Blocks for the CLI only when the last message holds an image. */
+	if (m.content != NULL) {
+		json_t	*b;
+		int	 images = 0;
+
+		if (!json_is_array(m.content))
+			abort();
+		json_array_foreach(m.content, i, b) {
+			const char *t = json_string_value(json_object_get(b,
+			    "type"));
+
+			if (t == NULL)
+				abort();
+			images += strcmp(t, "image") == 0;
+			if (strcmp(t, "image") != 0 && strcmp(t, "text") != 0)
+				abort();
+		}
+		if (images == 0 || strstr(m.texts[m.n - 1], "[image ") == NULL)
+			abort();
+	}
 	compat_free(&m);
 }
 
@@ -65,7 +85,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	fuzz_parse(json_object_get(body, "messages"), 0);
 	memset(&err, 0, sizeof err);
 	text = compat_text(json_object_get(body, "system"), "system",
-	    FUZZ_MAX, &err);
+	    FUZZ_MAX, NULL, &err);
 	if (text == NULL && err.msg[0] == '\0')
 		abort();
 	if (text != NULL && strlen(text) > FUZZ_MAX)

@@ -297,5 +297,313 @@ class Anthropic(unittest.TestCase):
                          (401, "authentication_error"))
 
 
+class Truthful(unittest.TestCase):
+    """What the answers say is what happened: why they ended, the input
+    usage a stream starts with, stop sequences, fields not applied."""
+
+    def test_max_tokens_ends_the_answer_as_the_upstream_did(self):
+        # The mock stops at max_tokens words, as the real API stops at
+        # max_tokens tokens; the CLI would ask the model to go on.
+        r = post("/v1/chat/completions", {
+            "model": MODEL, "max_tokens": 3,
+            "messages": [{"role": "user", "content": "cut one two three four"}]})
+        self.assertEqual(r.status, 200, r)
+        b = r.json()
+        self.assertEqual(b["choices"][0]["finish_reason"], "length")
+        self.assertEqual(b["choices"][0]["message"]["content"],
+                         "mock reply #%d:" % last_record("cut one")["seq"])
+        # One upstream answer, not the CLI's "go on" requests after it.
+        # (The CLI's own side requests, a title, quote the message too.)
+        self.assertEqual(len([rec for rec in stack.mock_records()
+                              if texts_of(rec) and texts_of(rec)[-1] ==
+                              ("user", "cut one two three four")]), 1)
+        self.assertFalse([rec for rec in stack.mock_records()
+                          if "Output token limit" in json.dumps(rec["body"])])
+        cid = r.headers["x-ccgate-conversation-id"]
+        conv = stack.request("GET", "/api/conversations/" + cid,
+                             key=stack.keys["alice"]).json()
+        self.assertEqual(conv["messages"][-1]["content"],
+                         b["choices"][0]["message"]["content"])
+        # The conversation goes on, on the same process: the turn was
+        # interrupted, not the CLI.
+        before = stack.stats()["placed"]["bound"]
+        r2 = post("/v1/chat/completions", {"model": MODEL, "max_tokens": 3,
+                                           "messages": [
+            {"role": "user", "content": "cut one two three four"},
+            {"role": "assistant",
+             "content": b["choices"][0]["message"]["content"]},
+            {"role": "user", "content": "cut again"}]})
+        self.assertEqual(r2.status, 200, r2)
+        self.assertEqual(r2.headers["x-ccgate-conversation-id"], cid)
+        self.assertEqual(r2.json()["choices"][0]["finish_reason"], "length")
+        self.assertEqual(stack.stats()["placed"]["bound"], before + 1)
+        # Anthropic says max_tokens, streamed too.
+        r, events = sse("/v1/messages", {
+            "model": MODEL, "max_tokens": 2, "stream": True,
+            "messages": [{"role": "user", "content": "an cut a b c"}]})
+        delta = [d for n, d in events if n == "message_delta"][0]
+        self.assertEqual(delta["delta"]["stop_reason"], "max_tokens")
+        text = "".join(d["delta"]["text"] for n, d in events
+                       if n == "content_block_delta")
+        self.assertEqual(text, "mock reply")
+
+    def test_message_start_carries_the_input_usage(self):
+        r, events = sse("/v1/messages", {
+            "model": MODEL, "max_tokens": 100, "stream": True,
+            "messages": [{"role": "user", "content": "an usage [[mock:slow=1500]]"}]})
+        self.assertEqual(r.status, 200)
+        start = events[0][1]["message"]["usage"]
+        rec = last_record("an usage")
+        self.assertEqual(start["input_tokens"],
+                         rec["response"]["usage"]["input_tokens"])
+        self.assertGreater(start["input_tokens"], 0)
+        self.assertEqual(start["cache_read_input_tokens"], 0)
+        # The heartbeat that kept the stream open came before it.
+        self.assertEqual(events[0][0], "message_start")
+
+    def test_stop_sequences(self):
+        # OpenAI: "stop", streamed; the text ends before the sequence.
+        r, events = sse("/v1/chat/completions", {
+            "model": MODEL, "stream": True, "stop": ["HALT", "never"],
+            "messages": [{"role": "user", "content": "sa alpha HALT omega"}]})
+        chunks = [d for _, d in events if d != "[DONE]"]
+        text = "".join(c["choices"][0]["delta"].get("content", "")
+                       for c in chunks if c["choices"])
+        seq = last_record("sa alpha")["seq"]
+        self.assertEqual(text, "mock reply #%d: sa alpha " % seq)
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "stop")
+        cid = r.headers["x-ccgate-conversation-id"]
+        conv = stack.request("GET", "/api/conversations/" + cid,
+                             key=stack.keys["alice"]).json()
+        self.assertEqual(conv["messages"][-1]["content"], text)
+        # Anthropic: stop_sequences, and which one ended it.
+        r = post("/v1/messages", {
+            "model": MODEL, "max_tokens": 100, "stop_sequences": ["omega"],
+            "messages": [{"role": "user", "content": "sb alpha omega tail"}]})
+        b = r.json()
+        self.assertEqual((b["stop_reason"], b["stop_sequence"]),
+                         ("stop_sequence", "omega"))
+        self.assertEqual(b["content"][0]["text"], "mock reply #%d: sb alpha "
+                         % last_record("sb alpha")["seq"])
+        # A sequence whose start the answer holds, but not the rest of it:
+        # the text held back while it might have been one comes out whole.
+        r, events = sse("/v1/messages", {
+            "model": MODEL, "max_tokens": 100, "stream": True,
+            "stop_sequences": ["tail end"],
+            "messages": [{"role": "user", "content": "sc tail piece"}]})
+        text = "".join(d["delta"]["text"] for n, d in events
+                       if n == "content_block_delta")
+        self.assertEqual(text, last_record("sc tail")["response"]["text"])
+        delta = [d for n, d in events if n == "message_delta"][0]["delta"]
+        self.assertEqual((delta["stop_reason"], delta["stop_sequence"]),
+                         ("end_turn", None))
+        for body in ({"stop": 7}, {"stop": ["a", "b", "c", "d", "e"]},
+                     {"stop": [""]}):
+            r = post("/v1/chat/completions", dict(body, model=MODEL, messages=[
+                {"role": "user", "content": "x"}]))
+            self.assertEqual(r.status, 400, body)
+            self.assertTrue(r.json()["error"]["message"].startswith("stop"))
+
+    def test_fields_not_applied_are_named_or_refused(self):
+        r = post("/v1/chat/completions", {
+            "model": MODEL, "seed": 1, "prediction": {"type": "content"},
+            "frobnicate": True, "user": "u1",
+            "messages": [{"role": "user", "content": "ig one"}]})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.headers["x-ccgate-ignored"],
+                         "seed, prediction, frobnicate, user")
+        r = post("/v1/messages", {
+            "model": MODEL, "max_tokens": 20, "context_management": {},
+            "temperature": 0.1, "stop_sequences": ["zzz"],
+            "messages": [{"role": "user", "content": "ig two"}]})
+        self.assertEqual(r.headers["x-ccgate-ignored"],
+                         "context_management, temperature")
+        for body in ({"audio": {"voice": "alloy"}},
+                     {"modalities": ["text", "audio"]}):
+            r = post("/v1/chat/completions", dict(body, model=MODEL, messages=[
+                {"role": "user", "content": "x"}]))
+            self.assertEqual(r.status, 400, body)
+            self.assertTrue(r.json()["error"]["message"].startswith(
+                next(iter(body))))
+
+    def test_no_tools_is_not_a_tool(self):
+        r = post("/v1/chat/completions", {
+            "model": MODEL, "tools": [], "tool_choice": "none",
+            "parallel_tool_calls": False,
+            "messages": [{"role": "user", "content": "nt one"}]})
+        self.assertEqual(r.status, 200, r)
+        self.assertNotIn("tools", r.headers.get("x-ccgate-ignored", ""))
+        r = post("/v1/messages", {
+            "model": MODEL, "max_tokens": 20, "tools": [],
+            "tool_choice": {"type": "auto"},
+            "messages": [{"role": "user", "content": "nt two"}]})
+        self.assertEqual(r.status, 200, r)
+        r = post("/v1/messages", {
+            "model": MODEL, "max_tokens": 20, "tools": [],
+            "tool_choice": {"type": "any"},
+            "messages": [{"role": "user", "content": "nt three"}]})
+        self.assertEqual(r.status, 400, r)
+        self.assertTrue(r.json()["error"]["message"].startswith("tool_choice"))
+
+    def test_models_in_the_clients_shape(self):
+        r = stack.request("GET", "/v1/models", key=stack.keys["alice"],
+                          headers={"anthropic-version": "2023-06-01"})
+        b = r.json()
+        self.assertEqual([m["id"] for m in b["data"]],
+                         [MODEL, "claude-haiku-4-5"])
+        self.assertEqual({m["type"] for m in b["data"]}, {"model"})
+        self.assertTrue(all(m["display_name"] and m["created_at"]
+                            for m in b["data"]))
+        self.assertEqual((b["has_more"], b["first_id"], b["last_id"]),
+                         (False, MODEL, "claude-haiku-4-5"))
+        r = stack.request("GET", "/v1/models/" + MODEL, key=stack.keys["alice"])
+        self.assertEqual(r.json()["object"], "model")
+        r = stack.request("GET", "/v1/models/" + MODEL, key=stack.keys["alice"],
+                          headers={"anthropic-version": "2023-06-01"})
+        self.assertEqual((r.json()["type"], r.json()["id"]), ("model", MODEL))
+        r = stack.request("GET", "/v1/models/claude-nope",
+                          key=stack.keys["alice"])
+        self.assertEqual(r.status, 404)
+        out = sdk("anthropic", "models")
+        self.assertEqual(out["ids"], [MODEL, "claude-haiku-4-5"])
+        self.assertEqual(out["one"], MODEL)
+
+
+# A 1x1 PNG.
+PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAE"
+       "hQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+def upstream_blocks(rec):
+    """The content blocks of the last user message the upstream got (less
+    the CLI's reminders and cache marks)."""
+    content = rec["body"]["messages"][-1]["content"]
+    return [{k: v for k, v in b.items() if k != "cache_control"}
+            for b in content if not (b.get("type") == "text" and
+                                     b["text"].startswith("<system-"))]
+
+
+class Images(unittest.TestCase):
+    def test_openai_data_url_reaches_the_model(self):
+        msg = {"role": "user", "content": [
+            {"type": "text", "text": "img what is this"},
+            {"type": "image_url", "image_url": {
+                "url": "data:image/png;base64," + PNG, "detail": "low"}}]}
+        r = post("/v1/chat/completions", {"model": MODEL, "messages": [msg]})
+        self.assertEqual(r.status, 200, r)
+        rec = last_record("img what is this")
+        self.assertEqual(upstream_blocks(rec), [
+            {"type": "text", "text": "img what is this"},
+            {"type": "image", "source": {"type": "base64",
+                                         "media_type": "image/png",
+                                         "data": PNG}}])
+        # Stored: a placeholder with the type, not the bytes.
+        cid = r.headers["x-ccgate-conversation-id"]
+        conv = stack.request("GET", "/api/conversations/" + cid,
+                             key=stack.keys["alice"]).json()
+        stored = conv["messages"][0]["content"]
+        self.assertIn("[image image/png", stored)
+        self.assertNotIn(PNG, stored)
+        # The history with the image in it continues that conversation.
+        reply = r.json()["choices"][0]["message"]["content"]
+        r2 = post("/v1/chat/completions", {"model": MODEL, "messages": [
+            msg, {"role": "assistant", "content": reply},
+            {"role": "user", "content": "img and now?"}]})
+        self.assertEqual(r2.status, 200, r2)
+        self.assertEqual(r2.headers["x-ccgate-conversation-id"], cid)
+
+    def test_anthropic_base64_block_reaches_the_model(self):
+        r = post("/v1/messages", {"model": MODEL, "max_tokens": 50,
+                                  "messages": [{"role": "user", "content": [
+                                      {"type": "image", "source": {
+                                          "type": "base64",
+                                          "media_type": "image/png",
+                                          "data": PNG}},
+                                      {"type": "text",
+                                       "text": "/img describe"}]}]})
+        self.assertEqual(r.status, 200, r)
+        rec = last_record("img describe")
+        blocks = upstream_blocks(rec)
+        self.assertEqual(blocks[0]["source"]["data"], PNG)
+        # A leading '/' is text, not a command, in a block too.
+        self.assertEqual(blocks[1], {"type": "text", "text": " /img describe"})
+
+    def test_refused_images(self):
+        for part, field in (
+                ({"type": "image_url", "image_url": {
+                    "url": "https://example.com/cat.png"}},
+                 "only data: URLs"),
+                ({"type": "image_url", "image_url": {
+                    "url": "data:image/bmp;base64," + PNG}}, "media type"),
+                ({"type": "image_url", "image_url": {
+                    "url": "data:image/png;base64,not base64!"}}, "base64")):
+            r = post("/v1/chat/completions", {"model": MODEL, "messages": [
+                {"role": "user", "content": [part]}]})
+            self.assertEqual(r.status, 400, part)
+            self.assertIn(field, r.json()["error"]["message"])
+            self.assertTrue(r.json()["error"]["message"].startswith(
+                "messages[0].content[0]"))
+        r = post("/v1/messages", {"model": MODEL, "max_tokens": 5, "messages": [
+            {"role": "user", "content": [{"type": "image", "source": {
+                "type": "url", "url": "https://example.com/cat.png"}}]}]})
+        self.assertEqual(r.status, 400)
+        self.assertIn("fetches nothing", r.json()["error"]["message"])
+        # An image in the assistant's turn is not something a model wrote.
+        r = post("/v1/messages", {"model": MODEL, "max_tokens": 5, "messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": [{"type": "image", "source": {
+                "type": "base64", "media_type": "image/png", "data": PNG}}]},
+            {"role": "user", "content": "y"}]})
+        self.assertEqual(r.status, 400)
+
+
+def aisdk(provider, mode, opts):
+    env = dict(os.environ, CCGATE_URL="https://127.0.0.1:%d" % stack.port,
+               CCGATE_KEY=stack.keys["alice"], CCGATE_CLIENTS=CLIENTS,
+               NODE_EXTRA_CA_CERTS=stack.path("tls.crt"))
+    r = subprocess.run(["node", os.path.join(SRCDIR, "tests", "integration",
+                                             "sdk", "aisdk_client.cjs"),
+                        provider, mode, json.dumps(opts)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    if r.returncode != 0:
+        raise AssertionError("ai %s %s failed: %s" % (provider, mode, r.stderr))
+    return json.loads(r.stdout)
+
+
+class VercelAISDK(unittest.TestCase):
+    """The AI SDK's Anthropic and OpenAI providers, as agents use them."""
+
+    def test_generate_and_stream_with_both_providers(self):
+        for provider in ("anthropic", "openai"):
+            for mode in ("generate", "stream"):
+                word = "ai%s%s" % (provider[:2], mode[:2])
+                out = aisdk(provider, mode, {"messages": [
+                    {"role": "user", "content": word + " hello"}]})
+                self.assertEqual(out["text"],
+                                 last_record(word)["response"]["text"], out)
+                self.assertEqual(out["finishReason"], "stop", out)
+                self.assertGreater(out["usage"]["inputTokens"], 0, out)
+
+    def test_image_stop_sequence_and_length(self):
+        for provider in ("anthropic", "openai"):
+            word = "aiimg" + provider[:2]
+            out = aisdk(provider, "generate", {
+                "stopSequences": ["BREAK"],
+                "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": word + " one BREAK two"},
+                    {"type": "image", "image": PNG,
+                     "mediaType": "image/png"}]}]})
+            rec = last_record(word)
+            self.assertEqual(upstream_blocks(rec)[1]["source"]["data"], PNG)
+            self.assertEqual(out["text"], "mock reply #%d: %s one " %
+                             (rec["seq"], word))
+            self.assertEqual(out["finishReason"], "stop")
+            out = aisdk(provider, "stream", {
+                "maxOutputTokens": 2, "messages": [
+                    {"role": "user", "content": word + " cut here now"}]})
+            self.assertEqual(out["text"], "mock reply")
+            self.assertEqual(out["finishReason"], "length")
+
+
 if __name__ == "__main__":
     main()

@@ -17,6 +17,10 @@ that request only, e.g. "[[mock:slow=200]]", "[[mock:fail=529]]",
 "[[mock:bash=COMMAND]]" and "[[mock:read=PATH]]" answer as a model that
 calls the CLI's Bash or Read tool (stop_reason "tool_use"); the CLI's next
 request carries its tool_result, which the mock answers with text.
+"[[mock:tool=NAME {json}]]" calls the tool of the request's "tools" named
+NAME, or whose name ends with "__NAME" (an MCP tool), with that JSON as
+its input (no brackets inside); its tool_result is answered with text that
+quotes it: "mock reply #<n>: tool result: <its text>".
 
 With --credential K it answers 401 (authentication_error) to any request
 that does not carry K as x-api-key or as "authorization: Bearer K", as the
@@ -25,7 +29,9 @@ have sent what it answered.
 
 Answers are deterministic: the reply is "mock reply #<n>: <last user text>"
 and usage counts words, so tests can compare what ccgate recorded with what
-the mock answered (kept in each record's "response").
+the mock answered (kept in each record's "response").  A word is a token:
+an answer longer than the request's max_tokens stops there, with
+stop_reason "max_tokens", as the real API's would.
 """
 
 import argparse
@@ -205,6 +211,16 @@ class Handler(BaseHTTPRequestHandler):
             elif name in ("bash", "read") and not has_tool_result(body):
                 cfg["tool"] = ("Bash", {"command": value}) if name == "bash" \
                     else ("Read", {"file_path": value})
+            elif name == "tool" and value and not has_tool_result(body):
+                tname, _, args = value.partition(" ")
+                for t in body.get("tools") or []:
+                    n = t.get("name", "")
+                    if n == tname or n.endswith("__" + tname):
+                        cfg["tool"] = (n, json.loads(args or "{}"))
+                        break
+        if has_tool_result(body) and not cfg["text"]:
+            cfg["text"] = "mock reply #%d: tool result: %s" % (
+                seq, tool_result_text(body))
         if cfg["mode"] == "hang":
             time.sleep(3600)
             return
@@ -223,16 +239,25 @@ class Handler(BaseHTTPRequestHandler):
         if nchunks > 0:
             words = (words * (nchunks // max(len(words), 1) + 1))[:nchunks]
             reply = " ".join(words)
+        # As the real API: the answer stops at max_tokens (a word is a
+        # token here), with stop_reason "max_tokens".
+        stop_reason = "end_turn"
+        limit = body.get("max_tokens")
+        if isinstance(limit, int) and 0 < limit < len(words):
+            words = words[:limit]
+            reply = " ".join(words)
+            stop_reason = "max_tokens"
         usage = {"input_tokens": count_words(body), "output_tokens": len(words),
                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-        record["response"] = {"status": 200, "text": reply, "usage": usage}
+        record["response"] = {"status": 200, "text": reply, "usage": usage,
+                              "stop_reason": stop_reason}
         model = body.get("model", "claude-mock")
         msg_id = "msg_mock_%d" % seq
         if cfg.get("tool"):
             self.tool_use(body, record, usage, model, msg_id, *cfg["tool"])
             return
         if not body.get("stream"):
-            self.message(msg_id, model, "end_turn", usage,
+            self.message(msg_id, model, stop_reason, usage,
                          [{"type": "text", "text": reply}])
             return
         drip = cfg["mode"] == "drip" and cfg.get("delay_ms")
@@ -247,7 +272,7 @@ class Handler(BaseHTTPRequestHandler):
                     "delta": {"type": "text_delta", "text": piece}})
             event("content_block_stop", {"type": "content_block_stop",
                                          "index": 0})
-            end_stream(event, "end_turn", len(words))
+            end_stream(event, stop_reason, len(words))
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -320,6 +345,20 @@ def end_stream(event, stop_reason, output_tokens):
         "stop_reason": stop_reason, "stop_sequence": None},
         "usage": {"output_tokens": output_tokens}})
     event("message_stop", {"type": "message_stop"})
+
+
+def tool_result_text(body):
+    """The text of the last message's tool_result blocks."""
+    out = []
+    for b in body["messages"][-1]["content"]:
+        if isinstance(b, dict) and b.get("type") == "tool_result":
+            c = b.get("content")
+            if isinstance(c, str):
+                out.append(c)
+            elif isinstance(c, list):
+                out.extend(x.get("text", "") for x in c
+                           if isinstance(x, dict) and x.get("type") == "text")
+    return " ".join(out)
 
 
 def has_tool_result(body):

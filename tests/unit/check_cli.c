@@ -57,7 +57,7 @@ START_TEST(test_delta)
 	cli_msg_clear(&m);
 	/* Other stream events and other delta types are not text. */
 	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
-	    "\"message_start\"}}", &m);
+	    "\"content_block_stop\"}}", &m);
 	ck_assert_int_eq(m.kind, CLI_OTHER);
 	cli_msg_clear(&m);
 	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
@@ -104,6 +104,51 @@ START_TEST(test_result)
 }
 END_TEST
 
+/* An upstream answer's start (its input usage) and its stop_reason. */
+START_TEST(test_message_start_and_stop)
+{
+	struct cli_msg	m;
+
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"message_start\",\"message\":{\"id\":\"msg_1\",\"usage\":"
+	    "{\"input_tokens\":4070,\"output_tokens\":1,"
+	    "\"cache_creation_input_tokens\":9,\"cache_read_input_tokens\":"
+	    "8}}}}", &m);
+	ck_assert_int_eq(m.kind, CLI_MESSAGE_START);
+	ck_assert_int_eq(m.input_tokens, 4070);
+	ck_assert_int_eq(m.cache_read_tokens, 8);
+	ck_assert_int_eq(m.cache_creation_tokens, 9);
+	cli_msg_clear(&m);
+
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\","
+	    "\"stop_sequence\":null},\"usage\":{\"output_tokens\":4}}}", &m);
+	ck_assert_int_eq(m.kind, CLI_STOP);
+	ck_assert_str_eq(m.stop_reason, "max_tokens");
+	ck_assert_int_eq(m.output_tokens, 4);
+	cli_msg_clear(&m);
+
+	/* A message_delta without a stop_reason stops nothing. */
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"message_delta\",\"delta\":{\"stop_reason\":null}}}", &m);
+	ck_assert_int_eq(m.kind, CLI_OTHER);
+	cli_msg_clear(&m);
+
+	/* A message_start without usage: zeros. */
+	parse("{\"type\":\"stream_event\",\"event\":{\"type\":"
+	    "\"message_start\",\"message\":7}}", &m);
+	ck_assert_int_eq(m.kind, CLI_MESSAGE_START);
+	ck_assert_int_eq(m.input_tokens, 0);
+	cli_msg_clear(&m);
+
+	parse("{\"type\":\"result\",\"subtype\":\"error_during_execution\","
+	    "\"is_error\":true,\"stop_reason\":\"max_tokens\"}", &m);
+	ck_assert_int_eq(m.kind, CLI_RESULT);
+	ck_assert_str_eq(m.stop_reason, "max_tokens");
+	cli_msg_clear(&m);
+}
+END_TEST
+
 START_TEST(test_retry_and_junk)
 {
 	struct cli_msg	 m;
@@ -138,6 +183,7 @@ main(void)
 		test_init,
 		test_delta,
 		test_result,
+		test_message_start_and_stop,
 		test_retry_and_junk,
 		NULL
 	};

@@ -506,6 +506,125 @@ START_TEST(test_another_model_ends_the_turn)
 }
 END_TEST
 
+/* The text of a job's event frames, in order. */
+static void
+relayed(struct tjob *tj, char *buf, size_t len)
+{
+	json_t	*f;
+	size_t	 i;
+
+	buf[0] = '\0';
+	json_array_foreach(tj->frames, i, f) {
+		if (strcmp(proto_type(f), PROTO_EVENT) == 0 &&
+		    json_string_value(json_object_get(f, "text")) != NULL)
+			strncat(buf, json_string_value(json_object_get(f,
+			    "text")), len - strlen(buf) - 1);
+	}
+}
+
+START_TEST(test_max_tokens_interrupts_the_turn)
+{
+	struct tjob	*a, *b;
+	json_t		*f;
+	char		 text[256], extra[128];
+
+	a = submit("t", C1, "maxtokens", NULL);
+	ck_assert_str_eq(done(a), "spawned");
+	/* The input usage first, as the upstream's message_start gave it. */
+	f = json_array_get(a->frames, 0);
+	ck_assert_str_eq(proto_type(f), PROTO_EVENT);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(f,
+	    "usage"), "input_tokens")), 7);
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(f,
+	    "usage"), "cache_read_input_tokens")), 1);
+	/* Nothing the CLI printed after max_tokens reached the client. */
+	relayed(a, text, sizeof text);
+	ck_assert_str_eq(text, "echo: ");
+	f = last(a);
+	ck_assert_str_eq(json_string_value(json_object_get(f, "text")),
+	    "echo: ");
+	ck_assert_str_eq(json_string_value(json_object_get(f, "stop_reason")),
+	    "max_tokens");
+	/* The turn was interrupted, not the process: it takes the next. */
+	snprintf(extra, sizeof extra, "{\"resume\":\"%s\"}", session_of(a));
+	b = submit("t", C1, "again", extra);
+	ck_assert_str_eq(done(b), "bound");
+	ck_assert_str_eq(json_string_value(json_object_get(last(b),
+	    "stop_reason")), "end_turn");
+}
+END_TEST
+
+START_TEST(test_stop_sequences)
+{
+	struct tjob	*a, *b;
+	json_t		*f;
+	size_t		 i;
+	char		 text[256];
+
+	/* "HALT" comes in two deltas: none of it goes out. */
+	a = submit("t", C1, "pieces: alp ha_HA LT_omega",
+	    "{\"stop\":[\"never\",\"HALT\"]}");
+	ck_assert_str_eq(done(a), "spawned");
+	relayed(a, text, sizeof text);
+	ck_assert_str_eq(text, "echo: alpha ");
+	json_array_foreach(a->frames, i, f) {
+		if (json_string_value(json_object_get(f, "text")) != NULL)
+			ck_assert_ptr_null(strstr(json_string_value(
+			    json_object_get(f, "text")), "HA"));
+	}
+	f = last(a);
+	ck_assert_str_eq(json_string_value(json_object_get(f, "text")),
+	    "echo: alpha ");
+	ck_assert_str_eq(json_string_value(json_object_get(f, "stop_reason")),
+	    "stop_sequence");
+	ck_assert_str_eq(json_string_value(json_object_get(f,
+	    "stop_sequence")), "HALT");
+	/* A stop's beginning that never completes: held, then all of it. */
+	b = submit("t", C2, "pieces: alp ha_HA LT_omega",
+	    "{\"stop\":[\"HALTING\"]}");
+	ck_assert_str_eq(done(b), "spawned");
+	relayed(b, text, sizeof text);
+	ck_assert_str_eq(text, "echo: alpha HALT omega");
+	ck_assert_str_eq(json_string_value(json_object_get(last(b),
+	    "stop_reason")), "end_turn");
+	ck_assert_ptr_null(json_object_get(last(b), "stop_sequence"));
+}
+END_TEST
+
+START_TEST(test_bad_stops_and_content_are_refused)
+{
+	static const char *const bad[] = {
+		"{\"stop\":\"HALT\"}", "{\"stop\":[\"\"]}", "{\"stop\":[1]}",
+		"{\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}",
+		"{\"content\":[]}", "{\"content\":[{\"type\":\"tool_use\"}]}",
+		"{\"content\":[{\"type\":\"image\",\"source\":{\"media_type\":"
+		    "\"image/bmp\",\"data\":\"AAAA\"}}]}",
+		"{\"content\":[{\"type\":\"image\",\"source\":{\"media_type\":"
+		    "\"image/png\",\"data\":\"AA\\nAA\"}}]}",
+		NULL
+	};
+	json_t		*msg, *extra;
+	char		*cause;
+	int		 i;
+
+	for (i = 0; bad[i] != NULL; i++) {
+		msg = json_pack("{s:i, s:s, s:s, s:s, s:s}", "v", PROTO_VERSION,
+		    "type", PROTO_JOB, "tenant", "t", "conversation", C1,
+		    "message", "x");
+		extra = json_loads(bad[i], 0, NULL);
+		ck_assert_ptr_nonnull(extra);
+		json_object_update(msg, extra);
+		json_decref(extra);
+		cause = NULL;
+		ck_assert_msg(pool_submit(&test_sink, NULL, msg, &cause) == -1,
+		    "accepted %s", bad[i]);
+		free(cause);
+		json_decref(msg);
+	}
+	ck_assert_int_eq(poold->nprocs, 0);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -518,6 +637,9 @@ main(void)
 		test_recycled_after_its_turns,
 		test_a_crash_is_retried_once,
 		test_another_model_ends_the_turn,
+		test_max_tokens_interrupts_the_turn,
+		test_stop_sequences,
+		test_bad_stops_and_content_are_refused,
 		NULL
 	};
 

@@ -11,6 +11,13 @@ message asks otherwise:
   crash       exit with status 3 before answering
   crash-once  crash the first time in this HOME, answer after that
   model=M     say model M in system/init
+  maxtokens   stop at max_tokens, then go on as the CLI does (one more
+              delta) until an interrupt comes on stdin
+  pieces: A B the answer's deltas are "echo: ", then A, B, ... ('_' is
+              a space)
+
+Each answer starts with a message_start (input_tokens 7).  An interrupt
+(a control_request line) is answered with a control_response.
 
 Its session is the one --session-id or --resume names.  The answer's text
 is "echo: MESSAGE"."""
@@ -39,8 +46,26 @@ def delta(text):
         "delta": {"type": "text_delta", "text": text}}})
 
 
+def result(text, **kw):
+    out(dict({"type": "result", "subtype": "success", "is_error": False,
+              "duration_ms": 1, "result": text, "session_id": session,
+              "total_cost_usd": 0.001, "stop_reason": "end_turn",
+              "usage": {"input_tokens": 3, "output_tokens": 2}}, **kw))
+
+
+def control(msg):
+    out({"type": "control_response", "response": {
+        "subtype": "success", "request_id": msg.get("request_id")}})
+
+
 for line in sys.stdin:
-    text = json.loads(line)["message"]["content"]
+    msg = json.loads(line)
+    if msg.get("type") == "control_request":
+        control(msg)
+        continue
+    text = msg["message"]["content"]
+    if isinstance(text, list):
+        text = " ".join(b.get("text", "") for b in text)
     said = model
     for word in text.split():
         if word.startswith("model="):
@@ -61,13 +86,32 @@ for line in sys.stdin:
     if "slow" in text:
         time.sleep(0.3)
     out({"type": "stream_event", "event": {
+        "type": "message_start", "message": {"usage": {
+            "input_tokens": 7, "cache_read_input_tokens": 1,
+            "cache_creation_input_tokens": 0, "output_tokens": 1}}}})
+    out({"type": "stream_event", "event": {
         "type": "content_block_start", "index": 0,
         "content_block": {"type": "text", "text": ""}}})
     delta("echo: ")
     if "stall" in text:
         time.sleep(3600)
+    if "maxtokens" in text:
+        out({"type": "stream_event", "event": {
+            "type": "message_delta", "delta": {"stop_reason": "max_tokens"},
+            "usage": {"output_tokens": 2}}})
+        delta("IGNORED")   # the CLI asks the model to go on
+        control(json.loads(sys.stdin.readline()))
+        result("", subtype="error_during_execution", is_error=True,
+               stop_reason="max_tokens")
+        continue
+    if "pieces:" in text:
+        pieces = text.split("pieces:", 1)[1].split()
+        for piece in pieces:
+            delta(piece.replace("_", " "))
+        result("echo: " + "".join(pieces).replace("_", " "))
+        continue
     delta(text)
-    out({"type": "result", "subtype": "success", "is_error": False,
-         "duration_ms": 1, "result": "echo: " + text, "session_id": session,
-         "total_cost_usd": 0.001,
-         "usage": {"input_tokens": 3, "output_tokens": 2}})
+    out({"type": "stream_event", "event": {
+        "type": "message_delta", "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": 2}}})
+    result("echo: " + text)

@@ -24,6 +24,12 @@ async function main() {
         return { events, text, final_text: final.content[0].text, usage: final.usage,
                  stop_reason: final.stop_reason };
     }
+    if (mode === 'models') {
+        const ids = [];
+        for await (const m of client.models.list()) ids.push(m.id);
+        const one = await client.models.retrieve(model);
+        return { ids, one: one.id };
+    }
     if (mode === 'bad-key') {
         const bad = new Anthropic({ baseURL: process.env.CCGATE_URL, apiKey: 'nope', maxRetries: 0 });
         try {

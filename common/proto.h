@@ -42,6 +42,8 @@
 #define PROTO_DRAIN		"drain"
 #define PROTO_DELETE		"delete"
 #define PROTO_PING		"ping"
+#define PROTO_COUNT_TOKENS	"count_tokens"
+#define PROTO_COUNT		"count"
 #define PROTO_OK		"ok"
 
 /* Error codes carried by "error" frames. */

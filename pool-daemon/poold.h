@@ -369,6 +369,13 @@ int		 sandbox_init(const char *, char **);
 void		 sandbox_args(struct strv *, const char *, const char *, int);
 void		 sandbox_cli_args(struct strv *, int);
 
+/* count.c */
+struct count;
+typedef void	(*count_done_cb)(void *, json_t *);
+struct count	*count_start(const char *, json_t *, count_done_cb, void *,
+		     const char **, char **);
+void		 count_cancel(struct count *);
+
 /* egress.c */
 int		 egress_init(const char *, char **);
 int		 egress_issue(const char *, const char *,

@@ -30,6 +30,7 @@ struct client {
 	size_t			 outlen;
 	size_t			 outoff;
 	struct job		*job;
+	struct count		*count;		/* a token count it waits for */
 	int			 seen_frame;
 	int			 closing;
 	int			 in_cb;
@@ -125,6 +126,8 @@ client_free(struct client *c)
 		c->job = NULL;
 		pool_cancel(job);
 	}
+	if (c->count != NULL)
+		count_cancel(c->count);
 	TAILQ_REMOVE(&clients, c, entry);
 	loop_del(poold->loop, &c->io);
 	close(c->fd);
@@ -286,6 +289,48 @@ client_ok(struct client *c, json_t *extra)
 	c->closing = 1;
 }
 
+/* The answer to the client's token count: send it and close. */
+static void
+client_count_done(void *arg, json_t *frame)
+{
+	struct client	*c = arg;
+
+	c->count = NULL;
+	if (frame == NULL)
+		client_reject(c, PROTO_E_INTERNAL, "out of memory");
+	else {
+		(void)client_send(c, frame);
+		c->closing = 1;
+	}
+	client_maybe_close(c);
+}
+
+/*
+ * {"type":"count_tokens","tenant","body"}: the upstream's count of body's
+ * input tokens (count.c), answered {"type":"count","status","body"}.
+ */
+static void
+client_count(struct client *c, json_t *msg)
+{
+	const char	*tenant = json_string_value(json_object_get(msg,
+			    "tenant"));
+	json_t		*body = json_object_get(msg, "body");
+	const char	*code;
+	char		*cause = NULL;
+
+	if (tenant == NULL || !util_valid_tenant(tenant) ||
+	    !json_is_object(body)) {
+		client_reject(c, PROTO_E_BAD_REQUEST, "count_tokens: tenant and "
+		    "body are required");
+		return;
+	}
+	if ((c->count = count_start(tenant, body, client_count_done, c, &code,
+	    &cause)) == NULL) {
+		client_reject(c, code, cause != NULL ? cause : "out of memory");
+		free(cause);
+	}
+}
+
 /* Handle the client's one frame. */
 static void
 client_frame(struct client *c, json_t *msg)
@@ -343,6 +388,8 @@ client_frame(struct client *c, json_t *msg)
 			free(cause);
 		} else
 			client_ok(c, json_pack("{s:i}", "removed", n));
+	} else if (strcmp(type, PROTO_COUNT_TOKENS) == 0) {
+		client_count(c, msg);
 	} else if (strcmp(type, PROTO_PING) == 0) {
 		client_ok(c, json_pack("{s:s, s:b, s:i}", "version",
 		    PACKAGE_VERSION, "draining", poold->draining, "processes",

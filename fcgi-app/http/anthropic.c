@@ -13,6 +13,7 @@
 
 #include "http.h"
 #include "log.h"
+#include "proto.h"
 
 static const char *const anthropic_tools[] = { "tools", "tool_choice",
     NULL };
@@ -177,4 +178,85 @@ anthropic_messages_handle(struct request *r)
 	conv_clear(&conv);
 	compat_free(&m);
 	json_decref(stops);
+}
+
+/*
+ * POST /v1/messages/count_tokens: the upstream's own count, asked by
+ * ccgate-poold through the egress (so under the tenant's name, with the
+ * credential only nginx holds).  What goes is the members a count reads;
+ * a daemon without the egress answers 501.
+ */
+void
+anthropic_count_handle(struct request *r)
+{
+	static const char *const members[] = { "model", "messages", "system",
+	    "tools", "tool_choice", "thinking", NULL };
+	json_t		*body, *fwd, *msg, *ans = NULL, *v;
+	const char	*model, *type;
+	char		*cause = NULL;
+	int		 i, status;
+
+	if ((body = req_json_body(r, 1)) == NULL ||
+	    compat_model(r, body, &model) != 0)
+		return;
+	if (!auth_model_allowed(req_key(r), model)) {
+		req_error(r, 403, NULL, "model: this key may not use \"%s\"",
+		    model);
+		return;
+	}
+	v = req_field(r, body, "messages");
+	if (!json_is_array(v) || json_array_size(v) == 0) {
+		req_error(r, 400, NULL, "messages: must be a non-empty array");
+		return;
+	}
+	if ((fwd = json_object()) == NULL)
+		goto nomem;
+	for (i = 0; members[i] != NULL; i++) {
+		if ((v = req_field(r, body, members[i])) != NULL &&
+		    json_object_set(fwd, members[i], v) != 0) {
+			json_decref(fwd);
+			goto nomem;
+		}
+	}
+	msg = json_pack("{s:i, s:s, s:s, s:o}", "v", PROTO_VERSION, "type",
+	    PROTO_COUNT_TOKENS, "tenant", req_key(r)->tenant, "body", fwd);
+	if (msg == NULL)
+		goto nomem;
+	compat_ignored(r);
+	ans = poolc_call(appconf->poold_socket, msg, 60000, &cause);
+	json_decref(msg);
+	type = ans != NULL ? proto_type(ans) : "";
+	req_usage(r, model, 0, 0, 0, 0, 0.0, -1, NULL);
+	if (strcmp(type, PROTO_COUNT) == 0) {
+		status = (int)json_integer_value(json_object_get(ans, "status"));
+		v = json_object_get(ans, "body");
+		if (status == 200 && json_is_integer(json_object_get(v,
+		    "input_tokens")))
+			req_send_json(r, 200, json_pack("{s:O}", "input_tokens",
+			    json_object_get(v, "input_tokens")));
+		else if (status >= 400 && status <= 599 && json_is_object(
+		    json_object_get(v, "error")))
+			req_send_json(r, status, json_incref(v));
+		else
+			req_error(r, 502, NULL, "the upstream answered the "
+			    "count with status %d", status);
+	} else if (strcmp(type, PROTO_ERROR) == 0 && strcmp(json_string_value(
+	    json_object_get(ans, "code")) != NULL ? json_string_value(
+	    json_object_get(ans, "code")) : "", PROTO_E_UNAVAILABLE) == 0)
+		req_error(r, 501, "api_error", "token counting needs "
+		    "ccgate-poold's egress, which this gateway does not run");
+	else {
+		log_warnx("count_tokens: %s", cause != NULL ? cause :
+		    json_string_value(json_object_get(ans, "message")) ?
+		    json_string_value(json_object_get(ans, "message")) :
+		    "refused");
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "the token count is unavailable; retry "
+		    "shortly");
+	}
+	free(cause);
+	json_decref(ans);
+	return;
+nomem:
+	req_error(r, 500, NULL, "out of memory");
 }

@@ -281,6 +281,7 @@ void		 openai_chat_handle(struct request *);
 void		 openai_models_handle(struct request *);
 void		 openai_model_handle(struct request *);
 void		 anthropic_messages_handle(struct request *);
+void		 anthropic_count_handle(struct request *);
 
 /* http/convapi.c: /api/conversations. */
 void		 conv_create_handle(struct request *);

@@ -50,6 +50,8 @@ static const struct route_def routes[] = {
 	    DIALECT_OPENAI, 0 },
 	{ "POST", "/v1/messages",	anthropic_messages_handle, KEY,
 	    DIALECT_ANTHROPIC, 0 },
+	{ "POST", "/v1/messages/count_tokens", anthropic_count_handle, KEY,
+	    DIALECT_ANTHROPIC, 0 },
 
 	{ "POST", "/admin/login",	adminapi_login, ACCESS_ANYONE, N, 0 },
 	{ "GET",  "/admin/me",		adminapi_me, ADMIN, N, 0 },

@@ -557,6 +557,43 @@ class Images(unittest.TestCase):
         self.assertEqual(r.status, 400)
 
 
+class CountTokens(unittest.TestCase):
+    def test_the_upstreams_count_through_the_egress(self):
+        before = len(stack.egress_log())
+        body = {"model": MODEL, "system": "be brief",
+                "messages": [{"role": "user",
+                              "content": "count these four words"}],
+                "tools": [], "metadata": {"user_id": "u"}}
+        r = post("/v1/messages/count_tokens", body,
+                 headers={"anthropic-version": "2023-06-01"})
+        self.assertEqual(r.status, 200, r)
+        # The mock counts the words of the messages and the system prompt.
+        self.assertEqual(r.json(), {"input_tokens": 6})
+        self.assertEqual(r.headers["x-ccgate-ignored"], "metadata")
+        log = stack.egress_log()[before:]
+        counts = [e for e in log if "count_tokens" in e.get("uri", "")]
+        self.assertEqual(len(counts), 1, log)
+        self.assertEqual(counts[0]["tenant"], "alice")
+        self.assertEqual(counts[0]["status"], 200)
+        # The SDK's own call.
+        out = sdk("anthropic", "count", [{"role": "user",
+                                          "content": "two words"}])
+        self.assertEqual(out["input_tokens"], 2)
+
+    def test_refused_counts(self):
+        r = post("/v1/messages/count_tokens", {"model": MODEL, "messages": []})
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.json()["type"], "error")
+        r = post("/v1/messages/count_tokens", {"model": "claude-nope",
+                                               "messages": [{"role": "user",
+                                                             "content": "x"}]})
+        self.assertEqual(r.status, 400, r)
+        r = stack.request("POST", "/v1/messages/count_tokens",
+                          {"model": MODEL, "messages": [
+                              {"role": "user", "content": "x"}]})
+        self.assertEqual(r.status, 401)
+
+
 def aisdk(provider, mode, opts):
     env = dict(os.environ, CCGATE_URL="https://127.0.0.1:%d" % stack.port,
                CCGATE_KEY=stack.keys["alice"], CCGATE_CLIENTS=CLIENTS,

@@ -591,6 +591,30 @@ START_TEST(test_stop_sequences)
 }
 END_TEST
 
+static void
+count_never(void *arg, json_t *frame)
+{
+	ck_abort_msg("a count without an egress was answered");
+}
+
+/* Without the egress there is no road to the upstream: unavailable. */
+START_TEST(test_count_needs_the_egress)
+{
+	json_t		*body;
+	const char	*code = NULL;
+	char		*cause = NULL;
+
+	ck_assert_ptr_null(poold->cf->egress_socket);
+	ck_assert_ptr_nonnull(body = json_pack("{s:s}", "model", "m"));
+	ck_assert_ptr_null(count_start("t", body, count_never, NULL, &code,
+	    &cause));
+	ck_assert_str_eq(code, PROTO_E_UNAVAILABLE);
+	ck_assert_ptr_nonnull(strstr(cause, "egress"));
+	free(cause);
+	json_decref(body);
+}
+END_TEST
+
 START_TEST(test_bad_stops_and_content_are_refused)
 {
 	static const char *const bad[] = {
@@ -640,6 +664,7 @@ main(void)
 		test_max_tokens_interrupts_the_turn,
 		test_stop_sequences,
 		test_bad_stops_and_content_are_refused,
+		test_count_needs_the_egress,
 		NULL
 	};
 

@@ -24,6 +24,9 @@ async function main() {
         return { events, text, final_text: final.content[0].text, usage: final.usage,
                  stop_reason: final.stop_reason };
     }
+    if (mode === 'count') {
+        return await client.messages.countTokens({ model, messages: JSON.parse(arg) });
+    }
     if (mode === 'models') {
         const ids = [];
         for await (const m of client.models.list()) ids.push(m.id);

@@ -218,7 +218,14 @@ class Conversations(PoolTest):
         frames do not repeat it."""
         frames = job("timed", conv(), "hello [[mock:slow=300]] "
                      "[[mock:chunks=4]]")
-        events, done = frames[:-1], frames[-1]
+        done = frames[-1]
+        # The upstream's input usage comes first, once, with no text.
+        self.assertEqual(list(frames[0].get("usage", {})),
+                         ["input_tokens", "cache_read_input_tokens",
+                          "cache_creation_input_tokens"])
+        self.assertNotIn("text", frames[0])
+        events = [f for f in frames[1:-1] if "text" in f]
+        self.assertEqual(len(events), len(frames) - 2)
         self.assertEqual(done["type"], "done", done)
         self.assertGreaterEqual(len(events), 2)
         cli = events[0]["cli_us"]
@@ -315,6 +322,7 @@ class Recovery(PoolTest):
     def test_cli_killed_mid_turn(self):
         j = OpenJob("victim", conv(), "story [[mock:drip=150]] "
                     "[[mock:chunks=40]]")
+        self.assertIn("usage", j.next())
         got = [j.next(), j.next()]
         self.assertEqual([g["type"] for g in got], ["event", "event"])
         pid = [p["pid"] for p in procs() if p["tenant"] == "victim"][0]

@@ -190,3 +190,19 @@ util_write_all(int fd, const void *buf, size_t len)
 	}
 	return (0);
 }
+
+/*
+ * Return 1 if s is a tool name both APIs (and the CLI) take as it is:
+ * 1 to 64 of [A-Za-z0-9_-].
+ */
+int
+util_valid_tool_name(const char *s)
+{
+	size_t	n;
+
+	if (s == NULL)
+		return (0);
+	n = strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "0123456789_-");
+	return (n > 0 && n <= 64 && s[n] == '\0');
+}

@@ -35,11 +35,48 @@ cli_int(json_t *obj, const char *key)
 	return (0);
 }
 
+/*
+ * The tool_use blocks of an assistant line (the CLI prints one a block,
+ * with its whole input) as [{id, name, input}]: CLI_TOOL_USE.
+ */
+static int
+cli_tool_uses(json_t *obj, struct cli_msg *m)
+{
+	json_t		*b, *calls = NULL;
+	const char	*type;
+	size_t		 i;
+
+	json_array_foreach(json_object_get(json_object_get(obj, "message"),
+	    "content"), i, b) {
+		type = json_string_value(json_object_get(b, "type"));
+		if (type == NULL || strcmp(type, "tool_use") != 0 ||
+		    !json_is_string(json_object_get(b, "id")) ||
+		    !json_is_string(json_object_get(b, "name")))
+			continue;
+		if ((calls == NULL && (calls = json_array()) == NULL) ||
+		    json_array_append_new(calls, json_pack("{s:O, s:O, s:o}",
+		    "id", json_object_get(b, "id"), "name", json_object_get(b,
+		    "name"), "input", json_is_object(json_object_get(b,
+		    "input")) ? json_incref(json_object_get(b, "input")) :
+		    json_object())) != 0) {
+			json_decref(calls);
+			return (-1);
+		}
+	}
+	if (calls != NULL) {
+		m->kind = CLI_TOOL_USE;
+		m->json = calls;
+	}
+	return (0);
+}
+
 /* Free what a parsed message holds and zero it. */
 void
 cli_msg_clear(struct cli_msg *m)
 {
 	free(m->text);
+	free(m->request_id);
+	json_decref(m->json);
 	memset(m, 0, sizeof *m);
 }
 
@@ -146,6 +183,21 @@ cli_parse_line(const char *line, size_t len, struct cli_msg *m, char **cause)
 			rc = -1;
 		else if (m->text != NULL)
 			m->kind = CLI_DELTA;
+	} else if (strcmp(type, "control_request") == 0) {
+		/* MCP for the "sdk" server ccgate-poold plays (pool_mcp). */
+		ev = json_object_get(obj, "request");
+		subtype = json_string_value(json_object_get(ev, "subtype"));
+		if (subtype == NULL || strcmp(subtype, "mcp_message") != 0 ||
+		    !json_is_string(json_object_get(obj, "request_id")) ||
+		    !json_is_object(json_object_get(ev, "message")))
+			goto out;
+		m->kind = CLI_CONTROL;
+		m->json = json_incref(json_object_get(ev, "message"));
+		if ((m->request_id = strdup(json_string_value(json_object_get(
+		    obj, "request_id")))) == NULL)
+			rc = -1;
+	} else if (strcmp(type, "assistant") == 0) {
+		rc = cli_tool_uses(obj, m);
 	} else if (strcmp(type, "result") == 0) {
 		m->kind = CLI_RESULT;
 		m->is_error = json_is_true(json_object_get(obj, "is_error"));

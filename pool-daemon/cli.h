@@ -8,6 +8,8 @@
 
 #include <stddef.h>
 
+#include <jansson.h>
+
 #define CLI_MAX_LINE	(8 * 1024 * 1024)
 
 enum cli_kind {
@@ -18,6 +20,8 @@ enum cli_kind {
 	CLI_RETRY,		/* system/api_retry: the upstream failed, retrying */
 	CLI_MESSAGE_START,	/* an upstream answer begins: its input usage */
 	CLI_STOP,		/* an upstream answer's stop_reason */
+	CLI_TOOL_USE,		/* an answer's tool calls: json [{id,name,input}] */
+	CLI_CONTROL,		/* an MCP message for our "sdk" server: json */
 	CLI_RESULT		/* the turn's end: usage, cost, error flag */
 };
 
@@ -37,6 +41,8 @@ struct cli_msg {
 	long long	 duration_ms;
 	char		 subtype[64];
 	char		 stop_reason[32];	/* STOP, RESULT; "" if none */
+	char		*request_id;	/* CONTROL: what its answer names */
+	json_t		*json;		/* TOOL_USE, CONTROL */
 };
 
 int	cli_parse_line(const char *, size_t, struct cli_msg *, char **);

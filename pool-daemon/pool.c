@@ -27,25 +27,51 @@ static void	pool_fail(struct job *, const char *, const char *);
 static void	pool_job_free(struct job *);
 static void	pool_proc_line(struct proc *, const char *, size_t);
 static void	pool_proc_gone(struct proc *);
+static struct proc *pool_find_parked(const struct job *);
+static void	pool_resume_tools(struct job *, struct proc *);
 
 /* Forget a profile's allocations. */
 void
 profile_clear(struct profile *pr)
 {
 	free(pr->system_prompt);
-	pr->system_prompt = NULL;
+	free(pr->client_tools);
+	pr->system_prompt = pr->client_tools = NULL;
+}
+
+/* Copy from into to, strings and all; -1 when memory ran out. */
+int
+profile_copy(struct profile *to, const struct profile *from)
+{
+	*to = *from;
+	to->system_prompt = to->client_tools = NULL;
+	if ((from->system_prompt != NULL &&
+	    (to->system_prompt = strdup(from->system_prompt)) == NULL) ||
+	    (from->client_tools != NULL &&
+	    (to->client_tools = strdup(from->client_tools)) == NULL)) {
+		profile_clear(to);
+		return (-1);
+	}
+	return (0);
+}
+
+/* Two optional strings alike (both NULL, or equal). */
+static int
+profile_same(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return (a == b);
+	return (strcmp(a, b) == 0);
 }
 
 /* Return 1 if a process started for a can run a job that wants b. */
 int
 profile_equal(const struct profile *a, const struct profile *b)
 {
-	if (strcmp(a->model, b->model) != 0 || a->tools != b->tools ||
-	    a->max_tokens != b->max_tokens)
-		return (0);
-	if (a->system_prompt == NULL || b->system_prompt == NULL)
-		return (a->system_prompt == b->system_prompt);
-	return (strcmp(a->system_prompt, b->system_prompt) == 0);
+	return (strcmp(a->model, b->model) == 0 && a->tools == b->tools &&
+	    a->max_tokens == b->max_tokens &&
+	    profile_same(a->system_prompt, b->system_prompt) &&
+	    profile_same(a->client_tools, b->client_tools));
 }
 
 /* The profile of warm processes. */
@@ -86,11 +112,12 @@ pool_valid_model(const char *s)
 
 /*
  * A message's blocks (text and base64 images) as the CLI is to get them,
- * rebuilt from the members it needs; a text that starts with '/' gets a
- * space in front (pool_hand_job says why).  NULL if msg has none that fit.
+ * rebuilt from the members it needs; in a message (not a tool result) a
+ * text that starts with '/' gets a space in front (pool_start says why).
+ * NULL if v has none that fit.
  */
 static json_t *
-pool_content(json_t *v)
+pool_content(json_t *v, int message)
 {
 	static const char *const media[] = { "image/png", "image/jpeg",
 	    "image/gif", "image/webp", NULL };
@@ -108,7 +135,7 @@ pool_content(json_t *v)
 		    (text = json_string_value(json_object_get(b, "text"))) !=
 		    NULL)
 			nb = json_pack("{s:s, s:s+}", "type", "text", "text",
-			    text[0] == '/' ? " " : "", text);
+			    message && text[0] == '/' ? " " : "", text);
 		else if (type != NULL && strcmp(type, "image") == 0) {
 			src = json_object_get(b, "source");
 			m = json_string_value(json_object_get(src, "media_type"));
@@ -124,6 +151,62 @@ pool_content(json_t *v)
 				    "media_type", media[k], "data", data);
 		}
 		if (nb == NULL || json_array_append_new(out, nb) != 0) {
+			json_decref(out);
+			return (NULL);
+		}
+	}
+	return (out);
+}
+
+/*
+ * The client's tools, checked as the CLI needs them (one it cannot take
+ * loses it the whole list): [{name, description, input_schema}], at most
+ * POOLD_MAX_TOOLS, names unique, each schema an object of type "object".
+ */
+static int
+pool_tools_ok(json_t *v)
+{
+	json_t	*t, *schema;
+	size_t	 i, k;
+
+	if (!json_is_array(v) || json_array_size(v) == 0 ||
+	    json_array_size(v) > POOLD_MAX_TOOLS)
+		return (0);
+	json_array_foreach(v, i, t) {
+		schema = json_object_get(t, "input_schema");
+		if (!util_valid_tool_name(json_string_value(json_object_get(t,
+		    "name"))) || !json_is_string(json_object_get(t,
+		    "description")) || !json_is_object(schema) ||
+		    !json_is_string(json_object_get(schema, "type")) ||
+		    strcmp(json_string_value(json_object_get(schema, "type")),
+		    "object") != 0)
+			return (0);
+		for (k = 0; k < i; k++) {
+			if (strcmp(json_string_value(json_object_get(
+			    json_array_get(v, k), "name")), json_string_value(
+			    json_object_get(t, "name"))) == 0)
+				return (0);
+		}
+	}
+	return (1);
+}
+
+/* A turn's tool results: [{id, content: [blocks], is_error}]. */
+static json_t *
+pool_results(json_t *v)
+{
+	json_t	*out, *r, *c;
+	size_t	 i;
+
+	if (!json_is_array(v) || json_array_size(v) == 0 ||
+	    json_array_size(v) > POOLD_MAX_TOOLS || (out = json_array()) == NULL)
+		return (NULL);
+	json_array_foreach(v, i, r) {
+		if (!json_is_string(json_object_get(r, "id")) ||
+		    (c = pool_content(json_object_get(r, "content"), 0)) == NULL ||
+		    json_array_append_new(out, json_pack("{s:O, s:o, s:b}", "id",
+		    json_object_get(r, "id"), "content", c, "is_error",
+		    json_is_true(json_object_get(r, "is_error")))) != 0) {
 			json_decref(out);
 			return (NULL);
 		}
@@ -158,7 +241,9 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	struct job		*job, *q;
 	const char		*tenant, *key, *conv, *resume, *model, *sp, *text;
 	const char		*id;
-	json_t			*v, *stops, *content = NULL;
+	json_t			*v, *stops, *content = NULL, *results = NULL;
+	json_t			*client_tools = NULL;
+	char			*tools_json = NULL;
 	size_t			 i;
 	long			 max_tokens = 0, timeout = cf->job_timeout_ms;
 	int			 tools = 0, qlen = 0;
@@ -206,8 +291,23 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		tools = json_is_true(v);
 	}
 	if ((v = json_object_get(msg, "content")) != NULL &&
-	    !json_is_null(v) && (content = pool_content(v)) == NULL)
+	    !json_is_null(v) && (content = pool_content(v, 1)) == NULL)
 		return (*cause = strdup("content: invalid"), -1);
+	if ((v = json_object_get(msg, "client_tools")) != NULL &&
+	    !json_is_null(v)) {
+		if (!pool_tools_ok(v) || (tools_json = json_dumps(v,
+		    JSON_COMPACT | JSON_SORT_KEYS)) == NULL) {
+			json_decref(content);
+			return (*cause = strdup("client_tools: invalid"), -1);
+		}
+		client_tools = v;
+	}
+	if ((v = json_object_get(msg, "tool_results")) != NULL &&
+	    !json_is_null(v) && (results = pool_results(v)) == NULL) {
+		json_decref(content);
+		free(tools_json);
+		return (*cause = strdup("tool_results: invalid"), -1);
+	}
 	if ((stops = json_object_get(msg, "stop")) != NULL &&
 	    !json_is_null(stops)) {
 		if (!json_is_array(stops) ||
@@ -224,9 +324,13 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 
 	if ((job = calloc(1, sizeof *job)) == NULL) {
 		json_decref(content);
+		json_decref(results);
+		free(tools_json);
 		return (*cause = strdup("out of memory"), -1);
 	}
 	job->content = content;
+	job->tool_results = results;
+	job->client_tools = json_incref(client_tools);
 	job->sink = sink;
 	job->sink_arg = arg;
 	job->state = JOB_NEW;
@@ -245,6 +349,7 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		    model);
 	job->profile.tools = tools;
 	job->profile.max_tokens = max_tokens;
+	job->profile.client_tools = tools_json;
 	job->stop_hit = -1;
 	if ((sp != NULL && *sp != '\0' &&
 	    (job->profile.system_prompt = strdup(sp)) == NULL) ||
@@ -287,6 +392,8 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	return (0);
 bad_stop:
 	json_decref(content);
+	json_decref(results);
+	free(tools_json);
 	return (*cause = strdup("stop: invalid"), -1);
 }
 
@@ -301,6 +408,9 @@ pool_job_free(struct job *job)
 	profile_clear(&job->profile);
 	free(job->message);
 	json_decref(job->content);
+	json_decref(job->client_tools);
+	json_decref(job->tool_results);
+	json_decref(job->calls);
 	free(job->text);
 	free(job);
 }
@@ -577,7 +687,25 @@ pool_place(struct job *job, int *evicting)
 	char			*cause = NULL;
 	int			 resume;
 
-	if (pool_conversation_busy(job) || pool_job_capped(job))
+	if (pool_conversation_busy(job))
+		return (0);
+	/* The turn that waits for these tool results, or that never will. */
+	if ((p = pool_find_parked(job)) != NULL) {
+		if (job->tool_results != NULL) {
+			pool_resume_tools(job, p);
+			return (1);
+		}
+		log_info("job %s: a new turn: the one waiting for tool results "
+		    "on CLI %ld is dropped", job->id, (long)p->pid);
+		proc_kill(p);
+		return (0);
+	}
+	if (job->tool_results != NULL) {
+		pool_fail(job, PROTO_E_RESUME_FAILED, "the turn that called the "
+		    "tools is over");
+		return (1);
+	}
+	if (pool_job_capped(job))
 		return (0);
 
 	if ((p = pool_find_bound(job)) != NULL) {
@@ -848,6 +976,303 @@ pool_start_usage(struct job *job, const struct cli_msg *m)
 	json_decref(f);
 }
 
+/*
+ * The client's tools, as an MCP server of the "sdk" kind: the CLI sends
+ * its JSON-RPC as control_request lines on stdout, and the answer goes
+ * back as a control_response on its stdin.  A tools/call is the model
+ * calling a client's tool: it waits, by its tool use id, for the client's
+ * result (pool_answer_call), however long the client takes within
+ * tool_park_ms.
+ */
+static void
+pool_mcp_reply(struct proc *p, const char *request_id, json_t *reply)
+{
+	json_t	*line;
+	char	*s;
+	size_t	 len;
+
+	line = json_pack("{s:s, s:{s:s, s:s, s:{s:o}}}", "type",
+	    "control_response", "response", "subtype", "success",
+	    "request_id", request_id, "response", "mcp_response", reply);
+	if (line == NULL || (s = json_dumps(line, JSON_COMPACT)) == NULL) {
+		json_decref(line);
+		log_warnx("CLI %ld: out of memory for an MCP answer",
+		    (long)p->pid);
+		proc_kill(p);
+		return;
+	}
+	json_decref(line);
+	len = strlen(s);
+	s[len] = '\n';
+	if (proc_write(p, s, len + 1) != 0)
+		proc_kill(p);
+	free(s);
+}
+
+/* Answer the CLI's parked tools/call with the client's result r. */
+static void
+pool_answer_call(struct proc *p, json_t *call, json_t *r)
+{
+	json_t		*content, *b, *src;
+	const char	*type;
+	size_t		 i;
+
+	if ((content = json_array()) == NULL)
+		return;
+	json_array_foreach(json_object_get(r, "content"), i, b) {
+		type = json_string_value(json_object_get(b, "type"));
+		src = json_object_get(b, "source");
+		if (type != NULL && strcmp(type, "image") == 0)
+			json_array_append_new(content, json_pack("{s:s, s:O, "
+			    "s:O}", "type", "image", "data", json_object_get(src,
+			    "data"), "mimeType", json_object_get(src,
+			    "media_type")));
+		else
+			json_array_append_new(content, json_pack("{s:s, s:O}",
+			    "type", "text", "text", json_object_get(b, "text")));
+	}
+	pool_mcp_reply(p, json_string_value(json_object_get(call,
+	    "request_id")), json_pack("{s:s, s:O, s:{s:o, s:b}}", "jsonrpc",
+	    "2.0", "id", json_object_get(call, "rpc_id"), "result", "content",
+	    content, "isError", json_is_true(json_object_get(r, "is_error"))));
+}
+
+/* One MCP message from the CLI for the client's tools. */
+static void
+pool_mcp(struct proc *p, struct cli_msg *m)
+{
+	const char	*method = json_string_value(json_object_get(m->json,
+			    "method"));
+	json_t		*id = json_object_get(m->json, "id");
+	json_t		*params = json_object_get(m->json, "params");
+	json_t		*tools, *list, *t, *r;
+	const char	*tuid, *pv;
+	size_t		 i;
+
+	if (method == NULL || id == NULL) {
+		/* A notification: the SDK protocol wants an answer anyway. */
+		pool_mcp_reply(p, m->request_id, json_pack("{s:s, s:{}, s:i}",
+		    "jsonrpc", "2.0", "result", "id", 0));
+		return;
+	}
+	if (strcmp(method, "initialize") == 0) {
+		pv = json_string_value(json_object_get(params,
+		    "protocolVersion"));
+		pool_mcp_reply(p, m->request_id, json_pack("{s:s, s:O, s:{s:s, "
+		    "s:{s:{s:b}}, s:{s:s, s:s}}}", "jsonrpc", "2.0", "id", id,
+		    "result", "protocolVersion", pv != NULL ? pv : "2025-06-18",
+		    "capabilities", "tools", "listChanged", 0, "serverInfo",
+		    "name", "ccgate", "version", PACKAGE_VERSION));
+	} else if (strcmp(method, "tools/list") == 0) {
+		/*
+		 * Read-only, as far as the CLI knows: then it calls them all
+		 * at once, and the client gets every call of an answer.
+		 */
+		tools = p->profile.client_tools != NULL ?
+		    json_loads(p->profile.client_tools, 0, NULL) : NULL;
+		list = json_array();
+		json_array_foreach(tools, i, t) {
+			json_array_append_new(list, json_pack("{s:O, s:O, s:O, "
+			    "s:{s:b}}", "name", json_object_get(t, "name"),
+			    "description", json_object_get(t, "description"),
+			    "inputSchema", json_object_get(t, "input_schema"),
+			    "annotations", "readOnlyHint", 1));
+		}
+		json_decref(tools);
+		pool_mcp_reply(p, m->request_id, json_pack("{s:s, s:O, s:{s:o}}",
+		    "jsonrpc", "2.0", "id", id, "result", "tools", list));
+	} else if (strcmp(method, "tools/call") == 0) {
+		tuid = json_string_value(json_object_get(json_object_get(params,
+		    "_meta"), "claudecode/toolUseId"));
+		if (tuid == NULL) {
+			pool_mcp_reply(p, m->request_id, json_pack("{s:s, s:O, "
+			    "s:{s:[{s:s, s:s}], s:b}}", "jsonrpc", "2.0", "id", id,
+			    "result", "content", "type", "text", "text",
+			    "ccgate: a call without its tool use id", "isError",
+			    1));
+			return;
+		}
+		/* A CLI is hostile input: more calls than tools is not a model. */
+		if (json_object_size(p->waiting) >= POOLD_MAX_TOOLS) {
+			log_warnx("CLI %ld: too many tool calls waiting: "
+			    "killing it", (long)p->pid);
+			proc_kill(p);
+			return;
+		}
+		if ((p->waiting == NULL && (p->waiting = json_object()) ==
+		    NULL) || json_object_set_new(p->waiting, tuid, json_pack(
+		    "{s:s, s:O}", "request_id", m->request_id, "rpc_id", id)) !=
+		    0) {
+			proc_kill(p);
+			return;
+		}
+		/* Its result may have come first. */
+		if ((r = json_object_get(p->held, tuid)) != NULL) {
+			pool_answer_call(p, json_object_get(p->waiting, tuid), r);
+			json_object_del(p->waiting, tuid);
+			json_object_del(p->held, tuid);
+		}
+	} else if (strcmp(method, "ping") == 0)
+		pool_mcp_reply(p, m->request_id, json_pack("{s:s, s:O, s:{}}",
+		    "jsonrpc", "2.0", "id", id, "result"));
+	else
+		pool_mcp_reply(p, m->request_id, json_pack("{s:s, s:O, s:{s:i, "
+		    "s:s}}", "jsonrpc", "2.0", "id", id, "error", "code", -32601,
+		    "message", "method not found"));
+}
+
+/* A done frame's usage. */
+static json_t *
+pool_usage(long long in, long long out, long long cache_read,
+    long long cache_creation)
+{
+	return (json_pack("{s:I, s:I, s:I, s:I}", "input_tokens",
+	    (json_int_t)in, "output_tokens", (json_int_t)out,
+	    "cache_read_input_tokens", (json_int_t)cache_read,
+	    "cache_creation_input_tokens", (json_int_t)cache_creation));
+}
+
+/* Keep the calls of calls (an answer's tool_use) that are the client's. */
+static int
+pool_client_calls(struct job *job, json_t *calls)
+{
+	json_t	*c, *t;
+	size_t	 i, k;
+
+	json_array_foreach(calls, i, c) {
+		json_array_foreach(job->client_tools, k, t) {
+			if (strcmp(json_string_value(json_object_get(t, "name")),
+			    json_string_value(json_object_get(c, "name"))) != 0)
+				continue;
+			if ((job->calls == NULL && (job->calls = json_array()) ==
+			    NULL) || json_array_append(job->calls, c) != 0)
+				return (-1);
+			break;
+		}
+	}
+	return (0);
+}
+
+/*
+ * The model called the client's tools: the job ends with the calls, and
+ * the process waits, parked, with the turn open, for the client's next
+ * request to bring their results (pool_resume_tools).
+ */
+static void
+pool_park(struct proc *p, struct job *job)
+{
+	json_t	*f, *c;
+	size_t	 i;
+
+	if (pool_relay(p, job, job->textlen) != 0)
+		return;
+	json_decref(p->asked);
+	p->asked = json_array();
+	json_array_foreach(job->calls, i, c) {
+		json_array_append(p->asked, json_object_get(c, "id"));
+	}
+	f = json_pack("{s:i, s:s, s:s%, s:s, s:o, s:f, "
+	    "s:I, s:s, s:s, s:O, s:{s:I, s:s, s:i, s:b}}", "v", PROTO_VERSION,
+	    "type", PROTO_DONE, "text", job->text ? job->text : "",
+	    job->textlen, "session_id", job->session_id, "usage",
+	    pool_usage(job->s_in, job->s_out, job->s_cache_read,
+	    job->s_cache_creation), "cost_usd", 0.0, "duration_ms",
+	    (json_int_t)(poold_now() - job->started_at), "model",
+	    job->profile.model, "stop_reason", "tool_use", "tool_calls",
+	    job->calls, "process", "pid", (json_int_t)(proc_cli_pid(p) != 0 ?
+	    proc_cli_pid(p) : p->pid), "origin", job->origin == ORIGIN_BOUND ?
+	    "bound" : job->origin == ORIGIN_RESUMED ? "resumed" : "spawned",
+	    "turns", (int)p->turns, "parked", 1);
+	if (f == NULL || p->asked == NULL) {
+		json_decref(f);
+		proc_kill(p);
+		pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+		return;
+	}
+	p->parked = 1;
+	p->parked_at = poold_now();
+	p->last_used_at = p->parked_at;
+	poold->stats.succeeded++;
+	pool_finish(job, f);
+	pool_dispatch();
+}
+
+/*
+ * Carry the client's tool results to the parked turn of p, and run job
+ * (the client's request that brought them) on what the turn does next.
+ * A call the client did not answer gets an error result: the model
+ * learns that, and the turn goes on.
+ */
+static void
+pool_resume_tools(struct job *job, struct proc *p)
+{
+	json_t		*r, *id;
+	const char	*k;
+	size_t		 i, j;
+	int		 found;
+
+	TAILQ_REMOVE(&poold->queue, job, entry);
+	job->handed_us = util_now_us();
+	job->waited = job != poold->submitting;
+	job->state = JOB_RUNNING;
+	job->proc = p;
+	job->origin = ORIGIN_BOUND;
+	job->tool_turn = 1;
+	job->usage_sent = 1;	/* the turn's input was the first job's */
+	job->started_at = job->last_output_at = poold_now();
+	snprintf(job->session_id, sizeof job->session_id, "%s", p->session_id);
+	p->job = job;
+	p->parked = 0;
+	p->last_used_at = job->started_at;
+	poold->stats.by_origin[ORIGIN_BOUND]++;
+	if (p->held == NULL)
+		p->held = json_object();
+	json_array_foreach(p->asked, i, id) {
+		k = json_string_value(id);
+		found = 0;
+		json_array_foreach(job->tool_results, j, r) {
+			if (strcmp(json_string_value(json_object_get(r, "id")),
+			    k) == 0) {
+				found = 1;
+				break;
+			}
+		}
+		if (!found)
+			r = json_pack("{s:s, s:[{s:s, s:s}], s:b}", "id", k,
+			    "content", "type", "text", "text", "the client sent "
+			    "no result for this call", "is_error", 1);
+		else
+			json_incref(r);
+		if (r == NULL)
+			continue;
+		if (json_object_get(p->waiting, k) != NULL) {
+			pool_answer_call(p, json_object_get(p->waiting, k), r);
+			json_object_del(p->waiting, k);
+		} else
+			json_object_set(p->held, k, r);
+		json_decref(r);
+	}
+	json_decref(p->asked);
+	p->asked = NULL;
+	log_debug("job %s resumes the tool turn on CLI %ld", job->id,
+	    (long)p->pid);
+}
+
+/* The process of job's conversation whose turn waits for tool results. */
+static struct proc *
+pool_find_parked(const struct job *job)
+{
+	struct proc	*p;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->parked && p->state == PROC_BUSY &&
+		    strcmp(p->tenant, job->tenant) == 0 &&
+		    strcmp(p->conversation, job->conversation) == 0)
+			return (p);
+	}
+	return (NULL);
+}
+
 /* A turn ended with a result line. */
 static void
 pool_result(struct proc *p, struct job *job, struct cli_msg *m)
@@ -888,11 +1313,16 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 		return;		/* what was held back for a stop that never came */
 
 	f = proto_new(PROTO_DONE);
-	usage = json_pack("{s:I, s:I, s:I, s:I}",
-	    "input_tokens", (json_int_t)m->input_tokens,
-	    "output_tokens", (json_int_t)m->output_tokens,
-	    "cache_read_input_tokens", (json_int_t)m->cache_read_tokens,
-	    "cache_creation_input_tokens", (json_int_t)m->cache_creation_tokens);
+	/*
+	 * A turn that waited for tool results was billed in parts: each
+	 * job says what its own upstream answers cost.
+	 */
+	if (job->tool_turn)
+		usage = pool_usage(job->s_in, job->s_out, job->s_cache_read,
+		    job->s_cache_creation);
+	else
+		usage = pool_usage(m->input_tokens, m->output_tokens,
+		    m->cache_read_tokens, m->cache_creation_tokens);
 	proc = json_pack("{s:I, s:s, s:i}", "pid",
 	    (json_int_t)(proc_cli_pid(p) != 0 ? proc_cli_pid(p) : p->pid),
 	    "origin", job->origin == ORIGIN_WARM ? "warm" :
@@ -979,11 +1409,29 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 	size_t		 upto;
 	int		 hit;
 
-	if (job == NULL || p->state == PROC_DYING)
+	if (p->state == PROC_DYING)
 		return;
 	if (cli_parse_line(line, len, &m, &cause) != 0) {
 		log_debug("CLI %ld: %s", (long)p->pid, cause);
 		free(cause);
+		return;
+	}
+	/* The client's tools' MCP, with or without a job (at start-up). */
+	if (m.kind == CLI_CONTROL) {
+		pool_mcp(p, &m);
+		cli_msg_clear(&m);
+		return;
+	}
+	if (job == NULL) {
+		/* A parked turn that ended without the results: it is over. */
+		if (p->parked && m.kind == CLI_RESULT) {
+			log_info("CLI %ld: its turn ended while it waited for "
+			    "tool results", (long)p->pid);
+			p->parked = 0;
+			p->state = PROC_BOUND;
+			p->last_used_at = poold_now();
+		}
+		cli_msg_clear(&m);
 		return;
 	}
 	now = poold_now();
@@ -1010,16 +1458,32 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 		job->new_block = job->textlen > 0;
 		break;
 	case CLI_MESSAGE_START:
+		job->s_in += m.input_tokens;
+		job->s_cache_read += m.cache_read_tokens;
+		job->s_cache_creation += m.cache_creation_tokens;
 		if (!job->usage_sent && !job->halted)
 			pool_start_usage(job, &m);
 		break;
+	case CLI_TOOL_USE:
+		if (!job->halted && job->client_tools != NULL &&
+		    pool_client_calls(job, m.json) != 0) {
+			proc_kill(p);
+			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+		}
+		break;
 	case CLI_STOP:
+		job->s_out += m.output_tokens;
 		if (job->halted)
 			break;
 		snprintf(job->stop_reason, sizeof job->stop_reason, "%s",
 		    m.stop_reason);
 		if (strcmp(m.stop_reason, "max_tokens") == 0)
 			pool_halt(p, job);
+		else if (strcmp(m.stop_reason, "tool_use") == 0 &&
+		    json_array_size(job->calls) > 0)
+			pool_park(p, job);
+		break;
+	case CLI_CONTROL:
 		break;
 	case CLI_DELTA:
 		if (job->halted)
@@ -1164,6 +1628,13 @@ pool_tick(void *arg)
 				proc_kill(p);
 				pool_fail(job, PROTO_E_TIMEOUT, why);
 			}
+			continue;
+		}
+		if (p->parked && now - p->parked_at >=
+		    (uint64_t)cf->tool_park_ms) {
+			log_info("CLI %ld: no tool results in %ld ms: its turn "
+			    "is dropped", (long)p->pid, cf->tool_park_ms);
+			proc_kill(p);
 			continue;
 		}
 		if (p->state == PROC_BOUND && now - p->last_used_at >=

@@ -33,7 +33,8 @@ static const char *const poold_keys[] = {
 	"queue_max_wait_ms", "job_timeout_ms", "first_event_timeout_ms",
 	"stall_timeout_ms", "idle_timeout_ms", "max_messages_per_instance",
 	"max_instance_age_ms", "health_check_interval_ms", "shutdown_grace_ms",
-	"max_frame", "rlimit_nofile", "rlimit_nproc", "cli_nice", "log_verbose",
+	"max_frame", "tool_park_ms", "rlimit_nofile", "rlimit_nproc",
+	"cli_nice", "log_verbose",
 	"sandbox", "sandbox_bwrap", "sandbox_setpriv", "sandbox_paths",
 	"sandbox_tmp_mb", "egress_socket", "egress_auth",
 	NULL
@@ -46,7 +47,8 @@ static const char *const poold_keys[] = {
  */
 static const char *const poold_env_own[] = {
 	"PATH", "HOME", "CLAUDE_CONFIG_DIR", "TMPDIR", "SHELL",
-	"CLAUDE_CODE_MAX_OUTPUT_TOKENS", NULL
+	"CLAUDE_CODE_MAX_OUTPUT_TOKENS", "CLAUDE_AGENT_SDK_MCP_NO_PREFIX",
+	"ENABLE_TOOL_SEARCH", NULL
 };
 static const char *const poold_env_credentials[] = {
 	"ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN",
@@ -313,6 +315,7 @@ poold_config_load(const char *path, char **cause)
 	POOLD_INT("shutdown_grace_ms", shutdown_grace_ms, 10000, 0, 3600000);
 	POOLD_INT("max_frame", max_frame, PROTO_JOB_MAX, PROTO_MIN_MAX,
 	    PROTO_LARGEST);
+	POOLD_INT("tool_park_ms", tool_park_ms, 600000, 1000, 86400000);
 	POOLD_INT("rlimit_nofile", rlimit_nofile, 4096, 64, 1048576);
 	POOLD_INT("rlimit_nproc", rlimit_nproc, 0, 0, 1048576);
 	POOLD_INT("cli_nice", cli_nice, 5, 0, 19);

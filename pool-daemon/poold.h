@@ -28,6 +28,7 @@
 #define POOLD_MAX_STOPS		8	/* a job's stop sequences */
 #define POOLD_MAX_STOP_LEN	256
 #define POOLD_MAX_BLOCKS	100	/* a message's text and image blocks */
+#define POOLD_MAX_TOOLS		128	/* a client's tools, a turn's results */
 #define POOLD_MAX_MODEL		128
 #define POOLD_STDERR_KEEP	2048
 #define POOLD_ENV_MAX		64
@@ -102,6 +103,7 @@ struct poold_config {
 	long	 health_check_interval_ms;
 	long	 shutdown_grace_ms;
 	long	 max_frame;
+	long	 tool_park_ms;
 	long	 rlimit_nofile;
 	long	 rlimit_nproc;
 	long	 cli_nice;
@@ -116,6 +118,7 @@ struct profile {
 	char	*system_prompt;		/* NULL: the CLI's own */
 	int	 tools;
 	long	 max_tokens;		/* 0: the CLI's default */
+	char	*client_tools;		/* the client's (JSON), or NULL */
 };
 
 enum proc_state {
@@ -169,6 +172,18 @@ struct proc {
 	int			 delete_home;	/* its conversation was deleted */
 	uint64_t		 kill_at;	/* stopping: SIGKILL from then */
 	int			 status;
+
+	/*
+	 * A turn whose model called the client's tools waits here for their
+	 * results (the client's next request): the CLI's tools/call requests
+	 * by tool use id, results that came before their call, and the ids
+	 * the client was asked for.
+	 */
+	int			 parked;
+	uint64_t		 parked_at;
+	json_t			*waiting;	/* id -> {request_id, rpc_id} */
+	json_t			*held;		/* id -> the client's result */
+	json_t			*asked;		/* [id] */
 
 	struct job		*job;
 	proc_line_cb		 line_cb;
@@ -226,6 +241,12 @@ struct job {
 	char			 stop_reason[32]; /* the upstream's last */
 	int			 halted;	/* interrupted: output ignored */
 	int			 usage_sent;	/* the input usage went out */
+	/* The client's tools: its own, and the turn's results for them. */
+	json_t			*client_tools;
+	json_t			*tool_results;
+	json_t			*calls;		/* this answer's, for the client */
+	int			 tool_turn;	/* resumes a parked turn */
+	long long		 s_in, s_out, s_cache_read, s_cache_creation;
 	TAILQ_ENTRY(job)	 entry;
 };
 TAILQ_HEAD(jobs, job);
@@ -315,6 +336,7 @@ int		 pool_idle(void);
 int		 profile_equal(const struct profile *,
 		     const struct profile *);
 void		 profile_clear(struct profile *);
+int		 profile_copy(struct profile *, const struct profile *);
 
 /* proc.c: a growing NULL-terminated vector of strings (argv, envp). */
 struct strv {

@@ -102,6 +102,18 @@ proc_argv(struct strv *sv, const struct profile *pr, const char *home,
 	sandbox_cli_args(sv, pr->tools);
 	if (pr->model[0] != '\0')
 		strv_add(sv, "--model=%s", pr->model);
+	/*
+	 * The client's tools: an MCP server of the "sdk" kind, which the
+	 * CLI speaks to over its own stdin and stdout (pool_mcp plays it),
+	 * allowed without a prompt.  The tools themselves are never on argv.
+	 */
+	if (pr->client_tools != NULL) {
+		strv_add(sv, "--mcp-config={\"mcpServers\":{\"ccgate\":"
+		    "{\"type\":\"sdk\",\"name\":\"ccgate\"}}}");
+		strv_add(sv, "--allowedTools=mcp__ccgate");
+		if (!pr->tools)
+			strv_add(sv, "--permission-mode=dontAsk");
+	}
 	/* A file, not argv: a prompt may be larger than argv allows. */
 	if (prompt && cf->sandbox == SANDBOX_BWRAP)
 		strv_add(sv, "--system-prompt-file=%s", SANDBOX_PROMPT);
@@ -132,6 +144,14 @@ proc_envp(struct strv *sv, const struct profile *pr, const char *home,
 	strv_add(sv, "CLAUDE_CONFIG_DIR=%s/.claude", home);
 	strv_add(sv, "LANG=C.UTF-8");
 	strv_add(sv, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1");
+	if (pr->client_tools != NULL) {
+		/*
+		 * The client's tools as it named them (no mcp__ccgate__), all
+		 * offered at once (no tool search deferring them).
+		 */
+		strv_add(sv, "CLAUDE_AGENT_SDK_MCP_NO_PREFIX=1");
+		strv_add(sv, "ENABLE_TOOL_SEARCH=false");
+	}
 	strv_add(sv, "DISABLE_AUTOUPDATER=1");
 	strv_add(sv, "DISABLE_TELEMETRY=1");
 	if (box)
@@ -304,10 +324,7 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *conv,
 	p->slot = -1;
 	p->line_cb = line_cb;
 	p->gone_cb = gone_cb;
-	p->profile = *pr;
-	p->profile.system_prompt = NULL;
-	if (pr->system_prompt != NULL &&
-	    (p->profile.system_prompt = strdup(pr->system_prompt)) == NULL) {
+	if (profile_copy(&p->profile, pr) != 0) {
 		util_cause(cause, "out of memory");
 		goto fail;
 	}
@@ -418,7 +435,7 @@ fail:
 	egress_revoke(cf->state_dir, p->egress);
 	if (p->slot != -1)
 		workspace_slot_remove(cf->state_dir, p->slot);
-	free(p->profile.system_prompt);
+	profile_clear(&p->profile);
 	free(p);
 	poold->stats.spawn_failed++;
 	return (NULL);
@@ -768,7 +785,10 @@ proc_free(struct proc *p)
 	egress_revoke(poold->cf->state_dir, p->egress);
 	free(p->inbuf);
 	free(p->line);
-	free(p->profile.system_prompt);
+	profile_clear(&p->profile);
+	json_decref(p->waiting);
+	json_decref(p->held);
+	json_decref(p->asked);
 	free(p);
 }
 

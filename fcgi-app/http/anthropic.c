@@ -15,9 +15,6 @@
 #include "log.h"
 #include "proto.h"
 
-static const char *const anthropic_tools[] = { "tools", "tool_choice",
-    NULL };
-
 /* Send one named event (takes data). */
 static int
 anthropic_event(struct turn *t, const char *name, json_t *data)
@@ -79,24 +76,84 @@ anthropic_usage(struct turn *t)
 	    "cache_creation_input_tokens", (json_int_t)t->cache_creation));
 }
 
+/* The tool calls' blocks: {type: tool_use, id, name, input}. */
+static json_t *
+anthropic_calls(const struct turn *t, json_t *content)
+{
+	json_t	*c;
+	size_t	 i;
+
+	json_array_foreach(t->tool_calls, i, c) {
+		if (json_array_append_new(content, json_pack("{s:s, s:O, s:O, "
+		    "s:O}", "type", "tool_use", "id", json_object_get(c, "id"),
+		    "name", json_object_get(c, "name"), "input",
+		    json_object_get(c, "input"))) != 0) {
+			json_decref(content);
+			return (NULL);
+		}
+	}
+	return (content);
+}
+
+/* A stream's tool_use blocks, after its text block (index 0). */
+static int
+anthropic_stream_calls(struct turn *t)
+{
+	json_t	*c;
+	char	*js;
+	size_t	 i;
+	int	 rc;
+
+	json_array_foreach(t->tool_calls, i, c) {
+		if (anthropic_event(t, "content_block_start", json_pack("{s:s, "
+		    "s:I, s:{s:s, s:O, s:O, s:{}}}", "type",
+		    "content_block_start", "index", (json_int_t)i + 1,
+		    "content_block", "type", "tool_use", "id", json_object_get(c,
+		    "id"), "name", json_object_get(c, "name"), "input")) != 0)
+			return (-1);
+		if ((js = json_dumps(json_object_get(c, "input"), JSON_COMPACT |
+		    JSON_ENCODE_ANY)) == NULL)
+			return (-1);
+		rc = anthropic_event(t, "content_block_delta", json_pack("{s:s, "
+		    "s:I, s:{s:s, s:s}}", "type", "content_block_delta", "index",
+		    (json_int_t)i + 1, "delta", "type", "input_json_delta",
+		    "partial_json", js));
+		free(js);
+		if (rc != 0 || anthropic_event(t, "content_block_stop",
+		    json_pack("{s:s, s:I}", "type", "content_block_stop",
+		    "index", (json_int_t)i + 1)) != 0)
+			return (-1);
+	}
+	return (0);
+}
+
 /* The message, or the stream's closing events. */
 static void
 anthropic_done(struct turn *t)
 {
-	char	id[96];
+	json_t	*content;
+	char	 id[96];
 
 	if (!t->stream) {
 		anthropic_id(t, id, sizeof id);
-		req_send_json(t->r, 200, json_pack("{s:s, s:s, s:s, s:s, "
-		    "s:[{s:s, s:s}], s:s, s:s?, s:o}", "id", id, "type",
-		    "message", "role", "assistant", "model", t->conv->model,
-		    "content", "type", "text", "text", t->text, "stop_reason",
+		content = json_array();
+		if (content != NULL && (*t->text != '\0' ||
+		    json_array_size(t->tool_calls) == 0))
+			json_array_append_new(content, json_pack("{s:s, s:s}",
+			    "type", "text", "text", t->text));
+		if (content != NULL)
+			content = anthropic_calls(t, content);
+		req_send_json(t->r, 200, content == NULL ? NULL : json_pack(
+		    "{s:s, s:s, s:s, s:s, s:o, s:s, s:s?, s:o}", "id", id,
+		    "type", "message", "role", "assistant", "model",
+		    t->conv->model, "content", content, "stop_reason",
 		    t->stop_reason, "stop_sequence", t->stop_sequence, "usage",
 		    anthropic_usage(t)));
 		return;
 	}
 	if (anthropic_event(t, "content_block_stop", json_pack("{s:s, s:i}",
 	    "type", "content_block_stop", "index", 0)) != 0 ||
+	    anthropic_stream_calls(t) != 0 ||
 	    anthropic_event(t, "message_delta", json_pack("{s:s, s:{s:s, s:s?}, "
 	    "s:o}", "type", "message_delta", "delta", "stop_reason",
 	    t->stop_reason, "stop_sequence", t->stop_sequence, "usage",
@@ -127,57 +184,57 @@ anthropic_messages_handle(struct request *r)
 	struct conversation	 conv;
 	struct turn		 t;
 	const char		*model;
-	json_t			*body, *sys, *stops = NULL;
+	json_t			*body, *sys, *stops = NULL, *tools = NULL;
 	long long		 max_tokens = 0;
 	int			 stream = 0, prime;
 	char			*system = NULL;
 	struct compat_err	 err;
 
+	memset(&m, 0, sizeof m);
 	if ((body = req_json_body(r, 1)) == NULL)
 		return;
 	if (compat_model(r, body, &model) != 0 ||
-	    compat_no_tools(r, body, anthropic_tools) != 0 ||
+	    compat_tools(r, body, 0, &tools) != 0 ||
 	    input_bool(r, body, "stream", &stream) != 0 ||
 	    input_int(r, body, "max_tokens", 1, 1000000, &max_tokens) != 0)
-		return;
+		goto out;
 	if (max_tokens == 0) {
 		req_error(r, 400, NULL, "max_tokens: required");
-		return;
+		goto out;
 	}
 	if (perm_check(r, model, stream, &max_tokens) != 0 ||
 	    compat_stops(r, body, "stop_sequences", 0, &stops) != 0)
-		return;
+		goto out;
 	if ((sys = req_field(r, body, "system")) != NULL &&
 	    !json_is_null(sys) && (system = compat_text(sys, "system",
 	    (size_t)appconf->max_message, NULL, &err)) == NULL) {
 		compat_refuse(r, &err);
-		json_decref(stops);
-		return;
+		goto out;
 	}
 	if (compat_parse(req_field(r, body, "messages"), 0,
 	    (size_t)appconf->max_message, &m, &err) != 0) {
 		compat_refuse(r, &err);
 		free(system);
-		json_decref(stops);
-		return;
+		goto out;
 	}
 	m.system = system;
 	compat_ignored(r);
-	if (compat_conversation(r, model, &m, &conv, &prime) != 0) {
-		compat_free(&m);
-		json_decref(stops);
-		return;
-	}
+	if (compat_conversation(r, model, &m, &conv, &prime) != 0)
+		goto out;
 	req_add_header(r, "X-Ccgate-Conversation-Id", conv.id);
 	turn_init(&t, r, &anthropic_ops, &conv, m.texts[m.n - 1], max_tokens,
 	    stream);
 	t.prime = prime;
 	t.stops = stops;
 	t.content = m.content;
+	t.tools = tools;
+	t.tool_results = m.tool_results;
 	turn_run(&t);
 	conv_clear(&conv);
+out:
 	compat_free(&m);
 	json_decref(stops);
+	json_decref(tools);
 }
 
 /*

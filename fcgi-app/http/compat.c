@@ -24,6 +24,8 @@
 #define COMPAT_STOP_LEN		256
 /* An image's decoded bytes at most, as the Messages API takes them. */
 #define COMPAT_IMAGE_MAX	(5 * 1024 * 1024)
+#define COMPAT_MAX_TOOLS	128
+#define COMPAT_TOOL_NAME	64	/* util_valid_tool_name's */
 
 /* Free parsed messages. */
 void
@@ -37,6 +39,7 @@ compat_free(struct compat_msgs *m)
 	free(m->roles);
 	free(m->system);
 	json_decref(m->content);
+	json_decref(m->tool_results);
 	memset(m, 0, sizeof *m);
 }
 
@@ -170,7 +173,7 @@ compat_image(json_t *part, const char *type, const char *where,
  * "text":...} parts joined by newlines, at most max bytes.  With blocks
  * (a user message), image parts are accepted too: each is a placeholder
  * in the text, and *blocks gets the message as the CLI is to see it
- * (text and image blocks, in order), or NULL when it is only text.
+ * (text and image blocks, in order), or NULL when it is one text.
  * Anything else returns NULL with err naming where.
  */
 char *
@@ -257,7 +260,8 @@ compat_text(json_t *content, const char *where, size_t max, json_t **blocks,
 			goto fail;
 		}
 	}
-	if (images > 0)
+	/* Several parts stay several blocks, as the client wrote them. */
+	if (images > 0 || json_array_size(all) > 1)
 		*blocks = all;
 	else
 		json_decref(all);
@@ -289,20 +293,147 @@ compat_add_system(struct compat_msgs *m, char *text)
 }
 
 /*
+ * The tool calls of an assistant message (OpenAI "tool_calls", Anthropic
+ * "tool_use" blocks) onto its text.  Returns -1 with err set.
+ */
+static int
+compat_calls(json_t *msg, const char *where, char **text,
+    struct compat_err *err)
+{
+	json_t		*calls = json_object_get(msg, "tool_calls"), *c, *input;
+	json_t		*content = json_object_get(msg, "content");
+	const char	*id, *name, *args, *type;
+	size_t		 i;
+	int		 rc;
+
+	json_array_foreach(json_is_array(calls) ? calls : NULL, i, c) {
+		id = json_string_value(json_object_get(c, "id"));
+		name = json_string_value(json_object_get(json_object_get(c,
+		    "function"), "name"));
+		args = json_string_value(json_object_get(json_object_get(c,
+		    "function"), "arguments"));
+		input = args != NULL ? json_loads(args, 0, NULL) : NULL;
+		if (id == NULL || strchr(id, ' ') != NULL ||
+		    !util_valid_tool_name(name) || !json_is_object(input)) {
+			json_decref(input);
+			compat_fail(err, 400, "%s.tool_calls[%zu]: an id, a "
+			    "function name and JSON object arguments are "
+			    "required", where, i);
+			return (-1);
+		}
+		rc = turn_mark_call(text, id, name, input);
+		json_decref(input);
+		if (rc != 0)
+			goto nomem;
+	}
+	json_array_foreach(json_is_array(content) ? content : NULL, i, c) {
+		type = json_string_value(json_object_get(c, "type"));
+		if (type == NULL || strcmp(type, "tool_use") != 0)
+			continue;
+		id = json_string_value(json_object_get(c, "id"));
+		name = json_string_value(json_object_get(c, "name"));
+		if (id == NULL || strchr(id, ' ') != NULL ||
+		    !util_valid_tool_name(name) ||
+		    !json_is_object(json_object_get(c, "input"))) {
+			compat_fail(err, 400, "%s.content[%zu]: a tool_use needs "
+			    "an id, a name and an object input", where, i);
+			return (-1);
+		}
+		if (turn_mark_call(text, id, name, json_object_get(c,
+		    "input")) != 0)
+			goto nomem;
+	}
+	return (0);
+nomem:
+	compat_fail(err, 500, "out of memory");
+	return (-1);
+}
+
+/*
+ * A message's content without its tool blocks and the blocks a model's
+ * reasoning leaves (thinking), for compat_text: a new reference.
+ */
+static json_t *
+compat_plain(json_t *content)
+{
+	json_t		*out, *b;
+	const char	*type;
+	size_t		 i;
+
+	if (!json_is_array(content))
+		return (json_incref(content));
+	if ((out = json_array()) == NULL)
+		return (NULL);
+	json_array_foreach(content, i, b) {
+		type = json_string_value(json_object_get(b, "type"));
+		if (type != NULL && (strcmp(type, "tool_use") == 0 ||
+		    strcmp(type, "tool_result") == 0 ||
+		    strcmp(type, "thinking") == 0 ||
+		    strcmp(type, "redacted_thinking") == 0))
+			continue;
+		json_array_append(out, b);
+	}
+	return (out);
+}
+
+/*
+ * One tool result: its marker onto *text and {id, content, is_error}
+ * onto results.  content: a string or text and image blocks.
+ */
+static int
+compat_result(const char *id, json_t *content, int is_error,
+    const char *where, size_t max, char **text, json_t *results,
+    struct compat_err *err)
+{
+	json_t	*blocks = NULL;
+	char	*rt;
+
+	if (id == NULL || strchr(id, ' ') != NULL || *id == '\0') {
+		compat_fail(err, 400, "%s: the id of the tool call it answers "
+		    "is required", where);
+		return (-1);
+	}
+	if (content == NULL || json_is_null(content))
+		content = json_string("");
+	else
+		json_incref(content);
+	rt = compat_text(content, where, max, &blocks, err);
+	if (rt != NULL && blocks == NULL)
+		blocks = json_pack("[{s:s, s:s}]", "type", "text", "text", rt);
+	json_decref(content);
+	if (rt == NULL)
+		return (-1);
+	if (blocks == NULL || turn_append(text, "[tool_result %s%s]\n%s", id,
+	    is_error ? " error" : "", rt) != 0 ||
+	    json_array_append_new(results, json_pack("{s:s, s:o, s:b}", "id",
+	    id, "content", blocks, "is_error", is_error)) != 0) {
+		free(rt);
+		compat_fail(err, 500, "out of memory");
+		return (-1);
+	}
+	free(rt);
+	return (0);
+}
+
+/*
  * Parse a "messages" array (each text at most max bytes).  With
- * system_roles, "system" and "developer" messages become the system
- * prompt (OpenAI); otherwise only "user" and "assistant" are allowed
- * (Anthropic).  The last message must be the user's.  Returns 0, or -1
- * with err set and m empty.
+ * system_roles (OpenAI), "system" and "developer" messages become the
+ * system prompt and "tool" messages are tool results; otherwise (Anthropic)
+ * only "user" and "assistant" are allowed, tool results being blocks of a
+ * user message.  Tool calls and results are kept in the texts as lines
+ * (turn_mark_call, compat_result).  The last turn must be the user's:
+ * a message, or the results of the tool calls before it (then
+ * m->tool_results holds them).  Returns 0, or -1 with err set and m empty.
  */
 int
 compat_parse(json_t *msgs, int system_roles, size_t max,
     struct compat_msgs *m, struct compat_err *err)
 {
-	json_t		*msg;
-	const char	*role;
+	json_t		*msg, *content, *b, *part, *results = NULL;
+	const char	*role, *type;
 	char		 where[64], *text;
-	size_t		 i, n;
+	size_t		 i, j, n;
+	int		 tool_turn = 0, is_tool;
 
 	memset(m, 0, sizeof *m);
 	if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
@@ -325,44 +456,236 @@ compat_parse(json_t *msgs, int system_roles, size_t max,
 			compat_fail(err, 400, "%s: required", where);
 			goto fail;
 		}
+		content = json_object_get(msg, "content");
 		if (system_roles && (strcmp(role, "system") == 0 ||
 		    strcmp(role, "developer") == 0)) {
 			snprintf(where, sizeof where, "messages[%zu].content", i);
-			if ((text = compat_text(json_object_get(msg, "content"),
-			    where, max, NULL, err)) == NULL)
+			if ((text = compat_text(content, where, max, NULL,
+			    err)) == NULL)
 				goto fail;
 			if (compat_add_system(m, text) != 0)
 				goto nomem;
 			continue;
 		}
-		if (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) {
+		/* Tool results: OpenAI's "tool" messages, Anthropic's blocks. */
+		is_tool = system_roles && strcmp(role, "tool") == 0;
+		json_array_foreach(!system_roles && strcmp(role, "user") == 0 &&
+		    json_is_array(content) ? content : NULL, j, b) {
+			type = json_string_value(json_object_get(b, "type"));
+			if (type != NULL && strcmp(type, "tool_result") == 0)
+				is_tool = 1;
+		}
+		if (!is_tool && strcmp(role, "user") != 0 &&
+		    strcmp(role, "assistant") != 0) {
 			compat_fail(err, 400, "%s: \"%.32s\" is not supported "
 			    "(user and assistant%s)", where, role, system_roles ?
-			    ", system" : "");
+			    ", system, developer and tool" : "");
 			goto fail;
 		}
-		snprintf(where, sizeof where, "messages[%zu].content", i);
 		json_decref(m->content);
 		m->content = NULL;
-		if ((text = compat_text(json_object_get(msg, "content"),
-		    where, max, strcmp(role, "user") == 0 ? &m->content : NULL,
-		    err)) == NULL)
+		if (is_tool) {
+			/* Consecutive tool messages are one turn of results. */
+			if (!tool_turn) {
+				json_decref(results);
+				if ((results = json_array()) == NULL ||
+				    (m->texts[m->n] = strdup("")) == NULL)
+					goto nomem;
+				m->roles[m->n++] = "user";
+				tool_turn = 1;
+			}
+			if (system_roles) {
+				if (!json_is_string(json_object_get(msg,
+				    "tool_call_id"))) {
+					compat_fail(err, 400, "messages[%zu]."
+					    "tool_call_id: required", i);
+					goto fail;
+				}
+				snprintf(where, sizeof where,
+				    "messages[%zu].content", i);
+				if (compat_result(json_string_value(
+				    json_object_get(msg, "tool_call_id")),
+				    content, 0, where, max, &m->texts[m->n - 1],
+				    results, err) != 0)
+					goto fail;
+				continue;
+			}
+			json_array_foreach(content, j, b) {
+				snprintf(where, sizeof where,
+				    "messages[%zu].content[%zu]", i, j);
+				type = json_string_value(json_object_get(b,
+				    "type"));
+				if (type != NULL && strcmp(type, "tool_result") ==
+				    0) {
+					if (compat_result(json_string_value(
+					    json_object_get(b, "tool_use_id")),
+					    json_object_get(b, "content"),
+					    json_is_true(json_object_get(b,
+					    "is_error")), where, max,
+					    &m->texts[m->n - 1], results, err) !=
+					    0)
+						goto fail;
+					continue;
+				}
+				/* Text beside results goes with the last. */
+				if (json_array_size(results) == 0) {
+					compat_fail(err, 400, "%s: tool results "
+					    "come first", where);
+					goto fail;
+				}
+				if ((part = json_pack("[O]", b)) == NULL)
+					goto nomem;
+				text = compat_text(part, where, max, NULL, err);
+				json_decref(part);
+				if (text == NULL)
+					goto fail;
+				if (turn_append(&m->texts[m->n - 1], "%s",
+				    text) != 0 || json_array_append_new(
+				    json_object_get(json_array_get(results,
+				    json_array_size(results) - 1), "content"),
+				    json_pack("{s:s, s:s}", "type", "text", "text",
+				    text)) != 0) {
+					free(text);
+					goto nomem;
+				}
+				free(text);
+			}
+			continue;
+		}
+		tool_turn = 0;
+		snprintf(where, sizeof where, "messages[%zu].content", i);
+		if ((b = compat_plain(content)) == NULL)
+			goto nomem;
+		if (strcmp(role, "assistant") == 0 && (json_is_null(content) ||
+		    (json_is_array(b) && json_array_size(b) == 0))) {
+			json_decref(b);
+			b = json_string("");
+		}
+		text = compat_text(b, where, max, strcmp(role, "user") == 0 ?
+		    &m->content : NULL, err);
+		json_decref(b);
+		if (text == NULL)
 			goto fail;
 		m->roles[m->n] = strcmp(role, "user") == 0 ? "user" :
 		    "assistant";
 		m->texts[m->n++] = text;
+		if (strcmp(role, "assistant") == 0 && compat_calls(msg, where,
+		    &m->texts[m->n - 1], err) != 0)
+			goto fail;
 	}
 	if (m->n == 0 || strcmp(m->roles[m->n - 1], "user") != 0 ||
 	    *m->texts[m->n - 1] == '\0') {
 		compat_fail(err, 400, "messages: the last message must be a "
-		    "non-empty user message");
+		    "non-empty user message, or tool results");
 		goto fail;
 	}
+	if (tool_turn) {
+		m->tool_results = results;
+		results = NULL;
+	}
+	json_decref(results);
 	return (0);
 nomem:
 	compat_fail(err, 500, "out of memory");
 fail:
+	json_decref(results);
 	compat_free(m);
+	return (-1);
+}
+
+/*
+ * The client's tools (OpenAI "tools" of type function, or the legacy
+ * "functions"; Anthropic "tools"), as ccgate passes them on:
+ * [{"name","description","input_schema"}], or NULL for none.  tool_choice
+ * "none" offers none; "auto" is what a CLI does; a forced choice cannot
+ * be made of it and is refused.  Returns -1 after a 400.
+ */
+int
+compat_tools(struct request *r, json_t *body, int openai, json_t **out)
+{
+	json_t		*tools, *t, *fn, *schema, *choice;
+	const char	*name, *desc, *cs, *type;
+	size_t		 i, k;
+
+	*out = NULL;
+	tools = req_field(r, body, "tools");
+	if (openai && (tools == NULL || json_is_null(tools)))
+		tools = req_field(r, body, "functions");
+	choice = req_field(r, body, openai && req_field(r, body,
+	    "tool_choice") == NULL ? "function_call" : "tool_choice");
+	(void)req_field(r, body, "parallel_tool_calls");
+	if (tools == NULL || json_is_null(tools))
+		tools = NULL;
+	else if (!json_is_array(tools) || json_array_size(tools) >
+	    COMPAT_MAX_TOOLS) {
+		req_error(r, 400, NULL, "tools: must be an array of at most %d "
+		    "tools", COMPAT_MAX_TOOLS);
+		return (-1);
+	}
+	cs = json_string_value(choice);
+	if (cs == NULL)
+		cs = json_string_value(json_object_get(choice, "type"));
+	if (choice != NULL && !json_is_null(choice) && (cs == NULL ||
+	    (strcmp(cs, "auto") != 0 && strcmp(cs, "none") != 0))) {
+		req_error(r, 400, NULL, "tool_choice: only \"auto\" and \"none\": "
+		    "the model is offered the tools and chooses");
+		return (-1);
+	}
+	if (tools == NULL || json_array_size(tools) == 0 ||
+	    (cs != NULL && strcmp(cs, "none") == 0))
+		return (0);
+	if ((*out = json_array()) == NULL)
+		goto nomem;
+	json_array_foreach(tools, i, t) {
+		fn = openai && json_is_object(json_object_get(t, "function")) ?
+		    json_object_get(t, "function") : t;
+		type = json_string_value(json_object_get(t, "type"));
+		if (type != NULL && strcmp(type, openai ? "function" :
+		    "custom") != 0) {
+			req_error(r, 400, NULL, "tools[%zu]: type \"%.32s\" is "
+			    "not supported (%s)", i, type, openai ?
+			    "function" : "client tools only: custom");
+			goto fail;
+		}
+		name = json_string_value(json_object_get(fn, "name"));
+		desc = json_string_value(json_object_get(fn, "description"));
+		schema = json_object_get(fn, openai ? "parameters" :
+		    "input_schema");
+		if (!util_valid_tool_name(name)) {
+			req_error(r, 400, NULL, "tools[%zu].name: 1 to %d of "
+			    "A-Z a-z 0-9 _ -", i, COMPAT_TOOL_NAME);
+			goto fail;
+		}
+		for (k = 0; k < json_array_size(*out); k++) {
+			if (strcmp(json_string_value(json_object_get(
+			    json_array_get(*out, k), "name")), name) == 0) {
+				req_error(r, 400, NULL, "tools[%zu].name: \"%s\" "
+				    "twice", i, name);
+				goto fail;
+			}
+		}
+		if (schema != NULL && !json_is_null(schema) &&
+		    (!json_is_object(schema) || !json_is_string(
+		    json_object_get(schema, "type")) || strcmp(
+		    json_string_value(json_object_get(schema, "type")),
+		    "object") != 0)) {
+			req_error(r, 400, NULL, "tools[%zu]: the input schema "
+			    "must be a JSON schema of type \"object\"", i);
+			goto fail;
+		}
+		if (json_array_append_new(*out, json_pack("{s:s, s:s, s:o}",
+		    "name", name, "description", desc != NULL ? desc : "",
+		    "input_schema", json_is_object(schema) ? json_incref(schema) :
+		    json_pack("{s:s, s:{}}", "type", "object", "properties"))) !=
+		    0)
+			goto nomem;
+	}
+	return (0);
+nomem:
+	req_error(r, 500, NULL, "out of memory");
+fail:
+	json_decref(*out);
+	*out = NULL;
 	return (-1);
 }
 
@@ -436,47 +759,6 @@ compat_ignored(struct request *r)
 
 	if (*req_unread(r, buf, sizeof buf) != '\0')
 		req_add_header(r, "X-Ccgate-Ignored", buf);
-}
-
-/* Return 1 if a tool_choice (or function_call) asks for no tool or any. */
-static int
-compat_choice_free(json_t *v)
-{
-	const char	*s = json_string_value(v);
-
-	if (v == NULL || json_is_null(v))
-		return (1);
-	if (s == NULL)
-		s = json_string_value(json_object_get(v, "type"));
-	return (s != NULL && (strcmp(s, "none") == 0 ||
-	    strcmp(s, "auto") == 0));
-}
-
-/*
- * Refuse client-defined tools (400) until they are supported.  No tools
- * at all is not a tool: "tools": [] (what the Claude Code CLI sends with
- * its own tools off), a tool_choice of "none" or "auto" with it, and
- * parallel_tool_calls are accepted.  names: the dialect's tool members,
- * the tool lists first, then their choices, NULL-terminated.
- */
-int
-compat_no_tools(struct request *r, json_t *body, const char *const *names)
-{
-	json_t	*v;
-
-	for (; *names != NULL; names++) {
-		if ((v = req_field(r, body, *names)) == NULL ||
-		    json_is_null(v) || strcmp(*names, "parallel_tool_calls") == 0)
-			continue;
-		if (json_is_array(v) && json_array_size(v) == 0)
-			continue;
-		if (!json_is_array(v) && compat_choice_free(v))
-			continue;
-		req_error(r, 400, NULL, "%s: client-defined tools are not "
-		    "supported by this gateway yet", *names);
-		return (-1);
-	}
-	return (0);
 }
 
 /*

@@ -220,6 +220,10 @@ struct turn {
 	long long		 created;	/* unix time, for the answer */
 	json_t			*stops;		/* stop sequences, or NULL */
 	json_t			*content;	/* message with images, or NULL */
+	json_t			*tools;		/* the client's tools, or NULL */
+	json_t			*tool_results;	/* the turn is these, or NULL */
+	json_t			*tool_calls;	/* the answer's, once done */
+	char			*stored;	/* the answer with its calls */
 	/* The upstream's input usage, as the first answer began. */
 	int			 have_start_usage;
 	long long		 start_in, start_cache_read, start_cache_creation;
@@ -235,6 +239,9 @@ struct turn {
 void	turn_init(struct turn *, struct request *, const struct turn_ops *,
 	    struct conversation *, const char *, long long, int);
 void	turn_run(struct turn *);
+int	turn_append(char **, const char *, ...)
+	    __attribute__((format(printf, 2, 3)));
+int	turn_mark_call(char **, const char *, const char *, json_t *);
 
 /* http/compat.c: what the OpenAI and Anthropic dialects share. */
 struct compat_msgs {
@@ -243,6 +250,7 @@ struct compat_msgs {
 	const char	**roles;	/* "user" or "assistant" */
 	char		**texts;	/* images as placeholders */
 	json_t		 *content;	/* the last message's blocks, if images */
+	json_t		 *tool_results;	/* the last turn's, if tool results */
 };
 
 /*
@@ -264,7 +272,7 @@ void	 compat_free(struct compat_msgs *);
 int	 compat_conversation(struct request *, const char *,
 	     struct compat_msgs *, struct conversation *, int *);
 void	 compat_ignored(struct request *);
-int	 compat_no_tools(struct request *, json_t *, const char *const *);
+int	 compat_tools(struct request *, json_t *, int, json_t **);
 int	 compat_model(struct request *, json_t *, const char **);
 int	 compat_stops(struct request *, json_t *, const char *, int,
 	     json_t **);

@@ -12,9 +12,6 @@
 #include "http.h"
 #include "log.h"
 
-static const char *const openai_tools[] = { "tools", "tool_choice",
-    "functions", "function_call", "parallel_tool_calls", NULL };
-
 /* A chunk with one choice whose delta is delta (stolen). */
 static json_t *
 openai_chunk(struct turn *t, json_t *delta, const char *finish)
@@ -61,11 +58,45 @@ openai_delta(struct turn *t, const char *text)
 static const char *
 openai_finish(const struct turn *t)
 {
+	if (json_array_size(t->tool_calls) > 0)
+		return ("tool_calls");
 	if (strcmp(t->stop_reason, "max_tokens") == 0)
 		return ("length");
 	if (strcmp(t->stop_reason, "refusal") == 0)
 		return ("content_filter");
 	return ("stop");
+}
+
+/*
+ * The answer's tool calls as OpenAI writes them (with index for a
+ * stream's delta): {id, type, function: {name, arguments}}.
+ */
+static json_t *
+openai_calls(const struct turn *t, int indexed)
+{
+	json_t	*out, *c;
+	char	*args;
+	size_t	 i;
+
+	if ((out = json_array()) == NULL)
+		return (NULL);
+	json_array_foreach(t->tool_calls, i, c) {
+		args = json_dumps(json_object_get(c, "input"), JSON_COMPACT |
+		    JSON_ENCODE_ANY);
+		if (args == NULL || json_array_append_new(out, json_pack(
+		    "{s:O, s:s, s:{s:O, s:s}}", "id", json_object_get(c, "id"),
+		    "type", "function", "function", "name", json_object_get(c,
+		    "name"), "arguments", args)) != 0) {
+			free(args);
+			json_decref(out);
+			return (NULL);
+		}
+		free(args);
+		if (indexed)
+			json_object_set_new(json_array_get(out, i), "index",
+			    json_integer((json_int_t)i));
+	}
+	return (out);
 }
 
 /* The usage object. */
@@ -83,19 +114,31 @@ openai_usage(struct turn *t)
 static void
 openai_done(struct turn *t)
 {
-	json_t	*usage;
+	json_t	*usage, *msg;
 	char	 id[96];
 
 	if (!t->stream) {
 		snprintf(id, sizeof id, "chatcmpl-%s", req_id(t->r));
-		req_send_json(t->r, 200, json_pack("{s:s, s:s, s:I, s:s, "
-		    "s:[{s:i, s:{s:s, s:s}, s:s}], s:o}", "id", id, "object",
-		    "chat.completion", "created", (json_int_t)t->created,
-		    "model", t->conv->model, "choices", "index", 0, "message",
-		    "role", "assistant", "content", t->text, "finish_reason",
+		msg = json_pack("{s:s, s:s}", "role", "assistant", "content",
+		    t->text);
+		if (msg != NULL && json_array_size(t->tool_calls) > 0) {
+			if (*t->text == '\0')
+				json_object_set_new(msg, "content", json_null());
+			json_object_set_new(msg, "tool_calls",
+			    openai_calls(t, 0));
+		}
+		req_send_json(t->r, 200, msg == NULL ? NULL : json_pack(
+		    "{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:s}], s:o}", "id", id,
+		    "object", "chat.completion", "created",
+		    (json_int_t)t->created, "model", t->conv->model, "choices",
+		    "index", 0, "message", msg, "finish_reason",
 		    openai_finish(t), "usage", openai_usage(t)));
 		return;
 	}
+	if (json_array_size(t->tool_calls) > 0 && openai_send(t,
+	    openai_chunk(t, json_pack("{s:o}", "tool_calls", openai_calls(t,
+	    1)), NULL)) != 0)
+		return;
 	if (openai_send(t, openai_chunk(t, json_object(), openai_finish(t))) != 0)
 		return;
 	if (t->include_usage) {
@@ -161,20 +204,21 @@ openai_chat_handle(struct request *r)
 	struct conversation	 conv;
 	struct turn		 t;
 	const char		*model;
-	json_t			*body, *so, *stops = NULL;
+	json_t			*body, *so, *stops = NULL, *tools = NULL;
 	long long		 max_tokens = 0, n = 1;
 	int			 stream = 0, include_usage = 0, prime;
 
+	memset(&m, 0, sizeof m);
 	if ((body = req_json_body(r, 1)) == NULL)
 		return;
 	if (compat_model(r, body, &model) != 0 ||
-	    compat_no_tools(r, body, openai_tools) != 0 ||
+	    compat_tools(r, body, 1, &tools) != 0 ||
 	    input_bool(r, body, "stream", &stream) != 0 ||
 	    input_int(r, body, "max_tokens", 1, 1000000, &max_tokens) != 0 ||
 	    input_int(r, body, "max_completion_tokens", 1, 1000000,
 	    &max_tokens) != 0 ||
 	    input_int(r, body, "n", 1, 1, &n) != 0)
-		return;
+		goto out;
 	if ((so = req_field(r, body, "stream_options")) != NULL &&
 	    !json_is_null(so)) {
 		if (!json_is_object(so) ||
@@ -182,25 +226,21 @@ openai_chat_handle(struct request *r)
 			if (!req_sent(r))
 				req_error(r, 400, NULL, "stream_options: must be "
 				    "an object");
-			return;
+			goto out;
 		}
 	}
 	if (openai_text_only(r, body) != 0 ||
 	    perm_check(r, model, stream, &max_tokens) != 0 ||
 	    compat_stops(r, body, "stop", 4, &stops) != 0)
-		return;
+		goto out;
 	if (compat_parse(req_field(r, body, "messages"), 1,
 	    (size_t)appconf->max_message, &m, &err) != 0) {
 		compat_refuse(r, &err);
-		json_decref(stops);
-		return;
+		goto out;
 	}
 	compat_ignored(r);
-	if (compat_conversation(r, model, &m, &conv, &prime) != 0) {
-		compat_free(&m);
-		json_decref(stops);
-		return;
-	}
+	if (compat_conversation(r, model, &m, &conv, &prime) != 0)
+		goto out;
 	req_add_header(r, "X-Ccgate-Conversation-Id", conv.id);
 	turn_init(&t, r, &openai_ops, &conv, m.texts[m.n - 1], max_tokens,
 	    stream);
@@ -208,10 +248,14 @@ openai_chat_handle(struct request *r)
 	t.include_usage = include_usage;
 	t.stops = stops;
 	t.content = m.content;
+	t.tools = tools;
+	t.tool_results = m.tool_results;
 	turn_run(&t);
 	conv_clear(&conv);
+out:
 	compat_free(&m);
 	json_decref(stops);
+	json_decref(tools);
 }
 
 /*

@@ -9,6 +9,7 @@
 #include "config.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +133,10 @@ turn_job_msg(struct turn *t)
 	if (t->max_tokens > 0)
 		json_object_set_new(job, "max_tokens",
 		    json_integer(t->max_tokens));
+	if (t->tools != NULL)
+		json_object_set(job, "client_tools", t->tools);
+	if (t->tool_results != NULL && t->send == t->message)
+		json_object_set(job, "tool_results", t->tool_results);
 	if (t->stops != NULL)
 		json_object_set(job, "stop", t->stops);
 	if (t->content != NULL && json_object_set_new(job, "content",
@@ -383,7 +388,8 @@ turn_store_answer(struct turn *t, const char *hash)
 		    t->session_id, hash) == 0)
 			session_done = 1;
 		if (session_done && conv_add_message(db, t->conv->id,
-		    "assistant", t->text, req_id(t->r), t->in, t->out,
+		    "assistant", t->stored != NULL ? t->stored : t->text,
+		    req_id(t->r), t->in, t->out,
 		    t->cost) == 0)
 			return (0);
 		if (util_now_ms() >= deadline)
@@ -393,6 +399,25 @@ turn_store_answer(struct turn *t, const char *hash)
 			(void)req_sse_data(t->r, ": keep-alive");
 		(void)nanosleep(&pause, NULL);
 	}
+}
+
+/* The answer with its tool calls as lines, into t->stored. */
+static int
+turn_stored_calls(struct turn *t)
+{
+	json_t	*c;
+	size_t	 i;
+
+	if ((t->stored = strdup(t->text)) == NULL)
+		return (-1);
+	json_array_foreach(t->tool_calls, i, c) {
+		if (turn_mark_call(&t->stored, json_string_value(
+		    json_object_get(c, "id")), json_string_value(
+		    json_object_get(c, "name")), json_object_get(c, "input")) !=
+		    0)
+			return (-1);
+	}
+	return (0);
 }
 
 /* Store the answer, extend the history hash, and send the answer. */
@@ -413,6 +438,15 @@ turn_finish_done(struct turn *t)
 		t->stop_reason = "end_turn";
 	t->stop_sequence = json_string_value(json_object_get(t->done,
 	    "stop_sequence"));
+	/*
+	 * The model called the client's tools: the answer is kept with the
+	 * calls as lines (as the client will send them back), and the turn
+	 * waits on its process for their results (ccgate-poold).
+	 */
+	t->tool_calls = json_object_get(t->done, "tool_calls");
+	if (json_array_size(t->tool_calls) > 0 && turn_stored_calls(t) != 0)
+		log_warnx("request %s: out of memory: the tool calls are not "
+		    "stored", req_id(t->r));
 	t->in = json_integer_value(json_object_get(u, "input_tokens"));
 	t->out = json_integer_value(json_object_get(u, "output_tokens"));
 	t->cache_read = json_integer_value(json_object_get(u,
@@ -424,7 +458,7 @@ turn_finish_done(struct turn *t)
 	req_usage(t->r, t->conv->model, t->in, t->out, t->cache_read,
 	    t->cache_creation, t->cost, t->ttft_ms, NULL);
 	conv_chain(t->conv->history_hash, "user", t->message, h1);
-	conv_chain(h1, "assistant", t->text, h2);
+	conv_chain(h1, "assistant", t->stored != NULL ? t->stored : t->text, h2);
 	if (turn_store_answer(t, h2) != 0)
 		log_warnx("request %s: the answer could not be stored: the "
 		    "database did not answer for %ld ms", req_id(t->r),
@@ -471,6 +505,47 @@ turn_finish_error(struct turn *t, enum turn_end end)
 		t->ops->stream_error(t, status, dialect_error_type(
 		    req_route(t->r)->dialect, status), t->error);
 	req_error(t->r, status, NULL, "%s", t->error);
+}
+
+/* Append a line to *text (a malloc'd string): a newline, then fmt. */
+int
+turn_append(char **text, const char *fmt, ...)
+{
+	va_list	 ap;
+	char	*add, *nt;
+	int	 rc;
+
+	va_start(ap, fmt);
+	rc = vasprintf(&add, fmt, ap);
+	va_end(ap);
+	if (rc == -1)
+		return (-1);
+	rc = asprintf(&nt, "%s%s%s", *text, **text != '\0' ? "\n" : "", add);
+	free(add);
+	if (rc == -1)
+		return (-1);
+	free(*text);
+	*text = nt;
+	return (0);
+}
+
+/*
+ * A tool call in a message's text, as history hashing and storage keep it:
+ * the call's id, name and input (its JSON, keys sorted), on a line.
+ */
+int
+turn_mark_call(char **text, const char *id, const char *name,
+    json_t *input)
+{
+	char	*js;
+	int	 rc;
+
+	if ((js = json_dumps(input, JSON_COMPACT | JSON_SORT_KEYS |
+	    JSON_ENCODE_ANY)) == NULL)
+		return (-1);
+	rc = turn_append(text, "[tool_use %s %s %s]", id, name, js);
+	free(js);
+	return (rc);
 }
 
 /* Prepare a turn of conv (the caller keeps conv and message alive). */
@@ -544,4 +619,5 @@ turn_run(struct turn *t)
 	json_decref(t->done);
 	free(t->partial);
 	free(primed);
+	free(t->stored);
 }

@@ -40,13 +40,26 @@ fuzz_parse(json_t *msgs, int system_roles)
 	if (m.n == 0 || strcmp(m.roles[m.n - 1], "user") != 0 ||
 	    m.texts[m.n - 1][0] == '\0')
 		abort();
+	/* Tool results are the last turn, with an id each. */
+	if (m.tool_results != NULL) {
+		json_t	*r;
+
+		if (!json_is_array(m.tool_results) ||
+		    json_array_size(m.tool_results) == 0 || m.content != NULL)
+			abort();
+		json_array_foreach(m.tool_results, i, r) {
+			if (!json_is_string(json_object_get(r, "id")) ||
+			    !json_is_array(json_object_get(r, "content")))
+				abort();
+		}
+	}
 	for (i = 0; i < m.n; i++) {
 		if (strlen(m.texts[i]) > FUZZ_MAX)
 			abort();
 	}
 	if (!system_roles && m.system != NULL)
 		abort();
-	/* Blocks for the CLI only when the last message holds an image. */
+	/* Blocks for the CLI only when the last message has several parts. */
 	if (m.content != NULL) {
 		json_t	*b;
 		int	 images = 0;
@@ -63,7 +76,10 @@ fuzz_parse(json_t *msgs, int system_roles)
 			if (strcmp(t, "image") != 0 && strcmp(t, "text") != 0)
 				abort();
 		}
-		if (images == 0 || strstr(m.texts[m.n - 1], "[image ") == NULL)
+		/* Images, or several parts: kept apart for the CLI. */
+		if (images > 0 && strstr(m.texts[m.n - 1], "[image ") == NULL)
+			abort();
+		if (images == 0 && json_array_size(m.content) < 2)
 			abort();
 	}
 	compat_free(&m);

@@ -19,8 +19,9 @@ calls the CLI's Bash or Read tool (stop_reason "tool_use"); the CLI's next
 request carries its tool_result, which the mock answers with text.
 "[[mock:tool=NAME {json}]]" calls the tool of the request's "tools" named
 NAME, or whose name ends with "__NAME" (an MCP tool), with that JSON as
-its input (no brackets inside); its tool_result is answered with text that
-quotes it: "mock reply #<n>: tool result: <its text>".
+its input (no brackets inside); several call several tools, in one answer.
+Tool results are answered with text that quotes them:
+"mock reply #<n>: tool result: <their texts>".
 
 With --credential K it answers 401 (authentication_error) to any request
 that does not carry K as x-api-key or as "authorization: Bearer K", as the
@@ -65,6 +66,15 @@ def user_text(msg):
     return "\n".join(out)
 
 
+REMINDER = re.compile(r"\s*<system-reminder>.*?</system-reminder>\s*", re.S)
+
+
+def cli_note(text):
+    """Whether a text block is the CLI's, not the user's: a reminder, or
+    where the CLI saved an image (newer CLIs)."""
+    return text.startswith(("<system-reminder>", "[Image: source:"))
+
+
 def last_user_text(body):
     """Return the last user turn's text, without CLI reminders."""
     for msg in reversed(body.get("messages", [])):
@@ -74,7 +84,7 @@ def last_user_text(body):
         if isinstance(content, list):
             texts = [b.get("text", "") for b in content
                      if isinstance(b, dict) and b.get("type") == "text"
-                     and not b.get("text", "").startswith("<system-reminder>")]
+                     and not cli_note(b.get("text", ""))]
             if texts:
                 return texts[-1]
         elif isinstance(content, str):
@@ -209,14 +219,16 @@ class Handler(BaseHTTPRequestHandler):
             elif name == "text":
                 cfg["text"] = value
             elif name in ("bash", "read") and not has_tool_result(body):
-                cfg["tool"] = ("Bash", {"command": value}) if name == "bash" \
-                    else ("Read", {"file_path": value})
+                cfg.setdefault("tools", []).append(
+                    ("Bash", {"command": value}) if name == "bash"
+                    else ("Read", {"file_path": value}))
             elif name == "tool" and value and not has_tool_result(body):
                 tname, _, args = value.partition(" ")
                 for t in body.get("tools") or []:
                     n = t.get("name", "")
                     if n == tname or n.endswith("__" + tname):
-                        cfg["tool"] = (n, json.loads(args or "{}"))
+                        cfg.setdefault("tools", []).append(
+                            (n, json.loads(args or "{}")))
                         break
         if has_tool_result(body) and not cfg["text"]:
             cfg["text"] = "mock reply #%d: tool result: %s" % (
@@ -253,8 +265,8 @@ class Handler(BaseHTTPRequestHandler):
                               "stop_reason": stop_reason}
         model = body.get("model", "claude-mock")
         msg_id = "msg_mock_%d" % seq
-        if cfg.get("tool"):
-            self.tool_use(body, record, usage, model, msg_id, *cfg["tool"])
+        if cfg.get("tools"):
+            self.tool_use(body, record, usage, model, msg_id, cfg["tools"])
             return
         if not body.get("stream"):
             self.message(msg_id, model, stop_reason, usage,
@@ -306,17 +318,20 @@ class Handler(BaseHTTPRequestHandler):
                                           "type": "text", "text": ""}})
         return event
 
-    def tool_use(self, body, record, usage, model, msg_id, tool, args):
-        """Answer as a model that calls one of the CLI's tools."""
-        text = "Let me use %s." % tool
-        block = {"type": "tool_use", "id": "toolu_mock_%d" % record["seq"],
-                 "name": tool, "input": args}
-        usage = dict(usage, output_tokens=len(text.split()) + 1)
+    def tool_use(self, body, record, usage, model, msg_id, tools):
+        """Answer as a model that calls tools: (name, input) each, in
+        that order, after a sentence of text."""
+        text = "Let me use %s." % ", ".join(t for t, _ in tools)
+        blocks = [{"type": "tool_use",
+                   "id": "toolu_mock_%d_%d" % (record["seq"], i),
+                   "name": tool, "input": args}
+                  for i, (tool, args) in enumerate(tools)]
+        usage = dict(usage, output_tokens=len(text.split()) + len(tools))
         record["response"] = {"status": 200, "text": text, "usage": usage,
-                              "tool_use": block}
+                              "tool_use": blocks[0], "tool_uses": blocks}
         if not body.get("stream"):
             self.message(msg_id, model, "tool_use", usage,
-                         [{"type": "text", "text": text}, block])
+                         [{"type": "text", "text": text}] + blocks)
             return
         try:
             event = self.start_stream(msg_id, model, usage)
@@ -325,15 +340,16 @@ class Handler(BaseHTTPRequestHandler):
                 "delta": {"type": "text_delta", "text": text}})
             event("content_block_stop", {"type": "content_block_stop",
                                          "index": 0})
-            event("content_block_start", {
-                "type": "content_block_start", "index": 1,
-                "content_block": dict(block, input={})})
-            event("content_block_delta", {
-                "type": "content_block_delta", "index": 1,
-                "delta": {"type": "input_json_delta",
-                          "partial_json": json.dumps(args)}})
-            event("content_block_stop", {"type": "content_block_stop",
-                                         "index": 1})
+            for i, block in enumerate(blocks, 1):
+                event("content_block_start", {
+                    "type": "content_block_start", "index": i,
+                    "content_block": dict(block, input={})})
+                event("content_block_delta", {
+                    "type": "content_block_delta", "index": i,
+                    "delta": {"type": "input_json_delta",
+                              "partial_json": json.dumps(block["input"])}})
+                event("content_block_stop", {"type": "content_block_stop",
+                                             "index": i})
             end_stream(event, "tool_use", usage["output_tokens"])
         except (BrokenPipeError, ConnectionResetError):
             pass
@@ -357,8 +373,10 @@ def tool_result_text(body):
                 out.append(c)
             elif isinstance(c, list):
                 out.extend(x.get("text", "") for x in c
-                           if isinstance(x, dict) and x.get("type") == "text")
-    return " ".join(out)
+                           if isinstance(x, dict) and x.get("type") == "text"
+                           and not cli_note(x.get("text", "")))
+    # Newer CLIs add a reminder to the last result: not the tool's words.
+    return " ".join(REMINDER.sub("", t).strip() for t in out)
 
 
 def has_tool_result(body):

@@ -146,6 +146,7 @@ setup(void)
 	cf->health_check_interval_ms = 30000;
 	cf->shutdown_grace_ms = 1000;
 	cf->max_frame = PROTO_DEFAULT_MAX;
+	cf->tool_park_ms = 600000;
 	cf->rlimit_nofile = 1024;
 	ck_assert_ptr_nonnull(poold->loop = loop_create(20, pool_tick, NULL));
 	ck_assert_int_eq(loop_signals(poold->loop, sigs, 1, on_signal, NULL),
@@ -615,12 +616,90 @@ START_TEST(test_count_needs_the_egress)
 }
 END_TEST
 
+#define TOOLS	"\"client_tools\":[{\"name\":\"lookup\",\"description\":" \
+	"\"d\",\"input_schema\":{\"type\":\"object\"}}]"
+
+START_TEST(test_client_tools_park_and_resume)
+{
+	struct tjob	*a, *b, *c;
+	json_t		*f, *calls;
+	struct proc	*p;
+	char		 text[256], extra[512];
+
+	/* The model calls the client's tool: the job ends with the call. */
+	a = submit("t", C1, "calltool=lookup", "{" TOOLS "}");
+	ck_assert_str_eq(done(a), "spawned");
+	f = last(a);
+	ck_assert_str_eq(json_string_value(json_object_get(f, "stop_reason")),
+	    "tool_use");
+	calls = json_object_get(f, "tool_calls");
+	ck_assert_int_eq(json_array_size(calls), 1);
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(
+	    calls, 0), "name")), "lookup");
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(
+	    calls, 0), "id")), "toolu_stub_1");
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(f,
+	    "usage"), "output_tokens")), 5);
+	/* Its process waits, with the turn open. */
+	ck_assert_ptr_nonnull(p = proc_of(C1));
+	ck_assert_int_eq(p->parked, 1);
+	ck_assert_int_eq(p->state, PROC_BUSY);
+	/* The results: the same process, the same turn goes on. */
+	snprintf(extra, sizeof extra, "{%s, \"tool_results\":[{\"id\":"
+	    "\"toolu_stub_1\",\"content\":[{\"type\":\"text\",\"text\":"
+	    "\"/found it\"}],\"is_error\":false}]}", TOOLS);
+	b = submit("t", C1, "[tool_result toolu_stub_1]", extra);
+	ck_assert_str_eq(done(b), "bound");
+	relayed(b, text, sizeof text);
+	/* A result's text is the client's, a leading '/' and all. */
+	ck_assert_str_eq(text, "result: /found it");
+	ck_assert_ptr_eq(proc_of(C1), p);
+	ck_assert_int_eq(p->parked, 0);
+	/* Results with no turn waiting for them: resume_failed (primed). */
+	c = submit("t", C2, "[tool_result x]", "{" TOOLS ", \"tool_results\":"
+	    "[{\"id\":\"x\",\"content\":[{\"type\":\"text\",\"text\":"
+	    "\"y\"}]}]}");
+	failed_with(c, PROTO_E_RESUME_FAILED);
+}
+END_TEST
+
+START_TEST(test_a_parked_turn_ends)
+{
+	struct tjob	*a, *b, *c;
+	char		 text[256], extra[512];
+
+	/* Results that name no call: the call gets an error result. */
+	a = submit("t", C1, "calltool=lookup", "{" TOOLS "}");
+	ck_assert_str_eq(done(a), "spawned");
+	snprintf(extra, sizeof extra, "{%s, \"tool_results\":[{\"id\":"
+	    "\"other\",\"content\":[{\"type\":\"text\",\"text\":"
+	    "\"z\"}]}]}", TOOLS);
+	b = submit("t", C1, "[tool_result other]", extra);
+	ck_assert_str_eq(done(b), "bound");
+	relayed(b, text, sizeof text);
+	ck_assert_str_eq(text, "result: the client sent no result for this "
+	    "call (error)");
+	/* Parked past tool_park_ms: the process is dropped. */
+	c = submit("t", C2, "calltool=lookup", "{" TOOLS "}");
+	ck_assert_str_eq(done(c), "spawned");
+	ck_assert_ptr_nonnull(proc_of(C2));
+	advance((uint64_t)poold->cf->tool_park_ms);
+	RUN_UNTIL(proc_of(C2) == NULL);
+}
+END_TEST
+
 START_TEST(test_bad_stops_and_content_are_refused)
 {
 	static const char *const bad[] = {
 		"{\"stop\":\"HALT\"}", "{\"stop\":[\"\"]}", "{\"stop\":[1]}",
 		"{\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]}",
 		"{\"content\":[]}", "{\"content\":[{\"type\":\"tool_use\"}]}",
+		"{\"client_tools\":[{\"name\":\"a b\",\"description\":\"\","
+		    "\"input_schema\":{\"type\":\"object\"}}]}",
+		"{\"client_tools\":[{\"name\":\"a\",\"description\":\"\","
+		    "\"input_schema\":{\"type\":\"array\"}}]}",
+		"{\"tool_results\":[{\"content\":[{\"type\":\"text\","
+		    "\"text\":\"x\"}]}]}",
 		"{\"content\":[{\"type\":\"image\",\"source\":{\"media_type\":"
 		    "\"image/bmp\",\"data\":\"AAAA\"}}]}",
 		"{\"content\":[{\"type\":\"image\",\"source\":{\"media_type\":"
@@ -665,6 +744,8 @@ main(void)
 		test_stop_sequences,
 		test_bad_stops_and_content_are_refused,
 		test_count_needs_the_egress,
+		test_client_tools_park_and_resume,
+		test_a_parked_turn_ends,
 		NULL
 	};
 

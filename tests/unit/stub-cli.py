@@ -15,6 +15,10 @@ message asks otherwise:
               delta) until an interrupt comes on stdin
   pieces: A B the answer's deltas are "echo: ", then A, B, ... ('_' is
               a space)
+  calltool=N  call the client's tool N (an MCP "sdk" server, the daemon),
+              wait for its result, answer "result: <its text>"
+
+With --mcp-config it first asks the daemon's MCP server for its tools.
 
 Each answer starts with a message_start (input_tokens 7).  An interrupt
 (a control_request line) is answered with a control_response.
@@ -27,12 +31,16 @@ import os
 import sys
 import time
 
-session, model = "", ""
+session, model, mcp = "", "", False
+pending = []
 for arg in sys.argv[1:]:
     if arg.startswith(("--session-id=", "--resume=")):
         session = arg.split("=", 1)[1]
     elif arg.startswith("--model="):
         model = arg.split("=", 1)[1]
+    elif arg.startswith("--mcp-config="):
+        mcp = True
+calls = 0
 
 
 def out(obj):
@@ -53,12 +61,43 @@ def result(text, **kw):
               "usage": {"input_tokens": 3, "output_tokens": 2}}, **kw))
 
 
+def mcp_request(method, params, rid):
+    """An MCP request to the daemon, as the CLI sends it; its answer."""
+    out({"type": "control_request", "request_id": "req-%s" % rid,
+         "request": {"subtype": "mcp_message", "server_name": "ccgate",
+                     "message": {"jsonrpc": "2.0", "id": rid,
+                                 "method": method, "params": params}}})
+    while True:
+        raw = sys.stdin.readline()
+        line = json.loads(raw)
+        if line.get("type") == "control_response":
+            return line["response"]["response"]["mcp_response"]
+        pending.append(raw)     # a turn that came meanwhile: for later
+
+
 def control(msg):
     out({"type": "control_response", "response": {
         "subtype": "success", "request_id": msg.get("request_id")}})
 
 
-for line in sys.stdin:
+if mcp:
+    mcp_request("initialize", {"protocolVersion": "2025-06-18"}, 0)
+    TOOLS = [t["name"] for t in mcp_request("tools/list", {}, 1)["result"]
+             ["tools"]]
+
+def lines():
+    """The lines of stdin, those read ahead of their turn first."""
+    while True:
+        if pending:
+            yield pending.pop(0)
+            continue
+        raw = sys.stdin.readline()
+        if not raw:
+            return
+        yield raw
+
+
+for line in lines():
     msg = json.loads(line)
     if msg.get("type") == "control_request":
         control(msg)
@@ -103,6 +142,31 @@ for line in sys.stdin:
         control(json.loads(sys.stdin.readline()))
         result("", subtype="error_during_execution", is_error=True,
                stop_reason="max_tokens")
+        continue
+    if "calltool=" in text:
+        name = text.split("calltool=", 1)[1].split()[0]
+        calls += 1
+        tid = "toolu_stub_%d" % calls
+        out({"type": "assistant", "message": {"content": [
+            {"type": "tool_use", "id": tid, "name": name,
+             "input": {"q": name}}]}})
+        out({"type": "stream_event", "event": {
+            "type": "message_delta", "delta": {"stop_reason": "tool_use"},
+            "usage": {"output_tokens": 5}}})
+        got = mcp_request("tools/call", {"name": name, "arguments":
+                                         {"q": name},
+                                         "_meta": {"claudecode/toolUseId":
+                                                   tid}}, 100 + calls)
+        said = " ".join(c.get("text", "") for c in got["result"]["content"])
+        err = " (error)" if got["result"].get("isError") else ""
+        out({"type": "stream_event", "event": {
+            "type": "message_start", "message": {"usage": {
+                "input_tokens": 11, "output_tokens": 1}}}})
+        delta("result: " + said + err)
+        out({"type": "stream_event", "event": {
+            "type": "message_delta", "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 3}}})
+        result("result: " + said + err)
         continue
     if "pieces:" in text:
         pieces = text.split("pieces:", 1)[1].split()

@@ -24,6 +24,18 @@ async function main() {
         return { events, text, final_text: final.content[0].text, usage: final.usage,
                  stop_reason: final.stop_reason };
     }
+    if (mode === 'tools') {
+        const { prompt, tools, results } = JSON.parse(arg);
+        const messages = [{ role: 'user', content: prompt }];
+        const stream = client.messages.stream({ model, max_tokens: 256, messages, tools });
+        const first = await stream.finalMessage();
+        const uses = first.content.filter((b) => b.type === 'tool_use');
+        messages.push({ role: 'assistant', content: first.content });
+        messages.push({ role: 'user', content: uses.map((u) => ({ type: 'tool_result', tool_use_id: u.id, content: results[u.name] })) });
+        const m = await client.messages.create({ model, max_tokens: 256, messages, tools });
+        return { stop_reason: first.stop_reason, calls: uses.map((u) => [u.name, u.input]),
+                 text: m.content[0].text, final_stop: m.stop_reason };
+    }
     if (mode === 'count') {
         return await client.messages.countTokens({ model, messages: JSON.parse(arg) });
     }

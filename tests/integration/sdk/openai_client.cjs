@@ -23,6 +23,31 @@ async function main() {
         }
         return { text, chunks, usage, finish };
     }
+    if (mode === 'tools') {
+        // A tool round trip, streamed: the calls from delta fragments,
+        // then the results, then the answer.
+        const { prompt, tools, results } = JSON.parse(arg);
+        const messages = [{ role: 'user', content: prompt }];
+        const stream = await client.chat.completions.create({ model, messages, tools, stream: true });
+        const calls = [];
+        let finish = null, content = '';
+        for await (const c of stream) {
+            if (!c.choices.length) continue;
+            if (c.choices[0].delta.content) content += c.choices[0].delta.content;
+            for (const tc of c.choices[0].delta.tool_calls || []) {
+                calls[tc.index] = calls[tc.index] || { id: '', type: 'function', function: { name: '', arguments: '' } };
+                if (tc.id) calls[tc.index].id = tc.id;
+                if (tc.function && tc.function.name) calls[tc.index].function.name += tc.function.name;
+                if (tc.function && tc.function.arguments) calls[tc.index].function.arguments += tc.function.arguments;
+            }
+            if (c.choices[0].finish_reason) finish = c.choices[0].finish_reason;
+        }
+        messages.push({ role: 'assistant', content: content || null, tool_calls: calls });
+        for (const tc of calls) messages.push({ role: 'tool', tool_call_id: tc.id, content: results[tc.function.name] });
+        const r = await client.chat.completions.create({ model, messages, tools });
+        return { finish, calls: calls.map((c) => [c.function.name, JSON.parse(c.function.arguments)]),
+                 text: r.choices[0].message.content, final_finish: r.choices[0].finish_reason };
+    }
     if (mode === 'models') {
         const ids = [];
         for await (const m of client.models.list()) ids.push(m.id);

@@ -14,6 +14,8 @@
 #include "cli.h"
 #include "util.h"
 
+#define CLI_INT_MAX	1000000000000LL	/* 10^12 */
+
 /* Copy a JSON string member into a bounded buffer. */
 static void
 cli_copy(char *dst, size_t len, json_t *obj, const char *key)
@@ -30,9 +32,24 @@ cli_int(json_t *obj, const char *key)
 {
 	json_t	*v = json_object_get(obj, key);
 
+	/* Token counts: bounded, so that their sums cannot overflow. */
 	if (json_is_integer(v) && json_integer_value(v) >= 0)
-		return ((long long)json_integer_value(v));
+		return (json_integer_value(v) > CLI_INT_MAX ? CLI_INT_MAX :
+		    (long long)json_integer_value(v));
 	return (0);
+}
+
+/* Return 1 if id is 1 to 128 of [A-Za-z0-9_-]. */
+static int
+cli_id_ok(const char *id)
+{
+	size_t	n;
+
+	if (id == NULL)
+		return (0);
+	n = strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "0123456789_-");
+	return (n > 0 && n <= 128 && id[n] == '\0');
 }
 
 /*
@@ -49,8 +66,9 @@ cli_tool_uses(json_t *obj, struct cli_msg *m)
 	json_array_foreach(json_object_get(json_object_get(obj, "message"),
 	    "content"), i, b) {
 		type = json_string_value(json_object_get(b, "type"));
+		/* Ids a client can send back as they are. */
 		if (type == NULL || strcmp(type, "tool_use") != 0 ||
-		    !json_is_string(json_object_get(b, "id")) ||
+		    !cli_id_ok(json_string_value(json_object_get(b, "id"))) ||
 		    !json_is_string(json_object_get(b, "name")))
 			continue;
 		if ((calls == NULL && (calls = json_array()) == NULL) ||

@@ -124,6 +124,7 @@ count_io_cb(struct loop_io *io, uint32_t events)
 		q->in = nb;
 		memcpy(q->in + q->inlen, buf, (size_t)n);
 		q->inlen += (size_t)n;
+		q->in[q->inlen] = '\0';
 	}
 	count_finish(q);
 }

@@ -64,13 +64,20 @@ profile_same(const char *a, const char *b)
 	return (strcmp(a, b) == 0);
 }
 
+/* Return 1 if a and b are alike but for the client's tools. */
+static int
+profile_equal_but_tools(const struct profile *a, const struct profile *b)
+{
+	return (strcmp(a->model, b->model) == 0 && a->tools == b->tools &&
+	    a->max_tokens == b->max_tokens &&
+	    profile_same(a->system_prompt, b->system_prompt));
+}
+
 /* Return 1 if a process started for a can run a job that wants b. */
 int
 profile_equal(const struct profile *a, const struct profile *b)
 {
-	return (strcmp(a->model, b->model) == 0 && a->tools == b->tools &&
-	    a->max_tokens == b->max_tokens &&
-	    profile_same(a->system_prompt, b->system_prompt) &&
+	return (profile_equal_but_tools(a, b) &&
 	    profile_same(a->client_tools, b->client_tools));
 }
 
@@ -533,6 +540,13 @@ pool_job_capped(const struct job *job)
 	long			 tenant = 0, key = 0;
 
 	TAILQ_FOREACH(p, &poold->procs, entry) {
+		/* A turn that waits for tool results is still running. */
+		if (p->parked && p->state == PROC_BUSY) {
+			tenant += strcmp(p->tenant, job->tenant) == 0;
+			key += job->key[0] != '\0' &&
+			    strcmp(p->parked_key, job->key) == 0;
+			continue;
+		}
 		if (p->job == NULL)
 			continue;
 		tenant += strcmp(p->job->tenant, job->tenant) == 0;
@@ -669,6 +683,22 @@ pool_evict(const char *tenant)
 			}
 		}
 	}
+	/* Then the turn that has waited longest for its tool results. */
+	if (lru == NULL) {
+		TAILQ_FOREACH(p, &poold->procs, entry) {
+			if (p->parked && p->state == PROC_BUSY &&
+			    (tenant == NULL || strcmp(p->tenant, tenant) == 0) &&
+			    (lru == NULL || p->parked_at < lru->parked_at))
+				lru = p;
+		}
+		if (lru != NULL) {
+			log_info("dropping CLI %ld, which waits for tool results, "
+			    "to make room", (long)lru->pid);
+			poold->stats.evicted++;
+			proc_kill(lru);
+			return (1);
+		}
+	}
 	if (lru == NULL)
 		return (0);
 	log_info("evicting idle CLI %ld to make room", (long)lru->pid);
@@ -691,7 +721,14 @@ pool_place(struct job *job, int *evicting)
 		return (0);
 	/* The turn that waits for these tool results, or that never will. */
 	if ((p = pool_find_parked(job)) != NULL) {
-		if (job->tool_results != NULL) {
+		/*
+		 * Only the key whose turn it is, asking for what the turn
+		 * runs with (the tool list aside), may carry it on: another
+		 * key of the tenant, or another model, starts over (primed).
+		 */
+		if (job->tool_results != NULL &&
+		    strcmp(job->key, p->parked_key) == 0 &&
+		    profile_equal_but_tools(&p->profile, &job->profile)) {
 			pool_resume_tools(job, p);
 			return (1);
 		}
@@ -1049,6 +1086,18 @@ pool_mcp(struct proc *p, struct cli_msg *m)
 	const char	*tuid, *pv;
 	size_t		 i;
 
+	/*
+	 * Only a process given client tools speaks to this server, and only
+	 * a handful of times but for calls: anything else is not the CLI
+	 * we started (a CLI is hostile input), and is killed.
+	 */
+	if (p->profile.client_tools == NULL || (method != NULL &&
+	    strcmp(method, "tools/call") != 0 && ++p->mcp_asked > 32)) {
+		log_warnx("CLI %ld: unexpected MCP requests: killing it",
+		    (long)p->pid);
+		proc_kill(p);
+		return;
+	}
 	if (method == NULL || id == NULL) {
 		/* A notification: the SDK protocol wants an answer anyway. */
 		pool_mcp_reply(p, m->request_id, json_pack("{s:s, s:{}, s:i}",
@@ -1132,25 +1181,36 @@ pool_usage(long long in, long long out, long long cache_read,
 	    "cache_creation_input_tokens", (json_int_t)cache_creation));
 }
 
-/* Keep the calls of calls (an answer's tool_use) that are the client's. */
+/*
+ * Keep the calls of calls (an answer's tool_use) that are the client's:
+ * to a tool the process was started with (a resumed job's own request
+ * may list others).  -1 when memory ran out, or past POOLD_MAX_TOOLS.
+ */
 static int
-pool_client_calls(struct job *job, json_t *calls)
+pool_client_calls(struct proc *p, struct job *job, json_t *calls)
 {
-	json_t	*c, *t;
+	json_t	*tools, *c, *t;
 	size_t	 i, k;
+	int	 rc = 0;
 
+	if (p->profile.client_tools == NULL ||
+	    (tools = json_loads(p->profile.client_tools, 0, NULL)) == NULL)
+		return (0);
 	json_array_foreach(calls, i, c) {
-		json_array_foreach(job->client_tools, k, t) {
+		json_array_foreach(tools, k, t) {
 			if (strcmp(json_string_value(json_object_get(t, "name")),
 			    json_string_value(json_object_get(c, "name"))) != 0)
 				continue;
 			if ((job->calls == NULL && (job->calls = json_array()) ==
-			    NULL) || json_array_append(job->calls, c) != 0)
-				return (-1);
+			    NULL) || json_array_size(job->calls) >=
+			    POOLD_MAX_TOOLS || json_array_append(job->calls, c) !=
+			    0)
+				rc = -1;
 			break;
 		}
 	}
-	return (0);
+	json_decref(tools);
+	return (rc);
 }
 
 /*
@@ -1191,6 +1251,7 @@ pool_park(struct proc *p, struct job *job)
 	}
 	p->parked = 1;
 	p->parked_at = poold_now();
+	snprintf(p->parked_key, sizeof p->parked_key, "%s", job->key);
 	p->last_used_at = p->parked_at;
 	poold->stats.succeeded++;
 	pool_finish(job, f);
@@ -1304,7 +1365,10 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 		pool_fail(job, PROTO_E_UPSTREAM, msg);
 		return;
 	}
-	if (job->textlen == 0 && !job->halted && m->text != NULL) {
+	/* The result's text stands for deltas that never came (not in a
+	 * turn resumed with tool results: its text went out before). */
+	if (job->textlen == 0 && !job->halted && !job->tool_turn &&
+	    m->text != NULL) {
 		if (pool_append(job, m->text) != 0) {
 			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
 			return;
@@ -1423,6 +1487,17 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 		return;
 	}
 	if (job == NULL) {
+		/*
+		 * A turn that waits for tool results asks nothing of the model
+		 * until they come: a CLI that goes on runs unbilled and
+		 * unwatched, so it is stopped.
+		 */
+		if (p->parked && (m.kind == CLI_MESSAGE_START ||
+		    m.kind == CLI_DELTA || m.kind == CLI_TOOL_USE)) {
+			log_warnx("CLI %ld: model output while it waits for tool "
+			    "results: killing it", (long)p->pid);
+			proc_kill(p);
+		}
 		/* A parked turn that ended without the results: it is over. */
 		if (p->parked && m.kind == CLI_RESULT) {
 			log_info("CLI %ld: its turn ended while it waited for "
@@ -1465,10 +1540,10 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			pool_start_usage(job, &m);
 		break;
 	case CLI_TOOL_USE:
-		if (!job->halted && job->client_tools != NULL &&
-		    pool_client_calls(job, m.json) != 0) {
+		if (!job->halted && pool_client_calls(p, job, m.json) != 0) {
 			proc_kill(p);
-			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+			pool_fail(job, PROTO_E_INTERNAL, "too many tool calls, or "
+			    "out of memory");
 		}
 		break;
 	case CLI_STOP:
@@ -1477,9 +1552,13 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 			break;
 		snprintf(job->stop_reason, sizeof job->stop_reason, "%s",
 		    m.stop_reason);
-		if (strcmp(m.stop_reason, "max_tokens") == 0)
+		if (strcmp(m.stop_reason, "max_tokens") == 0) {
+			/* What was held for a stop that never came is the
+			 * client's: the answer ends here. */
+			if (pool_relay(p, job, job->textlen) != 0)
+				break;
 			pool_halt(p, job);
-		else if (strcmp(m.stop_reason, "tool_use") == 0 &&
+		} else if (strcmp(m.stop_reason, "tool_use") == 0 &&
 		    json_array_size(job->calls) > 0)
 			pool_park(p, job);
 		break;
@@ -1565,6 +1644,15 @@ pool_proc_gone(struct proc *p)
 			job->attempts++;
 			job->state = JOB_QUEUED;
 			job->got_output = 0;
+			/* Nothing of the first attempt carries over. */
+			job->halted = job->new_block = 0;
+			job->stop_reason[0] = '\0';
+			job->stop_hit = -1;
+			job->sent = 0;
+			json_decref(job->calls);
+			job->calls = NULL;
+			job->s_in = job->s_out = job->s_cache_read =
+			    job->s_cache_creation = 0;
 			TAILQ_INSERT_HEAD(&poold->queue, job, entry);
 		} else {
 			tail = p->errtail;

@@ -181,6 +181,8 @@ struct proc {
 	 */
 	int			 parked;
 	uint64_t		 parked_at;
+	char			 parked_key[TENANT_MAX + 1]; /* whose turn */
+	unsigned		 mcp_asked;	/* MCP requests but calls */
 	json_t			*waiting;	/* id -> {request_id, rpc_id} */
 	json_t			*held;		/* id -> the client's result */
 	json_t			*asked;		/* [id] */

@@ -559,6 +559,9 @@ proc_write(struct proc *p, const char *data, size_t len)
 
 	if (p->in_fd == -1 || p->state == PROC_DYING)
 		return (-1);
+	/* A CLI that does not read its stdin gets no more than this. */
+	if (p->inlen - p->inoff + len > 2 * (size_t)poold->cf->max_frame)
+		return (-1);
 	if ((nb = realloc(p->inbuf, p->inlen + len)) == NULL)
 		return (-1);
 	p->inbuf = nb;

@@ -291,9 +291,18 @@ anthropic_count_handle(struct request *r)
 		    "input_tokens")))
 			req_send_json(r, 200, json_pack("{s:O}", "input_tokens",
 			    json_object_get(v, "input_tokens")));
-		else if (status >= 400 && status <= 599 && json_is_object(
-		    json_object_get(v, "error")))
-			req_send_json(r, status, json_incref(v));
+		else if (status >= 400 && status <= 599 && json_is_string(
+		    json_object_get(json_object_get(v, "error"), "type"))) {
+			/*
+			 * The upstream's refusal, by its status and type: its
+			 * words may speak of the shared account, not this key.
+			 */
+			if (status == 429 || status >= 500)
+				req_add_header(r, "Retry-After", "5");
+			req_error(r, status, json_string_value(json_object_get(
+			    json_object_get(v, "error"), "type")), "the upstream "
+			    "refused the count (%d)", status);
+		}
 		else
 			req_error(r, 502, NULL, "the upstream answered the "
 			    "count with status %d", status);

@@ -404,8 +404,13 @@ compat_result(const char *id, json_t *content, int is_error,
 	if (rt == NULL)
 		return (-1);
 	if (blocks == NULL || turn_append(text, "[tool_result %s%s]\n%s", id,
-	    is_error ? " error" : "", rt) != 0 ||
-	    json_array_append_new(results, json_pack("{s:s, s:o, s:b}", "id",
+	    is_error ? " error" : "", rt) != 0) {
+		json_decref(blocks);
+		free(rt);
+		compat_fail(err, 500, "out of memory");
+		return (-1);
+	}
+	if (json_array_append_new(results, json_pack("{s:s, s:o, s:b}", "id",
 	    id, "content", blocks, "is_error", is_error)) != 0) {
 		free(rt);
 		compat_fail(err, 500, "out of memory");

@@ -688,6 +688,38 @@ START_TEST(test_a_parked_turn_ends)
 }
 END_TEST
 
+/* A waiting turn is its key's: another key's results start over. */
+START_TEST(test_a_parked_turn_is_its_keys)
+{
+	struct tjob	*a, *b;
+	char		 extra[512];
+
+	a = submit("t", C1, "calltool=lookup", "{\"key\":\"k1\"," TOOLS "}");
+	ck_assert_str_eq(done(a), "spawned");
+	snprintf(extra, sizeof extra, "{\"key\":\"k2\",%s, \"tool_results\":"
+	    "[{\"id\":\"toolu_stub_1\",\"content\":[{\"type\":\"text\","
+	    "\"text\":\"x\"}]}]}", TOOLS);
+	b = submit("t", C1, "[tool_result toolu_stub_1]", extra);
+	failed_with(b, PROTO_E_RESUME_FAILED);
+	RUN_UNTIL(proc_of(C1) == NULL);
+}
+END_TEST
+
+/* Text held for a stop that never came goes out when max_tokens ends it. */
+START_TEST(test_held_text_at_max_tokens)
+{
+	struct tjob	*a;
+	char		 text[256];
+
+	a = submit("t", C1, "maxtokens", "{\"stop\":[\"echo: XYZ\"]}");
+	ck_assert_str_eq(done(a), "spawned");
+	relayed(a, text, sizeof text);
+	ck_assert_str_eq(text, "echo: ");
+	ck_assert_str_eq(json_string_value(json_object_get(last(a),
+	    "stop_reason")), "max_tokens");
+}
+END_TEST
+
 START_TEST(test_bad_stops_and_content_are_refused)
 {
 	static const char *const bad[] = {
@@ -746,6 +778,8 @@ main(void)
 		test_count_needs_the_egress,
 		test_client_tools_park_and_resume,
 		test_a_parked_turn_ends,
+		test_a_parked_turn_is_its_keys,
+		test_held_text_at_max_tokens,
 		NULL
 	};
 

@@ -22,6 +22,9 @@
 #include "log.h"
 #include "poold.h"
 
+/* The names the CLI gives the client's tools when its own are on. */
+#define POOL_MCP_PREFIX	"mcp__ccgate__"
+
 static void	pool_finish(struct job *, json_t *);
 static void	pool_fail(struct job *, const char *, const char *);
 static void	pool_job_free(struct job *);
@@ -1189,22 +1192,36 @@ pool_usage(long long in, long long out, long long cache_read,
 static int
 pool_client_calls(struct proc *p, struct job *job, json_t *calls)
 {
-	json_t	*tools, *c, *t;
-	size_t	 i, k;
-	int	 rc = 0;
+	json_t		*tools, *c, *t;
+	const char	*name;
+	size_t		 i, k;
+	int		 rc = 0;
 
 	if (p->profile.client_tools == NULL ||
 	    (tools = json_loads(p->profile.client_tools, 0, NULL)) == NULL)
 		return (0);
 	json_array_foreach(calls, i, c) {
+		/*
+		 * With the CLI's own tools on, the client's keep their MCP
+		 * prefix (proc_envp): a client's "Bash" is not the CLI's.
+		 */
+		name = json_string_value(json_object_get(c, "name"));
+		if (p->profile.tools) {
+			if (strncmp(name, POOL_MCP_PREFIX,
+			    sizeof POOL_MCP_PREFIX - 1) != 0)
+				continue;
+			name += sizeof POOL_MCP_PREFIX - 1;
+		}
 		json_array_foreach(tools, k, t) {
 			if (strcmp(json_string_value(json_object_get(t, "name")),
-			    json_string_value(json_object_get(c, "name"))) != 0)
+			    name) != 0)
 				continue;
 			if ((job->calls == NULL && (job->calls = json_array()) ==
 			    NULL) || json_array_size(job->calls) >=
-			    POOLD_MAX_TOOLS || json_array_append(job->calls, c) !=
-			    0)
+			    POOLD_MAX_TOOLS || json_array_append_new(job->calls,
+			    json_pack("{s:O, s:s, s:O}", "id", json_object_get(c,
+			    "id"), "name", name, "input", json_object_get(c,
+			    "input"))) != 0)
 				rc = -1;
 			break;
 		}

@@ -146,10 +146,12 @@ proc_envp(struct strv *sv, const struct profile *pr, const char *home,
 	strv_add(sv, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1");
 	if (pr->client_tools != NULL) {
 		/*
-		 * The client's tools as it named them (no mcp__ccgate__), all
+		 * The client's tools as it named them (no mcp__ccgate__) when
+		 * the CLI has none of its own they could be taken for, all
 		 * offered at once (no tool search deferring them).
 		 */
-		strv_add(sv, "CLAUDE_AGENT_SDK_MCP_NO_PREFIX=1");
+		if (!pr->tools)
+			strv_add(sv, "CLAUDE_AGENT_SDK_MCP_NO_PREFIX=1");
 		strv_add(sv, "ENABLE_TOOL_SEARCH=false");
 	}
 	strv_add(sv, "DISABLE_AUTOUPDATER=1");

@@ -754,6 +754,38 @@ class Tools(unittest.TestCase):
         self.assertIn("[tool_use %s get_weather" % call["id"], sent)
         self.assertIn("frosty", sent)
 
+    def test_with_the_clis_own_tools_on(self):
+        """A key with allow_tools: the CLI has its own Bash, and a client
+        tool of that name stays the client's (the model sees it under the
+        MCP prefix; the client, under its own name)."""
+        if "tooler" not in stack.keys:
+            out = stack.admin("key", "create", "--name", "tooler", "--user",
+                              "tooler", "--tools", "yes", "--json")
+            stack.keys["tooler"] = json.loads(out.stdout)["key"]
+        tools = oa_tools("Bash")
+        first = {"role": "user", "content":
+                 'tb [[mock:tool=ccgate__Bash {"city": "here"}]]'}
+        r = post("/v1/chat/completions", {"model": MODEL, "tools": tools,
+                                          "messages": [first]}, key="tooler")
+        self.assertEqual(r.status, 200, r)
+        msg = r.json()["choices"][0]["message"]
+        self.assertEqual([c["function"]["name"] for c in msg["tool_calls"]],
+                         ["Bash"])
+        rec = last_record("tb [[mock")
+        names = [t["name"] for t in rec["body"]["tools"]]
+        self.assertIn("Bash", names)
+        self.assertIn("mcp__ccgate__Bash", names)
+        r2 = post("/v1/chat/completions", {"model": MODEL, "tools": tools,
+                                           "messages": [first, msg, {
+                                               "role": "tool",
+                                               "tool_call_id": msg[
+                                                   "tool_calls"][0]["id"],
+                                               "content": "ran client-side"}]},
+                  key="tooler")
+        self.assertEqual(r2.status, 200, r2)
+        self.assertTrue(r2.json()["choices"][0]["message"]["content"]
+                        .endswith("tool result: ran client-side"), r2)
+
     def test_refused_tools(self):
         for tools, why in (
                 ([{"type": "function", "function": {"name": "bad name"}}],

@@ -223,6 +223,10 @@ cli_parse_line(const char *line, size_t len, struct cli_msg *m, char **cause)
 		m->duration_ms = cli_int(obj, "duration_ms");
 		cli_copy(m->stop_reason, sizeof m->stop_reason, obj,
 		    "stop_reason");
+		if (json_object_get(obj, "structured_output") != NULL &&
+		    !json_is_null(json_object_get(obj, "structured_output")))
+			m->json = json_incref(json_object_get(obj,
+			    "structured_output"));
 		if (json_is_number(json_object_get(obj, "total_cost_usd")))
 			m->cost_usd = json_number_value(json_object_get(obj,
 			    "total_cost_usd"));

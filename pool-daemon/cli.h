@@ -42,7 +42,8 @@ struct cli_msg {
 	char		 subtype[64];
 	char		 stop_reason[32];	/* STOP, RESULT; "" if none */
 	char		*request_id;	/* CONTROL: what its answer names */
-	json_t		*json;		/* TOOL_USE, CONTROL */
+	json_t		*json;		/* TOOL_USE, CONTROL; RESULT: */
+					/* its structured_output, if any */
 };
 
 int	cli_parse_line(const char *, size_t, struct cli_msg *, char **);

@@ -39,7 +39,8 @@ profile_clear(struct profile *pr)
 {
 	free(pr->system_prompt);
 	free(pr->client_tools);
-	pr->system_prompt = pr->client_tools = NULL;
+	free(pr->output_schema);
+	pr->system_prompt = pr->client_tools = pr->output_schema = NULL;
 }
 
 /* Copy from into to, strings and all; -1 when memory ran out. */
@@ -47,11 +48,13 @@ int
 profile_copy(struct profile *to, const struct profile *from)
 {
 	*to = *from;
-	to->system_prompt = to->client_tools = NULL;
+	to->system_prompt = to->client_tools = to->output_schema = NULL;
 	if ((from->system_prompt != NULL &&
 	    (to->system_prompt = strdup(from->system_prompt)) == NULL) ||
 	    (from->client_tools != NULL &&
-	    (to->client_tools = strdup(from->client_tools)) == NULL)) {
+	    (to->client_tools = strdup(from->client_tools)) == NULL) ||
+	    (from->output_schema != NULL &&
+	    (to->output_schema = strdup(from->output_schema)) == NULL)) {
 		profile_clear(to);
 		return (-1);
 	}
@@ -73,7 +76,8 @@ profile_equal_but_tools(const struct profile *a, const struct profile *b)
 {
 	return (strcmp(a->model, b->model) == 0 && a->tools == b->tools &&
 	    a->max_tokens == b->max_tokens &&
-	    profile_same(a->system_prompt, b->system_prompt));
+	    profile_same(a->system_prompt, b->system_prompt) &&
+	    profile_same(a->output_schema, b->output_schema));
 }
 
 /* Return 1 if a process started for a can run a job that wants b. */
@@ -253,7 +257,7 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	const char		*id;
 	json_t			*v, *stops, *content = NULL, *results = NULL;
 	json_t			*client_tools = NULL;
-	char			*tools_json = NULL;
+	char			*tools_json = NULL, *schema_json = NULL;
 	size_t			 i;
 	long			 max_tokens = 0, timeout = cf->job_timeout_ms;
 	int			 tools = 0, qlen = 0;
@@ -312,10 +316,20 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		}
 		client_tools = v;
 	}
+	if ((v = json_object_get(msg, "output_schema")) != NULL &&
+	    !json_is_null(v) && (!json_is_object(v) || (schema_json =
+	    json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS)) == NULL ||
+	    strlen(schema_json) > POOLD_MAX_SCHEMA)) {
+		json_decref(content);
+		free(tools_json);
+		free(schema_json);
+		return (*cause = strdup("output_schema: invalid"), -1);
+	}
 	if ((v = json_object_get(msg, "tool_results")) != NULL &&
 	    !json_is_null(v) && (results = pool_results(v)) == NULL) {
 		json_decref(content);
 		free(tools_json);
+		free(schema_json);
 		return (*cause = strdup("tool_results: invalid"), -1);
 	}
 	if ((stops = json_object_get(msg, "stop")) != NULL &&
@@ -336,6 +350,7 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		json_decref(content);
 		json_decref(results);
 		free(tools_json);
+		free(schema_json);
 		return (*cause = strdup("out of memory"), -1);
 	}
 	job->content = content;
@@ -360,6 +375,7 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	job->profile.tools = tools;
 	job->profile.max_tokens = max_tokens;
 	job->profile.client_tools = tools_json;
+	job->profile.output_schema = schema_json;
 	job->stop_hit = -1;
 	if ((sp != NULL && *sp != '\0' &&
 	    (job->profile.system_prompt = strdup(sp)) == NULL) ||
@@ -404,6 +420,7 @@ bad_stop:
 	json_decref(content);
 	json_decref(results);
 	free(tools_json);
+	free(schema_json);
 	return (*cause = strdup("stop: invalid"), -1);
 }
 
@@ -1382,9 +1399,27 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 		pool_fail(job, PROTO_E_UPSTREAM, msg);
 		return;
 	}
-	/* The result's text stands for deltas that never came (not in a
-	 * turn resumed with tool results: its text went out before). */
-	if (job->textlen == 0 && !job->halted && !job->tool_turn &&
+	/* Structured output: the answer is its JSON, in one event. */
+	if (job->profile.output_schema != NULL) {
+		char	*js;
+
+		if (m->json == NULL || (js = json_dumps(m->json, JSON_COMPACT |
+		    JSON_ENCODE_ANY)) == NULL) {
+			pool_fail(job, PROTO_E_UPSTREAM, "the model gave no "
+			    "structured output");
+			return;
+		}
+		job->textlen = 0;
+		if (pool_append(job, js) != 0) {
+			free(js);
+			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
+			return;
+		}
+		free(js);
+		snprintf(job->stop_reason, sizeof job->stop_reason, "end_turn");
+		if (pool_relay(p, job, job->textlen) != 0)
+			return;
+	} else if (job->textlen == 0 && !job->halted && !job->tool_turn &&
 	    m->text != NULL) {
 		if (pool_append(job, m->text) != 0) {
 			pool_fail(job, PROTO_E_INTERNAL, "out of memory");
@@ -1582,7 +1617,8 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 	case CLI_CONTROL:
 		break;
 	case CLI_DELTA:
-		if (job->halted)
+		/* With an output schema the answer is the structured output. */
+		if (job->halted || job->profile.output_schema != NULL)
 			break;
 		if (job->new_block && pool_paragraph(&m) != 0) {
 			proc_kill(p);

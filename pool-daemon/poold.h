@@ -29,6 +29,7 @@
 #define POOLD_MAX_STOP_LEN	256
 #define POOLD_MAX_BLOCKS	100	/* a message's text and image blocks */
 #define POOLD_MAX_TOOLS		128	/* a client's tools, a turn's results */
+#define POOLD_MAX_SCHEMA	(256 * 1024)	/* an output schema, as JSON */
 #define POOLD_MAX_MODEL		128
 #define POOLD_STDERR_KEEP	2048
 #define POOLD_ENV_MAX		64
@@ -119,6 +120,7 @@ struct profile {
 	int	 tools;
 	long	 max_tokens;		/* 0: the CLI's default */
 	char	*client_tools;		/* the client's (JSON), or NULL */
+	char	*output_schema;		/* structured output (JSON), or NULL */
 };
 
 enum proc_state {

@@ -287,6 +287,23 @@ proc_prompt_fd(const char *s, char **cause)
 	return (fd);
 }
 
+/* Write the SDK's initialize request with pr's output schema. */
+static int
+proc_initialize(struct proc *p, const struct profile *pr)
+{
+	char	*line;
+	int	 n, rc;
+
+	n = asprintf(&line, "{\"type\":\"control_request\",\"request_id\":"
+	    "\"ccgate-init\",\"request\":{\"subtype\":\"initialize\","
+	    "\"jsonSchema\":%s}}\n", pr->output_schema);
+	if (n == -1)
+		return (-1);
+	rc = proc_write(p, line, (size_t)n);
+	free(line);
+	return (rc);
+}
+
 /*
  * Spawn a CLI for profile pr.  With tenant NULL the process is warm: it
  * gets a slot whose HOME becomes its conversation's when it is bound.
@@ -416,6 +433,15 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *conv,
 		proc_kill(p);
 	}
 	p->in_io.fd = p->in_fd;
+	/*
+	 * Structured output: the schema goes in the SDK's initialize request
+	 * on stdin, before any turn (on argv every local user could read
+	 * it).  Its answer is a control_response, which the parser passes.
+	 */
+	if (pr->output_schema != NULL && proc_initialize(p, pr) != 0) {
+		log_warnx("cannot hand CLI %ld its output schema", (long)pid);
+		proc_kill(p);
+	}
 	strv_free(&argv);
 	strv_free(&envp);
 	TAILQ_INSERT_TAIL(&poold->procs, p, entry);

@@ -185,6 +185,7 @@ anthropic_messages_handle(struct request *r)
 	struct turn		 t;
 	const char		*model;
 	json_t			*body, *sys, *stops = NULL, *tools = NULL;
+	json_t			*schema = NULL;
 	long long		 max_tokens = 0;
 	int			 stream = 0, prime;
 	char			*system = NULL;
@@ -195,6 +196,7 @@ anthropic_messages_handle(struct request *r)
 		return;
 	if (compat_model(r, body, &model) != 0 ||
 	    compat_tools(r, body, 0, &tools) != 0 ||
+	    compat_schema(r, body, 0, &schema) != 0 ||
 	    input_bool(r, body, "stream", &stream) != 0 ||
 	    input_int(r, body, "max_tokens", 1, 1000000, &max_tokens) != 0)
 		goto out;
@@ -228,6 +230,7 @@ anthropic_messages_handle(struct request *r)
 	t.stops = stops;
 	t.content = m.content;
 	t.tools = tools;
+	t.output_schema = schema;
 	t.tool_results = m.tool_results;
 	turn_run(&t);
 	conv_clear(&conv);
@@ -235,6 +238,7 @@ out:
 	compat_free(&m);
 	json_decref(stops);
 	json_decref(tools);
+	json_decref(schema);
 }
 
 /*

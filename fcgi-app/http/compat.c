@@ -767,6 +767,49 @@ compat_ignored(struct request *r)
 }
 
 /*
+ * Structured output: the JSON schema the answer must follow, from OpenAI's
+ * response_format ({"type":"json_schema","json_schema":{"schema"}}, or
+ * "json_object": any object) or Anthropic's output_format /
+ * output_config.format ({"type":"json_schema","schema"}).  *schema gets
+ * a new reference, or NULL for plain text.  Returns -1 after a 400.
+ */
+int
+compat_schema(struct request *r, json_t *body, int openai, json_t **schema)
+{
+	json_t		*f, *s = NULL;
+	const char	*type, *name;
+
+	*schema = NULL;
+	name = openai ? "response_format" : "output_format";
+	f = req_field(r, body, name);
+	if (!openai && (f == NULL || json_is_null(f)) &&
+	    json_is_object(req_field(r, body, "output_config"))) {
+		name = "output_config.format";
+		f = json_object_get(req_field(r, body, "output_config"),
+		    "format");
+	}
+	if (f == NULL || json_is_null(f))
+		return (0);
+	type = json_string_value(json_object_get(f, "type"));
+	if (type != NULL && strcmp(type, "text") == 0 && openai)
+		return (0);
+	if (type != NULL && strcmp(type, "json_object") == 0 && openai)
+		s = json_pack("{s:s}", "type", "object");
+	else if (type != NULL && strcmp(type, "json_schema") == 0)
+		s = json_incref(openai ? json_object_get(json_object_get(f,
+		    "json_schema"), "schema") : json_object_get(f, "schema"));
+	if (!json_is_object(s)) {
+		json_decref(s);
+		req_error(r, 400, NULL, "%s: a JSON schema is required (type "
+		    "\"json_schema\" with an object schema%s)", name, openai ?
+		    ", or \"json_object\"" : "");
+		return (-1);
+	}
+	*schema = s;
+	return (0);
+}
+
+/*
  * The stop sequences of body's member name: a string (where string is 1:
  * OpenAI's "stop") or an array of at most COMPAT_MAX_STOPS (max, if not 0)
  * strings, each 1 to COMPAT_STOP_LEN bytes.  *stops gets them as an array

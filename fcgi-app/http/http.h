@@ -223,6 +223,7 @@ struct turn {
 	json_t			*tools;		/* the client's tools, or NULL */
 	json_t			*tool_results;	/* the turn is these, or NULL */
 	json_t			*tool_calls;	/* the answer's, once done */
+	json_t			*output_schema;	/* structured output, or NULL */
 	char			*stored;	/* the answer with its calls */
 	/* The upstream's input usage, as the first answer began. */
 	int			 have_start_usage;
@@ -273,6 +274,7 @@ int	 compat_conversation(struct request *, const char *,
 	     struct compat_msgs *, struct conversation *, int *);
 void	 compat_ignored(struct request *);
 int	 compat_tools(struct request *, json_t *, int, json_t **);
+int	 compat_schema(struct request *, json_t *, int, json_t **);
 int	 compat_model(struct request *, json_t *, const char **);
 int	 compat_stops(struct request *, json_t *, const char *, int,
 	     json_t **);

@@ -205,6 +205,7 @@ openai_chat_handle(struct request *r)
 	struct turn		 t;
 	const char		*model;
 	json_t			*body, *so, *stops = NULL, *tools = NULL;
+	json_t			*schema = NULL;
 	long long		 max_tokens = 0, n = 1;
 	int			 stream = 0, include_usage = 0, prime;
 
@@ -213,6 +214,7 @@ openai_chat_handle(struct request *r)
 		return;
 	if (compat_model(r, body, &model) != 0 ||
 	    compat_tools(r, body, 1, &tools) != 0 ||
+	    compat_schema(r, body, 1, &schema) != 0 ||
 	    input_bool(r, body, "stream", &stream) != 0 ||
 	    input_int(r, body, "max_tokens", 1, 1000000, &max_tokens) != 0 ||
 	    input_int(r, body, "max_completion_tokens", 1, 1000000,
@@ -249,6 +251,7 @@ openai_chat_handle(struct request *r)
 	t.stops = stops;
 	t.content = m.content;
 	t.tools = tools;
+	t.output_schema = schema;
 	t.tool_results = m.tool_results;
 	turn_run(&t);
 	conv_clear(&conv);
@@ -256,6 +259,7 @@ out:
 	compat_free(&m);
 	json_decref(stops);
 	json_decref(tools);
+	json_decref(schema);
 }
 
 /*

@@ -135,6 +135,8 @@ turn_job_msg(struct turn *t)
 		    json_integer(t->max_tokens));
 	if (t->tools != NULL)
 		json_object_set(job, "client_tools", t->tools);
+	if (t->output_schema != NULL)
+		json_object_set(job, "output_schema", t->output_schema);
 	if (t->tool_results != NULL && t->send == t->message)
 		json_object_set(job, "tool_results", t->tool_results);
 	if (t->stops != NULL)

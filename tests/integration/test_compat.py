@@ -848,6 +848,68 @@ class ClaudeCodeAsClient(unittest.TestCase):
         self.assertIn("Read", [t["name"] for t in rec["body"]["tools"]])
 
 
+PERSON = {"type": "object", "properties": {"name": {"type": "string"}},
+          "required": ["name"]}
+
+
+class StructuredOutput(unittest.TestCase):
+    """A JSON schema for the answer: the CLI's structured output, given
+    the schema on its stdin (never on argv, which local users can read)."""
+
+    def test_openai_json_schema(self):
+        r = post("/v1/chat/completions", {
+            "model": MODEL, "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "person", "schema": PERSON}},
+            "messages": [{"role": "user", "content":
+                          'so person [[mock:tool=StructuredOutput '
+                          '{"name": "Ada"}]]'}]})
+        self.assertEqual(r.status, 200, r)
+        self.assertNotIn("response_format",
+                         r.headers.get("x-ccgate-ignored", ""))
+        b = r.json()["choices"][0]
+        self.assertEqual(json.loads(b["message"]["content"]), {"name": "Ada"})
+        self.assertEqual(b["finish_reason"], "stop")
+        rec = last_record("so person")
+        self.assertEqual([t["name"] for t in rec["body"]["tools"]],
+                         ["StructuredOutput"])
+        self.assertEqual(rec["body"]["tools"][0]["input_schema"]["required"],
+                         ["name"])
+        # The schema is nowhere on a command line.
+        for p in stack.stats()["processes"]:
+            pid = p.get("sandbox_pid") or p.get("pid")
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as f:
+                    self.assertNotIn(b"required", f.read())
+            except FileNotFoundError:
+                pass
+
+    def test_anthropic_output_format_streamed(self):
+        r, events = sse("/v1/messages", {
+            "model": MODEL, "max_tokens": 200, "stream": True,
+            "output_format": {"type": "json_schema", "schema": PERSON},
+            "messages": [{"role": "user", "content":
+                          'sa person [[mock:tool=StructuredOutput '
+                          '{"name": "Grace"}]]'}]})
+        self.assertEqual(r.status, 200)
+        text = "".join(d["delta"]["text"] for n, d in events
+                       if n == "content_block_delta")
+        self.assertEqual(json.loads(text), {"name": "Grace"})
+        delta = [d for n, d in events if n == "message_delta"][0]
+        self.assertEqual(delta["delta"]["stop_reason"], "end_turn")
+
+    def test_refused_formats(self):
+        for rf in ({"type": "json_schema"}, {"type": "json_schema",
+                                              "json_schema": {"schema": 7}},
+                   {"type": "yaml"}):
+            r = post("/v1/chat/completions", {
+                "model": MODEL, "response_format": rf,
+                "messages": [{"role": "user", "content": "x"}]})
+            self.assertEqual(r.status, 400, rf)
+            self.assertTrue(r.json()["error"]["message"].startswith(
+                "response_format"))
+
+
 class CountTokens(unittest.TestCase):
     def test_the_upstreams_count_through_the_egress(self):
         before = len(stack.egress_log())

@@ -720,6 +720,31 @@ START_TEST(test_held_text_at_max_tokens)
 }
 END_TEST
 
+/* With an output schema, the answer is the structured output alone. */
+START_TEST(test_structured_output)
+{
+	struct tjob	*a, *b;
+	json_t		*f;
+	char		 text[256];
+
+	a = submit("t", C1, "shape=round",
+	    "{\"output_schema\":{\"type\":\"object\"}}");
+	ck_assert_str_eq(done(a), "spawned");
+	relayed(a, text, sizeof text);
+	ck_assert_str_eq(text, "{\"v\":\"round\"}");
+	f = last(a);
+	ck_assert_str_eq(json_string_value(json_object_get(f, "text")),
+	    "{\"v\":\"round\"}");
+	ck_assert_str_eq(json_string_value(json_object_get(f, "stop_reason")),
+	    "end_turn");
+	/* No structured output: the turn failed. */
+	b = submit("t", C2, "plain",
+	    "{\"output_schema\":{\"type\":\"object\"}}");
+	ck_assert_ptr_nonnull(strstr(failed_with(b, PROTO_E_UPSTREAM),
+	    "structured output"));
+}
+END_TEST
+
 START_TEST(test_bad_stops_and_content_are_refused)
 {
 	static const char *const bad[] = {
@@ -732,6 +757,7 @@ START_TEST(test_bad_stops_and_content_are_refused)
 		    "\"input_schema\":{\"type\":\"array\"}}]}",
 		"{\"tool_results\":[{\"content\":[{\"type\":\"text\","
 		    "\"text\":\"x\"}]}]}",
+		"{\"output_schema\":\"object\"}",
 		"{\"content\":[{\"type\":\"image\",\"source\":{\"media_type\":"
 		    "\"image/bmp\",\"data\":\"AAAA\"}}]}",
 		"{\"content\":[{\"type\":\"image\",\"source\":{\"media_type\":"
@@ -780,6 +806,7 @@ main(void)
 		test_a_parked_turn_ends,
 		test_a_parked_turn_is_its_keys,
 		test_held_text_at_max_tokens,
+		test_structured_output,
 		NULL
 	};
 

@@ -15,6 +15,7 @@ message asks otherwise:
               delta) until an interrupt comes on stdin
   pieces: A B the answer's deltas are "echo: ", then A, B, ... ('_' is
               a space)
+  shape=V     end with structured_output {"v": V} (as with a schema)
   calltool=N  call the client's tool N (an MCP "sdk" server, the daemon),
               wait for its result, answer "result: <its text>"
 
@@ -178,4 +179,9 @@ for line in lines():
     out({"type": "stream_event", "event": {
         "type": "message_delta", "delta": {"stop_reason": "end_turn"},
         "usage": {"output_tokens": 2}}})
+    if "shape=" in text:
+        v = text.split("shape=", 1)[1].split()[0]
+        result(json.dumps({"v": v}), structured_output={"v": v},
+               stop_reason="tool_use")
+        continue
     result("echo: " + text)

@@ -258,6 +258,7 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	json_t			*v, *stops, *content = NULL, *results = NULL;
 	json_t			*client_tools = NULL;
 	char			*tools_json = NULL, *schema_json = NULL;
+	const char		*must;
 	size_t			 i;
 	long			 max_tokens = 0, timeout = cf->job_timeout_ms;
 	int			 tools = 0, qlen = 0;
@@ -316,6 +317,15 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		}
 		client_tools = v;
 	}
+	if ((v = json_object_get(msg, "tool_choice")) != NULL &&
+	    !json_is_null(v) && (!json_is_string(v) ||
+	    (strcmp(json_string_value(v), "*") != 0 &&
+	    !util_valid_tool_name(json_string_value(v))))) {
+		json_decref(content);
+		free(tools_json);
+		return (*cause = strdup("tool_choice: invalid"), -1);
+	}
+	must = json_string_value(v);
 	if ((v = json_object_get(msg, "output_schema")) != NULL &&
 	    !json_is_null(v) && (!json_is_object(v) || (schema_json =
 	    json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS)) == NULL ||
@@ -376,6 +386,8 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	job->profile.max_tokens = max_tokens;
 	job->profile.client_tools = tools_json;
 	job->profile.output_schema = schema_json;
+	if (must != NULL && tools_json != NULL)
+		snprintf(job->must_call, sizeof job->must_call, "%s", must);
 	job->stop_hit = -1;
 	if ((sp != NULL && *sp != '\0' &&
 	    (job->profile.system_prompt = strdup(sp)) == NULL) ||
@@ -1368,6 +1380,48 @@ pool_find_parked(const struct job *job)
 	return (NULL);
 }
 
+/*
+ * The client required a tool call (tool_choice) and the model answered
+ * without one: tell it, in the same turn's session, and go on (twice at
+ * most).  Returns 1 if the job goes on.
+ */
+static int
+pool_must_call(struct proc *p, struct job *job, const struct cli_msg *m)
+{
+	json_t	*line;
+	char	*s, what[160];
+	size_t	 len;
+	int	 rc;
+
+	if (job->must_call[0] == '\0' || job->halted || m->is_error ||
+	    json_array_size(job->calls) > 0 || job->must_asked >= 2)
+		return (0);
+	job->must_asked++;
+	if (strcmp(job->must_call, "*") == 0)
+		snprintf(what, sizeof what, "one of the client's tools");
+	else
+		snprintf(what, sizeof what, "the tool %s%s", p->profile.tools ?
+		    POOL_MCP_PREFIX : "", job->must_call);
+	line = json_pack("{s:s, s:{s:s, s:[{s:s, s:s+++}]}}", "type", "user",
+	    "message", "role", "user", "content", "type", "text", "text",
+	    "<system-reminder>The client requires a tool call: call ", what,
+	    " now, with no other text.", "</system-reminder>");
+	if (line == NULL || (s = json_dumps(line, JSON_COMPACT)) == NULL) {
+		json_decref(line);
+		return (0);
+	}
+	json_decref(line);
+	len = strlen(s);
+	s[len] = '\n';
+	rc = proc_write(p, s, len + 1);
+	free(s);
+	if (rc != 0)
+		return (0);
+	job->stop_reason[0] = '\0';
+	log_debug("job %s: no tool call yet: asking for %s", job->id, what);
+	return (1);
+}
+
 /* A turn ended with a result line. */
 static void
 pool_result(struct proc *p, struct job *job, struct cli_msg *m)
@@ -1377,6 +1431,8 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 	uint64_t		 now = poold_now();
 	char			 msg[512];
 
+	if (pool_must_call(p, job, m))
+		return;
 	if (m->session_id[0] != '\0' && util_valid_uuid(m->session_id))
 		snprintf(job->session_id, sizeof job->session_id, "%s",
 		    m->session_id);

@@ -250,6 +250,8 @@ struct job {
 	json_t			*tool_results;
 	json_t			*calls;		/* this answer's, for the client */
 	int			 tool_turn;	/* resumes a parked turn */
+	char			 must_call[72];	/* tool_choice: "*", a name */
+	int			 must_asked;	/* times the model was told */
 	long long		 s_in, s_out, s_cache_read, s_cache_creation;
 	TAILQ_ENTRY(job)	 entry;
 };

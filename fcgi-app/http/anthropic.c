@@ -186,6 +186,7 @@ anthropic_messages_handle(struct request *r)
 	const char		*model;
 	json_t			*body, *sys, *stops = NULL, *tools = NULL;
 	json_t			*schema = NULL;
+	char			 must[72] = "";
 	long long		 max_tokens = 0;
 	int			 stream = 0, prime;
 	char			*system = NULL;
@@ -195,7 +196,7 @@ anthropic_messages_handle(struct request *r)
 	if ((body = req_json_body(r, 1)) == NULL)
 		return;
 	if (compat_model(r, body, &model) != 0 ||
-	    compat_tools(r, body, 0, &tools) != 0 ||
+	    compat_tools(r, body, 0, &tools, must, sizeof must) != 0 ||
 	    compat_schema(r, body, 0, &schema) != 0 ||
 	    input_bool(r, body, "stream", &stream) != 0 ||
 	    input_int(r, body, "max_tokens", 1, 1000000, &max_tokens) != 0)
@@ -230,6 +231,7 @@ anthropic_messages_handle(struct request *r)
 	t.stops = stops;
 	t.content = m.content;
 	t.tools = tools;
+	t.must_call = must;
 	t.output_schema = schema;
 	t.tool_results = m.tool_results;
 	turn_run(&t);

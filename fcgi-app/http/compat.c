@@ -602,15 +602,18 @@ fail:
  * The client's tools (OpenAI "tools" of type function, or the legacy
  * "functions"; Anthropic "tools"), as ccgate passes them on:
  * [{"name","description","input_schema"}], or NULL for none.  tool_choice
- * "none" offers none; "auto" is what a CLI does; a forced choice cannot
- * be made of it and is refused.  Returns -1 after a 400.
+ * "none" offers none; "auto" is what a CLI does; a forced choice is put
+ * in must ("*": any tool, or the tool's name; "" for none): ccgate-poold
+ * asks the model again when it answered without.  Returns -1 after a 400.
  */
 int
-compat_tools(struct request *r, json_t *body, int openai, json_t **out)
+compat_tools(struct request *r, json_t *body, int openai, json_t **out,
+    char *must, size_t mustlen)
 {
 	json_t		*tools, *t, *fn, *schema, *choice;
-	const char	*name, *desc, *cs, *type;
+	const char	*name, *desc, *cs, *type, *forced;
 	size_t		 i, k;
+	int		 found = 0;
 
 	*out = NULL;
 	tools = req_field(r, body, "tools");
@@ -627,13 +630,39 @@ compat_tools(struct request *r, json_t *body, int openai, json_t **out)
 		    "tools", COMPAT_MAX_TOOLS);
 		return (-1);
 	}
+	/*
+	 * The choice: "auto", "none", any tool ("required", {"type":"any"})
+	 * or one by name (OpenAI {"type":"function","function":{"name"}} or
+	 * the legacy {"name"}, Anthropic {"type":"tool","name"}).
+	 */
+	must[0] = '\0';
 	cs = json_string_value(choice);
 	if (cs == NULL)
 		cs = json_string_value(json_object_get(choice, "type"));
-	if (choice != NULL && !json_is_null(choice) && (cs == NULL ||
+	forced = json_string_value(json_object_get(json_object_get(choice,
+	    "function"), "name"));
+	if (forced == NULL)
+		forced = json_string_value(json_object_get(choice, "name"));
+	if (cs != NULL && (strcmp(cs, "required") == 0 ||
+	    strcmp(cs, "any") == 0))
+		snprintf(must, mustlen, "*");
+	else if (forced != NULL && (cs == NULL || strcmp(cs, "function") == 0 ||
+	    strcmp(cs, "tool") == 0)) {
+		if (!util_valid_tool_name(forced)) {
+			req_error(r, 400, NULL, "tool_choice: not a tool name");
+			return (-1);
+		}
+		snprintf(must, mustlen, "%s", forced);
+		cs = NULL;
+	} else if (choice != NULL && !json_is_null(choice) && (cs == NULL ||
 	    (strcmp(cs, "auto") != 0 && strcmp(cs, "none") != 0))) {
-		req_error(r, 400, NULL, "tool_choice: only \"auto\" and \"none\": "
-		    "the model is offered the tools and chooses");
+		req_error(r, 400, NULL, "tool_choice: \"auto\", \"none\", "
+		    "\"%s\" or a tool by name", openai ? "required" : "any");
+		return (-1);
+	}
+	if (must[0] != '\0' && (tools == NULL || json_array_size(tools) == 0)) {
+		req_error(r, 400, NULL, "tool_choice: there are no tools to "
+		    "call");
 		return (-1);
 	}
 	if (tools == NULL || json_array_size(tools) == 0 ||
@@ -678,12 +707,18 @@ compat_tools(struct request *r, json_t *body, int openai, json_t **out)
 			    "must be a JSON schema of type \"object\"", i);
 			goto fail;
 		}
+		found |= strcmp(must, name) == 0;
 		if (json_array_append_new(*out, json_pack("{s:s, s:s, s:o}",
 		    "name", name, "description", desc != NULL ? desc : "",
 		    "input_schema", json_is_object(schema) ? json_incref(schema) :
 		    json_pack("{s:s, s:{}}", "type", "object", "properties"))) !=
 		    0)
 			goto nomem;
+	}
+	if (must[0] != '\0' && strcmp(must, "*") != 0 && !found) {
+		req_error(r, 400, NULL, "tool_choice: no tool \"%s\" in tools",
+		    must);
+		goto fail;
 	}
 	return (0);
 nomem:

@@ -221,6 +221,7 @@ struct turn {
 	json_t			*stops;		/* stop sequences, or NULL */
 	json_t			*content;	/* message with images, or NULL */
 	json_t			*tools;		/* the client's tools, or NULL */
+	const char		*must_call;	/* tool_choice: "*", a name, "" */
 	json_t			*tool_results;	/* the turn is these, or NULL */
 	json_t			*tool_calls;	/* the answer's, once done */
 	json_t			*output_schema;	/* structured output, or NULL */
@@ -273,7 +274,8 @@ void	 compat_free(struct compat_msgs *);
 int	 compat_conversation(struct request *, const char *,
 	     struct compat_msgs *, struct conversation *, int *);
 void	 compat_ignored(struct request *);
-int	 compat_tools(struct request *, json_t *, int, json_t **);
+int	 compat_tools(struct request *, json_t *, int, json_t **, char *,
+	     size_t);
 int	 compat_schema(struct request *, json_t *, int, json_t **);
 int	 compat_model(struct request *, json_t *, const char **);
 int	 compat_stops(struct request *, json_t *, const char *, int,

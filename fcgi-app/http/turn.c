@@ -135,6 +135,9 @@ turn_job_msg(struct turn *t)
 		    json_integer(t->max_tokens));
 	if (t->tools != NULL)
 		json_object_set(job, "client_tools", t->tools);
+	if (t->tools != NULL && t->must_call != NULL && *t->must_call != '\0')
+		json_object_set_new(job, "tool_choice",
+		    json_string(t->must_call));
 	if (t->output_schema != NULL)
 		json_object_set(job, "output_schema", t->output_schema);
 	if (t->tool_results != NULL && t->send == t->message)

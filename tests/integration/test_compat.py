@@ -797,11 +797,41 @@ class Tools(unittest.TestCase):
                                                             "content": "x"}]})
             self.assertEqual(r.status, 400, tools)
             self.assertTrue(r.json()["error"]["message"].startswith(why), r)
+        for choice in ({"type": "function", "function": {"name": "zz"}},
+                       "sometimes"):
+            r = post("/v1/chat/completions", {
+                "model": MODEL, "tools": oa_tools("a"), "tool_choice": choice,
+                "messages": [{"role": "user", "content": "x"}]})
+            self.assertEqual(r.status, 400, choice)
+            self.assertTrue(r.json()["error"]["message"].startswith(
+                "tool_choice"))
         r = post("/v1/chat/completions", {
-            "model": MODEL, "tools": oa_tools("a"), "tool_choice": "required",
+            "model": MODEL, "tool_choice": "required",
             "messages": [{"role": "user", "content": "x"}]})
         self.assertEqual(r.status, 400)
-        self.assertTrue(r.json()["error"]["message"].startswith("tool_choice"))
+
+    def test_a_required_tool_call(self):
+        """tool_choice required (OpenAI) or a named tool (Anthropic): a
+        model that answers without the call is told, and calls it."""
+        r = post("/v1/chat/completions", {
+            "model": MODEL, "tools": oa_tools("get_weather", "get_time"),
+            "tool_choice": "required",
+            "messages": [{"role": "user", "content": "tr just talk"}]})
+        self.assertEqual(r.status, 200, r)
+        choice = r.json()["choices"][0]
+        self.assertEqual(choice["finish_reason"], "tool_calls")
+        self.assertIn(choice["message"]["tool_calls"][0]["function"]["name"],
+                      ("get_weather", "get_time"))
+        r = post("/v1/messages", {
+            "model": MODEL, "max_tokens": 100,
+            "tools": an_tools("get_weather", "get_time"),
+            "tool_choice": {"type": "tool", "name": "get_time"},
+            "messages": [{"role": "user", "content": "tn just talk"}]})
+        self.assertEqual(r.status, 200, r)
+        b = r.json()
+        self.assertEqual(b["stop_reason"], "tool_use")
+        self.assertEqual([c["name"] for c in b["content"]
+                          if c["type"] == "tool_use"], ["get_time"])
 
 
 class ClaudeCodeAsClient(unittest.TestCase):

@@ -20,6 +20,8 @@ request carries its tool_result, which the mock answers with text.
 "[[mock:tool=NAME {json}]]" calls the tool of the request's "tools" named
 NAME, or whose name ends with "__NAME" (an MCP tool), with that JSON as
 its input (no brackets inside); several call several tools, in one answer.
+A message of ccgate's that requires a tool call is answered with a call
+to that tool (or the first), input {"forced": true}.
 Tool results are answered with text that quotes them:
 "mock reply #<n>: tool result: <their texts>".
 
@@ -230,6 +232,13 @@ class Handler(BaseHTTPRequestHandler):
                         cfg.setdefault("tools", []).append(
                             (n, json.loads(args or "{}")))
                         break
+        # ccgate asking again for the tool call a client required.
+        forced = re.search(r"requires a tool call: call (?:the tool (\S+)|"
+                           r"one of the client's tools)",
+                           json.dumps(body["messages"][-1:]))
+        if forced and not has_tool_result(body) and body.get("tools"):
+            name = forced.group(1) or body["tools"][0]["name"]
+            cfg.setdefault("tools", []).append((name, {"forced": True}))
         if has_tool_result(body) and not cfg["text"]:
             cfg["text"] = "mock reply #%d: tool result: %s" % (
                 seq, tool_result_text(body))

@@ -720,6 +720,24 @@ START_TEST(test_held_text_at_max_tokens)
 }
 END_TEST
 
+/* A required tool call: the model that answered without is told. */
+START_TEST(test_a_required_call)
+{
+	struct tjob	*a;
+	json_t		*f;
+
+	a = submit("t", C1, "just talk",
+	    "{\"tool_choice\":\"*\"," TOOLS "}");
+	ck_assert_str_eq(done(a), "spawned");
+	f = last(a);
+	ck_assert_str_eq(json_string_value(json_object_get(f, "stop_reason")),
+	    "tool_use");
+	ck_assert_str_eq(json_string_value(json_object_get(json_array_get(
+	    json_object_get(f, "tool_calls"), 0), "name")), "lookup");
+	ck_assert_int_eq(proc_of(C1)->parked, 1);
+}
+END_TEST
+
 /* With an output schema, the answer is the structured output alone. */
 START_TEST(test_structured_output)
 {
@@ -807,6 +825,7 @@ main(void)
 		test_a_parked_turn_is_its_keys,
 		test_held_text_at_max_tokens,
 		test_structured_output,
+		test_a_required_call,
 		NULL
 	};
 

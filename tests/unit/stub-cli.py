@@ -106,6 +106,8 @@ for line in lines():
     text = msg["message"]["content"]
     if isinstance(text, list):
         text = " ".join(b.get("text", "") for b in text)
+    if "requires a tool call" in text:      # the daemon, for tool_choice
+        text = "calltool=" + TOOLS[0]
     said = model
     for word in text.split():
         if word.startswith("model="):

@@ -1486,10 +1486,11 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 
 	f = proto_new(PROTO_DONE);
 	/*
-	 * A turn that waited for tool results was billed in parts: each
-	 * job says what its own upstream answers cost.
+	 * A turn that waited for tool results was billed in parts, and one
+	 * told to call a tool ran more than one CLI turn: each job says what
+	 * its own upstream answers cost.
 	 */
-	if (job->tool_turn)
+	if (job->tool_turn || job->must_asked > 0)
 		usage = pool_usage(job->s_in, job->s_out, job->s_cache_read,
 		    job->s_cache_creation);
 	else

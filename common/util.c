@@ -191,12 +191,9 @@ util_write_all(int fd, const void *buf, size_t len)
 	return (0);
 }
 
-/*
- * Return 1 if s is a tool name both APIs (and the CLI) take as it is:
- * 1 to 64 of [A-Za-z0-9_-].
- */
+/* Return 1 if s is 1 to max of [A-Za-z0-9_-] (a name, an id). */
 int
-util_valid_tool_name(const char *s)
+util_valid_word(const char *s, size_t max)
 {
 	size_t	n;
 
@@ -204,5 +201,12 @@ util_valid_tool_name(const char *s)
 		return (0);
 	n = strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 	    "0123456789_-");
-	return (n > 0 && n <= 64 && s[n] == '\0');
+	return (n > 0 && n <= max && s[n] == '\0');
+}
+
+/* Return 1 if s is a tool name both APIs (and the CLI) take as it is. */
+int
+util_valid_tool_name(const char *s)
+{
+	return (util_valid_word(s, 64));
 }

@@ -13,6 +13,7 @@ uint64_t	util_now_us(void);
 int		util_uuid4(char [UUID_LEN + 1]);
 int		util_valid_uuid(const char *);
 int		util_valid_tenant(const char *);
+int		util_valid_word(const char *, size_t);
 int		util_valid_tool_name(const char *);
 int		util_set_nonblock(int);
 int		util_write_all(int, const void *, size_t);

@@ -39,19 +39,6 @@ cli_int(json_t *obj, const char *key)
 	return (0);
 }
 
-/* Return 1 if id is 1 to 128 of [A-Za-z0-9_-]. */
-static int
-cli_id_ok(const char *id)
-{
-	size_t	n;
-
-	if (id == NULL)
-		return (0);
-	n = strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-	    "0123456789_-");
-	return (n > 0 && n <= 128 && id[n] == '\0');
-}
-
 /*
  * The tool_use blocks of an assistant line (the CLI prints one a block,
  * with its whole input) as [{id, name, input}]: CLI_TOOL_USE.
@@ -68,7 +55,8 @@ cli_tool_uses(json_t *obj, struct cli_msg *m)
 		type = json_string_value(json_object_get(b, "type"));
 		/* Ids a client can send back as they are. */
 		if (type == NULL || strcmp(type, "tool_use") != 0 ||
-		    !cli_id_ok(json_string_value(json_object_get(b, "id"))) ||
+		    !util_valid_word(json_string_value(json_object_get(b, "id")),
+		    128) ||
 		    !json_is_string(json_object_get(b, "name")))
 			continue;
 		if ((calls == NULL && (calls = json_array()) == NULL) ||

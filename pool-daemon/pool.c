@@ -32,6 +32,7 @@ static void	pool_proc_line(struct proc *, const char *, size_t);
 static void	pool_proc_gone(struct proc *);
 static struct proc *pool_find_parked(const struct job *);
 static void	pool_resume_tools(struct job *, struct proc *);
+static int	pool_key_full(const struct job *);
 
 /* Forget a profile's allocations. */
 void
@@ -261,7 +262,8 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	const char		*must;
 	size_t			 i;
 	long			 max_tokens = 0, timeout = cf->job_timeout_ms;
-	int			 tools = 0, qlen = 0;
+	long			 key_max = 0;
+	int			 tools = 0, qlen = 0, no_queue = 0;
 
 	if (pool_opt_str(msg, "tenant", &tenant) != 0 || tenant == NULL ||
 	    !util_valid_tenant(tenant))
@@ -299,6 +301,18 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 			return (*cause = strdup("timeout_ms: invalid"), -1);
 		if (json_integer_value(v) < timeout)
 			timeout = (long)json_integer_value(v);
+	}
+	if ((v = json_object_get(msg, "key_max_jobs")) != NULL &&
+	    !json_is_null(v)) {
+		if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+		    json_integer_value(v) > 100000)
+			return (*cause = strdup("key_max_jobs: invalid"), -1);
+		key_max = (long)json_integer_value(v);
+	}
+	if ((v = json_object_get(msg, "queue")) != NULL && !json_is_null(v)) {
+		if (!json_is_boolean(v))
+			return (*cause = strdup("queue: invalid"), -1);
+		no_queue = json_is_false(v);
 	}
 	if ((v = json_object_get(msg, "tools")) != NULL && !json_is_null(v)) {
 		if (!json_is_boolean(v))
@@ -375,6 +389,8 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	snprintf(job->id, sizeof job->id, "%s", id != NULL ? id : "");
 	snprintf(job->tenant, sizeof job->tenant, "%s", tenant);
 	snprintf(job->key, sizeof job->key, "%s", key != NULL ? key : "");
+	job->key_max = job->key[0] != '\0' ? key_max : 0;
+	job->no_queue = no_queue;
 	snprintf(job->conversation, sizeof job->conversation, "%s", conv);
 	snprintf(job->resume, sizeof job->resume, "%s",
 	    resume != NULL ? resume : "");
@@ -414,6 +430,12 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	    cf->egress_socket == NULL)) {
 		pool_fail(job, PROTO_E_UNAVAILABLE, "tools are not available: "
 		    "ccgate-poold runs CLIs without its sandbox or its egress");
+		return (0);
+	}
+	if (job->no_queue && pool_key_full(job)) {
+		pool_fail(job, PROTO_E_KEY_BUSY, "this key runs its most "
+		    "requests at once (max_concurrent_requests) and asked "
+		    "not to queue");
 		return (0);
 	}
 	TAILQ_FOREACH(q, &poold->queue, entry)
@@ -563,30 +585,69 @@ pool_conversation_busy(const struct job *job)
 	return (0);
 }
 
-/* Whether the job's tenant, or its API key, already runs its most jobs. */
-static int
-pool_job_capped(const struct job *job)
+/* The most jobs job's key may run at once: the pool's or its own, 0: any. */
+static long
+pool_key_max(const struct job *job)
 {
-	struct poold_config	*cf = poold->cf;
-	struct proc		*p;
-	long			 tenant = 0, key = 0;
+	long	max = poold->cf->key_max_jobs;
 
+	if (job->key[0] == '\0')
+		return (0);
+	if (job->key_max > 0 && (max == 0 || job->key_max < max))
+		max = job->key_max;
+	return (max);
+}
+
+/* Count the running jobs of job's tenant and of its API key. */
+static void
+pool_running(const struct job *job, long *tenant, long *key)
+{
+	struct proc	*p;
+
+	*tenant = *key = 0;
 	TAILQ_FOREACH(p, &poold->procs, entry) {
 		/* A turn that waits for tool results is still running. */
 		if (p->parked && p->state == PROC_BUSY) {
-			tenant += strcmp(p->tenant, job->tenant) == 0;
-			key += job->key[0] != '\0' &&
+			*tenant += strcmp(p->tenant, job->tenant) == 0;
+			*key += job->key[0] != '\0' &&
 			    strcmp(p->parked_key, job->key) == 0;
 			continue;
 		}
 		if (p->job == NULL)
 			continue;
-		tenant += strcmp(p->job->tenant, job->tenant) == 0;
-		key += job->key[0] != '\0' &&
+		*tenant += strcmp(p->job->tenant, job->tenant) == 0;
+		*key += job->key[0] != '\0' &&
 		    strcmp(p->job->key, job->key) == 0;
 	}
-	return (tenant >= cf->tenant_max_jobs ||
-	    (cf->key_max_jobs > 0 && key >= cf->key_max_jobs));
+}
+
+/* Whether the job's tenant, or its API key, already runs its most jobs. */
+static int
+pool_job_capped(const struct job *job)
+{
+	long	tenant, key, max = pool_key_max(job);
+
+	pool_running(job, &tenant, &key);
+	return (tenant >= poold->cf->tenant_max_jobs ||
+	    (max > 0 && key >= max));
+}
+
+/*
+ * Whether a job that may not queue finds its key at its limit: the key's
+ * running jobs and those already queued ahead of it fill key_max.
+ */
+static int
+pool_key_full(const struct job *job)
+{
+	struct job	*q;
+	long		 tenant, key, max = pool_key_max(job);
+
+	if (max == 0 || job->tool_results != NULL)
+		return (0);
+	pool_running(job, &tenant, &key);
+	TAILQ_FOREACH(q, &poold->queue, entry)
+		key += strcmp(q->key, job->key) == 0;
+	return (key >= max);
 }
 
 /* Start job on p: write the user's turn to the CLI. */

@@ -210,6 +210,8 @@ struct job {
 	char			 id[64];
 	char			 tenant[TENANT_MAX + 1];
 	char			 key[TENANT_MAX + 1];	/* "" for none */
+	long			 key_max;	/* the key's own limit, 0: none */
+	int			 no_queue;	/* at key_max: refuse, not queue */
 	char			 conversation[UUID_LEN + 1];
 	char			 resume[UUID_LEN + 1];	/* "" for none */
 	struct profile		 profile;

@@ -29,7 +29,7 @@ static const char *const app_keys[] = {
 	"models", "node", "sql_dir", "batch_max", "key_cache_ms",
 	"cors_origins", "log_verbose", "admin_token_ttl_s", "rotate_grace_s",
 	"sse_heartbeat_ms", "db_retry_ms", "ws_listen", "ws_threads",
-	"ws_max_message", "ws_max_connections", NULL
+	"ws_max_message", "ws_max_connections", "quota_reserve_tokens", NULL
 };
 
 /* Free a configuration. */
@@ -225,6 +225,8 @@ appconf_load(const char *path, char **cause)
 	APP_INT("max_json_depth", max_json_depth, 32, 2, 1000);
 	APP_INT("job_timeout_ms", job_timeout_ms, 600000, 100, 86400000);
 	APP_INT("batch_max", batch_max, 16, 1, 256);
+	APP_INT("quota_reserve_tokens", quota_reserve_tokens, 4096, 1,
+	    1000000);
 	APP_INT("key_cache_ms", key_cache_ms, 5000, 0, 600000);
 	APP_INT("log_verbose", verbose, 0, 0, 2);
 	APP_INT("admin_token_ttl_s", admin_token_ttl_s, 900, 1, 86400);

@@ -50,6 +50,7 @@ struct app_config {
 	char	*node;
 	char	*sql_dir;
 	long	 batch_max;
+	long	 quota_reserve_tokens;	/* a turn without max_tokens */
 	long	 key_cache_ms;
 	long	 admin_token_ttl_s;
 	long	 rotate_grace_s;
@@ -142,7 +143,10 @@ int		 auth_model_allowed(const struct apikey *, const char *);
 
 /* core/quota.c: requests and tokens per minute and day. */
 int		 quota_admit(const struct apikey *, long *, char *, size_t);
-void		 quota_charge(const struct apikey *, long long);
+int		 quota_reserve(const struct apikey *, const char *, long long,
+		     long *, char *, size_t);
+void		 quota_settle(const struct apikey *, const char *, int,
+		     long long);
 
 /* core/conv.c: conversations and their messages, by (tenant, id). */
 

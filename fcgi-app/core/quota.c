@@ -10,12 +10,17 @@
 #include "config.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "core.h"
 #include "log.h"
 
 #define QUOTA_NONE	(1LL << 62)	/* "unlimited" inside SQL */
+/* A reservation outlives its turn's timeout by this much. */
+#define QUOTA_GRACE_S		600
+/* Retry-After while turns in flight hold what the day has left. */
+#define QUOTA_HELD_RETRY_S	5
 
 /* Seconds until the next minute and the next UTC midnight. */
 static void
@@ -100,15 +105,147 @@ fail:
 	return (-1);
 }
 
-/* Charge a finished turn's tokens to the key's day (with a token limit). */
-void
-quota_charge(const struct apikey *k, long long tokens)
+/*
+ * Give back key k's reservations that outlived their turn (a ccgate-fcgi
+ * process that died mid-turn never settled them).  Returns how many.
+ */
+static int
+quota_reclaim(struct db *db, const struct apikey *k)
 {
-	if (k->tpd < 0 || tokens <= 0)
+	struct db_res	*res;
+	uint64_t	 affected;
+	size_t		 i;
+	int		 n = 0;
+
+	if (db_run(db, &res, NULL, "SELECT request_id FROM quota_reservations "
+	    "WHERE key_id = ? AND expires_at <= UTC_TIMESTAMP() LIMIT 64", "s",
+	    k->id) != 0)
+		return (0);
+	for (i = 0; i < res->nrows; i++) {
+		if (db_begin(db) != 0)
+			break;
+		if (db_run(db, NULL, &affected, "UPDATE key_quota_windows w "
+		    "JOIN quota_reservations q ON q.key_id = ? AND "
+		    "q.request_id = ? AND w.key_id = q.key_id AND w.kind = "
+		    "'day' AND w.window_start = q.day SET w.reserved = "
+		    "IF(w.reserved > q.tokens, w.reserved - q.tokens, 0)", "ss",
+		    k->id, db_cell(res, i, 0)) != 0 ||
+		    db_run(db, NULL, &affected, "DELETE FROM quota_reservations "
+		    "WHERE key_id = ? AND request_id = ?", "ss", k->id,
+		    db_cell(res, i, 0)) != 0 || db_commit(db) != 0) {
+			(void)db_rollback(db);
+			break;
+		}
+		n += affected > 0;
+	}
+	db_res_free(res);
+	if (n > 0)
+		log_info("key %s: %d reservations of dead turns given back",
+		    k->id, n);
+	return (n);
+}
+
+/*
+ * Reserve est tokens of key k's day (with a token limit) for the turn of
+ * request rid: the day's tokens, every reservation in flight and est must
+ * fit in tokens_per_day, checked and held in one statement on the day's
+ * row, so concurrent turns (in any process) cannot all pass.  Returns 0
+ * if reserved (or the key has no token limit), 1 if refused (*retry_after
+ * and why are set), -1 on a database error.
+ */
+int
+quota_reserve(const struct apikey *k, const char *rid, long long est,
+    long *retry_after, char *why, size_t len)
+{
+	struct db	*db = db_thread();
+	struct db_res	*res;
+	uint64_t	 affected;
+	long long	 used, held;
+	long		 minute, day;
+	int		 tries;
+
+	if (k->tpd < 0)
+		return (0);
+	for (tries = 0; tries < 2; tries++) {
+		if (db_begin(db) != 0)
+			return (-1);
+		if (db_run(db, NULL, NULL, "INSERT INTO key_quota_windows "
+		    "(key_id, kind, window_start) VALUES (?, 'day', "
+		    "UTC_DATE()) ON DUPLICATE KEY UPDATE key_id = key_id", "s",
+		    k->id) != 0 ||
+		    db_run(db, NULL, &affected, "UPDATE key_quota_windows SET "
+		    "reserved = reserved + ? WHERE key_id = ? AND kind = 'day' "
+		    "AND window_start = UTC_DATE() AND tokens + reserved + ? "
+		    "<= ?", "isii", est, k->id, est, k->tpd) != 0)
+			goto fail;
+		if (affected == 1) {
+			if (db_run(db, NULL, NULL, "INSERT INTO "
+			    "quota_reservations (key_id, request_id, day, "
+			    "tokens, expires_at) VALUES (?, ?, UTC_DATE(), ?, "
+			    "UTC_TIMESTAMP() + INTERVAL ? SECOND)", "ssii",
+			    k->id, rid, est, (long long)appconf->job_timeout_ms /
+			    1000 + QUOTA_GRACE_S) != 0 || db_commit(db) != 0)
+				goto fail;
+			return (0);
+		}
+		if (db_rollback(db) != 0)
+			return (-1);
+		if (tries > 0 || quota_reclaim(db, k) == 0)
+			break;
+	}
+	if (db_run(db, &res, NULL, "SELECT tokens, reserved FROM "
+	    "key_quota_windows WHERE key_id = ? AND kind = 'day' AND "
+	    "window_start = UTC_DATE()", "s", k->id) != 0)
+		return (-1);
+	used = res->nrows == 1 ? atoll(db_cell(res, 0, 0)) : 0;
+	held = res->nrows == 1 ? atoll(db_cell(res, 0, 1)) : 0;
+	db_res_free(res);
+	quota_resets(&minute, &day);
+	/* Spent for the day, or waiting on turns in flight to settle. */
+	*retry_after = used + est > k->tpd ? day : QUOTA_HELD_RETRY_S;
+	snprintf(why, len, "tokens_per_day: this turn reserves %lld tokens "
+	    "(its max_tokens, or %ld without one, and its prompt's size); "
+	    "the key's day has %lld of %lld left, %lld of them held by turns "
+	    "in flight", est, appconf->quota_reserve_tokens,
+	    used < k->tpd ? k->tpd - used : 0, k->tpd, held);
+	return (1);
+fail:
+	(void)db_rollback(db);
+	return (-1);
+}
+
+/*
+ * Settle the turn of request rid: its reservation (if held) is given back
+ * and the tokens it really used are charged to the key's day, in one
+ * transaction.  Called when the turn ends, however it ends.
+ */
+void
+quota_settle(const struct apikey *k, const char *rid, int held,
+    long long tokens)
+{
+	struct db	*db = db_thread();
+
+	if (k->tpd < 0 && !held)
 		return;
-	if (db_run(db_thread(), NULL, NULL,
-	    "INSERT INTO key_quota_windows (key_id, kind, window_start, tokens) "
-	    "VALUES (?, 'day', UTC_DATE(), ?) ON DUPLICATE KEY UPDATE tokens = "
+	if (db_begin(db) != 0)
+		goto fail;
+	if (held && (db_run(db, NULL, NULL, "UPDATE key_quota_windows w JOIN "
+	    "quota_reservations q ON q.key_id = ? AND q.request_id = ? AND "
+	    "w.key_id = q.key_id AND w.kind = 'day' AND w.window_start = "
+	    "q.day SET w.reserved = IF(w.reserved > q.tokens, w.reserved - "
+	    "q.tokens, 0)", "ss", k->id, rid) != 0 ||
+	    db_run(db, NULL, NULL, "DELETE FROM quota_reservations WHERE "
+	    "key_id = ? AND request_id = ?", "ss", k->id, rid) != 0))
+		goto fail;
+	if (tokens > 0 && db_run(db, NULL, NULL, "INSERT INTO "
+	    "key_quota_windows (key_id, kind, window_start, tokens) VALUES "
+	    "(?, 'day', UTC_DATE(), ?) ON DUPLICATE KEY UPDATE tokens = "
 	    "tokens + VALUES(tokens)", "si", k->id, tokens) != 0)
-		log_warnx("key %s: %lld tokens not charged", k->id, tokens);
+		goto fail;
+	if (db_commit(db) == 0)
+		return;
+fail:
+	(void)db_rollback(db);
+	log_warnx("key %s: request %s not settled (%lld tokens); an unsettled "
+	    "reservation is given back when it expires", k->id, rid, tokens);
 }

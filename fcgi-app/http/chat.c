@@ -215,7 +215,7 @@ chat_batch_item(void *arg)
 	if (!json_is_object(it->body))
 		req_error(it->sub, 400, NULL, "messages[]: each item must be "
 		    "an object");
-	else
+	else if (req_admit(it->sub) == 0)
 		chat_body(it->sub, it->body, STREAM_NEVER);
 	db_release();
 	return (NULL);
@@ -224,7 +224,9 @@ chat_batch_item(void *arg)
 /*
  * POST /api/chat/batch: {"messages":[{...a chat body...}, ...]}, at most
  * batch_max items, run at once; the answer keeps their order, each item a
- * native answer or error with its "status".
+ * native answer or error with its "status".  Each item is admitted by the
+ * key's quotas as if it had been sent alone: one refused carries its 429
+ * and "retry_after", and the others run.
  */
 void
 chat_batch_handle(struct request *r)
@@ -257,7 +259,8 @@ chat_batch_handle(struct request *r)
 	db_release();
 	for (i = 0; i < n; i++) {
 		items[i].body = json_array_get(list, i);
-		if ((items[i].sub = req_sub(r, (int)i)) == NULL)
+		if ((items[i].sub = req_sub(r, (int)i, json_dumpb(
+		    items[i].body, NULL, 0, JSON_COMPACT))) == NULL)
 			continue;
 		items[i].started = pthread_create(&items[i].thread, NULL,
 		    chat_batch_item, &items[i]) == 0;

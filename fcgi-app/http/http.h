@@ -158,7 +158,10 @@ void		 req_usage(struct request *, const char *, long long,
 
 int		 req_fd(struct request *);
 struct actor	*req_actor(struct request *);
-struct request	*req_sub(struct request *, int);
+struct request	*req_sub(struct request *, int, size_t);
+int		 req_admit(struct request *);
+int		 req_reserve(struct request *, long long);
+void		 req_settle(struct request *, long long);
 json_t		*req_sub_take(struct request *, long long *, long long *,
 		     double *);
 

@@ -128,7 +128,8 @@ input_model(struct request *r, json_t *obj, const char **out)
 /*
  * Check a turn against the key's permissions before anything is stored:
  * the model, streaming, and the max_tokens cap (which also applies when
- * the request names no max_tokens).  On refusal the 403 is sent.
+ * the request names no max_tokens); then reserve its tokens of the key's
+ * day (req_reserve).  On refusal the 403 (or 429) is sent.
  */
 int
 perm_check(struct request *r, const char *model, int stream,
@@ -154,5 +155,6 @@ perm_check(struct request *r, const char *model, int stream,
 		if (*max_tokens == 0)
 			*max_tokens = k->max_tokens;
 	}
-	return (0);
+	/* Last: what the turn may spend is held before it runs. */
+	return (req_reserve(r, *max_tokens));
 }

@@ -72,6 +72,9 @@ struct request {
 	long long	 u_cache_creation;
 	double		 u_cost;
 	long long	 u_ttft;
+
+	/* The turn holds a reservation of the key's day (quota.c). */
+	int		 reserved;
 };
 
 /* The value of name in envp ("NAME=value" strings), or NULL. */
@@ -375,7 +378,7 @@ static const struct req_transport req_sub_transport = {
  * sent.  Its id is the parent's with "-n" appended.
  */
 struct request *
-req_sub(struct request *parent, int n)
+req_sub(struct request *parent, int n, size_t size)
 {
 	struct request	*r;
 
@@ -390,6 +393,7 @@ req_sub(struct request *parent, int n)
 	r->route = parent->route;
 	r->key = parent->key;
 	r->have_key = parent->have_key;
+	r->body_len = size;	/* the item's: what its turn reserves */
 	r->started_us = util_now_us();
 	return (r);
 }
@@ -399,13 +403,20 @@ json_t *
 req_sub_take(struct request *r, long long *tokens_in, long long *tokens_out,
     double *cost)
 {
-	json_t	*out = r->captured;
+	json_t		*out = r->captured;
+	const char	*ra;
 
+	if (r->reserved)
+		req_settle(r, 0);
 	if (out == NULL)
 		out = dialect_error(DIALECT_NATIVE, "api_error", "no answer");
 	if (out != NULL)
 		json_object_set_new(out, "status", json_integer(r->status ?
 		    r->status : 500));
+	/* An item refused for now says when to retry, as HTTP would. */
+	if (out != NULL && (ra = strstr(r->headers, "Retry-After: ")) != NULL)
+		json_object_set_new(out, "retry_after",
+		    json_integer(strtol(ra + 13, NULL, 10)));
 	*tokens_in += r->u_in;
 	*tokens_out += r->u_out;
 	*cost += r->u_cost;
@@ -658,6 +669,83 @@ req_authenticate_key(struct request *r)
 	return (-1);
 }
 
+/* Refuse a request over a key's quota: 429 with the seconds to wait. */
+static void
+req_over_quota(struct request *r, long retry, const char *why)
+{
+	char	ra[32];
+
+	metrics_quota_rejected();
+	snprintf(ra, sizeof ra, "%ld", retry);
+	req_add_header(r, "Retry-After", ra);
+	req_error(r, 429, NULL, "%s", why);
+}
+
+/*
+ * Admit one request of the authenticated key by its quotas (a batch item
+ * is admitted as if sent alone); on refusal the answer is sent.
+ */
+int
+req_admit(struct request *r)
+{
+	char	why[256];
+	long	retry;
+
+	switch (quota_admit(&r->key, &retry, why, sizeof why)) {
+	case 0:
+		return (0);
+	case 1:
+		req_over_quota(r, retry, why);
+		return (-1);
+	default:
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "the key store is unavailable");
+		return (-1);
+	}
+}
+
+/*
+ * Reserve what the turn may spend of the key's tokens_per_day before
+ * anything is stored: max_tokens (the turn's cap, or quota_reserve_tokens
+ * without one) and its prompt's size (a token per four bytes of the
+ * request).  The reservation is settled when the turn ends (req_settle),
+ * or when the request ends without one.  On refusal the answer is sent.
+ */
+int
+req_reserve(struct request *r, long long max_tokens)
+{
+	char		why[384];
+	long		retry;
+	long long	est;
+
+	if (r->reserved || r->key.tpd < 0)
+		return (0);
+	est = (max_tokens > 0 ? max_tokens : appconf->quota_reserve_tokens) +
+	    (long long)(r->body_len + 3) / 4;
+	switch (quota_reserve(&r->key, r->id, est, &retry, why, sizeof why)) {
+	case 0:
+		r->reserved = 1;
+		return (0);
+	case 1:
+		req_over_quota(r, retry, why);
+		return (-1);
+	default:
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "the key store is unavailable");
+		return (-1);
+	}
+}
+
+/* The turn ended having used tokens: they replace its reservation. */
+void
+req_settle(struct request *r, long long tokens)
+{
+	if (!r->have_key)
+		return;
+	quota_settle(&r->key, r->id, r->reserved, tokens);
+	r->reserved = 0;
+}
+
 /*
  * Authenticate the request's key and admit the request by the key's
  * quotas; on failure the answer is sent.
@@ -665,25 +753,9 @@ req_authenticate_key(struct request *r)
 static int
 req_authenticate(struct request *r)
 {
-	char	why[256], ra[32];
-	long	retry;
-
 	if (req_authenticate_key(r) != 0)
 		return (-1);
-	switch (quota_admit(&r->key, &retry, why, sizeof why)) {
-	case 0:
-		return (0);
-	case 1:
-		metrics_quota_rejected();
-		snprintf(ra, sizeof ra, "%ld", retry);
-		req_add_header(r, "Retry-After", ra);
-		req_error(r, 429, NULL, "%s", why);
-		return (-1);
-	default:
-		req_add_header(r, "Retry-After", "5");
-		req_error(r, 503, NULL, "the key store is unavailable");
-		return (-1);
-	}
+	return (req_admit(r));
 }
 
 /* The client's address, for the audit log and login throttling. */
@@ -818,10 +890,12 @@ req_write_usage(struct request *r, uint64_t duration_ms)
 	usage_submit(&u);
 }
 
-/* Free what the request owns. */
+/* Free what the request owns; a turn's unsettled reservation goes back. */
 static void
 req_free(struct request *r)
 {
+	if (r->reserved)
+		req_settle(r, 0);
 	json_decref(r->json);
 	free(r->body);
 	free(r->path);

@@ -25,7 +25,9 @@ static const struct route_def routes[] = {
 	    DIALECT_PLAIN, ROUTE_NO_BODY | ROUTE_NO_USAGE },
 
 	{ "POST", "/api/chat",		chat_handle, KEY, N, 0 },
-	{ "POST", "/api/chat/batch",	chat_batch_handle, KEY, N, 0 },
+	/* Each item is admitted by the key's quotas as if sent alone. */
+	{ "POST", "/api/chat/batch",	chat_batch_handle, ACCESS_KEY_ONLY, N,
+	    0 },
 	{ "POST", "/api/conversations",	conv_create_handle, KEY, N, 0 },
 	{ "GET",  "/api/conversations",	conv_list_handle, KEY, N, 0 },
 	{ "GET",  "/api/conversations/:id", conv_get_handle, KEY, N, 0 },

@@ -459,7 +459,7 @@ turn_finish_done(struct turn *t)
 	t->cache_creation = json_integer_value(json_object_get(u,
 	    "cache_creation_input_tokens"));
 	t->cost = json_number_value(json_object_get(t->done, "cost_usd"));
-	quota_charge(req_key(t->r), t->in + t->out);
+	req_settle(t->r, t->in + t->out);
 	req_usage(t->r, t->conv->model, t->in, t->out, t->cache_read,
 	    t->cache_creation, t->cost, t->ttft_ms, NULL);
 	conv_chain(t->conv->history_hash, "user", t->message, h1);

@@ -1,0 +1,22 @@
+-- ccgate schema, migration 007: tokens_per_day held by turns in flight.
+-- A turn reserves its estimate (max_tokens, or quota_reserve_tokens, plus
+-- its prompt's size) in the day's window before it runs; admission counts
+-- the day's tokens and every reservation against tokens_per_day, so
+-- concurrent turns cannot all pass.  The turn's real usage replaces its
+-- reservation when it ends.  Each reservation is also a row here, with an
+-- expiry, so that one a dead ccgate-fcgi process left behind is given back
+-- (quota.c) instead of holding the key's day.
+ALTER TABLE key_quota_windows
+    ADD COLUMN IF NOT EXISTS reserved BIGINT UNSIGNED NOT NULL DEFAULT 0
+    COMMENT 'tokens held by turns in flight (day windows)';
+
+CREATE TABLE IF NOT EXISTS quota_reservations (
+    key_id          VARCHAR(16)  NOT NULL,
+    request_id      VARCHAR(64)  NOT NULL,
+    day             DATE         NOT NULL COMMENT 'the day window it holds',
+    tokens          BIGINT UNSIGNED NOT NULL,
+    expires_at      DATETIME     NOT NULL
+                    COMMENT 'given back after this if never settled',
+    PRIMARY KEY (key_id, request_id),
+    KEY idx_quota_reservations_expiry (key_id, expires_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

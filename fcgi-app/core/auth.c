@@ -218,7 +218,11 @@ auth_check(const char *key, struct apikey *out)
 	    "IF(prev_valid_until > UTC_TIMESTAMP(), prev_key_hash, NULL), "
 	    "IFNULL(requests_per_minute, -1), IFNULL(requests_per_day, -1), "
 	    "IFNULL(tokens_per_day, -1), models, IFNULL(max_tokens, 0), "
-	    "allow_streaming, allow_tools FROM api_keys WHERE id = ?", "s",
+	    "allow_streaming, allow_tools, "
+	    "IFNULL(max_concurrent_requests, -1), queue_when_busy, "
+	    "require_signature, signing_salt, "
+	    "IF(prev_valid_until > UTC_TIMESTAMP(), prev_signing_salt, NULL) "
+	    "FROM api_keys WHERE id = ?", "s",
 	    id) != 0) {
 		r = AUTH_DB_ERROR;
 		goto out;
@@ -263,6 +267,20 @@ auth_check(const char *key, struct apikey *out)
 	    strcmp(db_cell(res, 0, 11), "0") != 0;
 	out->allow_tools = db_cell(res, 0, 12) != NULL &&
 	    strcmp(db_cell(res, 0, 12), "1") == 0;
+	out->max_concurrent = strtoll(db_cell(res, 0, 13) ?
+	    db_cell(res, 0, 13) : "-1", NULL, 10);
+	out->queue = db_cell(res, 0, 14) == NULL ||
+	    strcmp(db_cell(res, 0, 14), "0") != 0;
+	out->require_signature = db_cell(res, 0, 15) != NULL &&
+	    strcmp(db_cell(res, 0, 15), "1") == 0;
+	if (db_cell(res, 0, 16) != NULL && res->lens[16] == 16) {
+		memcpy(out->signing_salt, db_cell(res, 0, 16), 16);
+		out->have_signing_salt = 1;
+	}
+	if (db_cell(res, 0, 17) != NULL && res->lens[17] == 16) {
+		memcpy(out->prev_signing_salt, db_cell(res, 0, 17), 16);
+		out->have_prev_signing_salt = 1;
+	}
 	if (r == AUTH_OK)
 		auth_cache_put(hash, out);
 	if (r == AUTH_OK && db_run(db, NULL, NULL,
@@ -275,6 +293,30 @@ out:
 	sodium_memzero(hash, sizeof hash);
 	db_res_free(res);
 	return (r);
+}
+
+/*
+ * The signing secret of key id with salt: "ccs_" and the hex of a keyed
+ * BLAKE2b (under the server's key_secret) of a label, the id and the salt.
+ * Only the salt is stored, so the database alone gives no secret.
+ */
+void
+auth_signing_secret(const char *id, const uint8_t salt[16],
+    char out[SIGNING_SECRET_LEN + 1])
+{
+	crypto_generichash_state	st;
+	uint8_t				raw[32];
+
+	crypto_generichash_init(&st, appconf->key_secret, 32, sizeof raw);
+	crypto_generichash_update(&st, (const unsigned char *)
+	    "ccgate-signing-v1", 17);
+	crypto_generichash_update(&st, (const unsigned char *)id, strlen(id));
+	crypto_generichash_update(&st, salt, 16);
+	crypto_generichash_final(&st, raw, sizeof raw);
+	memcpy(out, "ccs_", 4);
+	sodium_bin2hex(out + 4, SIGNING_SECRET_LEN - 4 + 1, raw, sizeof raw);
+	sodium_memzero(raw, sizeof raw);
+	sodium_memzero(&st, sizeof st);
 }
 
 /* Return 1 if the key may use model (no list means every model). */

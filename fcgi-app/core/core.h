@@ -118,6 +118,15 @@ struct apikey {
 	long long	 max_tokens;	/* 0: no cap */
 	int		 allow_streaming;
 	int		 allow_tools;
+	/* Concurrency. */
+	long long max_concurrent; /* -1: unlimited */
+	int queue; /* 1: wait in the pool's queue when at max_concurrent; 0: 429 at once */
+	/* Request signing: the salt derives the secret (auth_signing_secret). */
+	int require_signature;
+	int		 have_signing_salt;
+	uint8_t		 signing_salt[16];
+	int		 have_prev_signing_salt;	/* rotation grace */
+	uint8_t		 prev_signing_salt[16];
 };
 
 enum auth_result {
@@ -140,6 +149,10 @@ int		 auth_key_generate(char [KEY_LEN + 1], char [KEY_ID_LEN + 1]);
 enum auth_result auth_check(const char *, struct apikey *);
 const char	*auth_strerror(enum auth_result);
 int		 auth_model_allowed(const struct apikey *, const char *);
+/* The signing secret's text: "ccs_" and 64 hex digits. */
+#define SIGNING_SECRET_LEN	68
+void		 auth_signing_secret(const char *, const uint8_t [16],
+		     char [SIGNING_SECRET_LEN + 1]);
 
 /* core/quota.c: requests and tokens per minute and day. */
 int		 quota_admit(const struct apikey *, long *, char *, size_t);
@@ -232,6 +245,11 @@ struct keyrec {
 	long long	 max_tokens;		/* -1: no cap */
 	int		 allow_streaming;
 	int		 allow_tools;
+	long long	 max_concurrent;	/* -1: unlimited */
+	int		 queue;			/* wait at max_concurrent */
+	int		 require_signature;
+	int		 new_signing;		/* make a new signing salt */
+	char		 signing_secret[SIGNING_SECRET_LEN + 1]; /* "": none */
 	json_t		*metadata;
 };
 

@@ -8,11 +8,15 @@
  * hash:
  *	{"id","prefix","name","tenant","status","created_at","expires_at",
  *	 "last_used_at","usage_limit":{"requests_per_minute",
- *	 "requests_per_day","tokens_per_day"},"permissions":{"models",
- *	 "max_tokens","allow_streaming","allow_tools"},"metadata":{...},
+ *	 "requests_per_day","tokens_per_day","max_concurrent_requests",
+ *	 "queue"},"permissions":{"models","max_tokens","allow_streaming",
+ *	 "allow_tools"},"require_signature","metadata":{...},
  *	 "previous_secret_valid_until"}
  * null means unlimited (limits), every model (models), no cap
- * (max_tokens).
+ * (max_tokens).  A change that makes a signing secret (require_signature
+ * turned on, or a rotation of a key that requires signatures) adds
+ * "signing_secret" to the answer, shown that once; it is never in the
+ * audit log, and never stored: only its salt is (auth_signing_secret).
  */
 #include "config.h"
 
@@ -33,7 +37,9 @@
 	"allow_streaming, allow_tools, metadata, "			\
 	"IF(prev_valid_until > UTC_TIMESTAMP(), "			\
 	SQL_ISO("prev_valid_until") ", NULL), "			\
-	"expires_at IS NOT NULL AND expires_at <= UTC_TIMESTAMP()"
+	"expires_at IS NOT NULL AND expires_at <= UTC_TIMESTAMP(), "	\
+	"IFNULL(max_concurrent_requests, -1), queue_when_busy, "	\
+	"require_signature"
 /* The status a client sees: an active key past expires_at is expired. */
 #define KEYS_STATUS							\
 	"IF(status = 'active' AND expires_at <= UTC_TIMESTAMP(), "	\
@@ -111,6 +117,9 @@ keys_from_row(struct keyrec *k, const struct db_res *res, size_t row)
 	}
 	keys_cpy(k->prev_until, sizeof k->prev_until, res, row, 15);
 	k->time_expired = keys_ll(res, row, 16, 0) != 0;
+	k->max_concurrent = keys_ll(res, row, 17, -1);
+	k->queue = keys_ll(res, row, 18, 1) != 0;
+	k->require_signature = keys_ll(res, row, 19, 0) != 0;
 }
 
 /*
@@ -160,7 +169,8 @@ keys_json(const struct keyrec *k)
 		status = "expired";
 	snprintf(prefix, sizeof prefix, KEY_PREFIX "%s_", k->id);
 	return (json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s?, s:s?, "
-	    "s:{s:o, s:o, s:o}, s:{s:O?, s:o, s:b, s:b}, s:O, s:s?}",
+	    "s:{s:o, s:o, s:o, s:o, s:b}, s:{s:O?, s:o, s:b, s:b}, s:b, s:O, "
+	    "s:s?}",
 	    "id", k->id, "prefix", prefix, "name", k->name, "tenant", k->tenant,
 	    "status", status, "created_at", k->created_at,
 	    "expires_at", k->expires_at[0] ? k->expires_at : NULL,
@@ -169,12 +179,15 @@ keys_json(const struct keyrec *k)
 	    "requests_per_minute", keys_limit(k->rpm),
 	    "requests_per_day", keys_limit(k->rpd),
 	    "tokens_per_day", keys_limit(k->tpd),
+	    "max_concurrent_requests", keys_limit(k->max_concurrent),
+	    "queue", k->queue,
 	    "permissions",
 	    "models", k->models,
 	    "max_tokens", k->max_tokens < 0 ? json_null() :
 	    json_integer(k->max_tokens),
 	    "allow_streaming", k->allow_streaming,
 	    "allow_tools", k->allow_tools,
+	    "require_signature", k->require_signature,
 	    "metadata", k->metadata,
 	    "previous_secret_valid_until", k->prev_until[0] ? k->prev_until :
 	    NULL));
@@ -272,10 +285,30 @@ keys_apply_limits(struct keyrec *k, json_t *lim, struct op_error *e)
 			if (keys_get_limit(v, "usage_limit.tokens_per_day",
 			    (long long)1e15, &k->tpd, e) != 0)
 				return (-1);
+		} else if (strcmp(f, "max_concurrent_requests") == 0) {
+			if (!json_is_null(v) && (!json_is_integer(v) ||
+			    json_integer_value(v) < 1 ||
+			    json_integer_value(v) > 10000)) {
+				op_fail(e, 400, "usage_limit.max_concurrent_"
+				    "requests: must be null (unlimited) or an "
+				    "integer from 1 to 10000");
+				return (-1);
+			}
+			k->max_concurrent = json_is_null(v) ? -1 :
+			    json_integer_value(v);
+		} else if (strcmp(f, "queue") == 0) {
+			if (!json_is_boolean(v)) {
+				op_fail(e, 400, "usage_limit.queue: must be true "
+				    "(wait for a free turn) or false (429 at "
+				    "once)");
+				return (-1);
+			}
+			k->queue = json_is_true(v);
 		} else {
 			op_fail(e, 400, "usage_limit.%s: unknown field (known: "
 			    "requests_per_minute, requests_per_day, "
-			    "tokens_per_day)", f);
+			    "tokens_per_day, max_concurrent_requests, queue)",
+			    f);
 			return (-1);
 		}
 	}
@@ -435,10 +468,22 @@ keys_apply(struct keyrec *k, json_t *spec, int creating, struct op_error *e)
 		} else if (strcmp(f, "metadata") == 0) {
 			if (keys_apply_meta(k, v, creating, e) != 0)
 				return (-1);
+		} else if (strcmp(f, "require_signature") == 0) {
+			if (!json_is_boolean(v)) {
+				op_fail(e, 400, "require_signature: must be true "
+				    "or false");
+				return (-1);
+			}
+			/* Turning it on makes a secret; on again does not. */
+			if (json_is_true(v) && !k->require_signature)
+				k->new_signing = 1;
+			if (!json_is_true(v))
+				k->new_signing = 0;
+			k->require_signature = json_is_true(v);
 		} else {
 			op_fail(e, 400, "%.64s: unknown field (known: name, "
 			    "status, expires_at, usage_limit, permissions, "
-			    "metadata)", f);
+			    "require_signature, metadata)", f);
 			return (-1);
 		}
 	}
@@ -459,11 +504,56 @@ keys_num(char *buf, size_t len, long long v)
 	return (buf);
 }
 
+/*
+ * Write k's signing salt: a new one (its secret to k->signing_secret)
+ * when k->new_signing, none when signing is off.
+ */
+static int
+keys_store_signing(struct db *db, struct keyrec *k, struct op_error *e)
+{
+	uint8_t	salt[16];
+	int	rc = 0;
+
+	if (!k->require_signature)
+		rc = db_run(db, NULL, NULL, "UPDATE api_keys SET signing_salt = "
+		    "NULL, prev_signing_salt = NULL WHERE id = ?", "s", k->id);
+	else if (k->new_signing) {
+		if (!appconf->have_secret) {
+			op_fail(e, 500, "no key secret: create %s first",
+			    appconf->key_secret_file);
+			return (-1);
+		}
+		randombytes_buf(salt, sizeof salt);
+		auth_signing_secret(k->id, salt, k->signing_secret);
+		rc = db_run(db, NULL, NULL, "UPDATE api_keys SET signing_salt = "
+		    "? WHERE id = ?", "bs", salt, sizeof salt, k->id);
+		k->new_signing = 0;
+	}
+	if (rc != 0) {
+		sodium_memzero(k->signing_secret, sizeof k->signing_secret);
+		op_fail(e, 503, "the database is unavailable");
+		return (-1);
+	}
+	return (0);
+}
+
+/* Add a signing secret made by this change to the answer (shown once). */
+static void
+keys_add_signing(struct keyrec *k, json_t *out)
+{
+	if (k->signing_secret[0] == '\0' || out == NULL)
+		return;
+	json_object_set_new(out, "signing_secret",
+	    json_string(k->signing_secret));
+	sodium_memzero(k->signing_secret, sizeof k->signing_secret);
+}
+
 /* Write k's changeable columns back (inside the caller's transaction). */
 static int
-keys_store(struct db *db, const struct keyrec *k, struct op_error *e)
+keys_store(struct db *db, struct keyrec *k, struct op_error *e)
 {
-	char	 rpm[24], rpd[24], tpd[24], mt[24], *models = NULL, *meta;
+	char	 rpm[24], rpd[24], tpd[24], mt[24], mc[24], *models = NULL;
+	char	*meta;
 	int	 rc;
 
 	meta = json_dumps(k->metadata, JSON_COMPACT);
@@ -479,20 +569,23 @@ keys_store(struct db *db, const struct keyrec *k, struct op_error *e)
 	    "expires_at = STR_TO_DATE(?, " SQL_ISO_FORMAT "), "
 	    "requests_per_minute = ?, requests_per_day = ?, tokens_per_day = ?, "
 	    "models = ?, max_tokens = ?, allow_streaming = ?, allow_tools = ?, "
-	    "metadata = ? WHERE id = ?", "ssssssssiiss", k->name, k->status,
+	    "max_concurrent_requests = ?, queue_when_busy = ?, "
+	    "require_signature = ?, "
+	    "metadata = ? WHERE id = ?", "ssssssssiisiiss", k->name, k->status,
 	    k->expires_at[0] ? k->expires_at : NULL,
 	    keys_num(rpm, sizeof rpm, k->rpm), keys_num(rpd, sizeof rpd, k->rpd),
 	    keys_num(tpd, sizeof tpd, k->tpd), models,
 	    keys_num(mt, sizeof mt, k->max_tokens),
-	    (long long)k->allow_streaming, (long long)k->allow_tools, meta,
-	    k->id);
+	    (long long)k->allow_streaming, (long long)k->allow_tools,
+	    keys_num(mc, sizeof mc, k->max_concurrent), (long long)k->queue,
+	    (long long)k->require_signature, meta, k->id);
 	free(meta);
 	free(models);
 	if (rc != 0) {
 		op_fail(e, 503, "the database is unavailable");
 		return (-1);
 	}
-	return (0);
+	return (keys_store_signing(db, k, e));
 }
 
 /* Commit, or roll back and fail with 503. */
@@ -534,7 +627,8 @@ keys_create(struct db *db, const struct actor *who, json_t *spec,
 
 	*out = NULL;
 	memset(&k, 0, sizeof k);
-	k.rpm = k.rpd = k.tpd = k.max_tokens = -1;
+	k.rpm = k.rpd = k.tpd = k.max_tokens = k.max_concurrent = -1;
+	k.queue = 1;
 	k.allow_streaming = 1;
 	snprintf(k.status, sizeof k.status, "active");
 	k.metadata = json_object();
@@ -580,9 +674,11 @@ keys_create(struct db *db, const struct actor *who, json_t *spec,
 	}
 	if (keys_commit(db, e) != 0)
 		goto out;
+	keys_add_signing(&k, *out);
 	rc = 0;
 out:
 	sodium_memzero(hash, sizeof hash);
+	sodium_memzero(k.signing_secret, sizeof k.signing_secret);
 	if (rc != 0) {
 		json_decref(*out);
 		*out = NULL;
@@ -635,11 +731,13 @@ keys_change(struct db *db, const struct actor *who, const char *id,
 	}
 	if (keys_commit(db, e) != 0)
 		goto done;
+	keys_add_signing(&k, *out);
 	rc = 0;
 	goto done;
 fail:
 	(void)db_rollback(db);
 done:
+	sodium_memzero(k.signing_secret, sizeof k.signing_secret);
 	if (rc != 0) {
 		json_decref(*out);
 		*out = NULL;
@@ -710,11 +808,14 @@ keys_rotate_cb(struct db *db, struct keyrec *k, void *arg,
 		return (-1);
 	}
 	auth_key_hash(appconf->key_secret, rot->key, hash);
+	/* A key that requires signatures gets a new signing secret too. */
 	rc = db_run(db, NULL, NULL, "UPDATE api_keys SET prev_key_hash = "
 	    "IF(? > 0, key_hash, NULL), prev_valid_until = IF(? > 0, "
-	    "UTC_TIMESTAMP() + INTERVAL ? SECOND, NULL), key_hash = ? "
-	    "WHERE id = ?", "iiibs", rot->grace_s, rot->grace_s, rot->grace_s,
-	    hash, sizeof hash, k->id);
+	    "UTC_TIMESTAMP() + INTERVAL ? SECOND, NULL), key_hash = ?, "
+	    "prev_signing_salt = IF(? > 0, signing_salt, NULL) "
+	    "WHERE id = ?", "iiibis", rot->grace_s, rot->grace_s, rot->grace_s,
+	    hash, sizeof hash, rot->grace_s, k->id);
+	k->new_signing = k->require_signature;
 	sodium_memzero(hash, sizeof hash);
 	if (rc != 0) {
 		op_fail(e, 503, "the database is unavailable");

@@ -74,7 +74,8 @@ usage(void)
 	    "--expires TIME|none\n"
 	    "    --rpm N|none --rpd N|none --tpd N|none --models A,B|all\n"
 	    "    --max-tokens N|none --streaming yes|no --tools yes|no "
-	    "--project P --description D\n");
+	    "--project P --description D\n"
+	    "    --max-concurrent N|none --queue yes|no --signature yes|no\n");
 	exit(2);
 }
 
@@ -360,6 +361,10 @@ static const struct admin_keyopt {
 	{ "max-tokens", "permissions", "max_tokens", KIND_LIMIT },
 	{ "streaming", "permissions", "allow_streaming", KIND_YESNO },
 	{ "tools", "permissions", "allow_tools", KIND_YESNO },
+	{ "max-concurrent", "usage_limit", "max_concurrent_requests",
+	    KIND_LIMIT },
+	{ "queue", "usage_limit", "queue", KIND_YESNO },
+	{ "signature", NULL, "require_signature", KIND_YESNO },
 };
 #define ADMIN_NKEYOPTS	(sizeof admin_keyopts / sizeof admin_keyopts[0])
 #define ADMIN_OPT_GRACE	'g'
@@ -471,10 +476,23 @@ admin_key_print(json_t *k, const char *secret, int as_json)
 	    "no", json_is_true(json_object_get(perm, "allow_tools")) ? "yes" :
 	    "no");
 	free(models);
+	printf("  concurrency %lld (-1: none), %s at the cap, signatures "
+	    "%s\n", json_is_null(json_object_get(lim,
+	    "max_concurrent_requests")) ? -1LL : (long long)json_integer_value(
+	    json_object_get(lim, "max_concurrent_requests")),
+	    json_is_false(json_object_get(lim, "queue")) ? "429" : "queue",
+	    json_is_true(json_object_get(k, "require_signature")) ?
+	    "required" : "not required");
 	if (secret != NULL) {
 		printf("key: %s\n", secret);
 		printf("This is the only time the key is shown: store it "
 		    "now.\n");
+	}
+	if (json_string_value(json_object_get(k, "signing_secret")) != NULL) {
+		printf("signing secret: %s\n", json_string_value(
+		    json_object_get(k, "signing_secret")));
+		printf("This is the only time the signing secret is shown: "
+		    "store it now.\n");
 	}
 	return (0);
 }

@@ -119,8 +119,9 @@ adminapi_key_param(struct request *r)
 }
 
 /*
- * Answer a key operation: the key's view (with its new secret, shown this
- * once, when there is one) or the operation's error.  Takes out.
+ * Answer a key operation: the key's view (with its new secret and signing
+ * secret, shown this once, when there are) or the operation's error.
+ * Takes out.
  */
 static void
 adminapi_key_answer(struct request *r, int rc, int status, json_t *out,
@@ -135,8 +136,9 @@ adminapi_key_answer(struct request *r, int rc, int status, json_t *out,
 		sodium_memzero(secret, KEY_LEN + 1);
 	}
 	req_send_json(r, status, json_pack("{s:b, s:o, s:s*}", "success", 1,
-	    "key", out, "notice", secret != NULL ? "the key is shown only "
-	    "once: store it now" : NULL));
+	    "key", out, "notice", secret != NULL || json_object_get(out,
+	    "signing_secret") != NULL ? "the key and its signing secret are "
+	    "shown only once: store them now" : NULL));
 }
 
 /* POST /admin/api-keys */

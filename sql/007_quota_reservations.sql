@@ -20,3 +20,21 @@ CREATE TABLE IF NOT EXISTS quota_reservations (
     PRIMARY KEY (key_id, request_id),
     KEY idx_quota_reservations_expiry (key_id, expires_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The operators' view of a key's windows, with what turns in flight hold.
+CREATE OR REPLACE VIEW v_key_quota_status AS
+SELECT k.id AS key_id, k.name, k.status,
+       k.requests_per_minute,
+       IFNULL(m.requests, 0)        AS requests_this_minute,
+       k.requests_per_day,
+       IFNULL(d.requests, 0)        AS requests_today,
+       k.tokens_per_day,
+       IFNULL(d.tokens, 0)          AS tokens_today,
+       IFNULL(d.reserved, 0)        AS tokens_reserved
+  FROM api_keys k
+  LEFT JOIN key_quota_windows m
+         ON m.key_id = k.id AND m.kind = 'minute'
+        AND m.window_start = DATE_FORMAT(UTC_TIMESTAMP(), '%Y-%m-%d %H:%i:00')
+  LEFT JOIN key_quota_windows d
+         ON d.key_id = k.id AND d.kind = 'day'
+        AND d.window_start = CAST(UTC_DATE() AS DATETIME);

@@ -802,6 +802,8 @@ admin_purge(struct db *db, int argc, char **argv)
 	    "deleted_at < UTC_TIMESTAMP() - INTERVAL ? DAY", "i", ddays) != 0 ||
 	    db_run(db, NULL, &windows, "DELETE FROM key_quota_windows WHERE "
 	    "window_start < UTC_TIMESTAMP() - INTERVAL 2 DAY", "") != 0 ||
+	    db_run(db, NULL, NULL, "DELETE FROM quota_reservations WHERE "
+	    "day < UTC_DATE() - INTERVAL 2 DAY", "") != 0 ||
 	    db_run(db, NULL, &fails, "DELETE FROM admin_login_failures WHERE "
 	    "last_failure_at < UTC_TIMESTAMP() - INTERVAL 1 DAY", "") != 0)
 		goto fail;

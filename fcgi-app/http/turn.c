@@ -36,6 +36,8 @@ turn_status(const char *code)
 	    strcmp(code, PROTO_E_SHUTTING_DOWN) == 0 ||
 	    strcmp(code, "unavailable") == 0)
 		return (503);
+	if (strcmp(code, PROTO_E_KEY_BUSY) == 0)
+		return (429);
 	if (strcmp(code, PROTO_E_TIMEOUT) == 0)
 		return (504);
 	if (strcmp(code, PROTO_E_BAD_REQUEST) == 0)
@@ -43,6 +45,15 @@ turn_status(const char *code)
 	if (strcmp(code, PROTO_E_INTERNAL) == 0)
 		return (500);
 	return (502);
+}
+
+/* Whether the pool refused the job before any CLI saw it. */
+static int
+turn_refused(const char *code)
+{
+	return (strcmp(code, PROTO_E_BUSY) == 0 ||
+	    strcmp(code, PROTO_E_KEY_BUSY) == 0 ||
+	    strcmp(code, PROTO_E_SHUTTING_DOWN) == 0);
 }
 
 /* Set the turn's error. */
@@ -146,6 +157,14 @@ turn_job_msg(struct turn *t)
 		json_object_set(job, "stop", t->stops);
 	if (t->content != NULL && json_object_set_new(job, "content",
 	    turn_content(t)) != 0) {
+		json_decref(job);
+		return (NULL);
+	}
+	/* The key's own concurrency: ccgate-poold queues or refuses. */
+	if (req_key(t->r)->max_concurrent > 0 && (json_object_set_new(job,
+	    "key_max_jobs", json_integer(req_key(t->r)->max_concurrent)) ||
+	    json_object_set_new(job, "queue",
+	    json_boolean(req_key(t->r)->queue)))) {
 		json_decref(job);
 		return (NULL);
 	}
@@ -493,7 +512,8 @@ turn_finish_error(struct turn *t, enum turn_end end)
 	    "assistant", t->partial, req_id(t->r), 0, 0, 0.0) != 0)
 		log_warnx("request %s: partial answer not stored",
 		    req_id(t->r));
-	if (conv_forget_session(db, t->conv) != 0)
+	/* A session no CLI touched still holds the conversation. */
+	if (!turn_refused(t->code) && conv_forget_session(db, t->conv) != 0)
 		log_warnx("request %s: conversation %s keeps its CLI session",
 		    req_id(t->r), t->conv->id);
 	db_release();
@@ -506,6 +526,8 @@ turn_finish_error(struct turn *t, enum turn_end end)
 	}
 	if (status == 503)
 		req_add_header(t->r, "Retry-After", "2");
+	else if (status == 429)		/* the key's own turns still run */
+		req_add_header(t->r, "Retry-After", "1");
 	if (req_sent(t->r))
 		t->ops->stream_error(t, status, dialect_error_type(
 		    req_route(t->r)->dialect, status), t->error);

@@ -288,17 +288,22 @@ class Quotas(unittest.TestCase):
 
     def test_tokens_per_day(self):
         within_one_window(30, period=86400)
+        # A turn reserves its max_tokens and its prompt's size (14
+        # tokens here) before it runs; the CLI's real usage is far more.
         key = new_key(tokens_per_day=50)
-        r = chat(key, {"message": "spend tokens"})
+        r = chat(key, {"message": "spend tokens", "max_tokens": 20})
         self.assertEqual(r.status, 200, r)
         used = r.json()["usage"]["total_tokens"]
         self.assertGreater(used, 50)
         row = stack.sql("SELECT tokens FROM key_quota_windows WHERE key_id = "
                         "'%s' AND kind = 'day'" % key[4:20])
         self.assertEqual(row, [[str(used)]])
-        r = chat(key, {"message": "no tokens left"})
+        r = chat(key, {"message": "no tokens left", "max_tokens": 20})
         self.assertEqual(r.status, 429, r)
         self.assertIn("tokens_per_day", r.json()["error"]["message"])
+        # Spent for the day: the wait is until midnight UTC.
+        self.assertLessEqual(abs(int(r.headers["retry-after"]) -
+                                 (86400 - time.time() % 86400)), 5)
 
     def test_unlimited_key_leaves_no_rows(self):
         key = new_key()
@@ -307,6 +312,212 @@ class Quotas(unittest.TestCase):
                                    "WHERE key_id = '%s'" % key[4:20]),
                          [["0"]])
 
+
+
+def day_row(key):
+    """The key's day window: [tokens, reserved], or None."""
+    rows = stack.sql("SELECT tokens, reserved FROM key_quota_windows WHERE "
+                     "key_id = '%s' AND kind = 'day'" % key[4:20])
+    return [int(v) for v in rows[0]] if rows else None
+
+
+def reservations(key):
+    return int(stack.sql("SELECT COUNT(*) FROM quota_reservations WHERE "
+                         "key_id = '%s'" % key[4:20])[0][0])
+
+
+# A turn without max_tokens reserves quota_reserve_tokens (4096) and its
+# prompt's size: a day of 6,000 tokens holds one such turn at a time.
+ONE_TURN_DAY = 6000
+
+
+class TokenReservations(unittest.TestCase):
+    """tokens_per_day is hard: a turn holds its estimate while it runs,
+    so concurrent turns cannot all pass, in one process or in several."""
+
+    def concurrent_turns(self, key, paths):
+        def turn(i):
+            path = paths[i % len(paths)]
+            if path == "/api/chat":
+                body = {"message": "race %d" % i}
+            else:
+                body = {"model": "claude-sonnet-4-5", "messages": [
+                    {"role": "user", "content": "race %d" % i}]}
+            if path == "/v1/messages":
+                body["max_tokens"] = 4000
+            host = stacks[i % len(stacks)]
+            return host.request("POST", path, body, key=key, timeout=90)
+        stacks = self.stacks
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            return list(ex.map(turn, range(8)))
+
+    def check_one_of_eight(self, key, results):
+        codes = [r.status for r in results]
+        self.assertEqual(codes.count(200), 1, results)
+        self.assertEqual(codes.count(429), 7, results)
+        for r in results:
+            if r.status == 429:
+                self.assertIn("tokens_per_day", r.body)
+                self.assertGreater(int(r.headers["retry-after"]), 0)
+        # The one turn's real usage replaced its reservation.
+        self.assertEqual(day_row(key)[1], 0)
+        self.assertEqual(reservations(key), 0)
+        self.assertGreater(day_row(key)[0], 0)
+
+    def test_eight_concurrent_turns_one_fits(self):
+        within_one_window(120, period=86400)
+        self.stacks = [stack]
+        key = new_key(tokens_per_day=ONE_TURN_DAY)
+        self.check_one_of_eight(key, self.concurrent_turns(
+            key, ["/api/chat", "/v1/chat/completions"]))
+
+    def test_eight_concurrent_turns_across_two_processes(self):
+        within_one_window(180, period=86400)
+        other = Stack(share_with=stack, name="limits2",
+                      app_opts={"key_cache_ms": CACHE_MS}).start()
+        try:
+            self.stacks = [stack, other]
+            key = new_key(tokens_per_day=ONE_TURN_DAY)
+            self.check_one_of_eight(key, self.concurrent_turns(
+                key, ["/api/chat", "/v1/messages"]))
+        finally:
+            other.stop()
+
+    def test_a_failed_turn_gives_its_reservation_back(self):
+        within_one_window(60, period=86400)
+        key = new_key(tokens_per_day=ONE_TURN_DAY)
+        r = chat(key, {"message": "break [[mock:fail=400]]"})
+        self.assertGreaterEqual(r.status, 500, r)
+        self.assertEqual(day_row(key), [0, 0])
+        self.assertEqual(reservations(key), 0)
+        self.assertEqual(chat(key, {"message": "after"}).status, 200)
+
+    def test_a_cancelled_turn_gives_its_reservation_back(self):
+        within_one_window(60, period=86400)
+        key = new_key(tokens_per_day=ONE_TURN_DAY)
+        c = stack.conn(60)
+        c.request("POST", "/api/chat", body=json.dumps({
+            "message": "long [[mock:hang]]", "stream": True}),
+            headers={"Authorization": "Bearer " + key,
+                     "Content-Type": "application/json"})
+        wait_for(lambda: reservations(key) == 1, 20, "the turn to hold")
+        self.assertGreater(day_row(key)[1], 4096)
+        c.close()       # the client leaves mid-turn
+        wait_for(lambda: reservations(key) == 0 and day_row(key)[1] == 0,
+                 30, "the cancelled turn's reservation to go back")
+
+    def test_a_dead_process_reservation_is_given_back_when_it_expires(self):
+        within_one_window(60, period=86400)
+        key = new_key(tokens_per_day=ONE_TURN_DAY)
+        kid = key[4:20]
+        # What a ccgate-fcgi process killed mid-turn leaves: a held day.
+        stack.sql("INSERT INTO key_quota_windows (key_id, kind, "
+                  "window_start, reserved) VALUES ('%s', 'day', UTC_DATE(),"
+                  " 5000)" % kid)
+        stack.sql("INSERT INTO quota_reservations VALUES ('%s', 'dead-1', "
+                  "UTC_DATE(), 5000, UTC_TIMESTAMP() + INTERVAL 1 HOUR)"
+                  % kid)
+        r = chat(key, {"message": "held by a live turn"})
+        self.assertEqual(r.status, 429, r)
+        self.assertIn("5000 of them held by turns in flight", r.body)
+        self.assertEqual(r.headers["retry-after"], "5")
+        stack.sql("UPDATE quota_reservations SET expires_at = "
+                  "UTC_TIMESTAMP() - INTERVAL 1 SECOND WHERE key_id = '%s'"
+                  % kid)
+        r = chat(key, {"message": "the dead turn's hold is gone"})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(day_row(key)[1], 0)
+        self.assertEqual(reservations(key), 0)
+
+
+class BatchAdmission(unittest.TestCase):
+    """A batch's items are admitted one by one, as if sent alone."""
+
+    def test_items_count_against_requests_per_minute(self):
+        within_one_window(50)
+        key = new_key(requests_per_minute=2)
+        r = stack.request("POST", "/api/chat/batch", {"messages": [
+            {"message": "item %d" % i} for i in range(5)]}, key=key)
+        self.assertEqual(r.status, 200, r)
+        results = r.json()["results"]
+        self.assertEqual(sorted(x["status"] for x in results),
+                         [200, 200, 429, 429, 429], results)
+        for x in results:
+            if x["status"] == 429:
+                self.assertIn("requests_per_minute", x["error"]["message"])
+                self.assertTrue(1 <= x["retry_after"] <= 60, x)
+            else:
+                self.assertNotIn("retry_after", x)
+        self.assertEqual(stack.sql(
+            "SELECT requests FROM key_quota_windows WHERE key_id = '%s' AND "
+            "kind = 'minute'" % key[4:20]), [["2"]])
+
+    def test_items_reserve_tokens_per_day(self):
+        within_one_window(120, period=86400)
+        key = new_key(tokens_per_day=ONE_TURN_DAY, requests_per_day=100)
+        r = stack.request("POST", "/api/chat/batch", {"messages": [
+            {"message": "item %d" % i} for i in range(6)]}, key=key,
+            timeout=90)
+        self.assertEqual(r.status, 200, r)
+        codes = [x["status"] for x in r.json()["results"]]
+        self.assertEqual(sorted(codes), [200] + [429] * 5, codes)
+        self.assertEqual(day_row(key)[1], 0)
+        # The day's requests count each item, refused ones too.
+        self.assertEqual(stack.sql(
+            "SELECT requests FROM key_quota_windows WHERE key_id = '%s' AND "
+            "kind = 'day'" % key[4:20]), [["6"]])
+
+
+class KeyConcurrency(unittest.TestCase):
+    """max_concurrent_requests: the key's next turn waits in the pool's
+    queue, or with queue false is refused at once."""
+
+    def slow(self, key, i):
+        return stack.request("POST", "/api/chat", {
+            "message": "slow %d [[mock:slow=3000]]" % i}, key=key,
+            timeout=90)
+
+    def busy(self):
+        return len([p for p in stack.stats()["processes"]
+                    if p["state"] == "busy"])
+
+    def test_the_next_turn_waits_in_the_queue(self):
+        key = new_key(max_concurrent_requests=1)
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            first = ex.submit(self.slow, key, 1)
+            wait_for(lambda: self.busy() == 1, 30, "the first turn to run")
+            second = ex.submit(self.slow, key, 2)
+            wait_for(lambda: stack.stats()["queue_length"] == 1, 30,
+                     "the second turn to wait")
+            self.assertEqual(self.busy(), 1)
+            self.assertEqual([first.result().status,
+                              second.result().status], [200, 200])
+
+    def test_queue_false_is_refused_at_once(self):
+        key = new_key(max_concurrent_requests=1, queue_when_busy=0)
+        other = new_key(max_concurrent_requests=1, queue_when_busy=0)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            first = ex.submit(self.slow, key, 1)
+            wait_for(lambda: self.busy() == 1, 30, "the first turn to run")
+            for path, body, etype in (
+                    ("/api/chat", {"message": "second"}, "rate_limit_error"),
+                    ("/v1/chat/completions", {
+                        "model": "claude-sonnet-4-5", "messages": [
+                            {"role": "user", "content": "second"}]},
+                     "rate_limit_exceeded"),
+                    ("/v1/messages", {
+                        "model": "claude-sonnet-4-5", "max_tokens": 50,
+                        "messages": [{"role": "user", "content": "second"}]},
+                     "rate_limit_error")):
+                r = stack.request("POST", path, body, key=key)
+                self.assertEqual(r.status, 429, (path, r))
+                self.assertEqual(r.json()["error"]["type"], etype)
+                self.assertIn("max_concurrent_requests", r.body)
+                self.assertEqual(r.headers["retry-after"], "1")
+            # Another key is not held back by this one's limit.
+            self.assertEqual(chat(other, {"message": "mine"}).status, 200)
+            self.assertEqual(first.result().status, 200)
+        self.assertEqual(chat(key, {"message": "free again"}).status, 200)
 
 
 class Concurrency(unittest.TestCase):

@@ -398,6 +398,30 @@ START_TEST(test_tenant_and_key_caps)
 }
 END_TEST
 
+START_TEST(test_a_keys_own_concurrency)
+{
+	struct tjob	*a, *b, *c, *d;
+
+	/* The key's own limit (the pool sets none): its next job waits. */
+	a = submit("own", C1, "hang", "{\"key\":\"k1\",\"key_max_jobs\":1}");
+	RUN_UNTIL(a->job->state == JOB_RUNNING);
+	b = submit("own", C2, "waits", "{\"key\":\"k1\",\"key_max_jobs\":1}");
+	/* Told not to queue: refused at once, nothing queued. */
+	c = submit("own", C3, "refused", "{\"key\":\"k1\","
+	    "\"key_max_jobs\":1,\"queue\":false}");
+	ck_assert_ptr_nonnull(strstr(failed_with(c, PROTO_E_KEY_BUSY),
+	    "max_concurrent_requests"));
+	ck_assert_int_eq(b->job->state, JOB_QUEUED);
+	/* Another key of the tenant is not held back. */
+	d = submit("own", C4, "runs", "{\"key\":\"k2\",\"key_max_jobs\":1,"
+	    "\"queue\":false}");
+	done(d);
+	pool_cancel(a->job);
+	done(b);
+	ck_assert_int_lt(d->order, b->order);
+}
+END_TEST
+
 START_TEST(test_one_conversations_turns_never_overlap)
 {
 	struct tjob	*a, *b;
@@ -811,6 +835,7 @@ main(void)
 		test_placement_order,
 		test_eviction_takes_the_oldest_idle_process,
 		test_tenant_and_key_caps,
+		test_a_keys_own_concurrency,
 		test_one_conversations_turns_never_overlap,
 		test_timeouts,
 		test_recycled_after_its_turns,

@@ -1142,8 +1142,10 @@ req_frame_run(const struct route_table *routes,
 	int		status;
 
 	if (req_begin(&r, routes, tp, arg, envp, "WS", "GET", "/api/ws",
-	    id) == 0 && req_authenticate(&r) == 0)
-		turn(&r, body);
+	    id) == 0 && req_authenticate(&r) == 0) {
+		r.body_len = json_dumpb(body, NULL, 0, JSON_COMPACT);
+		turn(&r, body);	/* the frame's size: what its turn reserves */
+	}
 	status = r.status;
 	req_finish(&r);
 	return (status);

@@ -323,7 +323,9 @@ class Concurrency(unittest.TestCase):
         # Two keys of one user: one tenant, whose cap (4) leaves room.
         a = stack.create_key("conc-a", user="conc")
         b = stack.create_key("conc-b", user="conc")
-        stack.reconfigure(key_max_jobs=1)
+        # Key a's second job waits as long as its first runs.
+        wait = stack.poold_opts["queue_max_wait_ms"]
+        stack.reconfigure(key_max_jobs=1, queue_max_wait_ms=300000)
         try:
             def chat(key, i, slow):
                 return stack.request("POST", "/api/chat", {
@@ -348,7 +350,7 @@ class Concurrency(unittest.TestCase):
                 self.assertFalse([f for f in futs if f.done()])
                 results = [f.result() for f in futs] + [r]
         finally:
-            stack.reconfigure(key_max_jobs=0)
+            stack.reconfigure(key_max_jobs=0, queue_max_wait_ms=wait)
         self.assertEqual([r.status for r in results], [200] * 3, results)
 
 
@@ -369,6 +371,7 @@ class DatabaseConnections(unittest.TestCase):
         stack.stop_proc("ws")
         # Twelve turns on max_instances (6): half of them wait for a
         # process, as long as a loaded machine makes them.
+        wait = stack.poold_opts["queue_max_wait_ms"]
         stack.reconfigure(queue_max_wait_ms=300000)
         try:
             done = []
@@ -387,7 +390,7 @@ class DatabaseConnections(unittest.TestCase):
                     time.sleep(0.05)
                 results = [f.result() for f in futs]
         finally:
-            stack.reconfigure(queue_max_wait_ms=20000)
+            stack.reconfigure(queue_max_wait_ms=wait)
             stack.start_ws()
         self.assertGreater(peak, 0)
         self.assertLessEqual(peak, DB_CONNECTIONS)

@@ -59,7 +59,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_for(pred, timeout=20.0, what="condition"):
+def wait_for(pred, timeout=60.0, what="condition"):
+    """Poll pred until it holds.  timeout only ends a test that would
+    otherwise hang: make it generous (a loaded machine is slow), and never
+    use it to assert how fast something happened."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if pred():
@@ -192,7 +195,7 @@ class Stack:
              "--port-file", self.path("mock.port"),
              "--credential", UPSTREAM_CREDENTIAL],
             stdout=log, stderr=log)
-        wait_for(lambda: os.path.exists(self.path("mock.port")), 10, "mock")
+        wait_for(lambda: os.path.exists(self.path("mock.port")), 60, "mock")
         self.mock_port = int(open(self.path("mock.port")).read())
 
     def write_poold_conf(self):
@@ -225,7 +228,7 @@ class Stack:
             return self._log_count("poold.log", "configuration reloaded") \
                 > reloads and all(limits.get(k, v) == v
                                   for k, v in opts.items())
-        wait_for(applied, 10, "poold to reload")
+        wait_for(applied, 60, "poold to reload")
 
     def _write_configs(self):
         os.makedirs(self.path("run"), exist_ok=True)
@@ -261,7 +264,7 @@ class Stack:
         self.procs["poold"] = subprocess.Popen(
             [self.bin("ccgate-poold"), "-v", "-f", self.path("poold.conf")],
             stdout=log, stderr=log, env=dict(os.environ, **(env or {})))
-        wait_for(lambda: self._poold_answers(), 20, "ccgate-poold")
+        wait_for(lambda: self._poold_answers(), 60, "ccgate-poold")
 
     def _poold_answers(self):
         if self.procs["poold"].poll() is not None:
@@ -287,7 +290,7 @@ class Stack:
             self.procs["fcgi"] = subprocess.Popen(argv, stdout=log,
                                                   stderr=log)
             wait_for(lambda: os.path.exists(self.path("run", "fcgi.sock")),
-                     10, "ccgate-fcgi")
+                     60, "ccgate-fcgi")
             return
         if self.fcgi_socket is None:
             self.fcgi_socket = socket.socket(socket.AF_UNIX)
@@ -302,7 +305,7 @@ class Stack:
             preexec_fn=lambda: os.dup2(fd, 3))
         wait_for(lambda: self._log_count("fcgi.log",
                                          "the socket systemd passed") > ready,
-                 10, "ccgate-fcgi on the passed socket")
+                 60, "ccgate-fcgi on the passed socket")
 
     def _log_count(self, name, text):
         try:
@@ -316,7 +319,7 @@ class Stack:
         self.procs["ws"] = subprocess.Popen(
             [self.bin("ccgate-ws"), "-v", "-f", self.path("ccgate.conf")],
             stdout=log, stderr=log)
-        wait_for(lambda: os.path.exists(self.path("run", "ws.sock")), 10,
+        wait_for(lambda: os.path.exists(self.path("run", "ws.sock")), 60,
                  "ccgate-ws")
 
     def _start_nginx(self):
@@ -373,7 +376,7 @@ class Stack:
                 return True
             except OSError:
                 return False
-        wait_for(up, 10, "nginx")
+        wait_for(up, 60, "nginx")
 
     def _write_egress(self, render):
         """The egress server, with the credential in a file of its own

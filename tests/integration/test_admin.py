@@ -96,7 +96,7 @@ def wait_usage(kid, n):
     """Usage rows are written after the answer: wait for n of them."""
     wait_for(lambda: stack.sql("SELECT COUNT(*) FROM usage_logs WHERE "
                                "key_id = '%s'" % kid)[0][0] == str(n),
-             10, "%d usage rows of %s" % (n, kid))
+             60, "%d usage rows of %s" % (n, kid))
 
 
 def new_key(**spec):
@@ -125,7 +125,7 @@ class Login(unittest.TestCase):
         rid = r.headers["x-request-id"]
         wait_for(lambda: stack.sql("SELECT tenant FROM usage_logs WHERE "
                                    "request_id = '%s'" % rid) ==
-                 [["admin:root"]], 10, "the login's usage row")
+                 [["admin:root"]], 60, "the login's usage row")
         me = admin("GET", "/admin/me", tok=j["token"])
         self.assertEqual(me.status, 200, me)
         self.assertEqual(me.json()["username"], "root")
@@ -311,7 +311,7 @@ class AdminSecret(unittest.TestCase):
             stack.stop_proc("fcgi")
             stack.start_fcgi()
             wait_for(lambda: stack.request("GET", "/healthz").status == 200,
-                     10, "ccgate-fcgi back")
+                     60, "ccgate-fcgi back")
             with open(stack.path("fcgi.log")) as f:
                 self.assertIn("no admin secret at " + secret, f.read())
             r = stack.request("POST", "/admin/login",
@@ -333,7 +333,7 @@ class AdminSecret(unittest.TestCase):
             os.rename(secret + ".away", secret)
             stack.start_fcgi()
             wait_for(lambda: stack.request("GET", "/healthz").status == 200,
-                     10, "ccgate-fcgi back")
+                     60, "ccgate-fcgi back")
         self.assertEqual(admin("GET", "/admin/me", tok=tok).status, 200)
 
 
@@ -708,7 +708,7 @@ class Metrics(unittest.TestCase):
             _, _, now = scrape()
             return delta(now, "ccgate_http_request_duration_seconds_count",
                          route="/api/models") == 5
-        wait_for(settled, 10, "the metrics of five requests")
+        wait_for(settled, 60, "the metrics of five requests")
         status, ctype, now = scrape()
         self.assertEqual(status, 200)
         self.assertTrue(ctype.startswith("text/plain; version=0.0.4"))

@@ -39,8 +39,8 @@ def usage_row(request_id):
 
 
 def wait_usage(request_id, n=1):
-    """The usage row is written just after the answer: give it a moment."""
-    deadline = time.time() + 5
+    """The usage row is written just after the answer: wait for it."""
+    deadline = time.time() + 60
     while time.time() < deadline:
         rows = usage_row(request_id)
         if len(rows) >= n:
@@ -162,10 +162,11 @@ class Chat(unittest.TestCase):
         pids = [p["pid"] for p in stack.stats()["processes"]
                 if p["conversation"] == cid]
         self.assertEqual(len(pids), 1)
-        time.sleep(IDLE_MS / 1000 + 1.0)
-        self.assertFalse([p for p in stack.stats()["processes"]
-                          if p["conversation"] == cid],
-                         "the idle process should have been stopped")
+        # Stopped once idle for IDLE_MS (at a tick: when, on a loaded
+        # machine, is the daemon's business; that it is, the test's).
+        wait_for(lambda: not [p for p in stack.stats()["processes"]
+                              if p["conversation"] == cid], 60,
+                 "the idle process to be stopped")
         before = stack.stats()
         r = chat({"message": "what is the secret?", "conversation_id": cid})
         self.assertEqual(r.status, 200, r)
@@ -308,7 +309,7 @@ class UsageOnShutdown(unittest.TestCase):
                          "'%s'" % kid)
         self.assertEqual(sorted(x[0] for x in rows), sorted(ids))
         stack.start_fcgi()
-        wait_for(lambda: stack.request("GET", "/healthz").status == 200, 10,
+        wait_for(lambda: stack.request("GET", "/healthz").status == 200, 60,
                  "ccgate-fcgi back")
 
 

@@ -180,7 +180,7 @@ class AccessLog(unittest.TestCase):
         _, headers, _ = get("/api/models", source="127.0.0.4",
                             headers={"Authorization": "Bearer " + key})
         rid = headers["x-request-id"]
-        wait_for(lambda: rid in self.request_ids(), 5, "the log line")
+        wait_for(lambda: rid in self.request_ids(), 60, "the log line")
         return rid
 
     def rotate(self):
@@ -232,7 +232,7 @@ class RequestIdInTheLog(unittest.TestCase):
                 return [e for e in map(json.loads, f)
                         if e["request_id"] == rid]
         found = []
-        wait_for(lambda: found.extend(find()) or found, 5, "the log line")
+        wait_for(lambda: found.extend(find()) or found, 60, "the log line")
         return found[0]
 
     def test_the_log_has_nginx_id_and_the_clients_apart(self):

@@ -81,7 +81,7 @@ class Database(unittest.TestCase):
         for th in ths:
             th.start()
         try:
-            wait_for(lambda: len(out) >= 12, 30, "the load loop to run")
+            wait_for(lambda: len(out) >= 12, 60, "the load loop to run")
             subprocess.run([os.path.join(SRCDIR, "deploy", "mariadb-private"),
                             "stop", stack.path("db")], check=True)
             down_at = time.time()
@@ -98,7 +98,7 @@ class Database(unittest.TestCase):
             up_at = time.time()
             # Recovery, without restarting anything of ccgate.
             wait_for(lambda: any(o[0] > up_at and o[1] == 200 for o in out),
-                     20, "a successful chat after the restart")
+                     60, "a successful chat after the restart")
             time.sleep(1)
         finally:
             stop.set()
@@ -120,7 +120,7 @@ class Database(unittest.TestCase):
         # database was down included (queued, then written; without a
         # key id when the key could not be checked).
         ids = {o[2] for o in out}
-        wait_for(lambda: usage_ids(ids) == ids, 15, "every usage row")
+        wait_for(lambda: usage_ids(ids) == ids, 60, "every usage row")
         self.assertEqual(int(stack.sql(
             "SELECT COUNT(*) FROM usage_logs WHERE key_id = '%s' AND "
             "status_code = 200" % kid)[0][0]),
@@ -149,7 +149,7 @@ class FastCGI(unittest.TestCase):
         self.assertIn("x-request-id", r.headers)
         stack.start_fcgi()
         wait_for(lambda: stack.request("GET", "/api/models",
-                                       key=key).status == 200, 15,
+                                       key=key).status == 200, 60,
                  "ccgate-fcgi back")
 
 
@@ -180,7 +180,7 @@ class PoolKilled(unittest.TestCase):
         p.wait()
         # Its CLIs die with it (PR_SET_PDEATHSIG): nothing orphaned.
         wait_for(lambda: not [x for x in stack.leftovers()
-                              if "claude" in x[1]], 10, "the CLIs to go")
+                              if "claude" in x[1]], 60, "the CLIs to go")
         r = stack.request("POST", "/api/chat", {
             "message": "are you there", "conversation_id": cid}, key=key)
         self.assertEqual(r.status, 503, r)
@@ -206,7 +206,7 @@ class Upstream(unittest.TestCase):
             self.assertEqual(len(seen), tries, code)
             wait_for(lambda: stack.sql(
                 "SELECT status_code FROM usage_logs WHERE request_id = "
-                "'%s'" % r.headers["x-request-id"]) == [["502"]], 10,
+                "'%s'" % r.headers["x-request-id"]) == [["502"]], 60,
                 "the failed chat's usage row")
         # The gateway is fine afterwards.
         self.assertEqual(stack.request("POST", "/api/chat", {
@@ -244,7 +244,7 @@ def usage_row(rid):
     rows = []
     wait_for(lambda: rows.extend(stack.sql(
         "SELECT status_code, output_tokens, error FROM usage_logs "
-        "WHERE request_id = '%s'" % rid)) or rows, 10, "the usage row")
+        "WHERE request_id = '%s'" % rid)) or rows, 60, "the usage row")
     return rows[0]
 
 
@@ -269,7 +269,7 @@ def group_gone(pgid):
 
 def quiet_pool():
     wait_for(lambda: not busy_pids() and
-             stack.stats()["queue_length"] == 0, 30, "an idle pool")
+             stack.stats()["queue_length"] == 0, 60, "an idle pool")
 
 
 class CliFaults(unittest.TestCase):
@@ -296,8 +296,8 @@ class CliFaults(unittest.TestCase):
         end = rest[-1]
         self.assertEqual((end["type"], end["status"]), ("error", 502), rest)
         self.assertIn("killed by signal 9", end["error"]["message"])
-        wait_for(lambda: group_gone(pid), 2, "the CLI's group to go")
-        wait_for(lambda: not busy_pids(), 1, "the slot to free")
+        wait_for(lambda: group_gone(pid), 60, "the CLI's group to go")
+        wait_for(lambda: not busy_pids(), 60, "the slot to free")
         status, _, error = usage_row(rid)
         self.assertEqual(status, "502")
         self.assertIn("killed by signal 9", error)
@@ -329,20 +329,22 @@ class CliFaults(unittest.TestCase):
             t = threading.Thread(target=lambda: box.update(r=stack.request(
                 "POST", "/api/chat", {"message": "hello? [[mock:hang]]"},
                 key=key, timeout=60)))
-            t0 = time.time()
+            before = stack.stats()["totals"]["timeout"]
             t.start()
-            wait_for(lambda: busy_pids(), 10, "the turn to run")
+            wait_for(lambda: busy_pids(), 60, "the turn to run")
             [pid] = busy_pids()
-            t.join(30)
-            took = time.time() - t0
+            t.join(120)
+            self.assertFalse(t.is_alive(), "the hung turn did not end")
         finally:
             stack.reconfigure(**opts)
         r = box["r"]
         self.assertEqual(r.status, 504, r)
         self.assertEqual(r.json()["error"]["type"], "timeout_error")
-        self.assertLess(took, 15)
-        wait_for(lambda: group_gone(pid), 2, "the hung CLI's group to go")
-        wait_for(lambda: not busy_pids(), 1, "the slot to free")
+        # Ended by the pool's first-event or stall limit (3 s), not by the
+        # job's (120 s): the pool counts one timeout.
+        self.assertEqual(stack.stats()["totals"]["timeout"], before + 1)
+        wait_for(lambda: group_gone(pid), 60, "the hung CLI's group to go")
+        wait_for(lambda: not busy_pids(), 60, "the slot to free")
         self.assertEqual(usage_row(r.headers["x-request-id"])[0], "504")
         self.assertEqual(stack.request("POST", "/api/chat", {
             "message": "after the hang"}, key=key).status, 200)
@@ -426,31 +428,32 @@ class ClientLeaves(unittest.TestCase):
         stack.reconfigure(tenant_max_jobs=1)
         try:
             box = {}
+            # The first turn outlasts what follows on any machine (a
+            # failure bound, not a margin).
             first = threading.Thread(target=lambda: box.update(
                 r=stack.request("POST", "/api/chat",
-                                {"message": "first [[mock:slow=4000]]"},
-                                key=key, timeout=60)))
+                                {"message": "first [[mock:slow=20000]]"},
+                                key=key, timeout=120)))
             first.start()
-            wait_for(lambda: busy_pids(), 10, "the first turn to run")
+            wait_for(lambda: busy_pids(), 60, "the first turn to run")
             before = stack.stats()["totals"]["cancelled"]
             c = send_chat(key, {"message": "second, queued"})
-            wait_for(lambda: stack.stats()["queue_length"] == 1, 5,
+            wait_for(lambda: stack.stats()["queue_length"] == 1, 60,
                      "the second turn to queue")
-            t0 = time.time()
             c.sock.shutdown(2)
             c.close()
-            wait_for(lambda: stack.stats()["queue_length"] == 0, 1,
+            wait_for(lambda: stack.stats()["queue_length"] == 0, 60,
                      "the queue to empty")
-            self.assertLess(time.time() - t0, 1.0)
             self.assertEqual(stack.stats()["totals"]["cancelled"], before + 1)
-            first.join(30)
+            self.assertTrue(first.is_alive(), "the first turn ended first")
+            first.join(120)
         finally:
             stack.reconfigure(tenant_max_jobs=4)    # ccgate-poold's default
         self.assertEqual(box["r"].status, 200)
         wait_for(lambda: sorted(x[0] for x in stack.sql(
             "SELECT status_code FROM usage_logs u JOIN api_keys k ON "
             "k.id = u.key_id WHERE k.name = 'leave-queued'")) ==
-            ["200", "499"], 10, "a 200 and a 499 usage row")
+            ["200", "499"], 60, "a 200 and a 499 usage row")
         # The second message never reached the upstream.
         self.assertFalse([x for x in stack.mock_records()
                           if "second, queued" in json.dumps(x["body"])])
@@ -462,29 +465,35 @@ class ClientLeaves(unittest.TestCase):
 
         def chat():
             c = box["c"] = send_chat(key, {
-                "message": "think first [[mock:slow=8000]]", "stream": True})
+                "message": "think first [[mock:slow=25000]]",
+                "stream": True})
             try:
                 c.getresponse().read()
             except OSError:
                 pass
         t = threading.Thread(target=chat)
         t.start()
-        wait_for(lambda: busy_pids(), 10, "the turn to run")
+        wait_for(lambda: busy_pids(), 60, "the turn to run")
         [pid] = busy_pids()
-        time.sleep(1.0)                 # the CLI waits for the upstream
-        t0 = time.time()
+
+        def asked():
+            return [x for x in stack.mock_records()
+                    if "think first" in json.dumps(x["body"])]
+        # The CLI waits for the upstream, which has its request.
+        wait_for(asked, 60, "the turn's upstream request")
         box["c"].sock.shutdown(2)
         box["c"].close()
-        t.join(10)
+        t.join(60)
         wait_for(lambda: stack.stats()["totals"]["cancelled"] == before + 1,
-                 1, "the job to be cancelled")
-        wait_for(lambda: not busy_pids(), 1, "the slot to free")
-        self.assertLess(time.time() - t0, 1.0)
-        wait_for(lambda: group_gone(pid), 2, "the CLI's group to go")
+                 60, "the job to be cancelled")
+        wait_for(lambda: not busy_pids(), 60, "the slot to free")
+        self.assertFalse([x for x in asked() if x["response"]],
+                         "the upstream answered before the client left")
+        wait_for(lambda: group_gone(pid), 60, "the CLI's group to go")
         wait_for(lambda: stack.sql(
             "SELECT status_code FROM usage_logs u JOIN api_keys k ON "
             "k.id = u.key_id WHERE k.name = 'leave-early'") == [["499"]],
-            5, "the 499 usage row")
+            60, "the 499 usage row")
 
 
 if __name__ == "__main__":

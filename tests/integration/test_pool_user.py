@@ -75,7 +75,7 @@ class RunAsUser(unittest.TestCase):
             st = os.stat(s.path("state", d))
             self.assertEqual((st.st_uid, st.st_mode & 0o777), (0, 0o711), d)
         wait_for(lambda: not [p for p in s.stats()["processes"]
-                              if p["conversation"] == c], 10,
+                              if p["conversation"] == c], 60,
                  "the idle process to stop")
         again = self.job(c, "what was it?", resume=first["session_id"])
         self.assertEqual(again["type"], "done", again)

@@ -83,7 +83,7 @@ def check_records(test, results):
         rows.clear()
         rows.update(dict(got))
         return len(rows) == len(ids)
-    wait_for(all_there, 10, "every usage row")
+    wait_for(all_there, 60, "every usage row")
     for status, _, rid, msg, body in results:
         test.assertEqual(rows[rid], str(status), rid)
         if status == 200:
@@ -159,7 +159,7 @@ class Restarts(unittest.TestCase):
             t = threading.Thread(target=chat)
             t.start()
             wait_for(lambda: stack.stats()["processes_by_state"]["busy"]
-                     == 1, 30, "the turn to run")
+                     == 1, 60, "the turn to run")
             stack.stop_proc("poold", signal.SIGTERM)
             t.join(60)
         finally:

@@ -69,7 +69,7 @@ class Front:
                                       self.path("nginx.conf")],
                                      stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        wait_for(lambda: os.path.exists(self.path("tmp", "nginx.pid")), 10,
+        wait_for(lambda: os.path.exists(self.path("tmp", "nginx.pid")), 60,
                  "the front nginx")
         return self
 
@@ -103,7 +103,7 @@ def node_of(r):
     rows = []
     wait_for(lambda: rows.extend(nodes[0].sql(
         "SELECT node FROM usage_logs WHERE request_id = '%s'" % rid)) or rows,
-        5, "the usage row of " + rid)
+        60, "the usage row of " + rid)
     return rows[0][0]
 
 
@@ -131,7 +131,7 @@ class ScaleOut(unittest.TestCase):
         wait_for(lambda: used.clear() or used.extend(a.sql(
             "SELECT node, COUNT(*) FROM usage_logs WHERE key_id = '%s' "
             "GROUP BY node ORDER BY node" % kid)) or
-            [u[1] for u in used] == ["2", "2"], 5, "the usage rows")
+            [u[1] for u in used] == ["2", "2"], 60, "the usage rows")
         self.assertEqual(sorted(u[0] for u in used), both)
 
     def test_2_new_conversations_use_both_nodes(self):
@@ -223,7 +223,7 @@ class RequestIds(unittest.TestCase):
         rows = []
         wait_for(lambda: rows.extend(nodes[0].sql(
             "SELECT IFNULL(client_request_id, 'NULL') FROM usage_logs "
-            "WHERE request_id = '%s'" % rid)) or rows, 5, "the usage row")
+            "WHERE request_id = '%s'" % rid)) or rows, 60, "the usage row")
         self.assertEqual(rows, [["forged-front"]])
 
         def line():
@@ -231,7 +231,7 @@ class RequestIds(unittest.TestCase):
                 return [e for e in map(json.loads, f)
                         if e["request_id"] == rid]
         found = []
-        wait_for(lambda: found.extend(line()) or found, 5, "the front's line")
+        wait_for(lambda: found.extend(line()) or found, 60, "the front's line")
         self.assertEqual(found[0]["client_request_id"], "forged-front")
         self.assertRegex(found[0]["front_request_id"], "^[0-9a-f]{32}$")
         self.assertNotEqual(found[0]["front_request_id"], rid)

@@ -248,7 +248,7 @@ class ToolCalls(unittest.TestCase):
                 rows = []
                 wait_for(lambda: rows.extend(stack.sql(
                     "SELECT output_tokens FROM usage_logs WHERE request_id "
-                    "= '%s'" % r.headers["x-request-id"])) or rows, 10,
+                    "= '%s'" % r.headers["x-request-id"])) or rows, 60,
                     "the usage row")
                 self.assertEqual(int(rows[0][0]), out)
 

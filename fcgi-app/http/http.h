@@ -39,6 +39,7 @@ enum access {
 #define ROUTE_NO_BODY		0x1	/* the body is not read */
 #define ROUTE_NO_USAGE		0x2	/* no usage record */
 #define ROUTE_KEY_PROTOCOL	0x4	/* the key may come as a subprotocol */
+#define ROUTE_IDEMPOTENT	0x8	/* takes an Idempotency-Key (idem.c) */
 
 /* One row of the table: a route and what it needs. */
 struct route_def {
@@ -159,6 +160,21 @@ void		 req_usage(struct request *, const char *, long long,
 int		 req_fd(struct request *);
 struct actor	*req_actor(struct request *);
 struct request	*req_sub(struct request *, int);
+const char	*req_body(struct request *, size_t *);
+int		 req_status(struct request *);
+int		 req_sse_named(struct request *, const char *, const char *);
+struct idem;
+void		 req_transport_get(struct request *,
+		     const struct req_transport **, void **);
+void		 req_set_idem(struct request *, struct idem *,
+		     const struct req_transport *);
+
+/* http/signing.c: signed requests (keys with require_signature). */
+int		 sign_check(struct request *);
+
+/* http/idem.c: Idempotency-Key on the chat routes. */
+int		 idem_begin(struct request *);
+void		 idem_free(struct idem *);
 json_t		*req_sub_take(struct request *, long long *, long long *,
 		     double *);
 

@@ -63,6 +63,9 @@ struct request {
 	struct request	*parent;
 	json_t		*captured;
 
+	int		 frame;		/* a WebSocket turn: no signature */
+	struct idem	*idem;		/* an Idempotency-Key's tee (idem.c) */
+
 	/* The usage record. */
 	char		*u_model;
 	char		*u_error;
@@ -344,6 +347,52 @@ int
 req_fd(struct request *r)
 {
 	return (r->tp->fd(r->tp_arg));
+}
+
+/* Send one event, named (name not NULL) or not, of data as it is. */
+int
+req_sse_named(struct request *r, const char *name, const char *data)
+{
+	if (!r->sse)
+		return (-1);
+	return (r->tp->event(r->tp_arg, name, data, !r->held));
+}
+
+/* The body as read (len bytes; "" when there is none). */
+const char *
+req_body(struct request *r, size_t *len)
+{
+	*len = r->body != NULL ? r->body_len : 0;
+	return (r->body != NULL ? r->body : "");
+}
+
+/* The answer's status (0 before one is sent). */
+int
+req_status(struct request *r)
+{
+	return (r->status);
+}
+
+/* The request's transport and its argument. */
+void
+req_transport_get(struct request *r, const struct req_transport **tp,
+    void **arg)
+{
+	*tp = r->tp;
+	*arg = r->tp_arg;
+}
+
+/*
+ * Put an Idempotency-Key's tee (tp, whose argument is im) in front of the
+ * request's transport; the request frees im.
+ */
+void
+req_set_idem(struct request *r, struct idem *im,
+    const struct req_transport *tp)
+{
+	r->idem = im;
+	r->tp = tp;
+	r->tp_arg = im;
 }
 
 /* A batch item's transport: its answer is kept for the batch. */
@@ -642,6 +691,9 @@ req_authenticate_key(struct request *r)
 	ar = auth_check(req_presented_key(r), &r->key);
 	if (ar == AUTH_OK) {
 		r->have_key = 1;
+		/* A WebSocket's turns ride on its signed upgrade. */
+		if (r->key.require_signature && !r->frame)
+			return (sign_check(r));
 		return (0);
 	}
 	if (ar == AUTH_DB_ERROR) {
@@ -669,6 +721,10 @@ req_authenticate(struct request *r)
 	long	retry;
 
 	if (req_authenticate_key(r) != 0)
+		return (-1);
+	/* A replayed answer spends no quota. */
+	if (r->route.def != NULL && (r->route.def->flags & ROUTE_IDEMPOTENT) &&
+	    idem_begin(r) != 0)
 		return (-1);
 	switch (quota_admit(&r->key, &retry, why, sizeof why)) {
 	case 0:
@@ -823,6 +879,7 @@ static void
 req_free(struct request *r)
 {
 	json_decref(r->json);
+	idem_free(r->idem);
 	free(r->body);
 	free(r->path);
 	free(r->u_model);
@@ -865,7 +922,8 @@ req_cors(struct request *r)
 		    strcmp(appconf->cors_origins, "*") == 0 ? "*" : origin);
 		req_add_header(r, "Vary", "Origin");
 		req_add_header(r, "Access-Control-Expose-Headers", "X-Request-Id, "
-		    "X-Ccgate-Conversation-Id, X-Ccgate-Ignored, Retry-After");
+		    "X-Ccgate-Conversation-Id, X-Ccgate-Ignored, Retry-After, "
+		    "Idempotent-Replayed");
 	}
 	if (strcmp(r->method, "OPTIONS") != 0)
 		return (0);
@@ -882,7 +940,8 @@ req_cors(struct request *r)
 	    r->route.allow : r->method);
 	req_add_header(r, "Access-Control-Allow-Headers", "Authorization, "
 	    "Content-Type, X-Api-Key, Anthropic-Version, Anthropic-Beta, "
-	    "X-Request-Id");
+	    "X-Request-Id, Idempotency-Key, X-Ccgate-Timestamp, "
+	    "X-Ccgate-Signature");
 	req_add_header(r, "Access-Control-Max-Age", "600");
 	req_send_empty(r, 204);
 	return (1);
@@ -1068,8 +1127,11 @@ req_frame_run(const struct route_table *routes,
 	int		status;
 
 	if (req_begin(&r, routes, tp, arg, envp, "WS", "GET", "/api/ws",
-	    id) == 0 && req_authenticate(&r) == 0)
-		turn(&r, body);
+	    id) == 0) {
+		r.frame = 1;
+		if (req_authenticate(&r) == 0)
+			turn(&r, body);
+	}
 	status = r.status;
 	req_finish(&r);
 	return (status);

@@ -314,17 +314,14 @@ idem_replay(struct request *r, const struct db_res *res)
 		req_send_empty(r, status);
 	else if (strcmp(ctype, "text/event-stream") == 0)
 		idem_replay_stream(r, body);
-	else {
+	else if (strcmp(ctype, "application/json") == 0) {
+		/* Out the way it went: the same text, as jansson keeps order. */
+		if ((j = json_loads(body, JSON_DECODE_ANY, NULL)) == NULL)
+			req_error(r, 500, NULL, "cannot replay the answer");
+		else
+			req_send_json(r, status, j);
+	} else
 		req_send_text(r, status, ctype, body);
-		/* A transport of JSON only has no text. */
-		if (!req_sent(r)) {
-			if ((j = json_loads(body, 0, NULL)) == NULL)
-				req_error(r, 500, NULL, "cannot replay the "
-				    "answer");
-			else
-				req_send_json(r, status, j);
-		}
-	}
 	free(body);
 }
 

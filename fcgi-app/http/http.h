@@ -62,9 +62,16 @@ struct route {
 	char		 allow[64];	/* with 405: the Allow header */
 };
 
+/*
+ * A table of routes, and the checks request.c runs between a key and its
+ * quotas (NULL: none): a key's signature (signing.c) and an
+ * Idempotency-Key (idem.c).  Each returns 0, or -1 with the answer sent.
+ */
 struct route_table {
 	const struct route_def	*rows;
 	size_t			 n;
+	int			(*sign)(struct request *);
+	int			(*idem)(struct request *);
 };
 
 void		 route_match(const struct route_table *, const char *,
@@ -163,18 +170,16 @@ struct request	*req_sub(struct request *, int);
 const char	*req_body(struct request *, size_t *);
 int		 req_status(struct request *);
 int		 req_sse_named(struct request *, const char *, const char *);
-struct idem;
 void		 req_transport_get(struct request *,
 		     const struct req_transport **, void **);
-void		 req_set_idem(struct request *, struct idem *,
-		     const struct req_transport *);
+void		 req_transport_set(struct request *,
+		     const struct req_transport *, void *);
 
 /* http/signing.c: signed requests (keys with require_signature). */
 int		 sign_check(struct request *);
 
 /* http/idem.c: Idempotency-Key on the chat routes. */
 int		 idem_begin(struct request *);
-void		 idem_free(struct idem *);
 json_t		*req_sub_take(struct request *, long long *, long long *,
 		     double *);
 

@@ -235,16 +235,10 @@ idem_finish(void *arg)
 		log_warnx("%s: cannot record Idempotency-Key of key %s: a "
 		    "retry runs again after the lease", req_id(im->r),
 		    im->key_id);
+	/* The front end's transport again, then this tee is gone. */
+	req_transport_set(im->r, im->tp, im->arg);
 	if (im->tp->finish != NULL)
 		im->tp->finish(im->arg);
-}
-
-/* Free a request's idempotency state (NULL: none). */
-void
-idem_free(struct idem *im)
-{
-	if (im == NULL)
-		return;
 	free(im->buf);
 	free(im);
 }
@@ -362,7 +356,8 @@ idem_own(struct request *r, const char *key_id, const char *ikey)
 	im->tee.event = tp->event != NULL ? idem_event : NULL;
 	im->tee.fd = idem_fd;
 	im->tee.finish = idem_finish;
-	req_set_idem(r, im, &im->tee);
+	/* req_finish always calls finish: idem_finish frees im. */
+	req_transport_set(r, &im->tee, im);
 	return (0);
 }
 

@@ -63,8 +63,8 @@ struct request {
 	struct request	*parent;
 	json_t		*captured;
 
+	const struct route_table *table;
 	int		 frame;		/* a WebSocket turn: no signature */
-	struct idem	*idem;		/* an Idempotency-Key's tee (idem.c) */
 
 	/* The usage record. */
 	char		*u_model;
@@ -382,17 +382,13 @@ req_transport_get(struct request *r, const struct req_transport **tp,
 	*arg = r->tp_arg;
 }
 
-/*
- * Put an Idempotency-Key's tee (tp, whose argument is im) in front of the
- * request's transport; the request frees im.
- */
+/* Replace the request's transport (a tee in front of it: idem.c). */
 void
-req_set_idem(struct request *r, struct idem *im,
-    const struct req_transport *tp)
+req_transport_set(struct request *r, const struct req_transport *tp,
+    void *arg)
 {
-	r->idem = im;
 	r->tp = tp;
-	r->tp_arg = im;
+	r->tp_arg = arg;
 }
 
 /* A batch item's transport: its answer is kept for the batch. */
@@ -439,6 +435,7 @@ req_sub(struct request *parent, int n)
 	r->route = parent->route;
 	r->key = parent->key;
 	r->have_key = parent->have_key;
+	r->table = parent->table;
 	r->started_us = util_now_us();
 	return (r);
 }
@@ -692,8 +689,14 @@ req_authenticate_key(struct request *r)
 	if (ar == AUTH_OK) {
 		r->have_key = 1;
 		/* A WebSocket's turns ride on its signed upgrade. */
-		if (r->key.require_signature && !r->frame)
-			return (sign_check(r));
+		if (r->key.require_signature && !r->frame) {
+			if (r->table->sign == NULL) {
+				req_error(r, 401, NULL, "this key requires "
+				    "signed requests");
+				return (-1);
+			}
+			return (r->table->sign(r));
+		}
 		return (0);
 	}
 	if (ar == AUTH_DB_ERROR) {
@@ -724,7 +727,7 @@ req_authenticate(struct request *r)
 		return (-1);
 	/* A replayed answer spends no quota. */
 	if (r->route.def != NULL && (r->route.def->flags & ROUTE_IDEMPOTENT) &&
-	    idem_begin(r) != 0)
+	    r->table->idem != NULL && r->table->idem(r) != 0)
 		return (-1);
 	switch (quota_admit(&r->key, &retry, why, sizeof why)) {
 	case 0:
@@ -879,7 +882,6 @@ static void
 req_free(struct request *r)
 {
 	json_decref(r->json);
-	idem_free(r->idem);
 	free(r->body);
 	free(r->path);
 	free(r->u_model);
@@ -1072,6 +1074,7 @@ req_begin(struct request *r, const struct route_table *routes,
 	r->tp = tp;
 	r->tp_arg = arg;
 	r->envp = envp;
+	r->table = routes;
 	r->started_us = util_now_us();
 	snprintf(r->method, sizeof r->method, "%s", method);
 	r->path = strndup(path, n > 2048 ? 2048 : n);

@@ -75,7 +75,7 @@ static const struct route_def routes[] = {
 #undef ADMIN
 
 const struct route_table http_routes = {
-	routes, sizeof routes / sizeof routes[0]
+	routes, sizeof routes / sizeof routes[0], sign_check, idem_begin
 };
 
 /* Slot 0 counts what matched no row; row i counts in slot i + 1. */

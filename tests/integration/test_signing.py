@@ -262,6 +262,67 @@ class Refusals(unittest.TestCase):
         self.assertEqual(r.status, 200, r)
 
 
+class WebSocket(unittest.TestCase):
+    """The upgrade is signed (GET /api/ws, no body); its turns are not."""
+
+    def socket(self, headers):
+        clients = subprocess.run([os.path.join(SRCDIR, "deploy",
+                                               "install-test-clients")],
+                                 check=True, capture_output=True,
+                                 text=True).stdout.strip()
+        return subprocess.Popen(
+            ["node", os.path.join(SRCDIR, "tests", "integration", "ws",
+                                  "wsclient.cjs"), "one",
+             "wss://127.0.0.1:%d/api/ws" % stack.port,
+             json.dumps({"headers": headers})],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, CCGATE_CLIENTS=clients))
+
+    def first_event(self, p):
+        return json.loads(p.stdout.readline())
+
+    def close(self, p):
+        if p.poll() is None:
+            try:
+                p.stdin.write(json.dumps({"op": "close"}) + "\n")
+                p.stdin.flush()
+                p.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                p.kill()
+                p.wait()
+
+    def test_signed_upgrade(self):
+        k = new_key(require_signature=True)
+        auth = {"Authorization": "Bearer " + k["key"]}
+        p = self.socket(auth)
+        ev = self.first_event(p)
+        self.close(p)
+        self.assertEqual((ev["ev"], ev.get("status")), ("refused", 401), ev)
+        t, s = sign(k["signing_secret"], "GET", "/api/ws")
+        signed = dict(auth, **{"X-Ccgate-Timestamp": t,
+                               "X-Ccgate-Signature": s})
+        p = self.socket(signed)
+        try:
+            self.assertEqual(self.first_event(p)["ev"], "open")
+            for n in range(2):
+                p.stdin.write(json.dumps({"op": "send", "text": json.dumps(
+                    {"type": "chat", "message": "ws signed %d" % n})}) + "\n")
+                p.stdin.flush()
+                while True:
+                    ev = self.first_event(p)
+                    self.assertEqual(ev["ev"], "msg", ev)
+                    if ev["data"]["type"] != "delta":
+                        break
+                self.assertEqual(ev["data"]["type"], "done", ev)
+        finally:
+            self.close(p)
+        # The same upgrade again: a replay.
+        p = self.socket(signed)
+        ev = self.first_event(p)
+        self.close(p)
+        self.assertEqual((ev["ev"], ev.get("status")), ("refused", 401), ev)
+
+
 class DocumentedClients(unittest.TestCase):
     def test_the_python_client_of_api_md(self):
         k = new_key(require_signature=True)

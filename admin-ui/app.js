@@ -145,22 +145,26 @@ function confirmDialog(heading, text, verb, danger) {
     esc(verb) + '</button></div>');
 }
 
-function showSecret(heading, key) {
+function showSecret(heading, key, signing) {
   return dialog('<h2>' + esc(heading) + '</h2>' +
-    '<div class="warn-box">This is the only time the key is shown. Copy it now and keep it safe.</div>' +
-    '<div class="secret"><code id="new-secret">' + esc(key) + '</code>' +
-    '<button type="button" id="copy-secret">Copy</button></div>' +
+    '<div class="warn-box">This is the only time the ' + (key ? 'key' : 'signing secret') +
+    (key && signing ? ' and its signing secret are' : ' is') + ' shown. Copy it now and keep it safe.</div>' +
+    (key ? '<div class="secret"><code id="new-secret">' + esc(key) + '</code>' +
+    '<button type="button" id="copy-secret" data-copy="new-secret">Copy</button></div>' : '') +
+    (signing ? '<p>Signing secret (X-Ccgate-Signature)</p><div class="secret"><code id="new-signing-secret">' +
+    esc(signing) + '</code><button type="button" id="copy-signing-secret" data-copy="new-signing-secret">Copy</button></div>' : '') +
     '<div class="dialog-actions"><button class="primary" value="ok">Done</button></div>')
     .then(() => undefined, () => undefined)
     .finally(() => {});
 }
 
 document.addEventListener('click', (ev) => {
-  if (ev.target.id !== 'copy-secret') return;
-  const text = $('#new-secret').textContent;
+  if (ev.target.id !== 'copy-secret' && ev.target.id !== 'copy-signing-secret') return;
+  const code = $('#' + ev.target.dataset.copy);
+  const text = code.textContent;
   (navigator.clipboard ? navigator.clipboard.writeText(text) : Promise.reject())
     .then(() => { ev.target.textContent = 'Copied'; },
-      () => { const r = document.createRange(); r.selectNodeContents($('#new-secret'));
+      () => { const r = document.createRange(); r.selectNodeContents(code);
         getSelection().removeAllRanges(); getSelection().addRange(r); ev.target.textContent = 'Selected'; });
 });
 
@@ -289,7 +293,11 @@ function limitText(k) {
   if (u.requests_per_minute !== null) parts.push(num(u.requests_per_minute) + '/min');
   if (u.requests_per_day !== null) parts.push(num(u.requests_per_day) + '/day');
   if (u.tokens_per_day !== null) parts.push(num(u.tokens_per_day) + ' tok/day');
-  return parts.length ? parts.join(' · ') : 'unlimited';
+  if (u.max_concurrent_requests !== null && u.max_concurrent_requests !== undefined) {
+    parts.push(num(u.max_concurrent_requests) + ' at once' + (u.queue === false ? ' (429 when busy)' : ''));
+  }
+  const text = parts.length ? parts.join(' · ') : 'unlimited';
+  return k.require_signature ? text + ' · signed' : text;
 }
 
 views.keys = async () => {
@@ -333,7 +341,7 @@ async function keyAction(act, k) {
         '<button class="primary" value="ok">Rotate</button></div>',
       (f) => api('POST', '/admin/api-keys/' + k.id + '/rotate', { grace_seconds: Number(f.grace.value) }));
       if (!out) return;
-      await showSecret('New secret for “' + k.name + '”', out.key.key);
+      await showSecret('New secret for “' + k.name + '”', out.key.key, out.key.signing_secret);
       flash('Key “' + k.name + '” rotated.');
     } else if (act === 'revoke') {
       if (!await confirmDialog('Revoke “' + k.name + '”?',
@@ -363,12 +371,17 @@ async function keyForm(k) {
     '<label>Requests per day<input name="rpd" type="number" min="0" placeholder="unlimited" value="' + v(lim.requests_per_day) + '"></label>' +
     '<label>Tokens per day<input name="tpd" type="number" min="0" placeholder="unlimited" value="' + v(lim.tokens_per_day) + '"></label>' +
     '<label>Max tokens per request<input name="max_tokens" type="number" min="0" placeholder="no cap" value="' + v(perm.max_tokens) + '"></label>' +
+    '<label>Concurrent requests<input name="max_concurrent" type="number" min="1" max="10000" placeholder="unlimited" value="' + v(lim.max_concurrent_requests) + '"></label>' +
     '<label>Expires (UTC)<input name="expires" type="date" value="' + v(k && k.expires_at && k.expires_at.slice(0, 10)) + '"></label>' +
     '<fieldset class="wide"><legend>Models (none ticked: every model)</legend>' +
     models.map((m) => '<label class="check"><input type="checkbox" name="model" value="' + esc(m) + '"' +
       (allowed && allowed.includes(m) ? ' checked' : '') + '>' + esc(m) + '</label>').join('') + '</fieldset>' +
     '<label class="check"><input type="checkbox" name="streaming"' + (perm.allow_streaming ? ' checked' : '') + '>Allow streaming</label>' +
     '<label class="check"><input type="checkbox" name="tools"' + (perm.allow_tools ? ' checked' : '') + '>Allow tools</label>' +
+    '<label class="check"><input type="checkbox" name="queue"' + (lim.queue === false ? '' : ' checked') +
+    '>Queue when at the concurrency limit (else 429)</label>' +
+    '<label class="check"><input type="checkbox" name="require_signature"' + (k && k.require_signature ? ' checked' : '') +
+    '>Require signed requests</label>' +
     '</div><p class="error"></p><div class="dialog-actions"><button value="cancel" formnovalidate>Cancel</button>' +
     '<button class="primary" value="ok">' + (k ? 'Save' : 'Create key') + '</button></div>';
   const out = await dialog(html, (f) => {
@@ -377,7 +390,9 @@ async function keyForm(k) {
       name: f.name.value,
       expires_at: f.expires.value ? f.expires.value + 'T00:00:00Z' : null,
       usage_limit: { requests_per_minute: limitValue(f.rpm.value), requests_per_day: limitValue(f.rpd.value),
-        tokens_per_day: limitValue(f.tpd.value) },
+        tokens_per_day: limitValue(f.tpd.value), max_concurrent_requests: limitValue(f.max_concurrent.value),
+        queue: f.queue.checked },
+      require_signature: f.require_signature.checked,
       permissions: { models: ticked.length ? ticked : null, max_tokens: limitValue(f.max_tokens.value),
         allow_streaming: f.streaming.checked, allow_tools: f.tools.checked },
       metadata: Object.assign({}, k ? k.metadata : {}, f.project.value ? { project: f.project.value } : {}),
@@ -387,7 +402,8 @@ async function keyForm(k) {
     return k ? api('PUT', '/admin/api-keys/' + k.id, body) : api('POST', '/admin/api-keys', body);
   });
   if (!out) return;
-  if (!k) await showSecret('Key “' + out.key.name + '” created', out.key.key);
+  if (!k) await showSecret('Key “' + out.key.name + '” created', out.key.key, out.key.signing_secret);
+  else if (out.key.signing_secret) await showSecret('Signing secret for “' + out.key.name + '”', null, out.key.signing_secret);
   flash(k ? 'Saved.' : 'Key “' + out.key.name + '” created.');
   route();
 }

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS signature_nonces (
 
 -- Idempotency-Key answers, per API key.  request_sha256 is SHA-256 over the
 -- method, the path and the body: the same key with another request is a
--- conflict.  A 'running' row whose lease_until has passed belongs to a
+-- conflict.  A 'done' row without a body kept an answer larger than
+-- idempotency_max_answer: a retry gets 409.  A 'running' row whose lease_until has passed belongs to a
 -- process that died: a retry takes it over.  A 'done' row replays status,
 -- content_type and body until expires_at; ccgate-admin sweep removes it
 -- after.
@@ -50,6 +51,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     lease_until     DATETIME     NOT NULL,
     status          SMALLINT UNSIGNED NULL,
     content_type    VARCHAR(128) NULL,
+    headers         VARCHAR(1024) NULL COMMENT 'the answer''s X-Ccgate- headers',
     body            MEDIUMBLOB   NULL,
     created_at      DATETIME     NOT NULL,
     expires_at      DATETIME     NOT NULL,

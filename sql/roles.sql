@@ -19,5 +19,6 @@ GRANT SELECT ON ccgate.usage_logs TO ccgate_analyst;
 GRANT SELECT ON ccgate.audit_log TO ccgate_analyst;
 GRANT SELECT (id, name, tenant, status, created_at, expires_at,
     last_used_at, requests_per_minute, requests_per_day, tokens_per_day,
-    models, max_tokens, allow_streaming, allow_tools, metadata)
+    models, max_tokens, allow_streaming, allow_tools, metadata,
+    max_concurrent_requests, queue_when_busy, require_signature)
     ON ccgate.api_keys TO ccgate_analyst;

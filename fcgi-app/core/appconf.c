@@ -29,7 +29,9 @@ static const char *const app_keys[] = {
 	"models", "node", "sql_dir", "batch_max", "key_cache_ms",
 	"cors_origins", "log_verbose", "admin_token_ttl_s", "rotate_grace_s",
 	"sse_heartbeat_ms", "db_retry_ms", "ws_listen", "ws_threads",
-	"ws_max_message", "ws_max_connections", "quota_reserve_tokens", NULL
+	"ws_max_message", "ws_max_connections", "quota_reserve_tokens",
+	"signature_skew_s", "idempotency_window_s", "idempotency_max_answer",
+	"idempotency_lease_s", NULL
 };
 
 /* Free a configuration. */
@@ -237,6 +239,11 @@ appconf_load(const char *path, char **cause)
 	APP_INT("ws_max_message", ws_max_message, 1024 * 1024, 1024,
 	    64 * 1024 * 1024);
 	APP_INT("ws_max_connections", ws_max_connections, 1024, 1, 65536);
+	APP_INT("signature_skew_s", signature_skew_s, 300, 1, 3600);
+	APP_INT("idempotency_window_s", idem_window_s, 86400, 60, 30 * 86400);
+	APP_INT("idempotency_max_answer", idem_max_answer, 1024 * 1024, 1024,
+	    16 * 1024 * 1024 - 1);
+	APP_INT("idempotency_lease_s", idem_lease_s, 0, 0, 86400 + 3600);
 	if (app_models(cf, conf_str(c, "models", cf->default_model),
 	    cause) != 0)
 		goto fail;

@@ -61,6 +61,10 @@ struct app_config {
 	long	 ws_threads;
 	long	 ws_max_message;
 	long	 ws_max_connections;
+	long	 signature_skew_s;	/* signed requests' clock window */
+	long	 idem_window_s;		/* Idempotency-Key answers kept */
+	long	 idem_max_answer;	/* the largest answer kept */
+	long	 idem_lease_s;		/* 0: job_timeout_ms + 60 s */
 	long	 verbose;
 };
 
@@ -119,10 +123,11 @@ struct apikey {
 	int		 allow_streaming;
 	int		 allow_tools;
 	/* Concurrency. */
-	long long max_concurrent; /* -1: unlimited */
-	int queue; /* 1: wait in the pool's queue when at max_concurrent; 0: 429 at once */
+	long long	 max_concurrent;	/* -1: unlimited */
+	/* 1: wait in the pool's queue when at max_concurrent; 0: 429 at once */
+	int		 queue;
 	/* Request signing: the salt derives the secret (auth_signing_secret). */
-	int require_signature;
+	int		 require_signature;
 	int		 have_signing_salt;
 	uint8_t		 signing_salt[16];
 	int		 have_prev_signing_salt;	/* rotation grace */

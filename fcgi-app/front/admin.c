@@ -767,6 +767,7 @@ admin_purge(struct db *db, int argc, char **argv)
 	struct db_res	*res = NULL;
 	long long	 udays = 90, ddays = 30;
 	uint64_t	 rows = 0, convs = 0, windows = 0, fails = 0, n;
+	uint64_t	 nonces = 0, idem = 0;
 	size_t		 i, expired = 0;
 	json_t		*before, *after;
 	int		 ch, as_json = 0, rc = 1;
@@ -805,7 +806,12 @@ admin_purge(struct db *db, int argc, char **argv)
 	    db_run(db, NULL, NULL, "DELETE FROM quota_reservations WHERE "
 	    "day < UTC_DATE() - INTERVAL 2 DAY", "") != 0 ||
 	    db_run(db, NULL, &fails, "DELETE FROM admin_login_failures WHERE "
-	    "last_failure_at < UTC_TIMESTAMP() - INTERVAL 1 DAY", "") != 0)
+	    "last_failure_at < UTC_TIMESTAMP() - INTERVAL 1 DAY", "") != 0 ||
+	    db_run(db, NULL, &nonces, "DELETE FROM signature_nonces WHERE "
+	    "expires_at < UTC_TIMESTAMP()", "") != 0 ||
+	    db_run(db, NULL, &idem, "DELETE FROM idempotency_keys WHERE "
+	    "expires_at < UTC_TIMESTAMP() AND lease_until < UTC_TIMESTAMP()",
+	    "") != 0)
 		goto fail;
 	if (db_run(db, &res, NULL, "SELECT id FROM api_keys WHERE status = "
 	    "'active' AND expires_at <= UTC_TIMESTAMP()", "") != 0)
@@ -828,19 +834,23 @@ admin_purge(struct db *db, int argc, char **argv)
 		json_decref(after);
 	}
 	if (as_json) {
-		after = json_pack("{s:I, s:I, s:I, s:I, s:I}", "usage_rows",
-		    (json_int_t)rows, "conversations", (json_int_t)convs,
-		    "keys_expired", (json_int_t)expired, "quota_windows",
-		    (json_int_t)windows, "login_failures", (json_int_t)fails);
+		after = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+		    "usage_rows", (json_int_t)rows, "conversations",
+		    (json_int_t)convs, "keys_expired", (json_int_t)expired,
+		    "quota_windows", (json_int_t)windows, "login_failures",
+		    (json_int_t)fails, "signature_nonces", (json_int_t)nonces,
+		    "idempotency_keys", (json_int_t)idem);
 		rc = admin_print_json(after);
 		json_decref(after);
 	} else {
 		printf("purged %llu usage rows (older than %lld days), %llu "
 		    "deleted conversations (older than %lld days), %llu quota "
-		    "windows, %llu login failures; %zu keys expired\n",
+		    "windows, %llu login failures, %llu signature nonces, "
+		    "%llu idempotency keys; %zu keys expired\n",
 		    (unsigned long long)rows, udays, (unsigned long long)convs,
 		    ddays, (unsigned long long)windows,
-		    (unsigned long long)fails, expired);
+		    (unsigned long long)fails, (unsigned long long)nonces,
+		    (unsigned long long)idem, expired);
 		rc = 0;
 	}
 	db_res_free(res);

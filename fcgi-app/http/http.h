@@ -39,6 +39,7 @@ enum access {
 #define ROUTE_NO_BODY		0x1	/* the body is not read */
 #define ROUTE_NO_USAGE		0x2	/* no usage record */
 #define ROUTE_KEY_PROTOCOL	0x4	/* the key may come as a subprotocol */
+#define ROUTE_IDEMPOTENT	0x8	/* takes an Idempotency-Key (idem.c) */
 
 /* One row of the table: a route and what it needs. */
 struct route_def {
@@ -61,9 +62,16 @@ struct route {
 	char		 allow[64];	/* with 405: the Allow header */
 };
 
+/*
+ * A table of routes, and the checks request.c runs between a key and its
+ * quotas (NULL: none): a key's signature (signing.c) and an
+ * Idempotency-Key (idem.c).  Each returns 0, or -1 with the answer sent.
+ */
 struct route_table {
 	const struct route_def	*rows;
 	size_t			 n;
+	int			(*sign)(struct request *);
+	int			(*idem)(struct request *);
 };
 
 void		 route_match(const struct route_table *, const char *,
@@ -162,6 +170,19 @@ struct request	*req_sub(struct request *, int, size_t);
 int		 req_admit(struct request *);
 int		 req_reserve(struct request *, long long);
 void		 req_settle(struct request *, long long);
+const char	*req_body(struct request *, size_t *);
+int		 req_status(struct request *);
+int		 req_sse_named(struct request *, const char *, const char *);
+void		 req_transport_get(struct request *,
+		     const struct req_transport **, void **);
+void		 req_transport_set(struct request *,
+		     const struct req_transport *, void *);
+
+/* http/signing.c: signed requests (keys with require_signature). */
+int		 sign_check(struct request *);
+
+/* http/idem.c: Idempotency-Key on the chat routes. */
+int		 idem_begin(struct request *);
 json_t		*req_sub_take(struct request *, long long *, long long *,
 		     double *);
 

@@ -63,6 +63,9 @@ struct request {
 	struct request	*parent;
 	json_t		*captured;
 
+	const struct route_table *table;
+	int		 frame;		/* a WebSocket turn: no signature */
+
 	/* The usage record. */
 	char		*u_model;
 	char		*u_error;
@@ -75,6 +78,7 @@ struct request {
 
 	/* The turn holds a reservation of the key's day (quota.c). */
 	int		 reserved;
+	size_t		 item_len;	/* a batch item's or a frame's JSON */
 };
 
 /* The value of name in envp ("NAME=value" strings), or NULL. */
@@ -349,6 +353,48 @@ req_fd(struct request *r)
 	return (r->tp->fd(r->tp_arg));
 }
 
+/* Send one event, named (name not NULL) or not, of data as it is. */
+int
+req_sse_named(struct request *r, const char *name, const char *data)
+{
+	if (!r->sse)
+		return (-1);
+	return (r->tp->event(r->tp_arg, name, data, !r->held));
+}
+
+/* The body as read (len bytes; "" when there is none). */
+const char *
+req_body(struct request *r, size_t *len)
+{
+	*len = r->body != NULL ? r->body_len : 0;
+	return (r->body != NULL ? r->body : "");
+}
+
+/* The answer's status (0 before one is sent). */
+int
+req_status(struct request *r)
+{
+	return (r->status);
+}
+
+/* The request's transport and its argument. */
+void
+req_transport_get(struct request *r, const struct req_transport **tp,
+    void **arg)
+{
+	*tp = r->tp;
+	*arg = r->tp_arg;
+}
+
+/* Replace the request's transport (a tee in front of it: idem.c). */
+void
+req_transport_set(struct request *r, const struct req_transport *tp,
+    void *arg)
+{
+	r->tp = tp;
+	r->tp_arg = arg;
+}
+
 /* A batch item's transport: its answer is kept for the batch. */
 static void
 req_sub_json(void *arg, const struct req_reply *rp, json_t *body)
@@ -393,7 +439,8 @@ req_sub(struct request *parent, int n, size_t size)
 	r->route = parent->route;
 	r->key = parent->key;
 	r->have_key = parent->have_key;
-	r->body_len = size;	/* the item's: what its turn reserves */
+	r->item_len = size;	/* what its turn reserves for its prompt */
+	r->table = parent->table;
 	r->started_us = util_now_us();
 	return (r);
 }
@@ -653,6 +700,15 @@ req_authenticate_key(struct request *r)
 	ar = auth_check(req_presented_key(r), &r->key);
 	if (ar == AUTH_OK) {
 		r->have_key = 1;
+		/* A WebSocket's turns ride on its signed upgrade. */
+		if (r->key.require_signature && !r->frame) {
+			if (r->table->sign == NULL) {
+				req_error(r, 401, NULL, "this key requires "
+				    "signed requests");
+				return (-1);
+			}
+			return (r->table->sign(r));
+		}
 		return (0);
 	}
 	if (ar == AUTH_DB_ERROR) {
@@ -721,7 +777,7 @@ req_reserve(struct request *r, long long max_tokens)
 	if (r->reserved || r->key.tpd < 0)
 		return (0);
 	est = (max_tokens > 0 ? max_tokens : appconf->quota_reserve_tokens) +
-	    (long long)(r->body_len + 3) / 4;
+	    (long long)((r->item_len > 0 ? r->item_len : r->body_len) + 3) / 4;
 	switch (quota_reserve(&r->key, r->id, est, &retry, why, sizeof why)) {
 	case 0:
 		r->reserved = 1;
@@ -754,6 +810,10 @@ static int
 req_authenticate(struct request *r)
 {
 	if (req_authenticate_key(r) != 0)
+		return (-1);
+	/* A replayed answer spends no quota. */
+	if (r->route.def != NULL && (r->route.def->flags & ROUTE_IDEMPOTENT) &&
+	    r->table->idem != NULL && r->table->idem(r) != 0)
 		return (-1);
 	return (req_admit(r));
 }
@@ -939,7 +999,8 @@ req_cors(struct request *r)
 		    strcmp(appconf->cors_origins, "*") == 0 ? "*" : origin);
 		req_add_header(r, "Vary", "Origin");
 		req_add_header(r, "Access-Control-Expose-Headers", "X-Request-Id, "
-		    "X-Ccgate-Conversation-Id, X-Ccgate-Ignored, Retry-After");
+		    "X-Ccgate-Conversation-Id, X-Ccgate-Ignored, Retry-After, "
+		    "Idempotent-Replayed");
 	}
 	if (strcmp(r->method, "OPTIONS") != 0)
 		return (0);
@@ -956,7 +1017,8 @@ req_cors(struct request *r)
 	    r->route.allow : r->method);
 	req_add_header(r, "Access-Control-Allow-Headers", "Authorization, "
 	    "Content-Type, X-Api-Key, Anthropic-Version, Anthropic-Beta, "
-	    "X-Request-Id");
+	    "X-Request-Id, Idempotency-Key, X-Ccgate-Timestamp, "
+	    "X-Ccgate-Signature");
 	req_add_header(r, "Access-Control-Max-Age", "600");
 	req_send_empty(r, 204);
 	return (1);
@@ -1087,6 +1149,7 @@ req_begin(struct request *r, const struct route_table *routes,
 	r->tp = tp;
 	r->tp_arg = arg;
 	r->envp = envp;
+	r->table = routes;
 	r->started_us = util_now_us();
 	snprintf(r->method, sizeof r->method, "%s", method);
 	r->path = strndup(path, n > 2048 ? 2048 : n);
@@ -1142,9 +1205,12 @@ req_frame_run(const struct route_table *routes,
 	int		status;
 
 	if (req_begin(&r, routes, tp, arg, envp, "WS", "GET", "/api/ws",
-	    id) == 0 && req_authenticate(&r) == 0) {
-		r.body_len = json_dumpb(body, NULL, 0, JSON_COMPACT);
-		turn(&r, body);	/* the frame's size: what its turn reserves */
+	    id) == 0) {
+		r.frame = 1;
+		if (req_authenticate(&r) == 0) {
+			r.item_len = json_dumpb(body, NULL, 0, JSON_COMPACT);
+			turn(&r, body);
+		}
 	}
 	status = r.status;
 	req_finish(&r);

@@ -24,7 +24,7 @@ static const struct route_def routes[] = {
 	{ "GET",  "/metrics",		metrics_handle, ACCESS_ANYONE,
 	    DIALECT_PLAIN, ROUTE_NO_BODY | ROUTE_NO_USAGE },
 
-	{ "POST", "/api/chat",		chat_handle, KEY, N, 0 },
+	{ "POST", "/api/chat",		chat_handle, KEY, N, ROUTE_IDEMPOTENT },
 	/* Each item is admitted by the key's quotas as if sent alone. */
 	{ "POST", "/api/chat/batch",	chat_batch_handle, ACCESS_KEY_ONLY, N,
 	    0 },
@@ -33,7 +33,7 @@ static const struct route_def routes[] = {
 	{ "GET",  "/api/conversations/:id", conv_get_handle, KEY, N, 0 },
 	{ "DELETE", "/api/conversations/:id", conv_delete_handle, KEY, N, 0 },
 	{ "POST", "/api/conversations/:id/continue", conv_continue_handle,
-	    KEY, N, 0 },
+	    KEY, N, ROUTE_IDEMPOTENT },
 	{ "GET",  "/api/models",	models_handle, KEY, N, 0 },
 	{ "GET",  "/api/cli-pool/stats", poolinfo_stats_handle, KEY, N, 0 },
 	{ "GET",  "/api/cli-pool/health", poolinfo_health_handle, KEY, N, 0 },
@@ -45,13 +45,13 @@ static const struct route_def routes[] = {
 	    ROUTE_KEY_PROTOCOL },
 
 	{ "POST", "/v1/chat/completions", openai_chat_handle, KEY,
-	    DIALECT_OPENAI, 0 },
+	    DIALECT_OPENAI, ROUTE_IDEMPOTENT },
 	{ "GET",  "/v1/models",		openai_models_handle, KEY,
 	    DIALECT_OPENAI, 0 },
 	{ "GET",  "/v1/models/:id",	openai_model_handle, KEY,
 	    DIALECT_OPENAI, 0 },
 	{ "POST", "/v1/messages",	anthropic_messages_handle, KEY,
-	    DIALECT_ANTHROPIC, 0 },
+	    DIALECT_ANTHROPIC, ROUTE_IDEMPOTENT },
 	{ "POST", "/v1/messages/count_tokens", anthropic_count_handle, KEY,
 	    DIALECT_ANTHROPIC, 0 },
 
@@ -77,7 +77,7 @@ static const struct route_def routes[] = {
 #undef ADMIN
 
 const struct route_table http_routes = {
-	routes, sizeof routes / sizeof routes[0]
+	routes, sizeof routes / sizeof routes[0], sign_check, idem_begin
 };
 
 /* Slot 0 counts what matched no row; row i counts in slot i + 1. */

@@ -382,7 +382,11 @@ class Keys(unittest.TestCase):
         self.assertEqual(k["tenant"], "team-a")
         self.assertEqual(k["usage_limit"], {"requests_per_minute": None,
                                             "requests_per_day": 100,
-                                            "tokens_per_day": None})
+                                            "tokens_per_day": None,
+                                            "max_concurrent_requests": None,
+                                            "queue": True})
+        self.assertFalse(k["require_signature"])
+        self.assertNotIn("signing_secret", k)
         self.assertEqual(k["permissions"]["models"], ["claude-haiku-4-5"])
         got = admin("GET", "/admin/api-keys/" + k["id"])
         self.assertEqual(got.status, 200, got)
@@ -414,6 +418,19 @@ class Keys(unittest.TestCase):
                   "usage_limit.requests_per_day"),
                  ({"name": "x", "usage_limit": {"per_week": 1}},
                   "usage_limit.per_week"),
+                 ({"name": "x", "usage_limit": {
+                     "max_concurrent_requests": 0}},
+                  "usage_limit.max_concurrent_requests"),
+                 ({"name": "x", "usage_limit": {
+                     "max_concurrent_requests": 10001}},
+                  "usage_limit.max_concurrent_requests"),
+                 ({"name": "x", "usage_limit": {
+                     "max_concurrent_requests": "2"}},
+                  "usage_limit.max_concurrent_requests"),
+                 ({"name": "x", "usage_limit": {"queue": 0}},
+                  "usage_limit.queue"),
+                 ({"name": "x", "require_signature": "yes"},
+                  "require_signature"),
                  ({"name": "x", "permissions": {"models": ["gpt-4"]}},
                   "permissions.models[0]"),
                  ({"name": "x", "permissions": {"allow_tools": "yes"}},
@@ -477,6 +494,32 @@ class Keys(unittest.TestCase):
                   {"metadata": {"user_id": "someone"}})
         self.assertEqual(r.status, 400, r)
         self.assertIn("metadata.user_id", r.json()["error"]["message"])
+
+    def test_concurrency_limits_round_trip(self):
+        k = new_key(usage_limit={"max_concurrent_requests": 3,
+                                 "queue": False})
+        self.assertEqual(k["usage_limit"]["max_concurrent_requests"], 3)
+        self.assertFalse(k["usage_limit"]["queue"])
+        self.assertEqual(stack.sql(
+            "SELECT max_concurrent_requests, queue_when_busy FROM api_keys "
+            "WHERE id = '%s'" % k["id"]), [["3", "0"]])
+        r = admin("PUT", "/admin/api-keys/" + k["id"], {
+            "usage_limit": {"max_concurrent_requests": None}})
+        self.assertEqual(r.status, 200, r)
+        got = admin("GET", "/admin/api-keys/" + k["id"]).json()["key"]
+        self.assertIsNone(got["usage_limit"]["max_concurrent_requests"])
+        self.assertFalse(got["usage_limit"]["queue"])   # untouched
+        r = admin("PUT", "/admin/api-keys/" + k["id"], {
+            "usage_limit": {"queue": True, "max_concurrent_requests": 10000}})
+        self.assertEqual(r.json()["key"]["usage_limit"],
+                         {"requests_per_minute": None,
+                          "requests_per_day": None, "tokens_per_day": None,
+                          "max_concurrent_requests": 10000, "queue": True})
+        a = audit_rows(k["id"])[0]
+        self.assertEqual(a["before"]["usage_limit"]["max_concurrent_requests"],
+                         None)
+        self.assertEqual(a["after"]["usage_limit"]["max_concurrent_requests"],
+                         10000)
 
     def test_rotate_with_and_without_grace(self):
         k = new_key()
@@ -772,7 +815,9 @@ class OperatorSQL(unittest.TestCase):
         got = admin("GET", "/admin/api-keys/" + kid).json()["key"]
         self.assertEqual(got["usage_limit"], {"requests_per_minute": 5,
                                               "requests_per_day": None,
-                                              "tokens_per_day": 1000})
+                                              "tokens_per_day": 1000,
+                                              "max_concurrent_requests": None,
+                                              "queue": True})
         stack.sql("CALL suspend_key('%s')" % kid)
         self.assertEqual(stack.request("GET", "/api/models",
                                        key=k["key"]).status, 401)
@@ -799,6 +844,7 @@ class OperatorSQL(unittest.TestCase):
             r = as_analyst("SELECT COUNT(*) FROM %s" % view)
             self.assertEqual(r.returncode, 0, r.stderr)
         for q in ("SELECT key_hash FROM api_keys",
+                  "SELECT signing_salt FROM api_keys",
                   "SELECT content FROM messages",
                   "SELECT password_hash FROM admin_users",
                   "UPDATE api_keys SET name = 'x'"):
@@ -821,6 +867,22 @@ class CommandLine(unittest.TestCase):
                                      "--streaming", "no", "--json").stdout)
         self.assertIsNone(upd["usage_limit"]["requests_per_day"])
         self.assertFalse(upd["permissions"]["allow_streaming"])
+        upd = json.loads(stack.admin("key", "update", kid, "--max-concurrent",
+                                     "2", "--queue", "no", "--json").stdout)
+        self.assertEqual(upd["usage_limit"]["max_concurrent_requests"], 2)
+        self.assertFalse(upd["usage_limit"]["queue"])
+        text = stack.admin("key", "show", kid).stdout
+        self.assertIn("concurrency 2", text)
+        self.assertIn("429 at the cap", text)
+        upd = json.loads(stack.admin("key", "update", kid, "--max-concurrent",
+                                     "none", "--queue", "yes",
+                                     "--json").stdout)
+        self.assertIsNone(upd["usage_limit"]["max_concurrent_requests"])
+        self.assertTrue(upd["usage_limit"]["queue"])
+        r = stack.admin("key", "update", kid, "--max-concurrent", "0",
+                        check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("max_concurrent_requests", r.stderr)
         rot = json.loads(stack.admin("key", "rotate", kid, "--grace", "0",
                                      "--json").stdout)
         self.assertEqual(stack.request("GET", "/api/models",
@@ -836,6 +898,7 @@ class CommandLine(unittest.TestCase):
         acts = [(a["action"], a["actor"].split(":")[0]) for a in
                 audit_rows(kid)]
         self.assertEqual(acts, [("key.revoke", "cli"), ("key.rotate", "cli"),
+                                ("key.update", "cli"), ("key.update", "cli"),
                                 ("key.update", "cli"), ("key.create", "cli")])
         for args, text in ((["key", "show", "nosuchkeyatall00"], "no such key"),
                            (["key", "update", kid, "--name", "x"], "revoked"),
@@ -871,7 +934,23 @@ class CommandLine(unittest.TestCase):
                   "UTC_TIMESTAMP() - INTERVAL 40 DAY)")
         stack.sql("UPDATE api_keys SET expires_at = UTC_TIMESTAMP() - "
                   "INTERVAL 1 HOUR WHERE id = '%s'" % kid)
+        stack.sql("INSERT INTO signature_nonces VALUES ('%s', REPEAT('a', 32), "
+                  "UTC_TIMESTAMP() - INTERVAL 1 SECOND), ('%s', "
+                  "REPEAT('b', 32), UTC_TIMESTAMP() + INTERVAL 1 HOUR)"
+                  % (kid, kid))
+        stack.sql("INSERT INTO idempotency_keys (key_id, idem_key, "
+                  "request_sha256, state, lease_until, status, created_at, "
+                  "expires_at) VALUES ('%s', 'old', REPEAT('a', 32), 'done', "
+                  "UTC_TIMESTAMP() - INTERVAL 2 DAY, 200, UTC_TIMESTAMP() - "
+                  "INTERVAL 2 DAY, UTC_TIMESTAMP() - INTERVAL 1 DAY), ('%s', "
+                  "'new', REPEAT('a', 32), 'done', UTC_TIMESTAMP(), 200, "
+                  "UTC_TIMESTAMP(), UTC_TIMESTAMP() + INTERVAL 1 DAY)"
+                  % (kid, kid))
         out = json.loads(stack.admin("purge", "--json").stdout)
+        self.assertEqual(out["signature_nonces"], 1)
+        self.assertEqual(out["idempotency_keys"], 1)
+        self.assertEqual(stack.sql("SELECT idem_key FROM idempotency_keys "
+                                   "WHERE key_id = '%s'" % kid), [["new"]])
         self.assertEqual(out["usage_rows"], 1)
         self.assertEqual(out["conversations"], 1)
         self.assertGreaterEqual(out["keys_expired"], 1)

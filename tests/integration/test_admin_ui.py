@@ -74,9 +74,11 @@ class Browser(unittest.TestCase):
         self.assertIn("wrong user name or password", seen["login_error"])
         kid = seen["key_id"]
         # The key the browser created is the one the database holds.
-        self.assertEqual(stack.sql("SELECT tenant, requests_per_day FROM "
-                                   "api_keys WHERE id = '%s'" % kid),
-                         [["ui-team", "100"]])
+        self.assertEqual(stack.sql("SELECT tenant, requests_per_day, "
+                                   "max_concurrent_requests, queue_when_busy, "
+                                   "require_signature FROM api_keys WHERE "
+                                   "id = '%s'" % kid),
+                         [["ui-team", "100", "4", "0", "0"]])
         self.assertGreaterEqual(seen["chart_requests"], 1)
         self.assertIn("1", seen["key_usage_row"])
         self.assertEqual(seen["suspended"]["status"], 401)

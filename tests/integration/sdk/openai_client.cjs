@@ -62,6 +62,22 @@ async function main() {
             return { status: e.status, message: e.error && e.error.message, type: e.error && e.error.type };
         }
     }
+    if (mode === 'idem') {
+        // The same Idempotency-Key twice (replayed), then with another body (409).
+        const { key, messages, other } = JSON.parse(arg);
+        const opts = { headers: { 'Idempotency-Key': key } };
+        const first = await client.chat.completions.create({ model, messages }, opts);
+        const again = await client.chat.completions.create({ model, messages }, opts).withResponse();
+        let conflict = null;
+        try {
+            await client.chat.completions.create({ model, messages: other }, opts);
+        } catch (e) {
+            conflict = { status: e.status, type: e.error && e.error.type };
+        }
+        return { first: first.choices[0].message.content, first_id: first.id,
+                 again: again.data.choices[0].message.content, again_id: again.data.id,
+                 replayed: again.response.headers.get('idempotent-replayed'), conflict };
+    }
     throw new Error('unknown mode ' + mode);
 }
 main().then((r) => console.log(JSON.stringify(r)), (e) => { console.error(e); process.exit(1); });

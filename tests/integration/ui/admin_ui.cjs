@@ -88,6 +88,8 @@ async function main() {
         await page.fill('#dialog input[name=name]', 'browser-key');
         await page.fill('#dialog input[name=user_id]', 'ui-team');
         await page.fill('#dialog input[name=rpd]', '100');
+        await page.fill('#dialog input[name=max_concurrent]', '4');
+        await page.uncheck('#dialog input[name=queue]');
         await shot('key-form');
         await page.click('#dialog button[value=ok]');
         await page.waitForSelector('#new-secret');

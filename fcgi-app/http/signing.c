@@ -11,6 +11,7 @@
  *
  * where path-with-query is the request target exactly as sent
  * (REQUEST_URI) and the body is the bytes sent (none: the SHA-256 of "").
+ * The timestamp may carry a fraction ("1795190400.125"), signed as sent.
  * "v1=" before the hex is accepted too.  A timestamp further than
  * signature_skew_s from the clock is stale; a signature already seen
  * (table signature_nonces, shared by every ccgate-fcgi process) is a
@@ -32,13 +33,23 @@
 
 #define SIGN_TS_MAX	20
 
-/* Parse a timestamp: 1 to 19 ASCII digits.  Returns 0 or -1. */
+/*
+ * Parse a timestamp: Unix seconds, 1 to 18 ASCII digits, and optionally
+ * "." and 1 to 9 digits of a fraction (so that two identical requests in
+ * one second sign differently).  Returns 0 or -1.
+ */
 static int
 sign_parse_ts(const char *s, long long *out)
 {
-	size_t	n = strlen(s);
+	size_t	n = strspn(s, "0123456789"), f;
 
-	if (n == 0 || n > 19 || strspn(s, "0123456789") != n)
+	if (n == 0 || n > 18)
+		return (-1);
+	if (s[n] == '.') {
+		f = strspn(s + n + 1, "0123456789");
+		if (f == 0 || f > 9 || s[n + 1 + f] != '\0')
+			return (-1);
+	} else if (s[n] != '\0')
 		return (-1);
 	*out = strtoll(s, NULL, 10);
 	return (0);
@@ -132,8 +143,8 @@ sign_check(struct request *r)
 		    "send X-Ccgate-Timestamp and X-Ccgate-Signature"));
 	if (sign_parse_ts(ts_s, &ts) != 0 || sign_parse_sig(sig_s, sig) != 0)
 		return (sign_refuse(r, "malformed signature: "
-		    "X-Ccgate-Timestamp is Unix seconds, X-Ccgate-Signature 64 "
-		    "lowercase hex digits"));
+		    "X-Ccgate-Timestamp is Unix seconds (a fraction allowed), "
+		    "X-Ccgate-Signature 64 lowercase hex digits"));
 	if (ts < now - appconf->signature_skew_s ||
 	    ts > now + appconf->signature_skew_s)
 		return (sign_refuse(r, "stale signature: X-Ccgate-Timestamp "

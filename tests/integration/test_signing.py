@@ -182,6 +182,12 @@ class Refusals(unittest.TestCase):
                                      "X-Ccgate-Signature": s}),
             ("negative timestamp", {"X-Ccgate-Timestamp": "-5",
                                     "X-Ccgate-Signature": s}),
+            ("empty fraction", {"X-Ccgate-Timestamp": t + ".",
+                                "X-Ccgate-Signature": s}),
+            ("long fraction", {"X-Ccgate-Timestamp": t + ".1234567890",
+                               "X-Ccgate-Signature": s}),
+            ("fraction not signed", {"X-Ccgate-Timestamp": t + ".5",
+                                     "X-Ccgate-Signature": s}),
             ("malformed signature", {"X-Ccgate-Timestamp": t,
                                      "X-Ccgate-Signature": s[:63]}),
             ("upper-case hex", {"X-Ccgate-Timestamp": t,
@@ -233,6 +239,19 @@ class Refusals(unittest.TestCase):
         self.assertEqual(quota_requests(k["id"]), 1)
         self.assertEqual(stack.sql("SELECT COUNT(*) FROM signature_nonces "
                                    "WHERE key_id = '%s'" % k["id"]), [["1"]])
+
+    def test_a_fraction_tells_same_second_requests_apart(self):
+        k = new_key(require_signature=True)
+        now = int(time.time())
+        codes = []
+        for frac in ("001", "002", "001"):
+            t, s = sign(k["signing_secret"], "GET", "/api/models", b"",
+                        "%d.%s" % (now, frac))
+            codes.append(stack.request("GET", "/api/models", key=k["key"],
+                                       headers={"X-Ccgate-Timestamp": t,
+                                                "X-Ccgate-Signature": s})
+                         .status)
+        self.assertEqual(codes, [200, 200, 401])
 
     def test_compatible_dialects(self):
         k = new_key(require_signature=True)

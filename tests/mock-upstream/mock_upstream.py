@@ -19,8 +19,9 @@ receives, and can be told how to behave, globally or per request:
                   rejected and -reset, the epoch S seconds ahead), "rate"
                   a bare 429 with retry-after, "overloaded" 529, "auth" 401
                   authentication_error.  The answer is the state.
-  GET  /_upstream the state, and how many requests it answered ("answered")
-                  and reached /v1/messages in all ("requests")
+  GET  /_upstream the state, how many requests the last POST's state
+                  answered ("answered") and how many reached /v1/messages
+                  in all ("requests")
 
 A user message may carry a directive that overrides the global mode for
 that request only, e.g. "[[mock:slow=200]]", "[[mock:fail=529]]",
@@ -417,6 +418,7 @@ def upstream_set(body):
     if mode not in ("ok", "limit", "rate", "overloaded", "auth"):
         mode = "ok"
     UPSTREAM["mode"] = mode
+    UPSTREAM["answered"] = 0
     UPSTREAM["count"] = int(body.get("count", 1)) if mode != "ok" else 0
     UPSTREAM["reset_in"] = float(body.get("reset_in", 60))
     UPSTREAM["retry_after"] = int(body.get("retry_after", 5))

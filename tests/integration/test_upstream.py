@@ -234,7 +234,9 @@ class Upstream(unittest.TestCase):
         recover()
 
     def test_4_bare_rate_limit(self):
-        mock("POST", {"mode": "rate", "count": 1, "retry_after": 2})
+        # Until told otherwise: a CLI may retry a bare 429 itself (2.1.332
+        # does, with a subscription's token too; 2.1.197 does with a key).
+        mock("POST", {"mode": "rate", "count": -1, "retry_after": 2})
         r = chat("/v1/chat/completions")
         self.assertEqual(r.status, 429, r)
         self.assertEqual(error_of("/v1/chat/completions", r)[0],
@@ -242,6 +244,7 @@ class Upstream(unittest.TestCase):
         self.assertIn("rate-limiting", r.json()["error"]["message"])
         self.assertEqual(upstream()["state"], "limited")
         self.assertIsNone(upstream()["reset"])
+        mock("POST", {"mode": "ok"})
         recover()
 
     def test_5_credential_rejected(self):

@@ -9,7 +9,8 @@ are refused at once, without a CLI and without reaching the upstream;
 once the wait passes exactly one probe goes up, and its outcome sets the
 state.  The state shows in /readyz (degraded), /admin/pool, /metrics and
 the audit log; a tenant whose text reads like the CLI's report of a usage
-limit changes nothing.  The pool holds a subscription's token
+limit changes nothing; a turn refused after its stream began (the second
+upstream request of a tool call) ends with the dialect's error event.  The pool holds a subscription's token
 (egress_auth = oauth), as the accounts that meet plan limits do."""
 
 import http.client
@@ -38,6 +39,9 @@ def setUpModule():
                   name="upstream").start()
     stack.create_admin("root", PW)
     key = stack.create_key("upstream")
+    out = stack.admin("key", "create", "--name", "tooler", "--user",
+                      "tooler", "--json", "--tools", "yes")
+    stack.keys["tooler"] = json.loads(out.stdout)["key"]
 
 
 def tearDownModule():
@@ -303,6 +307,42 @@ class Upstream(unittest.TestCase):
         self.assertEqual(upstream()["state"], "ok")
         self.assertEqual(len(audit_rows()), audits)
         self.assertEqual(chat().status, 200)
+
+    def test_7_after_the_stream_started(self):
+        # The model's first answer (text and a Bash call) streams; the
+        # upstream refuses the next request of the same turn (the tool's
+        # result): the stream ends with the dialect's error event.
+        for path, body, error_of_event in (
+                ("/api/chat", {"message": "[[mock:bash=echo hi]]",
+                               "stream": True},
+                 lambda e: e.get("type") == "error" and e["error"]),
+                ("/v1/messages", {
+                    "model": "claude-sonnet-4-5", "max_tokens": 200,
+                    "stream": True, "messages": [{
+                        "role": "user",
+                        "content": "[[mock:bash=echo hi]]"}]},
+                 lambda e: e.get("type") == "error" and e["error"]),
+                ("/v1/chat/completions", {
+                    "model": "claude-sonnet-4-5", "stream": True,
+                    "messages": [{"role": "user",
+                                  "content": "[[mock:bash=echo hi]]"}]},
+                 lambda e: "choices" not in e and e.get("error"))):
+            mock("POST", {"mode": "overloaded", "count": -1, "skip": 1})
+            r, events = stack.stream(path, body, key=stack.keys["tooler"])
+            self.assertEqual(r.status, 200, (path, r))
+            errors = [error_of_event(e) for e in events
+                      if isinstance(e, dict) and error_of_event(e)]
+            self.assertEqual(len(errors), 1, (path, events))
+            self.assertEqual(errors[0]["type"], "service_unavailable"
+                             if path == "/v1/chat/completions" else
+                             "overloaded_error", path)
+            self.assertIn("Let me use Bash", json.dumps(events))
+            # The error event is the stream's end (but native's [DONE]).
+            last = [e for e in events if e != "[DONE]"][-1]
+            self.assertTrue(error_of_event(last), (path, events))
+            self.assertEqual(upstream()["state"], "overloaded")
+            mock("POST", {"mode": "ok"})
+            recover()
 
 
 if __name__ == "__main__":

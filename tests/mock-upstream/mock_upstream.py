@@ -11,9 +11,10 @@ receives, and can be told how to behave, globally or per request:
                   "auth"} (auth: the x-api-key and authorization headers)
   POST /_reset    forget records and return to normal mode
   POST /_upstream {"mode": "limit"|"rate"|"overloaded"|"auth"|"ok",
-                   "count": N, "reset_in": S, "retry_after": S}
+                   "count": N, "reset_in": S, "retry_after": S, "skip": K}
                   the account's state for the next N (default 1, -1: until
-                  told otherwise) requests to /v1/messages, as the real API
+                  told otherwise) requests to /v1/messages after the next
+                  K (default 0) are answered as usual, as the real API
                   answers them: "limit" a plan's usage limit (429
                   rate_limit_error with anthropic-ratelimit-unified-status:
                   rejected and -reset, the epoch S seconds ahead), "rate"
@@ -420,6 +421,7 @@ def upstream_set(body):
     UPSTREAM["mode"] = mode
     UPSTREAM["answered"] = 0
     UPSTREAM["count"] = int(body.get("count", 1)) if mode != "ok" else 0
+    UPSTREAM["skip"] = int(body.get("skip", 0))
     UPSTREAM["reset_in"] = float(body.get("reset_in", 60))
     UPSTREAM["retry_after"] = int(body.get("retry_after", 5))
     UPSTREAM["reset"] = (int(time.time() + UPSTREAM["reset_in"] + 0.999)
@@ -431,6 +433,9 @@ def upstream_take():
     headers, body), or None (LOCK held)."""
     mode = UPSTREAM["mode"]
     if mode == "ok" or UPSTREAM["count"] == 0:
+        return None
+    if UPSTREAM.get("skip", 0) > 0:
+        UPSTREAM["skip"] -= 1
         return None
     if UPSTREAM["count"] > 0:
         UPSTREAM["count"] -= 1

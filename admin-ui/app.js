@@ -255,6 +255,7 @@ views.dashboard = async () => {
   { requests: 0, errors: 0, tokens: 0, cost: 0, p95: 0 });
   const label = (p) => p.slice(11, 16);
   $('#view').innerHTML =
+    '<div id="upstream-banner" hidden></div>' +
     '<div class="grid kpis">' +
     kpi('Requests', num(tot.requests), 'last 24 hours', 'requests') +
     kpi('Tokens', num(tot.tokens), money(tot.cost) + ' reported cost', 'tokens') +
@@ -271,6 +272,7 @@ views.dashboard = async () => {
   const drawPool = (p) => {
     const k = $('#pool-kpi');
     if (!k) return;
+    drawUpstream(p && p.pool.upstream);
     if (!p) { k.outerHTML = kpi('CLI pool', 'down', 'ccgate-poold does not answer', 'pool'); return; }
     const by = p.pool.processes_by_state;
     k.innerHTML = '';
@@ -281,6 +283,41 @@ views.dashboard = async () => {
   drawPool(pool);
   state.timer = setInterval(() => api('GET', '/admin/pool').then(drawPool, () => drawPool(null)), 5000);
 };
+
+/*
+ * The upstream account's state (ccgate-poold's, docs/operators.md): a
+ * banner with what it means and what to do, hidden while it is ok.
+ */
+const UPSTREAM_HELP = {
+  limited: (u) => ['The upstream account is limited',
+    (u.reset ? 'Its plan\'s usage limit resets at ' + when(new Date(u.reset * 1000).toISOString()) + ' UTC. ' :
+      'The upstream is rate-limiting the account. ') +
+    'Turns are refused at once with 429 and Retry-After until then; one probe turn goes up when the wait ' +
+    'passes. Nothing to do but wait, or raise the plan\'s limit and press Apply on the Pool page to probe now.'],
+  overloaded: () => ['The upstream is overloaded',
+    'It answered 529. Turns are refused with 503 for a short cool-down, then one probe turn goes up. ' +
+    'Nothing to do unless it lasts: see status.anthropic.com.'],
+  credential_rejected: () => ['The upstream rejected the service\'s credential',
+    'Every turn is refused with 503 until an operator renews it. For a subscription\'s OAuth token: run ' +
+    '`claude setup-token`, put the token in /etc/ccgate/egress-credential.conf as docs/install.md (section 5) ' +
+    'says, reload nginx, then press Apply on the Pool page to probe at once (it is also probed every ' +
+    'upstream_probe_interval_ms). For an API key: install a new key the same way.'],
+};
+
+function drawUpstream(u) {
+  const b = $('#upstream-banner');
+  if (!b) return;
+  const help = u && UPSTREAM_HELP[u.state];
+  if (!help) { b.hidden = true; b.innerHTML = ''; return; }
+  const [head, text] = help(u);
+  b.className = 'card banner bad';
+  b.setAttribute('role', 'alert');
+  b.dataset.state = u.state;
+  b.innerHTML = '<strong>' + esc(head) + '</strong><p>' + esc(text) + '</p>' +
+    '<div class="sub muted">since ' + esc(u.since ? when(new Date(u.since * 1000).toISOString()) : '—') +
+    ' UTC · next probe in ' + esc(num(u.retry_after)) + ' s · ' + esc(num(u.refused)) + ' turns refused</div>';
+  b.hidden = false;
+}
 
 function kpi(label, value, sub, name) {
   return '<div class="card kpi" data-kpi="' + esc(name) + '"><div class="label">' + esc(label) +

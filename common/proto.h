@@ -58,6 +58,15 @@
 #define PROTO_E_INTERNAL	"internal"
 #define PROTO_E_UNAVAILABLE	"unavailable"
 #define PROTO_E_MODEL_MISMATCH	"model_mismatch"
+/*
+ * The upstream account refused the turn, or ccgate-poold refused it
+ * without a CLI while the account is in that state; the frame carries
+ * "retry_after" (seconds) and, on the one frame whose turn changed the
+ * state, "upstream_change" (docs/protocol.md).
+ */
+#define PROTO_E_UPSTREAM_LIMITED	"upstream_limited"
+#define PROTO_E_UPSTREAM_OVERLOADED	"upstream_overloaded"
+#define PROTO_E_UPSTREAM_CREDENTIAL	"upstream_credential"
 
 /* Incremental frame decoder, for non-blocking sockets. */
 struct proto_reader {

@@ -147,6 +147,26 @@ cli_parse_line(const char *line, size_t len, struct cli_msg *m, char **cause)
 	    strcmp(subtype, "api_retry") == 0) {
 		m->kind = CLI_RETRY;
 		m->error_status = (int)cli_int(obj, "error_status");
+		if (json_is_number(json_object_get(obj, "retry_delay_ms")) &&
+		    json_number_value(json_object_get(obj, "retry_delay_ms")) >
+		    0 && json_number_value(json_object_get(obj,
+		    "retry_delay_ms")) < 1e9)
+			m->retry_ms = (long long)json_number_value(
+			    json_object_get(obj, "retry_delay_ms"));
+	} else if (strcmp(type, "rate_limit_event") == 0) {
+		/*
+		 * What the CLI read from the upstream's
+		 * anthropic-ratelimit-unified-* headers (never the model's
+		 * text): a plan's limit and when it resets.
+		 */
+		ev = json_object_get(obj, "rate_limit_info");
+		if (!json_is_object(ev))
+			goto out;
+		m->kind = CLI_RATE_LIMIT;
+		m->rejected = json_is_string(json_object_get(ev, "status")) &&
+		    strcmp(json_string_value(json_object_get(ev, "status")),
+		    "rejected") == 0;
+		m->resets_at = cli_int(ev, "resetsAt");
 	} else if (strcmp(type, "stream_event") == 0) {
 		ev = json_object_get(obj, "event");
 		if (!json_is_object(ev))

@@ -22,6 +22,7 @@ enum cli_kind {
 	CLI_STOP,		/* an upstream answer's stop_reason */
 	CLI_TOOL_USE,		/* an answer's tool calls: json [{id,name,input}] */
 	CLI_CONTROL,		/* an MCP message for our "sdk" server: json */
+	CLI_RATE_LIMIT,		/* rate_limit_event: the plan's limit state */
 	CLI_RESULT		/* the turn's end: usage, cost, error flag */
 };
 
@@ -33,6 +34,9 @@ struct cli_msg {
 	int		 ntools;	/* INIT: number of tools offered */
 	int		 is_error;
 	int		 error_status;	/* RETRY or RESULT: upstream status */
+	long long	 retry_ms;	/* RETRY: the CLI's wait before it */
+	int		 rejected;	/* RATE_LIMIT: status "rejected" */
+	long long	 resets_at;	/* RATE_LIMIT: epoch seconds, or 0 */
 	long long	 input_tokens;
 	long long	 output_tokens;
 	long long	 cache_read_tokens;

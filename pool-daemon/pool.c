@@ -33,6 +33,7 @@ static void	pool_proc_gone(struct proc *);
 static struct proc *pool_find_parked(const struct job *);
 static void	pool_resume_tools(struct job *, struct proc *);
 static int	pool_key_full(const struct job *);
+static int	pool_upstream_refuse(struct job *);
 
 /* Forget a profile's allocations. */
 void
@@ -432,6 +433,9 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		    "ccgate-poold runs CLIs without its sandbox or its egress");
 		return (0);
 	}
+	/* The upstream account refuses it: say so now, without a CLI. */
+	if (pool_upstream_refuse(job))
+		return (0);
 	if (job->no_queue && pool_key_full(job)) {
 		pool_fail(job, PROTO_E_KEY_BUSY, "this key runs its most "
 		    "requests at once (max_concurrent_requests) and asked "
@@ -482,6 +486,7 @@ pool_finish(struct job *job, json_t *frame)
 {
 	uint64_t	now = poold_now();
 
+	upstream_job_end(job);
 	if (job->state == JOB_QUEUED)
 		TAILQ_REMOVE(&poold->queue, job, entry);
 	if (job->proc != NULL) {
@@ -500,9 +505,13 @@ pool_finish(struct job *job, json_t *frame)
 	pool_job_free(job);
 }
 
-/* End a job with an error frame. */
+/*
+ * End a job with an error frame; extra's fields (if any: upstream.c's
+ * retry_after, upstream_change) go in it too.
+ */
 static void
-pool_fail(struct job *job, const char *code, const char *message)
+pool_fail_extra(struct job *job, const char *code, const char *message,
+    json_t *extra)
 {
 	json_t	*f;
 
@@ -529,8 +538,45 @@ pool_fail(struct job *job, const char *code, const char *message)
 		if (job->session_id[0] != '\0')
 			json_object_set_new(f, "session_id",
 			    json_string(job->session_id));
+		if (extra != NULL) {
+			json_object_del(extra, "code");
+			json_object_del(extra, "message");
+			json_object_update(f, extra);
+		}
 	}
 	pool_finish(job, f);
+}
+
+/* End a job with an error frame. */
+static void
+pool_fail(struct job *job, const char *code, const char *message)
+{
+	pool_fail_extra(job, code, message, NULL);
+}
+
+/*
+ * Refuse a job at once, without a CLI, if the upstream account's state
+ * says so (upstream.c).  Returns 1 if it was refused.
+ */
+static int
+pool_upstream_refuse(struct job *job)
+{
+	json_t	*refusal;
+	char	 code[64], msg[256];
+
+	if (upstream_admit(job, &refusal))
+		return (0);
+	snprintf(code, sizeof code, "%s", refusal != NULL &&
+	    json_string_value(json_object_get(refusal, "code")) != NULL ?
+	    json_string_value(json_object_get(refusal, "code")) :
+	    PROTO_E_UPSTREAM);
+	snprintf(msg, sizeof msg, "%s", refusal != NULL &&
+	    json_string_value(json_object_get(refusal, "message")) != NULL ?
+	    json_string_value(json_object_get(refusal, "message")) :
+	    "the upstream account is unavailable");
+	pool_fail_extra(job, code, msg, refusal);
+	json_decref(refusal);
+	return (1);
 }
 
 /* The client of a job went away: cancel it and free its slot at once. */
@@ -915,6 +961,8 @@ pool_dispatch(void)
 		return;
 	for (job = TAILQ_FIRST(&poold->queue); job != NULL; job = next) {
 		next = TAILQ_NEXT(job, entry);
+		if (pool_upstream_refuse(job))
+			continue;
 		if (!pool_place(job, &evicting))
 			waiting++;
 	}
@@ -1488,9 +1536,10 @@ static void
 pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 {
 	struct poold_config	*cf = poold->cf;
-	json_t			*f, *usage, *proc;
+	json_t			*f, *usage, *proc, *extra;
 	uint64_t		 now = poold_now();
-	char			 msg[512];
+	char			 msg[512], ecode[64];
+	const char		*code = NULL;
 
 	if (pool_must_call(p, job, m))
 		return;
@@ -1509,6 +1558,15 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 			proc_kill(p);
 			pool_fail(job, PROTO_E_RESUME_FAILED,
 			    "the CLI session could not be resumed");
+			return;
+		}
+		/* The account refused it (429, 529, 401): upstream.c. */
+		if ((extra = upstream_failed(job, m, &code)) != NULL) {
+			snprintf(msg, sizeof msg, "%s", json_string_value(
+			    json_object_get(extra, "message")));
+			snprintf(ecode, sizeof ecode, "%s", code);
+			pool_fail_extra(job, ecode, msg, extra);
+			json_decref(extra);
 			return;
 		}
 		snprintf(msg, sizeof msg, "%s", m->text != NULL ? m->text :
@@ -1546,6 +1604,11 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 		return;		/* what was held back for a stop that never came */
 
 	f = proto_new(PROTO_DONE);
+	/* The probe of a refused account answered: it is ok again. */
+	if ((extra = upstream_succeeded(job)) != NULL && f != NULL)
+		json_object_set_new(f, "upstream_change", extra);
+	else
+		json_decref(extra);
 	/*
 	 * A turn that waited for tool results was billed in parts, and one
 	 * told to call a tool ran more than one CLI turn: each job says what
@@ -1765,6 +1828,12 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 	case CLI_RETRY:
 		job->retries_seen++;
 		job->last_retry_status = m.error_status;
+		job->retry_ms = m.retry_ms;
+		break;
+	case CLI_RATE_LIMIT:
+		/* The upstream's headers, as the CLI read them. */
+		if (m.rejected && m.resets_at > 0)
+			job->resets_at = m.resets_at;
 		break;
 	case CLI_RESULT:
 		pool_result(p, job, &m);
@@ -2119,6 +2188,7 @@ pool_stats(void)
 	json_object_set_new(f, "utilisation", json_real(cf->max_instances > 0 ?
 	    (double)busy / (double)cf->max_instances : 0.0));
 	json_object_set_new(f, "queue_length", json_integer(qlen));
+	json_object_set_new(f, "upstream", upstream_stats());
 	json_object_set_new(f, "queue_wait_ms",
 	    pool_percentiles(st->qwait, st->nqwait));
 	json_object_set_new(f, "time_to_first_event_ms",
@@ -2166,6 +2236,8 @@ pool_set_limits(json_t *msg, char **cause)
 	while (poold->nprocs - pool_count(PROC_DYING, NULL) >
 	    cf->max_instances && pool_evict(NULL))
 		;
+	/* An operator's hand on the pool: try a refused account again. */
+	upstream_probe_now("the pool's limits were set");
 	pool_dispatch();
 	return (0);
 }

@@ -37,6 +37,7 @@ static const char *const poold_keys[] = {
 	"cli_nice", "log_verbose",
 	"sandbox", "sandbox_bwrap", "sandbox_setpriv", "sandbox_paths",
 	"sandbox_tmp_mb", "egress_socket", "egress_auth",
+	"cli_max_retries", "upstream_cooldown_ms", "upstream_probe_interval_ms",
 	NULL
 };
 
@@ -316,6 +317,11 @@ poold_config_load(const char *path, char **cause)
 	POOLD_INT("max_frame", max_frame, PROTO_JOB_MAX, PROTO_MIN_MAX,
 	    PROTO_LARGEST);
 	POOLD_INT("tool_park_ms", tool_park_ms, 600000, 1000, 86400000);
+	POOLD_INT("cli_max_retries", cli_max_retries, 2, -1, 15);
+	POOLD_INT("upstream_cooldown_ms", upstream_cooldown_ms, 10000, 0,
+	    3600000);
+	POOLD_INT("upstream_probe_interval_ms", upstream_probe_interval_ms,
+	    60000, 1000, 86400000);
 	POOLD_INT("rlimit_nofile", rlimit_nofile, 4096, 64, 1048576);
 	POOLD_INT("rlimit_nproc", rlimit_nproc, 0, 0, 1048576);
 	POOLD_INT("cli_nice", cli_nice, 5, 0, 19);
@@ -406,6 +412,7 @@ poold_reload(void)
 	log_setverbose((int)ncf->verbose > log_getverbose() ?
 	    (int)ncf->verbose : log_getverbose());
 	log_info("configuration reloaded");
+	upstream_probe_now("the configuration was reloaded");
 	pool_dispatch();
 }
 

@@ -109,6 +109,9 @@ struct poold_config {
 	long	 rlimit_nproc;
 	long	 cli_nice;
 	long	 verbose;
+	long	 cli_max_retries;	/* CLAUDE_CODE_MAX_RETRIES */
+	long	 upstream_cooldown_ms;	/* overloaded, a bare 429 */
+	long	 upstream_probe_interval_ms;	/* credential rejected */
 	char	*env[POOLD_ENV_MAX];	/* "NAME=value" */
 	int	 nenv;
 };
@@ -236,6 +239,10 @@ struct job {
 	char			 session_id[UUID_LEN + 1];
 	int			 retries_seen;
 	int			 last_retry_status;
+	/* The upstream account (upstream.c). */
+	int			 probe;		/* the turn that probes it */
+	long long		 retry_ms;	/* the CLI's last retry wait */
+	long long		 resets_at;	/* a rejected plan limit's */
 	/*
 	 * What the client has been sent of text: a stop sequence's
 	 * possible beginning is held back until it is known not to be one.
@@ -292,6 +299,32 @@ struct poold_stats {
 	uint64_t	started_at;
 };
 
+/*
+ * The upstream account as the CLIs' failed turns report it (upstream.c):
+ * ok, limited until a time, overloaded for a cool-down, or its credential
+ * rejected.  Deadlines on the daemon's clock; reset is the epoch the
+ * upstream named.
+ */
+enum upstream_state {
+	UPSTREAM_OK,
+	UPSTREAM_LIMITED,
+	UPSTREAM_OVERLOADED,
+	UPSTREAM_CREDENTIAL
+};
+#define UPSTREAM_NSTATES	4
+struct upstream {
+	enum upstream_state	 state;
+	uint64_t		 until;		/* the next probe may run */
+	long long		 since;		/* epoch seconds */
+	long long		 reset;		/* LIMITED: epoch, or 0 */
+	int			 status;	/* the upstream's last */
+	int			 probing;	/* a probe turn runs */
+	uint64_t		 changes;
+	uint64_t		 errors[UPSTREAM_NSTATES]; /* by what followed */
+	uint64_t		 refused;
+	uint64_t		 probes;
+};
+
 /* The daemon. */
 struct poold {
 	struct poold_config	*cf;
@@ -314,6 +347,7 @@ struct poold {
 	char			*neutral_dir;
 	uint64_t		 (*clock)(void);	/* ms: util_now_ms */
 	struct poold_stats	 stats;
+	struct upstream		 upstream;
 };
 
 extern struct poold	*poold;
@@ -345,6 +379,17 @@ int		 profile_equal(const struct profile *,
 		     const struct profile *);
 void		 profile_clear(struct profile *);
 int		 profile_copy(struct profile *, const struct profile *);
+
+/* upstream.c */
+struct cli_msg;
+int		 upstream_admit(struct job *, json_t **);
+json_t		*upstream_failed(struct job *, const struct cli_msg *,
+		     const char **);
+json_t		*upstream_succeeded(struct job *);
+void		 upstream_job_end(struct job *);
+void		 upstream_probe_now(const char *);
+json_t		*upstream_stats(void);
+const char	*upstream_state_name(enum upstream_state);
 
 /* proc.c: a growing NULL-terminated vector of strings (argv, envp). */
 struct strv {

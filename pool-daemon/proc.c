@@ -175,6 +175,17 @@ proc_envp(struct strv *sv, const struct profile *pr, const char *home,
 		strv_add(sv, "%s=ccgate-egress-%s", cf->egress_oauth ?
 		    "CLAUDE_CODE_OAUTH_TOKEN" : "ANTHROPIC_API_KEY", egress);
 	}
+	/*
+	 * The CLI's own retries of a failing upstream (429, 529, 401, 5xx)
+	 * before it reports the turn failed: few, since ccgate-poold keeps
+	 * the account's state; env.CLAUDE_CODE_MAX_RETRIES wins.
+	 */
+	for (i = 0; i < cf->nenv; i++)
+		if (strncmp(cf->env[i], "CLAUDE_CODE_MAX_RETRIES=", 24) == 0)
+			break;
+	if (i == cf->nenv && cf->cli_max_retries >= 0)
+		strv_add(sv, "CLAUDE_CODE_MAX_RETRIES=%ld",
+		    cf->cli_max_retries);
 	for (i = 0; i < cf->nenv; i++)
 		strv_add(sv, "%s", cf->env[i]);
 	return (sv->failed ? -1 : 0);

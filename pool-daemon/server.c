@@ -391,9 +391,10 @@ client_frame(struct client *c, json_t *msg)
 	} else if (strcmp(type, PROTO_COUNT_TOKENS) == 0) {
 		client_count(c, msg);
 	} else if (strcmp(type, PROTO_PING) == 0) {
-		client_ok(c, json_pack("{s:s, s:b, s:i}", "version",
+		client_ok(c, json_pack("{s:s, s:b, s:i, s:s}", "version",
 		    PACKAGE_VERSION, "draining", poold->draining, "processes",
-		    poold->nprocs));
+		    poold->nprocs, "upstream", upstream_state_name(
+		    poold->upstream.state)));
 	} else
 		client_reject(c, PROTO_E_BAD_REQUEST, "unknown message type");
 }

@@ -6,7 +6,10 @@
  */
 #include "config.h"
 
+#include <string.h>
+
 #include "http.h"
+#include "proto.h"
 
 /* The error type a status maps to in a dialect. */
 const char *
@@ -40,6 +43,34 @@ dialect_error_type(enum dialect d, int status)
 	default:
 		return ("api_error");
 	}
+}
+
+/*
+ * The error type of a pool error code that names more than its status (the
+ * upstream account's), or NULL for the status's own.
+ */
+const char *
+dialect_upstream_type(enum dialect d, const char *code)
+{
+	if (strcmp(code, PROTO_E_UPSTREAM_CREDENTIAL) == 0) {
+		switch (d) {
+		case DIALECT_OPENAI:
+			return ("service_unavailable");
+		case DIALECT_ANTHROPIC:
+			return ("api_error");
+		case DIALECT_NATIVE:
+		case DIALECT_PLAIN:
+			break;
+		}
+		return ("upstream_credential_rejected");
+	}
+	if (strcmp(code, PROTO_E_UPSTREAM_LIMITED) == 0)
+		return (d == DIALECT_OPENAI ? "rate_limit_exceeded" :
+		    "rate_limit_error");
+	if (strcmp(code, PROTO_E_UPSTREAM_OVERLOADED) == 0)
+		return (d == DIALECT_OPENAI ? "service_unavailable" :
+		    "overloaded_error");
+	return (NULL);
 }
 
 /* Build an error body (a new reference). */

@@ -1,7 +1,10 @@
 /*
  * Health: /healthz answers while the process runs; /readyz only when
  * MariaDB and the pool daemon both answer (what a load balancer and
- * systemd's readiness checks want).
+ * systemd's readiness checks want).  An upstream account that refuses
+ * turns (limited, overloaded, its credential rejected) leaves /readyz 200
+ * with status "degraded": another node of the same account would fare no
+ * better, and the node still answers (at once, with the reason).
  */
 #include "config.h"
 
@@ -22,22 +25,30 @@ health_live(struct request *r)
 void
 health_ready(struct request *r)
 {
-	json_t		*ping, *ans = NULL;
+	json_t		*ping, *ans = NULL, *body;
 	char		*cause = NULL;
-	int		 db_ok, pool_ok;
+	const char	*up = NULL;
+	int		 db_ok, pool_ok, degraded;
 
 	db_ok = db_ping(db_thread()) == 0;
 	db_release();	/* the pool daemon may take its time */
 	if ((ping = proto_new(PROTO_PING)) != NULL)
 		ans = poolc_call(appconf->poold_socket, ping, 2000, &cause);
 	pool_ok = ans != NULL && strcmp(proto_type(ans), PROTO_OK) == 0;
+	if (pool_ok)
+		up = json_string_value(json_object_get(ans, "upstream"));
+	degraded = up != NULL && strcmp(up, "ok") != 0;
 	free(cause);
 	json_decref(ping);
-	json_decref(ans);
 	if (!db_ok || !pool_ok)
 		req_add_header(r, "Retry-After", "5");
-	req_send_json(r, db_ok && pool_ok ? 200 : 503, json_pack(
-	    "{s:s, s:s, s:s}", "status", db_ok && pool_ok ? "ready" :
-	    "not ready", "database", db_ok ? "ok" : "unavailable", "pool",
-	    pool_ok ? "ok" : "unavailable"));
+	body = json_pack("{s:s, s:s, s:s}", "status", !db_ok || !pool_ok ?
+	    "not ready" : degraded ? "degraded" : "ready", "database", db_ok ?
+	    "ok" : "unavailable", "pool", pool_ok ? "ok" : "unavailable");
+	if (body != NULL && up != NULL && (strcmp(up, "ok") == 0 ||
+	    strcmp(up, "limited") == 0 || strcmp(up, "overloaded") == 0 ||
+	    strcmp(up, "credential_rejected") == 0))
+		json_object_set_new(body, "upstream", json_string(up));
+	json_decref(ans);
+	req_send_json(r, db_ok && pool_ok ? 200 : 503, body);
 }

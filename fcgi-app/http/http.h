@@ -201,6 +201,7 @@ int		 perm_check(struct request *, const char *, int, long long *);
 /* http/dialect.c: error shapes and types of the three dialects. */
 json_t		*dialect_error(enum dialect, const char *, const char *);
 const char	*dialect_error_type(enum dialect, int);
+const char	*dialect_upstream_type(enum dialect, const char *);
 
 /*
  * http/turn.c: a chat turn, free of dialect.  turn_run stores the user's
@@ -237,6 +238,7 @@ struct turn {
 	char			*partial;
 	char			 code[32];
 	char			 error[1024];
+	long			 retry_after;	/* s, from the pool's error */
 	const char		*missing;	/* the 404 text for a deleted conv */
 	uint64_t		 started_ms;
 	uint64_t		 job_us;	/* the job went to the pool */

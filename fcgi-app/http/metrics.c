@@ -167,6 +167,44 @@ metrics_requests(const struct metrics_counts *mc, void *arg)
 	    (unsigned long long)hits, (unsigned long long)stale);
 }
 
+/*
+ * The upstream account as ccgate-poold sees it: ccgate_upstream_state, 1
+ * for the state it is in and 0 for the others, and the failed turns by
+ * the upstream's error.
+ */
+static void
+metrics_upstream(struct metrics_buf *b, json_t *up)
+{
+	static const char *const states[] = { "ok", "limited", "overloaded",
+	    "credential_rejected", NULL };
+	static const char *const types[] = { "rate_limit", "overloaded",
+	    "authentication", NULL };
+	const char	*now = json_string_value(json_object_get(up, "state"));
+	json_t		*errs = json_object_get(up, "errors");
+	int		 i;
+
+	if (!json_is_object(up) || now == NULL)
+		return;
+	metrics_put(b, "# HELP ccgate_upstream_state The upstream account's "
+	    "state (1: the one it is in).\n"
+	    "# TYPE ccgate_upstream_state gauge\n");
+	for (i = 0; states[i] != NULL; i++)
+		metrics_put(b, "ccgate_upstream_state{state=\"%s\"} %d\n",
+		    states[i], strcmp(now, states[i]) == 0);
+	metrics_put(b, "# HELP ccgate_upstream_errors_total Turns the upstream "
+	    "refused, by its error.\n"
+	    "# TYPE ccgate_upstream_errors_total counter\n");
+	for (i = 0; types[i] != NULL; i++)
+		metrics_put(b, "ccgate_upstream_errors_total{type=\"%s\"} "
+		    "%lld\n", types[i], (long long)json_integer_value(
+		    json_object_get(errs, types[i])));
+	metrics_put(b, "# HELP ccgate_upstream_refused_total Jobs answered at "
+	    "once, without a CLI, while the account was refused.\n"
+	    "# TYPE ccgate_upstream_refused_total counter\n"
+	    "ccgate_upstream_refused_total %lld\n",
+	    (long long)json_integer_value(json_object_get(up, "refused")));
+}
+
 /* The pool daemon's gauges and counters (ccgate_pool_up 0 if down). */
 static void
 metrics_pool(struct metrics_buf *b)
@@ -215,6 +253,7 @@ metrics_pool(struct metrics_buf *b)
 			metrics_put(b, "ccgate_pool_events_total{event=\"%s\"} "
 			    "%lld\n", k, (long long)json_integer_value(v));
 	}
+	metrics_upstream(b, json_object_get(st, "upstream"));
 	json_decref(st);
 }
 

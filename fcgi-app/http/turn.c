@@ -34,9 +34,12 @@ turn_status(const char *code)
 {
 	if (strcmp(code, PROTO_E_BUSY) == 0 ||
 	    strcmp(code, PROTO_E_SHUTTING_DOWN) == 0 ||
-	    strcmp(code, "unavailable") == 0)
+	    strcmp(code, "unavailable") == 0 ||
+	    strcmp(code, PROTO_E_UPSTREAM_OVERLOADED) == 0 ||
+	    strcmp(code, PROTO_E_UPSTREAM_CREDENTIAL) == 0)
 		return (503);
-	if (strcmp(code, PROTO_E_KEY_BUSY) == 0)
+	if (strcmp(code, PROTO_E_KEY_BUSY) == 0 ||
+	    strcmp(code, PROTO_E_UPSTREAM_LIMITED) == 0)
 		return (429);
 	if (strcmp(code, PROTO_E_TIMEOUT) == 0)
 		return (504);
@@ -230,6 +233,53 @@ turn_keep_partial(struct turn *t, json_t *f)
 }
 
 /*
+ * The upstream account's state changed with this turn (ccgate-poold hands
+ * each change to exactly one job's frame, so one process audits it):
+ * record it in the audit log, as ccgate-poold's doing.
+ */
+static void
+turn_audit_upstream(struct turn *t, json_t *f)
+{
+	static const char *const names[] = { "ok", "limited", "overloaded",
+	    "credential_rejected", NULL };
+	json_t		*c = json_object_get(f, "upstream_change");
+	json_t		*before, *after;
+	struct actor	 who;
+	const char	*from, *to;
+	int		 i, okf = 0, okt = 0;
+
+	if (!json_is_object(c))
+		return;
+	from = json_string_value(json_object_get(c, "from"));
+	to = json_string_value(json_object_get(c, "to"));
+	for (i = 0; names[i] != NULL; i++) {
+		okf |= from != NULL && strcmp(from, names[i]) == 0;
+		okt |= to != NULL && strcmp(to, names[i]) == 0;
+	}
+	if (!okf || !okt)
+		return;
+	memset(&who, 0, sizeof who);
+	snprintf(who.name, sizeof who.name, "system:ccgate-poold");
+	before = json_pack("{s:s}", "state", from);
+	after = json_pack("{s:s, s:O, s:O, s:O, s:O, s:s}", "state", to,
+	    "status", json_object_get(c, "status") ? json_object_get(c,
+	    "status") : json_null(), "reset", json_object_get(c, "reset") ?
+	    json_object_get(c, "reset") : json_null(), "serial",
+	    json_object_get(c, "serial") ? json_object_get(c, "serial") :
+	    json_null(), "at", json_object_get(c, "at") ? json_object_get(c,
+	    "at") : json_null(), "request_id", req_id(t->r));
+	log_warnx("request %s: the upstream account is now %s (was %s)",
+	    req_id(t->r), to, from);
+	if (before == NULL || after == NULL || audit_record(db_thread(), &who,
+	    "upstream.state", "upstream", "account", before, after) != 0)
+		log_warnx("request %s: upstream state change not audited",
+		    req_id(t->r));
+	db_release();
+	json_decref(before);
+	json_decref(after);
+}
+
+/*
  * Run one job on the pool and relay its events.  Returns how it ended;
  * on TURN_DONE t->done holds the done frame.  The thread's database
  * connection goes back to the pool first: a turn may take minutes.
@@ -319,6 +369,7 @@ turn_pool(struct turn *t)
 			continue;
 		}
 		if (strcmp(type, PROTO_DONE) == 0) {
+			turn_audit_upstream(t, f);
 			t->done = f;
 			end = TURN_DONE;
 			break;
@@ -331,6 +382,10 @@ turn_pool(struct turn *t)
 			    json_string_value(json_object_get(f, "message")) :
 			    "the CLI pool failed");
 			turn_keep_partial(t, f);
+			if (json_is_integer(json_object_get(f, "retry_after")))
+				t->retry_after = (long)json_integer_value(
+				    json_object_get(f, "retry_after"));
+			turn_audit_upstream(t, f);
 		} else
 			turn_set_error(t, PROTO_E_INTERNAL,
 			    "unexpected message from the CLI pool");
@@ -503,6 +558,8 @@ turn_finish_error(struct turn *t, enum turn_end end)
 {
 	struct db	*db = db_thread();
 	int		 status = end == TURN_GONE ? 499 : turn_status(t->code);
+	const char	*type;
+	char		 ra[24];
 
 	if (end == TURN_GONE)
 		turn_set_error(t, "cancelled", "the client closed the "
@@ -524,14 +581,20 @@ turn_finish_error(struct turn *t, enum turn_end end)
 		req_error(t->r, 499, "cancelled", "%s", t->error);
 		return;
 	}
-	if (status == 503)
+	type = dialect_upstream_type(req_route(t->r)->dialect, t->code);
+	if (t->retry_after > 0 && t->retry_after <= 7 * 86400) {
+		/* The upstream account's wait (a plan's reset, a cool-down). */
+		snprintf(ra, sizeof ra, "%ld", t->retry_after);
+		req_add_header(t->r, "Retry-After", ra);
+	} else if (status == 503)
 		req_add_header(t->r, "Retry-After", "2");
 	else if (status == 429)		/* the key's own turns still run */
 		req_add_header(t->r, "Retry-After", "1");
 	if (req_sent(t->r))
-		t->ops->stream_error(t, status, dialect_error_type(
-		    req_route(t->r)->dialect, status), t->error);
-	req_error(t->r, status, NULL, "%s", t->error);
+		t->ops->stream_error(t, status, type != NULL ? type :
+		    dialect_error_type(req_route(t->r)->dialect, status),
+		    t->error);
+	req_error(t->r, status, type, "%s", t->error);
 }
 
 /* Append a line to *text (a malloc'd string): a newline, then fmt. */

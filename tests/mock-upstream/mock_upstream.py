@@ -10,6 +10,19 @@ receives, and can be told how to behave, globally or per request:
   GET  /_records  every recorded request: {"seq","path","body","response",
                   "auth"} (auth: the x-api-key and authorization headers)
   POST /_reset    forget records and return to normal mode
+  POST /_upstream {"mode": "limit"|"rate"|"overloaded"|"auth"|"ok",
+                   "count": N, "reset_in": S, "retry_after": S, "skip": K}
+                  the account's state for the next N (default 1, -1: until
+                  told otherwise) requests to /v1/messages after the next
+                  K (default 0) are answered as usual, as the real API
+                  answers them: "limit" a plan's usage limit (429
+                  rate_limit_error with anthropic-ratelimit-unified-status:
+                  rejected and -reset, the epoch S seconds ahead), "rate"
+                  a bare 429 with retry-after, "overloaded" 529, "auth" 401
+                  authentication_error.  The answer is the state.
+  GET  /_upstream the state, how many requests the last POST's state
+                  answered ("answered") and how many reached /v1/messages
+                  in all ("requests")
 
 A user message may carry a directive that overrides the global mode for
 that request only, e.g. "[[mock:slow=200]]", "[[mock:fail=529]]",
@@ -51,6 +64,10 @@ LOCK = threading.Lock()
 STATE = {"mode": "normal", "delay_ms": 0, "status": 500, "text": None,
          "chunks": 0}
 RECORDS = []
+# The account-wide state POST /_upstream sets (not per message: a tenant's
+# text cannot change it).
+UPSTREAM = {"mode": "ok", "count": 0, "reset_in": 60, "retry_after": 5,
+            "reset": None, "answered": 0, "requests": 0}
 CREDENTIAL = None
 DIRECTIVE = re.compile(r"\[\[mock:([a-z]+)(?:=([^\]]*))?\]\]")
 
@@ -139,7 +156,10 @@ class Handler(BaseHTTPRequestHandler):
             return None
 
     def do_GET(self):
-        if self.path == "/_records":
+        if self.path == "/_upstream":
+            with LOCK:
+                self._json(200, dict(UPSTREAM))
+        elif self.path == "/_records":
             with LOCK:
                 self._json(200, list(RECORDS))
         elif self.path == "/_health":
@@ -161,9 +181,20 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.update(body or {})
             self._json(200, STATE)
             return
+        if path == "/_upstream":
+            if not isinstance(body, dict):
+                self._json(400, {"error": "bad json"})
+                return
+            with LOCK:
+                upstream_set(body)
+                out = dict(UPSTREAM)
+            self._json(200, out)
+            return
         if path == "/_reset":
             with LOCK:
                 RECORDS.clear()
+                upstream_set({"mode": "ok"})
+                UPSTREAM.update({"answered": 0, "requests": 0})
                 STATE.update({"mode": "normal", "delay_ms": 0, "status": 500,
                               "text": None, "chunks": 0})
             self._json(200, {"ok": True})
@@ -202,6 +233,12 @@ class Handler(BaseHTTPRequestHandler):
                           "x-api-key": self.headers.get("x-api-key"),
                           "authorization": self.headers.get("authorization")}}
             RECORDS.append(record)
+            UPSTREAM["requests"] += 1
+            failure = upstream_take()
+        if failure is not None:
+            record["response"] = {"status": failure[0]}
+            self.failure(*failure)
+            return
         if not self.authorized():
             record["response"] = {"status": 401}
             self._json(401, {"type": "error", "error": {
@@ -297,6 +334,18 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def failure(self, status, headers, body):
+        """An error answer with its headers, as the real API sends it."""
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("request-id", "req_mock_upstream")
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
     def message(self, msg_id, model, stop_reason, usage, content):
         """A whole (not streamed) answer."""
         self._json(200, {
@@ -362,6 +411,67 @@ class Handler(BaseHTTPRequestHandler):
             end_stream(event, "tool_use", usage["output_tokens"])
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+def upstream_set(body):
+    """Set the account's state (LOCK held)."""
+    mode = body.get("mode", "ok")
+    if mode not in ("ok", "limit", "rate", "overloaded", "auth"):
+        mode = "ok"
+    UPSTREAM["mode"] = mode
+    UPSTREAM["answered"] = 0
+    UPSTREAM["count"] = int(body.get("count", 1)) if mode != "ok" else 0
+    UPSTREAM["skip"] = int(body.get("skip", 0))
+    UPSTREAM["reset_in"] = float(body.get("reset_in", 60))
+    UPSTREAM["retry_after"] = int(body.get("retry_after", 5))
+    UPSTREAM["reset"] = (int(time.time() + UPSTREAM["reset_in"] + 0.999)
+                         if mode == "limit" else None)
+
+
+def upstream_take():
+    """The failure the account's state makes of this request, as (status,
+    headers, body), or None (LOCK held)."""
+    mode = UPSTREAM["mode"]
+    if mode == "ok" or UPSTREAM["count"] == 0:
+        return None
+    if UPSTREAM.get("skip", 0) > 0:
+        UPSTREAM["skip"] -= 1
+        return None
+    if UPSTREAM["count"] > 0:
+        UPSTREAM["count"] -= 1
+    UPSTREAM["answered"] += 1
+    if mode == "limit":
+        reset = UPSTREAM["reset"]
+        # As Anthropic answers a subscription whose plan limit is spent.
+        return (429, [
+            ("anthropic-ratelimit-unified-status", "rejected"),
+            ("anthropic-ratelimit-unified-reset", str(reset)),
+            ("anthropic-ratelimit-unified-representative-claim", "five_hour"),
+            ("anthropic-ratelimit-unified-5h-status", "rejected"),
+            ("anthropic-ratelimit-unified-5h-reset", str(reset)),
+            ("anthropic-ratelimit-unified-5h-utilization", "1.0"),
+            ("anthropic-ratelimit-unified-fallback", "unavailable"),
+            ("anthropic-ratelimit-unified-overage-status", "rejected"),
+            ("anthropic-ratelimit-unified-overage-disabled-reason",
+             "org_level_disabled"),
+            ("retry-after", str(max(int(reset - time.time()), 1)))],
+            {"type": "error", "error": {
+                "type": "rate_limit_error",
+                "message": "This request would exceed your account's rate "
+                           "limit. Please try again later."}})
+    if mode == "rate":
+        return (429, [("retry-after", str(UPSTREAM["retry_after"]))],
+                {"type": "error", "error": {
+                    "type": "rate_limit_error",
+                    "message": "Number of request tokens has exceeded your "
+                               "per-minute rate limit"}})
+    if mode == "overloaded":
+        return (529, [], {"type": "error", "error": {
+            "type": "overloaded_error", "message": "Overloaded"}})
+    return (401, [], {"type": "error", "error": {
+        "type": "authentication_error",
+        "message": "OAuth token has expired. Please obtain a new token or "
+                   "refresh your existing token."}})
 
 
 def end_stream(event, stop_reason, output_tokens):

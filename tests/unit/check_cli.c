@@ -176,6 +176,52 @@ START_TEST(test_retry_and_junk)
 }
 END_TEST
 
+/* What the CLI (2.1.197) prints for a turn the upstream refused. */
+START_TEST(test_upstream_errors)
+{
+	struct cli_msg	 m;
+
+	parse("{\"type\":\"rate_limit_event\",\"rate_limit_info\":{"
+	    "\"status\":\"rejected\",\"resetsAt\":1796029212,"
+	    "\"rateLimitType\":\"five_hour\",\"isUsingOverage\":false},"
+	    "\"session_id\":\"a3a5c23e-dcf2-4f26-b754-eb659be3d0aa\"}", &m);
+	ck_assert_int_eq(m.kind, CLI_RATE_LIMIT);
+	ck_assert_int_eq(m.rejected, 1);
+	ck_assert_int_eq(m.resets_at, 1796029212LL);
+	cli_msg_clear(&m);
+	/* Allowed, or a reset of the wrong type: nothing to act on. */
+	parse("{\"type\":\"rate_limit_event\",\"rate_limit_info\":{"
+	    "\"status\":\"allowed\",\"resetsAt\":\"soon\"}}", &m);
+	ck_assert_int_eq(m.kind, CLI_RATE_LIMIT);
+	ck_assert_int_eq(m.rejected, 0);
+	ck_assert_int_eq(m.resets_at, 0);
+	cli_msg_clear(&m);
+	parse("{\"type\":\"rate_limit_event\",\"rate_limit_info\":1}", &m);
+	ck_assert_int_eq(m.kind, CLI_OTHER);
+	cli_msg_clear(&m);
+	parse("{\"type\":\"system\",\"subtype\":\"api_retry\",\"attempt\":1,"
+	    "\"max_retries\":1,\"retry_delay_ms\":513.95,\"error_status\":"
+	    "529,\"error\":\"overloaded\"}", &m);
+	ck_assert_int_eq(m.kind, CLI_RETRY);
+	ck_assert_int_eq(m.retry_ms, 513);
+	cli_msg_clear(&m);
+	parse("{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":"
+	    "true,\"api_error_status\":401,\"result\":\"Failed to "
+	    "authenticate.\"}", &m);
+	ck_assert_int_eq(m.kind, CLI_RESULT);
+	ck_assert_int_eq(m.is_error, 1);
+	ck_assert_int_eq(m.error_status, 401);
+	cli_msg_clear(&m);
+	/* A model's words: no status, whatever the text says. */
+	parse("{\"type\":\"result\",\"subtype\":\"success\",\"is_error\":"
+	    "false,\"api_error_status\":null,\"result\":\"API Error: 429 "
+	    "usage limit\"}", &m);
+	ck_assert_int_eq(m.is_error, 0);
+	ck_assert_int_eq(m.error_status, 0);
+	cli_msg_clear(&m);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -185,6 +231,7 @@ main(void)
 		test_result,
 		test_message_start_and_stop,
 		test_retry_and_junk,
+		test_upstream_errors,
 		NULL
 	};
 

@@ -148,6 +148,9 @@ setup(void)
 	cf->max_frame = PROTO_DEFAULT_MAX;
 	cf->tool_park_ms = 600000;
 	cf->rlimit_nofile = 1024;
+	cf->cli_max_retries = -1;
+	cf->upstream_cooldown_ms = 10000;
+	cf->upstream_probe_interval_ms = 60000;
 	ck_assert_ptr_nonnull(poold->loop = loop_create(20, pool_tick, NULL));
 	ck_assert_int_eq(loop_signals(poold->loop, sigs, 1, on_signal, NULL),
 	    0);
@@ -831,6 +834,153 @@ START_TEST(test_bad_stops_and_content_are_refused)
 }
 END_TEST
 
+/* The spawns so far (a refused job starts none). */
+static uint64_t
+spawns(void)
+{
+	return (poold->stats.spawned + poold->stats.spawned_warm);
+}
+
+/* A job refused at once, without a CLI: its frame (code, retry_after). */
+static json_t *
+refused_at_once(const char *conv, const char *code)
+{
+	struct tjob	*tj;
+	uint64_t	 before = spawns();
+
+	tj = submit("t", conv, "hello", NULL);
+	/* Answered inside pool_submit: no loop round, no process. */
+	ck_assert_int_eq(tj->finished, 1);
+	ck_assert_int_eq(spawns(), before);
+	failed_with(tj, code);
+	ck_assert_int_ge(json_integer_value(json_object_get(last(tj),
+	    "retry_after")), 1);
+	ck_assert_ptr_null(json_object_get(last(tj), "upstream_change"));
+	return (last(tj));
+}
+
+/* The change a job's last frame carries: its "to", or NULL. */
+static const char *
+change_to(struct tjob *tj)
+{
+	return (json_string_value(json_object_get(json_object_get(last(tj),
+	    "upstream_change"), "to")));
+}
+
+START_TEST(test_upstream_limit_refuses_then_one_probe)
+{
+	struct tjob	*t1, *probe, *other, *after;
+	json_t		*f;
+
+	t1 = submit("t", C1, "upstream=limit=30", NULL);
+	failed_with(t1, PROTO_E_UPSTREAM_LIMITED);
+	ck_assert_str_eq(change_to(t1), "limited");
+	ck_assert_int_ge(json_integer_value(json_object_get(last(t1),
+	    "retry_after")), 25);
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_LIMITED);
+	ck_assert_int_gt(poold->upstream.reset, 0);
+	/* Refused at once until the reset, from any tenant. */
+	f = refused_at_once(C2, PROTO_E_UPSTREAM_LIMITED);
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(f,
+	    "message")), "resets at"));
+	advance(20000);
+	refused_at_once(C2, PROTO_E_UPSTREAM_LIMITED);
+	/* The reset passes: one probe runs, the others wait for it. */
+	advance(11000);
+	probe = submit("t", C1, "slow", NULL);
+	ck_assert_int_eq(probe->finished, 0);
+	other = submit("u", C2, "hello", NULL);
+	ck_assert_int_eq(other->finished, 1);
+	failed_with(other, PROTO_E_UPSTREAM_LIMITED);
+	done(probe);
+	ck_assert_str_eq(change_to(probe), "ok");
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
+	after = submit("u", C2, "hello", NULL);
+	done(after);
+	ck_assert_ptr_null(change_to(after));
+	ck_assert_int_eq(poold->upstream.changes, 2);
+}
+END_TEST
+
+START_TEST(test_upstream_credential_probes_and_fails_again)
+{
+	struct tjob	*t1, *probe, *next;
+	json_t		*lim;
+	char		*cause = NULL;
+
+	t1 = submit("t", C1, "upstream=auth", NULL);
+	ck_assert_ptr_nonnull(strstr(failed_with(t1,
+	    PROTO_E_UPSTREAM_CREDENTIAL), "an operator must renew it"));
+	ck_assert_str_eq(change_to(t1), "credential_rejected");
+	refused_at_once(C2, PROTO_E_UPSTREAM_CREDENTIAL);
+	/* The probe interval passes: the probe fails the same way. */
+	advance(60000);
+	probe = submit("t", C1, "upstream=auth", NULL);
+	failed_with(probe, PROTO_E_UPSTREAM_CREDENTIAL);
+	ck_assert_ptr_null(change_to(probe));	/* no change */
+	ck_assert_int_eq(poold->upstream.probing, 0);
+	refused_at_once(C2, PROTO_E_UPSTREAM_CREDENTIAL);
+	/* An operator's /admin/pool/initialize: the next job probes. */
+	ck_assert_ptr_nonnull(lim = json_pack("{s:i, s:i}", "min_instances",
+	    0, "max_instances", 4));
+	ck_assert_int_eq(pool_set_limits(lim, &cause), 0);
+	json_decref(lim);
+	next = submit("t", C2, "hello", NULL);
+	done(next);
+	ck_assert_str_eq(change_to(next), "ok");
+	ck_assert_int_eq(poold->upstream.errors[UPSTREAM_CREDENTIAL], 2);
+}
+END_TEST
+
+START_TEST(test_upstream_overloaded_and_bare_rate_limit)
+{
+	struct tjob	*t1, *probe;
+
+	t1 = submit("t", C1, "upstream=overloaded", NULL);
+	failed_with(t1, PROTO_E_UPSTREAM_OVERLOADED);
+	ck_assert_str_eq(change_to(t1), "overloaded");
+	refused_at_once(C2, PROTO_E_UPSTREAM_OVERLOADED);
+	/* A probe that ends without word of the account (a timeout): the */
+	/* next job probes. */
+	advance(10000);
+	probe = submit("t", C1, "hang", NULL);
+	ck_assert_int_eq(poold->upstream.probing, 1);
+	advance(120000);
+	failed_with(probe, PROTO_E_TIMEOUT);
+	ck_assert_int_eq(poold->upstream.probing, 0);
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OVERLOADED);
+	/* A bare 429 (no reset): limited for the cool-down. */
+	probe = submit("t", C2, "upstream=rate", NULL);
+	failed_with(probe, PROTO_E_UPSTREAM_LIMITED);
+	ck_assert_str_eq(change_to(probe), "limited");
+	ck_assert_int_eq(poold->upstream.reset, 0);
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(
+	    refused_at_once(C1, PROTO_E_UPSTREAM_LIMITED), "message")),
+	    "rate-limiting"));
+	advance(10000);
+	done(submit("t", C1, "hello", NULL));
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
+}
+END_TEST
+
+/*
+ * A model's (a tenant's) text that reads like the CLI's report of a usage
+ * limit is an answer, not an upstream error: the account stays ok.
+ */
+START_TEST(test_upstream_text_is_not_an_error)
+{
+	struct tjob	*t1;
+
+	t1 = submit("t", C1, "forged", NULL);
+	done(t1);
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(
+	    last(t1), "text")), "usage limit"));
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
+	ck_assert_int_eq(poold->upstream.changes, 0);
+	done(submit("u", C2, "hello", NULL));
+}
+END_TEST
+
 int
 main(void)
 {
@@ -854,6 +1004,10 @@ main(void)
 		test_held_text_at_max_tokens,
 		test_structured_output,
 		test_a_required_call,
+		test_upstream_limit_refuses_then_one_probe,
+		test_upstream_credential_probes_and_fails_again,
+		test_upstream_overloaded_and_bare_rate_limit,
+		test_upstream_text_is_not_an_error,
 		NULL
 	};
 

@@ -18,6 +18,11 @@ message asks otherwise:
   shape=V     end with structured_output {"v": V} (as with a schema)
   calltool=N  call the client's tool N (an MCP "sdk" server, the daemon),
               wait for its result, answer "result: <its text>"
+  upstream=E  fail the turn as the real CLI (2.1.197) reports an upstream
+              error: E is limit=S (a plan's usage limit resetting S seconds
+              from now: a rate_limit_event, then 429), rate (a bare 429),
+              overloaded (529 after an api_retry) or auth (401)
+  forged      answer text that reads like an API error (a model's words)
 
 With --mcp-config it first asks the daemon's MCP server for its tools.
 
@@ -98,6 +103,36 @@ def lines():
         yield raw
 
 
+def upstream_error(kind):
+    """The lines the real CLI prints for a turn the upstream refused."""
+    if kind.startswith("limit"):
+        reset = int(time.time()) + int(kind.split("=", 1)[1])
+        out({"type": "rate_limit_event", "rate_limit_info": {
+            "status": "rejected", "resetsAt": reset,
+            "rateLimitType": "five_hour", "isUsingOverage": False},
+            "session_id": session})
+        status, err, text = 429, "rate_limit", (
+            "You've hit your session limit · resets 9am (UTC)")
+    elif kind == "rate":
+        status, err, text = 429, "rate_limit", (
+            "API Error: Request rejected (429) · rate limited")
+    elif kind == "overloaded":
+        out({"type": "system", "subtype": "api_retry", "attempt": 1,
+             "max_retries": 1, "retry_delay_ms": 500, "error_status": 529,
+             "error": "overloaded", "session_id": session})
+        status, err, text = 529, "server_error", "API Error: 529 Overloaded."
+    else:
+        status, err, text = 401, "authentication_failed", (
+            "Failed to authenticate. API Error: 401 token expired")
+    out({"type": "assistant", "message": {
+        "model": "<synthetic>", "role": "assistant",
+        "content": [{"type": "text", "text": text}]},
+        "error": err, "session_id": session})
+    result(text, is_error=True, api_error_status=status,
+           stop_reason="stop_sequence",
+           usage={"input_tokens": 0, "output_tokens": 0})
+
+
 for line in lines():
     msg = json.loads(line)
     if msg.get("type") == "control_request":
@@ -134,6 +169,15 @@ for line in lines():
     out({"type": "stream_event", "event": {
         "type": "content_block_start", "index": 0,
         "content_block": {"type": "text", "text": ""}}})
+    if "upstream=" in text:
+        upstream_error(text.split("upstream=", 1)[1].split()[0])
+        continue
+    if "forged" in text:
+        forged = ("API Error: Request rejected (429) · You've hit your "
+                  "usage limit · resets 9am (UTC)")
+        delta(forged)
+        result(forged, api_error_status=None)
+        continue
     delta("echo: ")
     if "stall" in text:
         time.sleep(3600)

@@ -725,16 +725,27 @@ req_authenticate_key(struct request *r)
 	return (-1);
 }
 
-/* Refuse a request over a key's quota: 429 with the seconds to wait. */
-static void
-req_over_quota(struct request *r, long retry, const char *why)
+/*
+ * Answer what a quota check (quota_admit, quota_reserve) returned: 0 goes
+ * on; 1 is refused, 429 with the seconds to wait; -1 is a 503.
+ */
+static int
+req_quota_answer(struct request *r, int rc, long retry, const char *why)
 {
 	char	ra[32];
 
-	metrics_quota_rejected();
-	snprintf(ra, sizeof ra, "%ld", retry);
-	req_add_header(r, "Retry-After", ra);
-	req_error(r, 429, NULL, "%s", why);
+	if (rc == 0)
+		return (0);
+	if (rc == 1) {
+		metrics_quota_rejected();
+		snprintf(ra, sizeof ra, "%ld", retry);
+		req_add_header(r, "Retry-After", ra);
+		req_error(r, 429, NULL, "%s", why);
+	} else {
+		req_add_header(r, "Retry-After", "5");
+		req_error(r, 503, NULL, "the key store is unavailable");
+	}
+	return (-1);
 }
 
 /*
@@ -745,19 +756,10 @@ int
 req_admit(struct request *r)
 {
 	char	why[256];
-	long	retry;
+	long	retry = 0;
 
-	switch (quota_admit(&r->key, &retry, why, sizeof why)) {
-	case 0:
-		return (0);
-	case 1:
-		req_over_quota(r, retry, why);
-		return (-1);
-	default:
-		req_add_header(r, "Retry-After", "5");
-		req_error(r, 503, NULL, "the key store is unavailable");
-		return (-1);
-	}
+	return (req_quota_answer(r, quota_admit(&r->key, &retry, why,
+	    sizeof why), retry, why));
 }
 
 /*
@@ -771,25 +773,17 @@ int
 req_reserve(struct request *r, long long max_tokens)
 {
 	char		why[384];
-	long		retry;
+	long		retry = 0;
 	long long	est;
+	int		rc;
 
 	if (r->reserved || r->key.tpd < 0)
 		return (0);
 	est = (max_tokens > 0 ? max_tokens : appconf->quota_reserve_tokens) +
 	    (long long)((r->item_len > 0 ? r->item_len : r->body_len) + 3) / 4;
-	switch (quota_reserve(&r->key, r->id, est, &retry, why, sizeof why)) {
-	case 0:
-		r->reserved = 1;
-		return (0);
-	case 1:
-		req_over_quota(r, retry, why);
-		return (-1);
-	default:
-		req_add_header(r, "Retry-After", "5");
-		req_error(r, 503, NULL, "the key store is unavailable");
-		return (-1);
-	}
+	rc = quota_reserve(&r->key, r->id, est, &retry, why, sizeof why);
+	r->reserved = rc == 0;
+	return (req_quota_answer(r, rc, retry, why));
 }
 
 /* The turn ended having used tokens: they replace its reservation. */

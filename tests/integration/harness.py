@@ -53,6 +53,15 @@ def cli_user():
     return pw.pw_uid, pw.pw_gid
 
 
+def pinned_clients():
+    """The folder of the pinned client libraries and tools the tests drive
+    (deploy/install-test-clients installs them once)."""
+    return subprocess.run([os.path.join(SRCDIR, "deploy",
+                                        "install-test-clients")],
+                          check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, BUILDDIR, SRCDIR, main  # noqa: E402
+from harness import Stack, BUILDDIR, SRCDIR, main, pinned_clients  # noqa: E402
 
 stack = None
 PW = "a long admin password"
@@ -56,9 +56,7 @@ class Browser(unittest.TestCase):
     def test_operator_journey(self):
         shutil.rmtree(SHOTS, ignore_errors=True)
         os.makedirs(SHOTS)
-        clients = subprocess.run(
-            [os.path.join(SRCDIR, "deploy", "install-test-clients")],
-            check=True, capture_output=True, text=True).stdout.strip()
+        clients = pinned_clients()
         env = dict(os.environ, CCGATE_URL="https://127.0.0.1:%d" % stack.port,
                    CCGATE_ADMIN_USER="ops", CCGATE_ADMIN_PASSWORD=PW,
                    CCGATE_CLIENTS=clients, CCGATE_CHROMIUM=CHROMIUM,

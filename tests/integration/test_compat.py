@@ -10,7 +10,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, SRCDIR, CLAUDE, texts_of, wait_for, main  # noqa: E402
+from harness import Stack, SRCDIR, CLAUDE, texts_of, wait_for, main, pinned_clients  # noqa: E402
 
 stack = None
 CLIENTS = None
@@ -20,10 +20,7 @@ PARK_MS = 10000
 
 def setUpModule():
     global stack, CLIENTS
-    CLIENTS = subprocess.run([os.path.join(SRCDIR, "deploy",
-                                           "install-test-clients")],
-                             check=True, capture_output=True,
-                             text=True).stdout.strip()
+    CLIENTS = pinned_clients()
     # A turn waits 10 s for its tool results here (Tools.test_late_results).
     stack = Stack({"tool_park_ms": PARK_MS}, name="compat").start()
     stack.create_key("alice", user="alice")

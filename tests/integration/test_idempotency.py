@@ -7,7 +7,6 @@ a running first attempt gets 409, a refused or failed one is not kept, a
 dead process's claim is taken over after its lease."""
 
 import hashlib
-import http.client
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, SRCDIR, wait_for, main  # noqa: E402
+from harness import Stack, SRCDIR, wait_for, main, pinned_clients  # noqa: E402
 
 stack = None
 CLIENTS = None
@@ -28,10 +27,7 @@ AV = {"anthropic-version": "2023-06-01"}
 
 def setUpModule():
     global stack, CLIENTS
-    CLIENTS = subprocess.run([os.path.join(SRCDIR, "deploy",
-                                           "install-test-clients")],
-                             check=True, capture_output=True,
-                             text=True).stdout.strip()
+    CLIENTS = pinned_clients()
     stack = Stack(app_opts={"key_cache_ms": 0,
                             "idempotency_max_answer": MAX_ANSWER},
                   name="idem").start()

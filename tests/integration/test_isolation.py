@@ -23,7 +23,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 import unittest
 import uuid
 

@@ -12,14 +12,13 @@ import socket
 import stat
 import struct
 import sys
-import threading
 import time
 import unittest
 import uuid
 import json
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Stack, CLAUDE, UUID_RE, texts_of, wait_for,  # noqa: E402
+from harness import (Stack, CLAUDE, texts_of, wait_for,  # noqa: E402
                      main)
 
 stack = None

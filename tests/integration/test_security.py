@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
 import sys
 import unittest
 

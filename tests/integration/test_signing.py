@@ -17,7 +17,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, SRCDIR, main  # noqa: E402
+from harness import Stack, SRCDIR, main, pinned_clients  # noqa: E402
 
 stack = None
 PW = "signing-admin-password"
@@ -285,10 +285,7 @@ class WebSocket(unittest.TestCase):
     """The upgrade is signed (GET /api/ws, no body); its turns are not."""
 
     def socket(self, headers):
-        clients = subprocess.run([os.path.join(SRCDIR, "deploy",
-                                               "install-test-clients")],
-                                 check=True, capture_output=True,
-                                 text=True).stdout.strip()
+        clients = pinned_clients()
         return subprocess.Popen(
             ["node", os.path.join(SRCDIR, "tests", "integration", "ws",
                                   "wsclient.cjs"), "one",

@@ -16,7 +16,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, SRCDIR, wait_for, within_one_window, main  # noqa: E402,E501
+from harness import Stack, SRCDIR, wait_for, within_one_window, main, pinned_clients  # noqa: E402,E501
 
 stack = None
 CLIENTS = None
@@ -26,10 +26,7 @@ MAX_MESSAGE = 65536
 
 def setUpModule():
     global stack, CLIENTS
-    CLIENTS = subprocess.run([os.path.join(SRCDIR, "deploy",
-                                           "install-test-clients")],
-                             check=True, capture_output=True,
-                             text=True).stdout.strip()
+    CLIENTS = pinned_clients()
     stack = Stack(name="ws", app_opts={"key_cache_ms": 0,
                                        "ws_max_message": MAX_MESSAGE},
                   poold_opts={"max_instances": 8,

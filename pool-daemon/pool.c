@@ -484,7 +484,8 @@ pool_job_free(struct job *job)
 static void
 pool_finish(struct job *job, json_t *frame)
 {
-	uint64_t	now = poold_now();
+	json_t		*changes;
+	uint64_t	 now = poold_now();
 
 	upstream_job_end(job);
 	if (job->state == JOB_QUEUED)
@@ -498,7 +499,17 @@ pool_finish(struct job *job, json_t *frame)
 		pool_sample(poold->stats.dur, &poold->stats.ndur,
 		    now - job->started_at);
 	if (job->sink != NULL && frame != NULL) {
-		(void)job->sink->send(job->sink_arg, frame);
+		/* Changes of the account's state ride on to be audited. */
+		if ((changes = upstream_take()) != NULL &&
+		    json_object_set(frame, "upstream_changes", changes) != 0) {
+			upstream_untake(changes);
+			json_decref(changes);
+			changes = NULL;
+		}
+		if (job->sink->send(job->sink_arg, frame) != 0 &&
+		    changes != NULL)
+			upstream_untake(changes);
+		json_decref(changes);
 		job->sink->finished(job->sink_arg);
 	}
 	json_decref(frame);
@@ -507,7 +518,7 @@ pool_finish(struct job *job, json_t *frame)
 
 /*
  * End a job with an error frame; extra's fields (if any: upstream.c's
- * retry_after, upstream_change) go in it too.
+ * retry_after) go in it too.
  */
 static void
 pool_fail_extra(struct job *job, const char *code, const char *message,
@@ -1605,10 +1616,7 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 
 	f = proto_new(PROTO_DONE);
 	/* The probe of a refused account answered: it is ok again. */
-	if ((extra = upstream_succeeded(job)) != NULL && f != NULL)
-		json_object_set_new(f, "upstream_change", extra);
-	else
-		json_decref(extra);
+	upstream_succeeded(job);
 	/*
 	 * A turn that waited for tool results was billed in parts, and one
 	 * told to call a tool ran more than one CLI turn: each job says what

@@ -323,7 +323,10 @@ struct upstream {
 	uint64_t		 errors[UPSTREAM_NSTATES]; /* by what followed */
 	uint64_t		 refused;
 	uint64_t		 probes;
+	json_t			*pending;	/* changes not yet audited */
 };
+/* Changes of state kept for a ccgate-fcgi to audit, at most. */
+#define UPSTREAM_MAX_PENDING	32
 
 /* The daemon. */
 struct poold {
@@ -385,7 +388,9 @@ struct cli_msg;
 int		 upstream_admit(struct job *, json_t **);
 json_t		*upstream_failed(struct job *, const struct cli_msg *,
 		     const char **);
-json_t		*upstream_succeeded(struct job *);
+void		 upstream_succeeded(struct job *);
+json_t		*upstream_take(void);
+void		 upstream_untake(json_t *);
 void		 upstream_job_end(struct job *);
 void		 upstream_probe_now(const char *);
 json_t		*upstream_stats(void);

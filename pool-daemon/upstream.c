@@ -89,27 +89,84 @@ upstream_code(char *msg, size_t len)
 
 /* The fields of a refused or failed job's error frame: code, message... */
 static json_t *
-upstream_frame(json_t *change)
+upstream_frame(void)
 {
 	char		 msg[256];
 	const char	*code;
-	json_t		*f;
 
 	code = upstream_code(msg, sizeof msg);
-	f = json_pack("{s:s, s:s, s:I}", "code", code, "message", msg,
-	    "retry_after", (json_int_t)upstream_wait_s());
-	if (f != NULL && change != NULL)
-		json_object_set(f, "upstream_change", change);
-	json_decref(change);
-	return (f);
+	return (json_pack("{s:s, s:s, s:I}", "code", code, "message", msg,
+	    "retry_after", (json_int_t)upstream_wait_s()));
+}
+
+/*
+ * Keep a change of state until a job's last frame carries it to a
+ * ccgate-fcgi process (upstream_take), which audits it: the job that saw
+ * the change may have lost its client.
+ */
+static void
+upstream_keep(json_t *change)
+{
+	struct upstream	*u = &poold->upstream;
+
+	if (change == NULL)
+		return;
+	if (u->pending == NULL && (u->pending = json_array()) == NULL) {
+		json_decref(change);
+		return;
+	}
+	if (json_array_size(u->pending) >= UPSTREAM_MAX_PENDING) {
+		log_warnx("upstream account: a change of state no ccgate-fcgi "
+		    "took is dropped from the audit");
+		(void)json_array_remove(u->pending, 0);
+	}
+	if (json_array_append_new(u->pending, change) != 0)
+		log_warnx("upstream account: out of memory for the audit");
+}
+
+/*
+ * The changes of state not yet handed on (a new reference to an array),
+ * or NULL; they are the caller's to deliver, or to give back with
+ * upstream_untake if the frame carrying them could not be sent.
+ */
+json_t *
+upstream_take(void)
+{
+	struct upstream	*u = &poold->upstream;
+	json_t		*out = u->pending;
+
+	u->pending = NULL;
+	if (out != NULL && json_array_size(out) == 0) {
+		json_decref(out);
+		return (NULL);
+	}
+	return (out);
+}
+
+/* Give back changes whose frame was not sent (oldest first again). */
+void
+upstream_untake(json_t *changes)
+{
+	struct upstream	*u = &poold->upstream;
+	json_t		*later = u->pending;
+	json_t		*c;
+	size_t		 i;
+
+	u->pending = NULL;
+	json_array_foreach(changes, i, c) {
+		upstream_keep(json_incref(c));
+	}
+	json_array_foreach(later, i, c) {
+		upstream_keep(json_incref(c));
+	}
+	json_decref(later);
 }
 
 /*
  * Move to state s (the upstream's status, the reset epoch or 0, the
- * earliest next probe in ms from now); return the change for the job's
- * frame (a new reference) or NULL if the state stays.
+ * earliest next probe in ms from now); a change is kept for the audit.
  */
-static json_t *
+static void
 upstream_set(enum upstream_state s, int status, long long reset,
     long long wait_ms)
 {
@@ -126,7 +183,7 @@ upstream_set(enum upstream_state s, int status, long long reset,
 	u->reset = reset;
 	u->until = poold_now() + (uint64_t)wait_ms;
 	if (from == s)
-		return (NULL);
+		return;
 	u->since = wall;
 	u->changes++;
 	if (s == UPSTREAM_OK)
@@ -136,7 +193,7 @@ upstream_set(enum upstream_state s, int status, long long reset,
 		log_warnx("upstream account: %s (status %d), next try in "
 		    "%lld s", upstream_state_name(s), status,
 		    (wait_ms + 999) / 1000);
-	return (json_pack("{s:s, s:s, s:i, s:o, s:I, s:I}", "from",
+	upstream_keep(json_pack("{s:s, s:s, s:i, s:o, s:I, s:I}", "from",
 	    upstream_state_name(from), "to", upstream_state_name(s), "status",
 	    status, "reset", reset > 0 ? json_integer(reset) : json_null(),
 	    "serial", (json_int_t)u->changes, "at", (json_int_t)wall));
@@ -164,23 +221,22 @@ upstream_admit(struct job *job, json_t **refusal)
 		return (1);
 	}
 	u->refused++;
-	*refusal = upstream_frame(NULL);
+	*refusal = upstream_frame();
 	return (0);
 }
 
 /*
  * A turn ended in error (m, its result line): if the CLI says the
  * upstream refused the account (429, 529, 401), set the state and
- * return the error frame's fields (code, message, retry_after and, if the
- * state changed, upstream_change), with *code the pool error code.  NULL
- * for any other error.
+ * return the error frame's fields (code, message, retry_after), with *code
+ * the pool error code.  NULL for any other error.
  */
 json_t *
 upstream_failed(struct job *job, const struct cli_msg *m, const char **code)
 {
 	struct poold_config	*cf = poold->cf;
 	struct upstream		*u = &poold->upstream;
-	json_t			*change, *f;
+	json_t			*f;
 	long long		 wall = (long long)time(NULL), wait;
 
 	if (!m->is_error)
@@ -194,47 +250,44 @@ upstream_failed(struct job *job, const struct cli_msg *m, const char **code)
 		u->errors[UPSTREAM_LIMITED]++;
 		if (job->resets_at > wall) {
 			wait = (job->resets_at - wall) * 1000;
-			change = upstream_set(UPSTREAM_LIMITED, 429,
-			    job->resets_at, wait);
+			upstream_set(UPSTREAM_LIMITED, 429, job->resets_at,
+			    wait);
 		} else {
 			wait = job->retry_ms > cf->upstream_cooldown_ms ?
 			    job->retry_ms : cf->upstream_cooldown_ms;
-			change = upstream_set(UPSTREAM_LIMITED, 429, 0, wait);
+			upstream_set(UPSTREAM_LIMITED, 429, 0, wait);
 		}
 		break;
 	case 529:
 		u->errors[UPSTREAM_OVERLOADED]++;
-		change = upstream_set(UPSTREAM_OVERLOADED, 529, 0,
+		upstream_set(UPSTREAM_OVERLOADED, 529, 0,
 		    cf->upstream_cooldown_ms);
 		break;
 	case 401:
 		u->errors[UPSTREAM_CREDENTIAL]++;
-		change = upstream_set(UPSTREAM_CREDENTIAL, 401, 0,
+		upstream_set(UPSTREAM_CREDENTIAL, 401, 0,
 		    cf->upstream_probe_interval_ms);
 		break;
 	default:
 		return (NULL);
 	}
-	if ((f = upstream_frame(change)) == NULL)
+	if ((f = upstream_frame()) == NULL)
 		return (NULL);
 	*code = json_string_value(json_object_get(f, "code"));
 	return (f);
 }
 
-/*
- * A turn ended well: if it was the probe, the account is ok again.
- * Returns the change for its done frame (a new reference), or NULL.
- */
-json_t *
+/* A turn ended well: if it was the probe, the account is ok again. */
+void
 upstream_succeeded(struct job *job)
 {
 	struct upstream	*u = &poold->upstream;
 
 	if (!job->probe)
-		return (NULL);
+		return;
 	job->probe = 0;
 	u->probing = 0;
-	return (upstream_set(UPSTREAM_OK, 200, 0, 0));
+	upstream_set(UPSTREAM_OK, 200, 0, 0);
 }
 
 /*

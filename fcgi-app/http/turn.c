@@ -233,16 +233,14 @@ turn_keep_partial(struct turn *t, json_t *f)
 }
 
 /*
- * The upstream account's state changed with this turn (ccgate-poold hands
- * each change to exactly one job's frame, so one process audits it):
- * record it in the audit log, as ccgate-poold's doing.
+ * A change of the upstream account's state: record it in the audit log,
+ * as ccgate-poold's doing.
  */
 static void
-turn_audit_upstream(struct turn *t, json_t *f)
+turn_audit_change(struct turn *t, json_t *c)
 {
 	static const char *const names[] = { "ok", "limited", "overloaded",
 	    "credential_rejected", NULL };
-	json_t		*c = json_object_get(f, "upstream_change");
 	json_t		*before, *after;
 	struct actor	 who;
 	const char	*from, *to;
@@ -277,6 +275,21 @@ turn_audit_upstream(struct turn *t, json_t *f)
 	db_release();
 	json_decref(before);
 	json_decref(after);
+}
+
+/*
+ * Audit the changes of the upstream account's state that ccgate-poold
+ * hands on with a job's last frame (each change rides on exactly one).
+ */
+static void
+turn_audit_upstream(struct turn *t, json_t *f)
+{
+	json_t	*c;
+	size_t	 i;
+
+	json_array_foreach(json_object_get(f, "upstream_changes"), i, c) {
+		turn_audit_change(t, c);
+	}
 }
 
 /*

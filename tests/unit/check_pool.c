@@ -855,16 +855,18 @@ refused_at_once(const char *conv, const char *code)
 	failed_with(tj, code);
 	ck_assert_int_ge(json_integer_value(json_object_get(last(tj),
 	    "retry_after")), 1);
-	ck_assert_ptr_null(json_object_get(last(tj), "upstream_change"));
+	ck_assert_ptr_null(json_object_get(last(tj), "upstream_changes"));
 	return (last(tj));
 }
 
-/* The change a job's last frame carries: its "to", or NULL. */
+/* The last change a job's last frame carries: its "to", or NULL. */
 static const char *
 change_to(struct tjob *tj)
 {
-	return (json_string_value(json_object_get(json_object_get(last(tj),
-	    "upstream_change"), "to")));
+	json_t	*c = json_object_get(last(tj), "upstream_changes");
+
+	return (json_string_value(json_object_get(json_array_get(c,
+	    json_array_size(c) - 1), "to")));
 }
 
 START_TEST(test_upstream_limit_refuses_then_one_probe)

@@ -162,7 +162,7 @@ void		 auth_signing_secret(const char *, const uint8_t [16],
 /* core/quota.c: requests and tokens per minute and day. */
 int		 quota_admit(const struct apikey *, long *, char *, size_t);
 int		 quota_reserve(const struct apikey *, const char *, long long,
-		     long *, char *, size_t);
+		     int, long long, long long *, long *, char *, size_t);
 void		 quota_settle(const struct apikey *, const char *, int,
 		     long long);
 

@@ -21,6 +21,18 @@
 #define QUOTA_GRACE_S		600
 /* Retry-After while turns in flight hold what the day has left. */
 #define QUOTA_HELD_RETRY_S	5
+/* Tries of a reservation or a settlement, and the pause between them. */
+#define QUOTA_TRIES		4
+#define QUOTA_RETRY_MS		50
+
+/* Wait ms milliseconds before trying a transaction again. */
+static void
+quota_pause(long ms)
+{
+	struct timespec	pause = { ms / 1000, (ms % 1000) * 1000000L };
+
+	(void)nanosleep(&pause, NULL);
+}
 
 /* Seconds until the next minute and the next UTC midnight. */
 static void
@@ -146,69 +158,144 @@ quota_reclaim(struct db *db, const struct apikey *k)
 }
 
 /*
- * Reserve est tokens of key k's day (with a token limit) for the turn of
- * request rid: the day's tokens, every reservation in flight and est must
- * fit in tokens_per_day, checked and held in one statement on the day's
- * row, so concurrent turns (in any process) cannot all pass.  Returns 0
- * if reserved (or the key has no token limit), 1 if refused (*retry_after
- * and why are set), -1 on a database error.
+ * One try of quota_reserve: lock the key's day row, decide, hold.  Returns
+ * 0 (reserved: *est set), 1 (refused: *used and *held set), or -1 (the
+ * transaction failed: deadlock, a Galera certification conflict, a lost
+ * connection; nothing is held).
  */
-int
-quota_reserve(const struct apikey *k, const char *rid, long long est,
-    long *retry_after, char *why, size_t len)
+static int
+quota_reserve_once(struct db *db, const struct apikey *k, const char *rid,
+    long long out, int exact, long long prompt, long long *est,
+    long long *used, long long *held)
 {
-	struct db	*db = db_thread();
 	struct db_res	*res;
-	uint64_t	 affected;
-	long long	 used, held;
-	long		 minute, day;
-	int		 tries;
+	long long	 room;
 
-	if (k->tpd < 0)
-		return (0);
-	for (tries = 0; tries < 2; tries++) {
-		if (db_begin(db) != 0)
-			return (-1);
-		if (db_run(db, NULL, NULL, "INSERT INTO key_quota_windows "
-		    "(key_id, kind, window_start) VALUES (?, 'day', "
-		    "UTC_DATE()) ON DUPLICATE KEY UPDATE key_id = key_id", "s",
-		    k->id) != 0 ||
-		    db_run(db, NULL, &affected, "UPDATE key_quota_windows SET "
-		    "reserved = reserved + ? WHERE key_id = ? AND kind = 'day' "
-		    "AND window_start = UTC_DATE() AND tokens + reserved + ? "
-		    "<= ?", "isii", est, k->id, est, k->tpd) != 0)
-			goto fail;
-		if (affected == 1) {
-			if (db_run(db, NULL, NULL, "INSERT INTO "
-			    "quota_reservations (key_id, request_id, day, "
-			    "tokens, expires_at) VALUES (?, ?, UTC_DATE(), ?, "
-			    "UTC_TIMESTAMP() + INTERVAL ? SECOND)", "ssii",
-			    k->id, rid, est, (long long)appconf->job_timeout_ms /
-			    1000 + QUOTA_GRACE_S) != 0 || db_commit(db) != 0)
-				goto fail;
-			return (0);
-		}
+	if (db_begin(db) != 0)
+		return (-1);
+	if (db_run(db, NULL, NULL, "INSERT INTO key_quota_windows (key_id, "
+	    "kind, window_start) VALUES (?, 'day', UTC_DATE()) ON DUPLICATE "
+	    "KEY UPDATE key_id = key_id", "s", k->id) != 0 ||
+	    db_run(db, &res, NULL, "SELECT tokens, reserved FROM "
+	    "key_quota_windows WHERE key_id = ? AND kind = 'day' AND "
+	    "window_start = UTC_DATE() FOR UPDATE", "s", k->id) != 0)
+		goto fail;
+	*used = res->nrows == 1 ? atoll(db_cell(res, 0, 0)) : 0;
+	*held = res->nrows == 1 ? atoll(db_cell(res, 0, 1)) : 0;
+	db_res_free(res);
+	room = k->tpd - *used - *held - prompt;
+	/* Without a max_tokens of its own a turn takes what is left, up to out. */
+	if (!exact && room < out)
+		out = room;
+	if (out < 1 || room < out) {
 		if (db_rollback(db) != 0)
 			return (-1);
-		if (tries > 0 || quota_reclaim(db, k) == 0)
-			break;
+		*est = prompt + out;
+		return (1);
 	}
-	if (db_run(db, &res, NULL, "SELECT tokens, reserved FROM "
-	    "key_quota_windows WHERE key_id = ? AND kind = 'day' AND "
-	    "window_start = UTC_DATE()", "s", k->id) != 0)
+	*est = prompt + out;
+	if (db_run(db, NULL, NULL, "UPDATE key_quota_windows SET reserved = "
+	    "reserved + ? WHERE key_id = ? AND kind = 'day' AND window_start = "
+	    "UTC_DATE()", "is", *est, k->id) != 0 ||
+	    db_run(db, NULL, NULL, "INSERT INTO quota_reservations (key_id, "
+	    "request_id, day, tokens, expires_at) VALUES (?, ?, UTC_DATE(), ?, "
+	    "UTC_TIMESTAMP() + INTERVAL ? SECOND)", "ssii", k->id, rid, *est,
+	    (long long)appconf->job_timeout_ms / 1000 + QUOTA_GRACE_S) != 0 ||
+	    db_commit(db) != 0)
+		goto fail;
+	return (0);
+fail:
+	(void)db_rollback(db);
+	return (-1);
+}
+
+/*
+ * Reserve tokens of key k's day (with a token limit) for the turn of
+ * request rid, before it runs: its output, out tokens (exact: the turn's
+ * max_tokens; else quota_reserve_tokens, or what the day has left if
+ * less), and its prompt's estimate.  The day's tokens, every reservation
+ * in flight and this one must fit in tokens_per_day, decided with the
+ * day's row locked, so concurrent turns (in any process, on any node)
+ * cannot all pass.  Returns 0 if reserved (*est: what is held; 0 if the
+ * key has no token limit), 1 if refused (*retry_after, 0 for "never, as
+ * asked", and why are set), -1 on a database error.
+ */
+int
+quota_reserve(const struct apikey *k, const char *rid, long long out,
+    int exact, long long prompt, long long *est, long *retry_after,
+    char *why, size_t len)
+{
+	struct db	*db = db_thread();
+	long long	 used = 0, held = 0;
+	long		 minute, day;
+	int		 tries, rc = -1, reclaimed = 0;
+
+	*est = 0;
+	if (k->tpd < 0)
+		return (0);
+	for (tries = 0; tries < QUOTA_TRIES; tries++) {
+		rc = quota_reserve_once(db, k, rid, out, exact, prompt, est,
+		    &used, &held);
+		if (rc == 0)
+			return (0);
+		if (rc == 1 && (reclaimed || held == 0 ||
+		    quota_reclaim(db, k) == 0))
+			break;
+		if (rc == 1)
+			reclaimed = 1;	/* dead turns gave back: once more */
+	}
+	if (rc == -1)
 		return (-1);
-	used = res->nrows == 1 ? atoll(db_cell(res, 0, 0)) : 0;
-	held = res->nrows == 1 ? atoll(db_cell(res, 0, 1)) : 0;
-	db_res_free(res);
 	quota_resets(&minute, &day);
-	/* Spent for the day, or waiting on turns in flight to settle. */
-	*retry_after = used + est > k->tpd ? day : QUOTA_HELD_RETRY_S;
-	snprintf(why, len, "tokens_per_day: this turn reserves %lld tokens "
-	    "(its max_tokens, or %ld without one, and its prompt's size); "
-	    "the key's day has %lld of %lld left, %lld of them held by turns "
-	    "in flight", est, appconf->quota_reserve_tokens,
-	    used < k->tpd ? k->tpd - used : 0, k->tpd, held);
+	*retry_after = *est > k->tpd ? 0 : used + *est > k->tpd ? day :
+	    QUOTA_HELD_RETRY_S;
+	if (*est > k->tpd)
+		snprintf(why, len, "tokens_per_day: this turn reserves %lld "
+		    "tokens (its max_tokens and its prompt's size), more than "
+		    "the key's whole day (%lld): lower max_tokens", *est,
+		    k->tpd);
+	else
+		snprintf(why, len, "tokens_per_day: this turn reserves %lld "
+		    "tokens (its max_tokens, or up to %ld without one, and its "
+		    "prompt's size); the key's day has %lld of %lld left, %lld "
+		    "of them held by turns in flight", *est,
+		    appconf->quota_reserve_tokens, used < k->tpd ? k->tpd -
+		    used : 0, k->tpd, held);
 	return (1);
+}
+
+/*
+ * One try of quota_settle.  The tokens go to the day the turn was admitted
+ * in (its reservation's), so turns in flight at midnight count where they
+ * were held.  Returns 0 or -1 (nothing changed).
+ */
+static int
+quota_settle_once(struct db *db, const struct apikey *k, const char *rid,
+    int held, long long tokens)
+{
+	uint64_t	affected = 0;
+
+	if (db_begin(db) != 0)
+		return (-1);
+	if (held && db_run(db, NULL, &affected, "UPDATE key_quota_windows w "
+	    "JOIN quota_reservations q ON q.key_id = ? AND q.request_id = ? "
+	    "AND w.key_id = q.key_id AND w.kind = 'day' AND w.window_start = "
+	    "q.day SET w.reserved = IF(w.reserved > q.tokens, w.reserved - "
+	    "q.tokens, 0), w.tokens = w.tokens + ?", "ssi", k->id, rid,
+	    tokens) != 0)
+		goto fail;
+	if (held && db_run(db, NULL, NULL, "DELETE FROM quota_reservations "
+	    "WHERE key_id = ? AND request_id = ?", "ss", k->id, rid) != 0)
+		goto fail;
+	/* No reservation (given back as dead): the tokens go to today. */
+	if (affected == 0 && tokens > 0 && db_run(db, NULL, NULL, "INSERT INTO "
+	    "key_quota_windows (key_id, kind, window_start, tokens) VALUES "
+	    "(?, 'day', UTC_DATE(), ?) ON DUPLICATE KEY UPDATE tokens = "
+	    "tokens + VALUES(tokens)", "si", k->id, tokens) != 0)
+		goto fail;
+	if (db_commit(db) != 0)
+		goto fail;
+	return (0);
 fail:
 	(void)db_rollback(db);
 	return (-1);
@@ -216,36 +303,26 @@ fail:
 
 /*
  * Settle the turn of request rid: its reservation (if held) is given back
- * and the tokens it really used are charged to the key's day, in one
- * transaction.  Called when the turn ends, however it ends.
+ * and the tokens it used are charged, in one transaction, tried again if
+ * it fails (a deadlock, a Galera certification conflict).  Called when the
+ * turn ends, however it ends.
  */
 void
 quota_settle(const struct apikey *k, const char *rid, int held,
     long long tokens)
 {
 	struct db	*db = db_thread();
+	int		 tries;
 
 	if (k->tpd < 0 && !held)
 		return;
-	if (db_begin(db) != 0)
-		goto fail;
-	if (held && (db_run(db, NULL, NULL, "UPDATE key_quota_windows w JOIN "
-	    "quota_reservations q ON q.key_id = ? AND q.request_id = ? AND "
-	    "w.key_id = q.key_id AND w.kind = 'day' AND w.window_start = "
-	    "q.day SET w.reserved = IF(w.reserved > q.tokens, w.reserved - "
-	    "q.tokens, 0)", "ss", k->id, rid) != 0 ||
-	    db_run(db, NULL, NULL, "DELETE FROM quota_reservations WHERE "
-	    "key_id = ? AND request_id = ?", "ss", k->id, rid) != 0))
-		goto fail;
-	if (tokens > 0 && db_run(db, NULL, NULL, "INSERT INTO "
-	    "key_quota_windows (key_id, kind, window_start, tokens) VALUES "
-	    "(?, 'day', UTC_DATE(), ?) ON DUPLICATE KEY UPDATE tokens = "
-	    "tokens + VALUES(tokens)", "si", k->id, tokens) != 0)
-		goto fail;
-	if (db_commit(db) == 0)
-		return;
-fail:
-	(void)db_rollback(db);
-	log_warnx("key %s: request %s not settled (%lld tokens); an unsettled "
-	    "reservation is given back when it expires", k->id, rid, tokens);
+	for (tries = 0; tries < QUOTA_TRIES; tries++) {
+		if (quota_settle_once(db, k, rid, held, tokens) == 0)
+			return;
+		if (tries + 1 < QUOTA_TRIES)
+			quota_pause(QUOTA_RETRY_MS * (tries + 1));
+	}
+	log_warnx("key %s: request %s not settled (%lld tokens): %s; its "
+	    "reservation is given back when it expires", k->id, rid, tokens,
+	    db_error(db));
 }

@@ -169,6 +169,7 @@ struct actor	*req_actor(struct request *);
 struct request	*req_sub(struct request *, int, size_t);
 int		 req_admit(struct request *);
 int		 req_reserve(struct request *, long long);
+long long	 req_reserved(const struct request *);
 void		 req_settle(struct request *, long long);
 const char	*req_body(struct request *, size_t *);
 int		 req_status(struct request *);

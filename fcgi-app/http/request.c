@@ -76,8 +76,8 @@ struct request {
 	double		 u_cost;
 	long long	 u_ttft;
 
-	/* The turn holds a reservation of the key's day (quota.c). */
-	int		 reserved;
+	/* Tokens the turn holds of the key's day (quota.c), 0: none. */
+	long long	 reserved;
 	size_t		 item_len;	/* a batch item's or a frame's JSON */
 };
 
@@ -453,7 +453,7 @@ req_sub_take(struct request *r, long long *tokens_in, long long *tokens_out,
 	json_t		*out = r->captured;
 	const char	*ra;
 
-	if (r->reserved)
+	if (r->reserved > 0)
 		req_settle(r, 0);
 	if (out == NULL)
 		out = dialect_error(DIALECT_NATIVE, "api_error", "no answer");
@@ -727,7 +727,8 @@ req_authenticate_key(struct request *r)
 
 /*
  * Answer what a quota check (quota_admit, quota_reserve) returned: 0 goes
- * on; 1 is refused, 429 with the seconds to wait; -1 is a 503.
+ * on; 1 is refused, 429 with the seconds to wait (none if waiting cannot
+ * help: retry 0); -1 is a 503.
  */
 static int
 req_quota_answer(struct request *r, int rc, long retry, const char *why)
@@ -739,7 +740,8 @@ req_quota_answer(struct request *r, int rc, long retry, const char *why)
 	if (rc == 1) {
 		metrics_quota_rejected();
 		snprintf(ra, sizeof ra, "%ld", retry);
-		req_add_header(r, "Retry-After", ra);
+		if (retry > 0)
+			req_add_header(r, "Retry-After", ra);
 		req_error(r, 429, NULL, "%s", why);
 	} else {
 		req_add_header(r, "Retry-After", "5");
@@ -764,26 +766,37 @@ req_admit(struct request *r)
 
 /*
  * Reserve what the turn may spend of the key's tokens_per_day before
- * anything is stored: max_tokens (the turn's cap, or quota_reserve_tokens
- * without one) and its prompt's size (a token per four bytes of the
- * request).  The reservation is settled when the turn ends (req_settle),
- * or when the request ends without one.  On refusal the answer is sent.
+ * anything is stored: max_tokens (the turn's cap; without one,
+ * quota_reserve_tokens or what the day has left if less) and its prompt's
+ * size (a token per four bytes of the request).  The reservation is
+ * settled when the turn ends (req_settle), or given back when the request
+ * ends without a turn.  On refusal the answer is sent.
  */
 int
 req_reserve(struct request *r, long long max_tokens)
 {
 	char		why[384];
 	long		retry = 0;
-	long long	est;
+	long long	prompt;
 	int		rc;
 
-	if (r->reserved || r->key.tpd < 0)
+	if (r->reserved > 0 || r->key.tpd < 0)
 		return (0);
-	est = (max_tokens > 0 ? max_tokens : appconf->quota_reserve_tokens) +
-	    (long long)((r->item_len > 0 ? r->item_len : r->body_len) + 3) / 4;
-	rc = quota_reserve(&r->key, r->id, est, &retry, why, sizeof why);
-	r->reserved = rc == 0;
+	prompt = (long long)((r->item_len > 0 ? r->item_len : r->body_len) +
+	    3) / 4;
+	rc = quota_reserve(&r->key, r->id, max_tokens > 0 ? max_tokens :
+	    appconf->quota_reserve_tokens, max_tokens > 0, prompt,
+	    &r->reserved, &retry, why, sizeof why);
+	if (rc != 0)
+		r->reserved = 0;
 	return (req_quota_answer(r, rc, retry, why));
+}
+
+/* What the request's turn holds of the key's day (0: nothing). */
+long long
+req_reserved(const struct request *r)
+{
+	return (r->reserved);
 }
 
 /* The turn ended having used tokens: they replace its reservation. */
@@ -792,7 +805,7 @@ req_settle(struct request *r, long long tokens)
 {
 	if (!r->have_key)
 		return;
-	quota_settle(&r->key, r->id, r->reserved, tokens);
+	quota_settle(&r->key, r->id, r->reserved > 0, tokens);
 	r->reserved = 0;
 }
 
@@ -944,11 +957,14 @@ req_write_usage(struct request *r, uint64_t duration_ms)
 	usage_submit(&u);
 }
 
-/* Free what the request owns; a turn's unsettled reservation goes back. */
+/*
+ * Free what the request owns; a reservation no turn settled (the request
+ * ended before its turn ran) is given back.
+ */
 static void
 req_free(struct request *r)
 {
-	if (r->reserved)
+	if (r->reserved > 0)
 		req_settle(r, 0);
 	json_decref(r->json);
 	free(r->body);

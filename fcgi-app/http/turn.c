@@ -59,6 +59,32 @@ turn_refused(const char *code)
 	    strcmp(code, PROTO_E_SHUTTING_DOWN) == 0);
 }
 
+/*
+ * What a turn that ended is charged of the key's tokens_per_day.  Done:
+ * the CLI's usage; but a CLI that ran the tenant's own tools (allow_tools)
+ * may have been made to misreport it, so never less than the turn held.
+ * Refused before any CLI, or by the upstream: nothing.  Failed, timed out
+ * or left by its client: what it held, or what it was seen to use if
+ * more (a turn cut short has spent upstream tokens nobody reported).
+ */
+static long long
+turn_charge(const struct turn *t, enum turn_end end)
+{
+	long long	used = end == TURN_DONE ? t->in + t->out : t->start_in;
+	long long	held = req_reserved(t->r);
+
+	if (end == TURN_ERROR && (turn_refused(t->code) ||
+	    strcmp(t->code, PROTO_E_UPSTREAM_LIMITED) == 0 ||
+	    strcmp(t->code, PROTO_E_UPSTREAM_OVERLOADED) == 0 ||
+	    strcmp(t->code, PROTO_E_UPSTREAM_CREDENTIAL) == 0 ||
+	    strcmp(t->code, PROTO_E_UNAVAILABLE) == 0 ||
+	    strcmp(t->code, PROTO_E_BAD_REQUEST) == 0))
+		return (0);
+	if (end == TURN_DONE && !req_key(t->r)->allow_tools)
+		return (used);
+	return (used > held ? used : held);
+}
+
 /* Set the turn's error. */
 static void
 turn_set_error(struct turn *t, const char *code, const char *msg)
@@ -546,7 +572,7 @@ turn_finish_done(struct turn *t)
 	t->cache_creation = json_integer_value(json_object_get(u,
 	    "cache_creation_input_tokens"));
 	t->cost = json_number_value(json_object_get(t->done, "cost_usd"));
-	req_settle(t->r, t->in + t->out);
+	req_settle(t->r, turn_charge(t, TURN_DONE));
 	req_usage(t->r, t->conv->model, t->in, t->out, t->cache_read,
 	    t->cache_creation, t->cost, t->ttft_ms, NULL);
 	conv_chain(t->conv->history_hash, "user", t->message, h1);
@@ -577,6 +603,7 @@ turn_finish_error(struct turn *t, enum turn_end end)
 	if (end == TURN_GONE)
 		turn_set_error(t, "cancelled", "the client closed the "
 		    "connection");
+	req_settle(t->r, turn_charge(t, end));
 	req_usage(t->r, t->conv->model, 0, 0, 0, 0, 0.0, t->ttft_ms, t->error);
 	if (t->partial != NULL && conv_add_message(db, t->conv->id,
 	    "assistant", t->partial, req_id(t->r), 0, 0, 0.0) != 0)

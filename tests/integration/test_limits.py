@@ -335,9 +335,17 @@ def reservations(key):
                          "key_id = '%s'" % key[4:20])[0][0])
 
 
-# A turn without max_tokens reserves quota_reserve_tokens (4096) and its
-# prompt's size: a day of 6,000 tokens holds one such turn at a time.
-ONE_TURN_DAY = 6000
+# A turn without max_tokens reserves quota_reserve_tokens (4096), or what
+# the day has left if less, and its prompt's size (a token per 4 bytes):
+# the first turn of a 1,000-token day holds all of it, and uses far more.
+ONE_TURN_DAY = 1000
+# A day of 6,000 tokens: one such turn holds 4096 and the prompt's size.
+DAY = 6000
+
+
+def held_for(body):
+    """What a turn of body without max_tokens holds of a fresh big day."""
+    return 4096 + (len(json.dumps(body).encode()) + 3) // 4
 
 
 class TokenReservations(unittest.TestCase):
@@ -352,8 +360,6 @@ class TokenReservations(unittest.TestCase):
             else:
                 body = {"model": "claude-sonnet-4-5", "messages": [
                     {"role": "user", "content": "race %d" % i}]}
-            if path == "/v1/messages":
-                body["max_tokens"] = 4000
             host = stacks[i % len(stacks)]
             return host.request("POST", path, body, key=key, timeout=90)
         stacks = self.stacks
@@ -388,47 +394,87 @@ class TokenReservations(unittest.TestCase):
             self.stacks = [stack, other]
             key = new_key(tokens_per_day=ONE_TURN_DAY)
             self.check_one_of_eight(key, self.concurrent_turns(
-                key, ["/api/chat", "/v1/messages"]))
+                key, ["/api/chat", "/v1/chat/completions"]))
         finally:
             other.stop()
 
-    def test_a_failed_turn_gives_its_reservation_back(self):
-        within_one_window(60, period=86400)
+    def test_a_turn_larger_than_the_day(self):
         key = new_key(tokens_per_day=ONE_TURN_DAY)
-        r = chat(key, {"message": "break [[mock:fail=400]]"})
-        self.assertGreaterEqual(r.status, 500, r)
+        r = stack.request("POST", "/v1/messages", {
+            "model": "claude-sonnet-4-5", "max_tokens": 2000,
+            "messages": [{"role": "user", "content": "too big"}]}, key=key)
+        self.assertEqual(r.status, 429, r)
+        self.assertEqual(r.json()["error"]["type"], "rate_limit_error")
+        self.assertIn("lower max_tokens", r.body)
+        # Waiting would not help: no Retry-After.
+        self.assertNotIn("retry-after", r.headers)
         self.assertEqual(day_row(key), [0, 0])
+
+    def test_a_failed_turn_is_charged_what_it_held(self):
+        within_one_window(60, period=86400)
+        key = new_key(tokens_per_day=DAY)
+        body = {"message": "break [[mock:fail=400]]"}
+        r = chat(key, body)
+        self.assertGreaterEqual(r.status, 500, r)
+        # The upstream was asked: the turn pays what it held.
+        self.assertEqual(day_row(key), [held_for(body), 0])
         self.assertEqual(reservations(key), 0)
+        # What is left still runs a turn (it holds the rest of the day).
         self.assertEqual(chat(key, {"message": "after"}).status, 200)
 
-    def test_a_cancelled_turn_gives_its_reservation_back(self):
+    def test_a_cancelled_turn_is_charged_what_it_held(self):
         within_one_window(60, period=86400)
-        key = new_key(tokens_per_day=ONE_TURN_DAY)
+        key = new_key(tokens_per_day=DAY)
+        body = {"message": "long [[mock:hang]]", "stream": True}
         c = stack.conn(60)
-        c.request("POST", "/api/chat", body=json.dumps({
-            "message": "long [[mock:hang]]", "stream": True}),
-            headers={"Authorization": "Bearer " + key,
-                     "Content-Type": "application/json"})
-        wait_for(lambda: reservations(key) == 1, 20, "the turn to hold")
-        self.assertGreater(day_row(key)[1], 4096)
+        c.request("POST", "/api/chat", body=json.dumps(body),
+                  headers={"Authorization": "Bearer " + key,
+                           "Content-Type": "application/json"})
+        wait_for(lambda: reservations(key) == 1, 60, "the turn to hold")
+        self.assertEqual(day_row(key), [0, held_for(body)])
         c.close()       # the client leaves mid-turn
-        wait_for(lambda: reservations(key) == 0 and day_row(key)[1] == 0,
-                 30, "the cancelled turn's reservation to go back")
+        wait_for(lambda: reservations(key) == 0, 60,
+                 "the cancelled turn to settle")
+        self.assertEqual(day_row(key), [held_for(body), 0])
+
+    def test_a_refused_turn_is_charged_nothing(self):
+        within_one_window(60, period=86400)
+        key = new_key(tokens_per_day=DAY, max_concurrent_requests=1,
+                      queue_when_busy=0)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            first = ex.submit(chat, key, {"message": "hold [[mock:slow=3000]]"})
+            wait_for(lambda: reservations(key) == 1 and any(
+                p["state"] == "busy" for p in stack.stats()["processes"]),
+                60, "the first turn to run")
+            r = chat(key, {"message": "refused"})
+            self.assertEqual(r.status, 429, r)
+            self.assertEqual(first.result().status, 200)
+        used = first.result().json()["usage"]["total_tokens"]
+        self.assertEqual(day_row(key), [used, 0])
+
+    def test_a_tool_turn_pays_at_least_what_it_held(self):
+        within_one_window(60, period=86400)
+        key = new_key(tokens_per_day=100000, allow_tools=1)
+        body = {"message": "tools may misreport"}
+        r = chat(key, body)
+        self.assertEqual(r.status, 200, r)
+        used = r.json()["usage"]["total_tokens"]
+        self.assertEqual(day_row(key), [max(used, held_for(body)), 0])
 
     def test_a_dead_process_reservation_is_given_back_when_it_expires(self):
         within_one_window(60, period=86400)
-        key = new_key(tokens_per_day=ONE_TURN_DAY)
+        key = new_key(tokens_per_day=DAY)
         kid = key[4:20]
         # What a ccgate-fcgi process killed mid-turn leaves: a held day.
         stack.sql("INSERT INTO key_quota_windows (key_id, kind, "
                   "window_start, reserved) VALUES ('%s', 'day', UTC_DATE(),"
-                  " 5000)" % kid)
+                  " 6000)" % kid)
         stack.sql("INSERT INTO quota_reservations VALUES ('%s', 'dead-1', "
-                  "UTC_DATE(), 5000, UTC_TIMESTAMP() + INTERVAL 1 HOUR)"
+                  "UTC_DATE(), 6000, UTC_TIMESTAMP() + INTERVAL 1 HOUR)"
                   % kid)
         r = chat(key, {"message": "held by a live turn"})
         self.assertEqual(r.status, 429, r)
-        self.assertIn("5000 of them held by turns in flight", r.body)
+        self.assertIn("6000 of them held by turns in flight", r.body)
         self.assertEqual(r.headers["retry-after"], "5")
         stack.sql("UPDATE quota_reservations SET expires_at = "
                   "UTC_TIMESTAMP() - INTERVAL 1 SECOND WHERE key_id = '%s'"

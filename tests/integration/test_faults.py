@@ -427,7 +427,8 @@ class ClientLeaves(unittest.TestCase):
 
     def test_client_leaving_while_queued(self):
         key = stack.create_key("leave-queued")
-        stack.reconfigure(tenant_max_jobs=1)
+        wait = stack.poold_opts["queue_max_wait_ms"]
+        stack.reconfigure(tenant_max_jobs=1, queue_max_wait_ms=300000)
         try:
             box = {}
             # The first turn outlasts what follows on any machine (a
@@ -450,7 +451,8 @@ class ClientLeaves(unittest.TestCase):
             self.assertTrue(first.is_alive(), "the first turn ended first")
             first.join(120)
         finally:
-            stack.reconfigure(tenant_max_jobs=4)    # ccgate-poold's default
+            stack.reconfigure(tenant_max_jobs=4,    # ccgate-poold's default
+                              queue_max_wait_ms=wait)
         self.assertEqual(box["r"].status, 200)
         wait_for(lambda: sorted(x[0] for x in stack.sql(
             "SELECT status_code FROM usage_logs u JOIN api_keys k ON "

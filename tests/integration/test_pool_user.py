@@ -31,8 +31,10 @@ class RunAsUser(unittest.TestCase):
             subprocess.run(["useradd", "--system", "--no-create-home",
                             "--shell", "/usr/sbin/nologin", USER], check=True)
         cls.uid = pwd.getpwnam(USER).pw_uid
+        # The idle timeout is long until the test has looked at the
+        # process (a loaded machine may take seconds to): then short.
         cls.stack = Stack({"min_instances": 1, "max_instances": 3,
-                           "idle_timeout_ms": 1500}, name="runas")
+                           "idle_timeout_ms": 600000}, name="runas")
         # The unprivileged CLI must reach its binary: a copy it may run.
         os.chmod(cls.stack.dir, 0o711)
         os.makedirs(cls.stack.path("cli"))
@@ -74,6 +76,7 @@ class RunAsUser(unittest.TestCase):
         for d in ("tenants", "tenants/unpriv", "tenants/unpriv/conversations"):
             st = os.stat(s.path("state", d))
             self.assertEqual((st.st_uid, st.st_mode & 0o777), (0, 0o711), d)
+        s.reconfigure(idle_timeout_ms=1500)
         wait_for(lambda: not [p for p in s.stats()["processes"]
                               if p["conversation"] == c], 60,
                  "the idle process to stop")

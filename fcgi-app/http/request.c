@@ -759,9 +759,10 @@ req_admit(struct request *r)
 {
 	char	why[256];
 	long	retry = 0;
+	int	rc;
 
-	return (req_quota_answer(r, quota_admit(&r->key, &retry, why,
-	    sizeof why), retry, why));
+	rc = quota_admit(&r->key, &retry, why, sizeof why);
+	return (req_quota_answer(r, rc, retry, why));
 }
 
 /*

@@ -50,6 +50,7 @@
 #define PROTO_E_BAD_REQUEST	"bad_request"
 #define PROTO_E_BUSY		"busy"
 #define PROTO_E_KEY_BUSY	"key_busy"	/* at the key's own limit, no queue */
+#define PROTO_E_TENANT_BUSY	"tenant_busy"	/* its share of the queue is full */
 #define PROTO_E_TIMEOUT		"timeout"
 #define PROTO_E_CLI_FAILED	"cli_failed"
 #define PROTO_E_UPSTREAM	"upstream_error"

@@ -264,7 +264,7 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 	size_t			 i;
 	long			 max_tokens = 0, timeout = cf->job_timeout_ms;
 	long			 key_max = 0;
-	int			 tools = 0, qlen = 0, no_queue = 0;
+	int			 tools = 0, qlen = 0, tqlen = 0, no_queue = 0;
 
 	if (pool_opt_str(msg, "tenant", &tenant) != 0 || tenant == NULL ||
 	    !util_valid_tenant(tenant))
@@ -442,8 +442,16 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		    "not to queue");
 		return (0);
 	}
-	TAILQ_FOREACH(q, &poold->queue, entry)
+	/* No tenant fills the queue others wait in. */
+	TAILQ_FOREACH(q, &poold->queue, entry) {
 		qlen++;
+		tqlen += strcmp(q->tenant, job->tenant) == 0;
+	}
+	if (tqlen >= cf->tenant_max_queued) {
+		pool_fail(job, PROTO_E_TENANT_BUSY, "this tenant's turns fill "
+		    "its share of the queue (tenant_max_queued)");
+		return (0);
+	}
 	if (qlen >= cf->queue_max) {
 		pool_fail(job, PROTO_E_BUSY, "the queue is full");
 		return (0);

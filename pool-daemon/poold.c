@@ -29,7 +29,7 @@ static const char *const poold_keys[] = {
 	"socket", "socket_mode", "socket_group", "state_dir", "cli_path",
 	"cli_env_path", "default_model", "run_as_user", "min_instances",
 	"max_instances", "tenant_max_jobs", "key_max_jobs",
-	"tenant_max_processes", "queue_max",
+	"tenant_max_processes", "queue_max", "tenant_max_queued",
 	"queue_max_wait_ms", "job_timeout_ms", "first_event_timeout_ms",
 	"stall_timeout_ms", "idle_timeout_ms", "max_messages_per_instance",
 	"max_instance_age_ms", "health_check_interval_ms", "shutdown_grace_ms",
@@ -301,6 +301,7 @@ poold_config_load(const char *path, char **cause)
 	POOLD_INT("key_max_jobs", key_max_jobs, 0, 0, 1024);
 	POOLD_INT("tenant_max_processes", tenant_max_processes, 8, 1, 1024);
 	POOLD_INT("queue_max", queue_max, 256, 0, 100000);
+	POOLD_INT("tenant_max_queued", tenant_max_queued, 32, 0, 100000);
 	POOLD_INT("queue_max_wait_ms", queue_max_wait_ms, 30000, 0, 3600000);
 	POOLD_INT("job_timeout_ms", job_timeout_ms, 600000, 100, 86400000);
 	POOLD_INT("first_event_timeout_ms", first_event_timeout_ms, 120000, 100,

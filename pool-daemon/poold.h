@@ -94,6 +94,7 @@ struct poold_config {
 	long	 key_max_jobs;		/* 0: no cap but the tenant's */
 	long	 tenant_max_processes;
 	long	 queue_max;
+	long	 tenant_max_queued;	/* of the queue, for one tenant */
 	long	 queue_max_wait_ms;
 	long	 job_timeout_ms;
 	long	 first_event_timeout_ms;

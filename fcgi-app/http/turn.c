@@ -39,6 +39,7 @@ turn_status(const char *code)
 	    strcmp(code, PROTO_E_UPSTREAM_CREDENTIAL) == 0)
 		return (503);
 	if (strcmp(code, PROTO_E_KEY_BUSY) == 0 ||
+	    strcmp(code, PROTO_E_TENANT_BUSY) == 0 ||
 	    strcmp(code, PROTO_E_UPSTREAM_LIMITED) == 0)
 		return (429);
 	if (strcmp(code, PROTO_E_TIMEOUT) == 0)
@@ -56,6 +57,7 @@ turn_refused(const char *code)
 {
 	return (strcmp(code, PROTO_E_BUSY) == 0 ||
 	    strcmp(code, PROTO_E_KEY_BUSY) == 0 ||
+	    strcmp(code, PROTO_E_TENANT_BUSY) == 0 ||
 	    strcmp(code, PROTO_E_SHUTTING_DOWN) == 0);
 }
 

@@ -136,6 +136,7 @@ setup(void)
 	cf->tenant_max_jobs = 4;
 	cf->tenant_max_processes = 8;
 	cf->queue_max = 100;
+	cf->tenant_max_queued = 100;
 	cf->queue_max_wait_ms = 30000;
 	cf->job_timeout_ms = 600000;
 	cf->first_event_timeout_ms = 120000;
@@ -425,6 +426,27 @@ START_TEST(test_a_keys_own_concurrency)
 	pool_cancel(a->job);
 	done(b);
 	ck_assert_int_lt(d->order, b->order);
+}
+END_TEST
+
+START_TEST(test_a_tenant_has_its_share_of_the_queue)
+{
+	struct tjob	*a, *b, *c, *d;
+
+	poold->cf->tenant_max_jobs = 1;
+	poold->cf->tenant_max_queued = 1;
+	a = submit("greedy", C1, "hang", NULL);
+	RUN_UNTIL(a->job->state == JOB_RUNNING);
+	b = submit("greedy", C2, "waits", NULL);
+	c = submit("greedy", C3, "refused", NULL);
+	ck_assert_ptr_nonnull(strstr(failed_with(c, PROTO_E_TENANT_BUSY),
+	    "tenant_max_queued"));
+	ck_assert_int_eq(b->job->state, JOB_QUEUED);
+	/* Another tenant still gets a place. */
+	d = submit("modest", C4, "runs", NULL);
+	done(d);
+	pool_cancel(a->job);
+	done(b);
 }
 END_TEST
 
@@ -991,6 +1013,7 @@ main(void)
 		test_eviction_takes_the_oldest_idle_process,
 		test_tenant_and_key_caps,
 		test_a_keys_own_concurrency,
+		test_a_tenant_has_its_share_of_the_queue,
 		test_one_conversations_turns_never_overlap,
 		test_timeouts,
 		test_recycled_after_its_turns,

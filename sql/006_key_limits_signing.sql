@@ -27,7 +27,7 @@ ALTER TABLE api_keys
 
 -- Signatures seen, per key, until their timestamp leaves the skew window:
 -- inserting one that is here already is a replay, in every ccgate-fcgi
--- process at once.  ccgate-admin sweep removes expired rows.
+-- process at once.  ccgate-admin purge removes expired rows.
 CREATE TABLE IF NOT EXISTS signature_nonces (
     key_id          VARCHAR(16)  NOT NULL,
     sig             BINARY(32)   NOT NULL,
@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS signature_nonces (
 -- conflict.  A 'done' row without a body kept an answer larger than
 -- idempotency_max_answer: a retry gets 409.  A 'running' row whose lease_until has passed belongs to a
 -- process that died: a retry takes it over.  A 'done' row replays status,
--- content_type and body until expires_at; ccgate-admin sweep removes it
+-- content_type and body until expires_at; ccgate-admin purge removes it
 -- after.
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     key_id          VARCHAR(16)  NOT NULL,

@@ -749,6 +749,26 @@ admin_usage(struct db *db, int argc, char **argv)
 }
 
 /*
+ * Run a "DELETE ... LIMIT 10000" until it deletes fewer (types: "" or "i"
+ * for its one parameter, arg), so that a big purge never holds long locks
+ * nor makes a writeset too big for Galera.  *total counts the rows.
+ */
+static int
+admin_delete_batches(struct db *db, const char *sql, const char *types,
+    long long arg, uint64_t *total)
+{
+	uint64_t	n;
+
+	*total = 0;
+	do {
+		if (db_run(db, NULL, &n, sql, types, arg) != 0)
+			return (-1);
+		*total += n;
+	} while (n == 10000);
+	return (0);
+}
+
+/*
  * purge [--usage-days N] [--deleted-days N] [--json]: delete usage rows
  * older than N days (default 90) and conversations deleted more than N
  * days ago (default 30); mark keys past their expiry as expired (each
@@ -791,14 +811,15 @@ admin_purge(struct db *db, int argc, char **argv)
 	if (optind != argc)
 		usage();
 	audit_cli_actor(&who);
-	/* In batches, so a big purge never holds long locks. */
-	do {
-		if (db_run(db, NULL, &n, "DELETE FROM usage_logs WHERE "
-		    "created_at < UTC_TIMESTAMP() - INTERVAL ? DAY LIMIT 10000",
-		    "i", udays) != 0)
-			goto fail;
-		rows += n;
-	} while (n == 10000);
+	if (admin_delete_batches(db, "DELETE FROM usage_logs WHERE "
+	    "created_at < UTC_TIMESTAMP() - INTERVAL ? DAY LIMIT 10000", "i",
+	    udays, &rows) != 0 ||
+	    admin_delete_batches(db, "DELETE FROM signature_nonces WHERE "
+	    "expires_at < UTC_TIMESTAMP() LIMIT 10000", "", 0, &nonces) != 0 ||
+	    admin_delete_batches(db, "DELETE FROM idempotency_keys WHERE "
+	    "expires_at < UTC_TIMESTAMP() AND lease_until < UTC_TIMESTAMP() "
+	    "LIMIT 10000", "", 0, &idem) != 0)
+		goto fail;
 	if (db_run(db, NULL, &convs, "DELETE FROM conversations WHERE "
 	    "deleted_at < UTC_TIMESTAMP() - INTERVAL ? DAY", "i", ddays) != 0 ||
 	    db_run(db, NULL, &windows, "DELETE FROM key_quota_windows WHERE "
@@ -806,12 +827,7 @@ admin_purge(struct db *db, int argc, char **argv)
 	    db_run(db, NULL, NULL, "DELETE FROM quota_reservations WHERE "
 	    "day < UTC_DATE() - INTERVAL 2 DAY", "") != 0 ||
 	    db_run(db, NULL, &fails, "DELETE FROM admin_login_failures WHERE "
-	    "last_failure_at < UTC_TIMESTAMP() - INTERVAL 1 DAY", "") != 0 ||
-	    db_run(db, NULL, &nonces, "DELETE FROM signature_nonces WHERE "
-	    "expires_at < UTC_TIMESTAMP()", "") != 0 ||
-	    db_run(db, NULL, &idem, "DELETE FROM idempotency_keys WHERE "
-	    "expires_at < UTC_TIMESTAMP() AND lease_until < UTC_TIMESTAMP()",
-	    "") != 0)
+	    "last_failure_at < UTC_TIMESTAMP() - INTERVAL 1 DAY", "") != 0)
 		goto fail;
 	if (db_run(db, &res, NULL, "SELECT id FROM api_keys WHERE status = "
 	    "'active' AND expires_at <= UTC_TIMESTAMP()", "") != 0)

@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     idem_key        VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
     request_sha256  BINARY(32)   NOT NULL,
     state           ENUM('running','done') NOT NULL,
+    request_id      VARCHAR(64)  NOT NULL
+                    COMMENT 'the request that holds the claim (its owner)',
+    conversation_id CHAR(36)     NULL
+                    COMMENT 'the answer''s conversation: deleted with it',
     lease_until     DATETIME     NOT NULL,
     status          SMALLINT UNSIGNED NULL,
     content_type    VARCHAR(128) NULL,
@@ -56,5 +60,6 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     created_at      DATETIME     NOT NULL,
     expires_at      DATETIME     NOT NULL,
     PRIMARY KEY (key_id, idem_key),
-    KEY idx_idempotency_expires (expires_at)
+    KEY idx_idempotency_expires (expires_at),
+    KEY idx_idempotency_conversation (conversation_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

@@ -430,6 +430,8 @@ conv_delete(struct db *db, const char *id)
 	    db_run(db, NULL, NULL, "UPDATE conversations SET deleted_at = "
 	    "UTC_TIMESTAMP(3), cli_session_id = NULL, system_prompt = NULL, "
 	    "title = NULL WHERE id = ?", "s", id) != 0 ||
+	    db_run(db, NULL, NULL, "DELETE FROM idempotency_keys WHERE "
+	    "conversation_id = ?", "s", id) != 0 ||
 	    db_commit(db) != 0) {
 		(void)db_rollback(db);
 		return (-1);

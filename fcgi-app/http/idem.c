@@ -19,8 +19,10 @@
  *
  * An answer of 5xx, 408, 409, 425, 429 or 499 is not kept (the key is let
  * go, so a retry runs).  A running claim holds a lease (idempotency_lease_s,
- * default job_timeout_ms + 60 s): past it, its process is taken for dead
- * and a retry runs.  The check comes after the key (and its signature)
+ * default twice job_timeout_ms + 60 s): past it, its process is taken for
+ * dead and a retry runs; the old request, if it was alive after all, then
+ * neither keeps nor deletes what is now the retry's (request_id).  An
+ * answer is deleted with its conversation.  The check comes after the key (and its signature)
  * and before the quotas.
  */
 #include "config.h"
@@ -206,31 +208,64 @@ idem_keeps(int status)
 	    status != 409 && status != 425 && status != 429 && status != 499);
 }
 
+/*
+ * The conversation the captured answer belongs to (its
+ * X-Ccgate-Conversation-Id), or "": the answer is deleted with it.
+ */
+static void
+idem_conversation(const struct idem *im, char *out, size_t len)
+{
+	const char	*h = strstr(im->headers, "X-Ccgate-Conversation-Id: ");
+	size_t		 n;
+
+	out[0] = '\0';
+	if (h == NULL)
+		return;
+	h += strlen("X-Ccgate-Conversation-Id: ");
+	n = strcspn(h, "\r\n");
+	if (n == UUID_LEN && n < len) {
+		memcpy(out, h, n);
+		out[n] = '\0';
+		if (!util_valid_uuid(out))
+			out[0] = '\0';
+	}
+}
+
 /* Keep the answer, or let the key go; then the front end finishes. */
 static void
 idem_finish(void *arg)
 {
 	struct idem	*im = arg;
 	struct db	*db = db_thread();
+	char		 conv[UUID_LEN + 1];
 	int		 status = req_status(im->r), rc;
 
+	/*
+	 * Only while the claim is still this request's: past its lease a
+	 * retry may have taken the key over, and its row is not ours.
+	 */
+	idem_conversation(im, conv, sizeof conv);
 	if (!im->answered || im->broken || !idem_keeps(status))
 		rc = db_run(db, NULL, NULL, "DELETE FROM idempotency_keys "
-		    "WHERE key_id = ? AND idem_key = ? AND state = 'running'",
-		    "ss", im->key_id, im->ikey);
+		    "WHERE key_id = ? AND idem_key = ? AND state = 'running' "
+		    "AND request_id = ?", "sss", im->key_id, im->ikey,
+		    req_id(im->r));
 	else if (im->too_large)
 		rc = db_run(db, NULL, NULL, "UPDATE idempotency_keys SET "
 		    "state = 'done', status = ?, content_type = NULL, "
-		    "headers = NULL, body = NULL WHERE key_id = ? AND "
-		    "idem_key = ?", "iss", (long long)status, im->key_id,
-		    im->ikey);
+		    "headers = NULL, body = NULL, conversation_id = ? WHERE "
+		    "key_id = ? AND idem_key = ? AND request_id = ?", "issss",
+		    (long long)status, conv[0] != '\0' ? conv : NULL,
+		    im->key_id, im->ikey, req_id(im->r));
 	else
 		rc = db_run(db, NULL, NULL, "UPDATE idempotency_keys SET "
 		    "state = 'done', status = ?, content_type = ?, "
-		    "headers = ?, body = ? WHERE key_id = ? AND idem_key = ?",
-		    "issbss", (long long)status, im->ctype, im->headers,
-		    im->buf != NULL ? im->buf : "", im->len, im->key_id,
-		    im->ikey);
+		    "headers = ?, body = ?, conversation_id = ? WHERE key_id = ? "
+		    "AND idem_key = ? AND request_id = ?", "issbssss",
+		    (long long)status, im->ctype, im->headers,
+		    im->buf != NULL ? im->buf : "", im->len,
+		    conv[0] != '\0' ? conv : NULL, im->key_id, im->ikey,
+		    req_id(im->r));
 	if (rc != 0)
 		log_warnx("%s: cannot record Idempotency-Key of key %s: a "
 		    "retry runs again after the lease", req_id(im->r),
@@ -338,8 +373,8 @@ idem_own(struct request *r, const char *key_id, const char *ikey)
 
 	if ((im = calloc(1, sizeof *im)) == NULL) {
 		(void)db_run(db_thread(), NULL, NULL, "DELETE FROM "
-		    "idempotency_keys WHERE key_id = ? AND idem_key = ?", "ss",
-		    key_id, ikey);
+		    "idempotency_keys WHERE key_id = ? AND idem_key = ? AND "
+		    "request_id = ?", "sss", key_id, ikey, req_id(r));
 		req_error(r, 500, NULL, "out of memory");
 		return (-1);
 	}
@@ -388,8 +423,9 @@ idem_begin(struct request *r)
 		    "ASCII characters", IDEM_KEY_MAX);
 		return (-1);
 	}
+	/* A turn may wait in the pool's queue, then run its whole timeout. */
 	lease = appconf->idem_lease_s > 0 ? appconf->idem_lease_s :
-	    appconf->job_timeout_ms / 1000 + 60;
+	    2 * (appconf->job_timeout_ms / 1000) + 60;
 	if ((uri = req_param(r, "REQUEST_URI")) == NULL)
 		uri = "";
 	if ((method = req_param(r, "REQUEST_METHOD")) == NULL)
@@ -405,11 +441,12 @@ idem_begin(struct request *r)
 	crypto_hash_sha256_final(&st, fp);
 	for (tries = 0; tries < 3; tries++) {
 		if (db_run(db, NULL, &n, "INSERT IGNORE INTO idempotency_keys "
-		    "(key_id, idem_key, request_sha256, state, lease_until, "
-		    "created_at, expires_at) VALUES (?, ?, ?, 'running', "
-		    "UTC_TIMESTAMP() + INTERVAL ? SECOND, UTC_TIMESTAMP(), "
-		    "UTC_TIMESTAMP() + INTERVAL ? SECOND)", "ssbii", k->id, ikey,
-		    fp, sizeof fp, lease, window) != 0)
+		    "(key_id, idem_key, request_sha256, state, request_id, "
+		    "lease_until, created_at, expires_at) VALUES (?, ?, ?, "
+		    "'running', ?, UTC_TIMESTAMP() + INTERVAL ? SECOND, "
+		    "UTC_TIMESTAMP(), UTC_TIMESTAMP() + INTERVAL ? SECOND)",
+		    "ssbsii", k->id, ikey, fp, sizeof fp, req_id(r), lease,
+		    window) != 0)
 			goto dbdown;
 		if (n == 1)
 			return (idem_own(r, k->id, ikey));
@@ -453,14 +490,16 @@ idem_begin(struct request *r)
 		db_res_free(res);
 		res = NULL;
 		if (db_run(db, NULL, &n, "UPDATE idempotency_keys SET "
-		    "request_sha256 = ?, state = 'running', lease_until = "
-		    "UTC_TIMESTAMP() + INTERVAL ? SECOND, status = NULL, "
-		    "content_type = NULL, headers = NULL, body = NULL, "
+		    "request_sha256 = ?, state = 'running', request_id = ?, "
+		    "lease_until = UTC_TIMESTAMP() + INTERVAL ? SECOND, "
+		    "status = NULL, content_type = NULL, headers = NULL, "
+		    "body = NULL, conversation_id = NULL, "
 		    "created_at = UTC_TIMESTAMP(), expires_at = UTC_TIMESTAMP() "
 		    "+ INTERVAL ? SECOND WHERE key_id = ? AND idem_key = ? AND "
 		    "((state = 'running' AND lease_until <= UTC_TIMESTAMP()) OR "
 		    "(state = 'done' AND expires_at <= UTC_TIMESTAMP()))",
-		    "biiss", fp, sizeof fp, lease, window, k->id, ikey) != 0)
+		    "bsiiss", fp, sizeof fp, req_id(r), lease, window, k->id,
+		    ikey) != 0)
 			goto dbdown;
 		if (n == 1)
 			return (idem_own(r, k->id, ikey));

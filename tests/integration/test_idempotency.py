@@ -6,6 +6,7 @@ nothing (the mock upstream's request count proves it), another body gets
 a running first attempt gets 409, a refused or failed one is not kept, a
 dead process's claim is taken over after its lease."""
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -291,11 +292,11 @@ class Lifecycle(unittest.TestCase):
         for ik, lease in (("live-" + fp[:8], "+ INTERVAL 1 HOUR"),
                           ("dead-" + fp[:8], "- INTERVAL 1 SECOND")):
             stack.sql("INSERT INTO idempotency_keys (key_id, idem_key, "
-                      "request_sha256, state, lease_until, created_at, "
-                      "expires_at) VALUES ('%s', '%s', UNHEX('%s'), "
-                      "'running', UTC_TIMESTAMP() %s, UTC_TIMESTAMP(), "
-                      "UTC_TIMESTAMP() + INTERVAL 1 DAY)"
-                      % (kid, ik, fp, lease))
+                      "request_sha256, state, request_id, lease_until, "
+                      "created_at, expires_at) VALUES ('%s', '%s', "
+                      "UNHEX('%s'), 'running', 'planted', UTC_TIMESTAMP() "
+                      "%s, UTC_TIMESTAMP(), UTC_TIMESTAMP() + INTERVAL 1 "
+                      "DAY)" % (kid, ik, fp, lease))
         n0 = upstream()
         live = stack.request("POST", "/api/chat", raw=body,
                              key=stack.keys["alice"],
@@ -308,6 +309,71 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(dead.status, 200, dead)
         self.assertEqual(upstream(), n0 + 1)
         self.assertEqual(self.row("dead-" + fp[:8]), [["done", "200"]])
+
+    def test_a_request_past_its_lease_leaves_the_retrys_claim_alone(self):
+        ik = uniq("lease")
+        raw = json.dumps({"message": "slow [[mock:slow=4000]] " + ik}).encode()
+        kid = stack.keys["alice"][4:20]
+
+        def owner():
+            return stack.sql("SELECT request_id FROM idempotency_keys WHERE "
+                             "key_id = '%s' AND idem_key = '%s'" % (kid, ik))
+        c = stack.conn(timeout=120)
+        c.request("POST", "/api/chat", body=raw, headers={
+            "Authorization": "Bearer " + stack.keys["alice"],
+            "Content-Type": "application/json", "Idempotency-Key": ik})
+        wait_for(lambda: [r[0] for r in self.row(ik)] == ["running"], 60,
+                 "the first request's claim")
+        first_owner = owner()
+        # As if its lease ran out (its process taken for dead): a retry
+        # takes the key over and runs.
+        stack.sql("UPDATE idempotency_keys SET lease_until = UTC_TIMESTAMP()"
+                  " - INTERVAL 1 SECOND WHERE key_id = '%s' AND idem_key = "
+                  "'%s'" % (kid, ik))
+        def gone():
+            return int(stack.sql("SELECT COUNT(*) FROM usage_logs WHERE "
+                                 "key_id = '%s' AND status_code = 499"
+                                 % kid)[0][0])
+        gone0 = gone()
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            retry = ex.submit(stack.request, "POST", "/api/chat", raw=raw,
+                              key=stack.keys["alice"],
+                              headers={"Idempotency-Key": ik})
+            wait_for(lambda: owner() not in ([], first_owner), 60,
+                     "the retry to take the key over")
+            # The first was alive after all; its client leaves now: its
+            # end (499, not kept) must not delete the retry's claim.
+            c.close()
+            # Its usage row is written after its transport finished.
+            wait_for(lambda: gone() == gone0 + 1, 60,
+                     "the first request's end")
+            retry = retry.result()
+        self.assertEqual(retry.status, 200, retry)
+        self.assertEqual(self.row(ik), [["done", "200"]])
+        n0 = upstream()
+        again = stack.request("POST", "/api/chat", raw=raw,
+                              key=stack.keys["alice"],
+                              headers={"Idempotency-Key": ik})
+        self.assertEqual(again.headers.get("idempotent-replayed"), "true")
+        self.assertEqual(again.body, retry.body)
+        self.assertEqual(upstream(), n0)
+
+    def test_a_deleted_conversation_takes_its_answers(self):
+        ik = uniq("del")
+        body = {"message": "to be deleted " + ik}
+        first = post("/api/chat", body, ik)
+        self.assertEqual(first.status, 200, first)
+        cid = first.headers["x-ccgate-conversation-id"]
+        self.assertEqual(self.row(ik), [["done", "200"]])
+        r = stack.request("DELETE", "/api/conversations/" + cid,
+                          key=stack.keys["alice"])
+        self.assertIn(r.status, (200, 204), r)
+        self.assertEqual(self.row(ik), [])
+        n0 = upstream()
+        again = post("/api/chat", body, ik)
+        self.assertEqual(again.status, 200, again)
+        self.assertNotIn("idempotent-replayed", again.headers)
+        self.assertEqual(upstream(), n0 + 1)
 
     def test_an_answer_too_large_to_keep_is_not_run_twice(self):
         ik = uniq("big")

@@ -301,7 +301,7 @@ poold_config_load(const char *path, char **cause)
 	POOLD_INT("key_max_jobs", key_max_jobs, 0, 0, 1024);
 	POOLD_INT("tenant_max_processes", tenant_max_processes, 8, 1, 1024);
 	POOLD_INT("queue_max", queue_max, 256, 0, 100000);
-	POOLD_INT("tenant_max_queued", tenant_max_queued, 32, 0, 100000);
+	POOLD_INT("tenant_max_queued", tenant_max_queued, 64, 0, 100000);
 	POOLD_INT("queue_max_wait_ms", queue_max_wait_ms, 30000, 0, 3600000);
 	POOLD_INT("job_timeout_ms", job_timeout_ms, 600000, 100, 86400000);
 	POOLD_INT("first_event_timeout_ms", first_event_timeout_ms, 120000, 100,

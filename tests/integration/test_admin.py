@@ -939,11 +939,12 @@ class CommandLine(unittest.TestCase):
                   "REPEAT('b', 32), UTC_TIMESTAMP() + INTERVAL 1 HOUR)"
                   % (kid, kid))
         stack.sql("INSERT INTO idempotency_keys (key_id, idem_key, "
-                  "request_sha256, state, lease_until, status, created_at, "
-                  "expires_at) VALUES ('%s', 'old', REPEAT('a', 32), 'done', "
-                  "UTC_TIMESTAMP() - INTERVAL 2 DAY, 200, UTC_TIMESTAMP() - "
-                  "INTERVAL 2 DAY, UTC_TIMESTAMP() - INTERVAL 1 DAY), ('%s', "
-                  "'new', REPEAT('a', 32), 'done', UTC_TIMESTAMP(), 200, "
+                  "request_sha256, state, request_id, lease_until, status, "
+                  "created_at, expires_at) VALUES ('%s', 'old', "
+                  "REPEAT('a', 32), 'done', 'r1', UTC_TIMESTAMP() - INTERVAL "
+                  "2 DAY, 200, UTC_TIMESTAMP() - INTERVAL 2 DAY, "
+                  "UTC_TIMESTAMP() - INTERVAL 1 DAY), ('%s', 'new', "
+                  "REPEAT('a', 32), 'done', 'r2', UTC_TIMESTAMP(), 200, "
                   "UTC_TIMESTAMP(), UTC_TIMESTAMP() + INTERVAL 1 DAY)"
                   % (kid, kid))
         out = json.loads(stack.admin("purge", "--json").stdout)

@@ -318,13 +318,12 @@ class Truthful(unittest.TestCase):
         self.assertEqual(len([rec for rec in stack.mock_records()
                               if texts_of(rec) and texts_of(rec)[-1] ==
                               ("user", "cut one two three four")]), 1)
-        # The CLI asks the model to go on at once; the interrupt may come
-        # after its first "go on" (on a busy host, its second), but well
-        # before the three it would send, and what those got back was
-        # never the client's.
-        self.assertLess(len([rec for rec in stack.mock_records()
-                             if "Output token limit" in
-                             json.dumps(rec["body"])]), 3)
+        # The CLI asks the model to go on at once; the mock holds that
+        # request, so the interrupt meets at most the first "go on", and
+        # nothing it got back was the client's.
+        self.assertLessEqual(len([rec for rec in stack.mock_records()
+                                  if "Output token limit" in
+                                  json.dumps(rec["body"])]), 1)
         cid = r.headers["x-ccgate-conversation-id"]
         conv = stack.request("GET", "/api/conversations/" + cid,
                              key=stack.keys["alice"]).json()

@@ -510,8 +510,10 @@ class Children(PoolTest):
             "PATH", "HOME", "CLAUDE_CONFIG_DIR", "LANG", "TMPDIR",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "DISABLE_AUTOUPDATER",
             "DISABLE_TELEMETRY", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY",
-            "ANTHROPIC_UNIX_SOCKET", "PWD"},
+            "ANTHROPIC_UNIX_SOCKET", "PWD", "CLAUDE_CODE_MAX_RETRIES"},
             set(), "unexpected variables in the CLI's environment")
+        # The CLI's own retries are bounded (cli_max_retries).
+        self.assertEqual(env["CLAUDE_CODE_MAX_RETRIES"], "2")
         # What it sees is the sandbox's; the key is its egress token.
         self.assertEqual((env["HOME"], env["TMPDIR"], env["PWD"]),
                          ("/home/claude", "/tmp", "/workspace"))

@@ -29,8 +29,10 @@ def setUpModule():
     CLIENTS = pinned_clients()
     stack = Stack(name="ws", app_opts={"key_cache_ms": 0,
                                        "ws_max_message": MAX_MESSAGE},
-                  poold_opts={"max_instances": 8,
-                              "tenant_max_jobs": 8}).start()
+                  poold_opts={"max_instances": 8, "tenant_max_jobs": 8,
+                              # Load.test_200_sockets_at_once: one tenant's
+                              # 200 turns all wait their turn.
+                              "tenant_max_queued": 256}).start()
     for name in ("alice", "bob", "carol", "dave", "erin"):
         stack.create_key(name, user=name)
 

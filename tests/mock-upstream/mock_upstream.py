@@ -279,6 +279,12 @@ class Handler(BaseHTTPRequestHandler):
         if has_tool_result(body) and not cfg["text"]:
             cfg["text"] = "mock reply #%d: tool result: %s" % (
                 seq, tool_result_text(body))
+        # The CLI asking the model to go on after a max_tokens stop: ccgate
+        # interrupts that turn, so what this would answer is never the
+        # client's. Held until the CLI lets go, so that the interrupt
+        # always meets the first of these, however busy the host.
+        if "Output token limit" in json.dumps(body["messages"][-1:]):
+            cfg["mode"] = "hang"
         if cfg["mode"] == "hang":
             time.sleep(3600)
             return

@@ -318,9 +318,9 @@ class Truthful(unittest.TestCase):
         self.assertEqual(len([rec for rec in stack.mock_records()
                               if texts_of(rec) and texts_of(rec)[-1] ==
                               ("user", "cut one two three four")]), 1)
-        # The CLI asks the model to go on at once; the mock holds that
-        # request, so the interrupt meets at most the first "go on", and
-        # nothing it got back was the client's.
+        # The CLI asks the model to go on at once; the mock answers that
+        # request late, so the interrupt meets at most the first "go on",
+        # and nothing it got back was the client's.
         self.assertLessEqual(len([rec for rec in stack.mock_records()
                                   if "Output token limit" in
                                   json.dumps(rec["body"])]), 1)

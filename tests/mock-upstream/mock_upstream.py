@@ -281,10 +281,11 @@ class Handler(BaseHTTPRequestHandler):
                 seq, tool_result_text(body))
         # The CLI asking the model to go on after a max_tokens stop: ccgate
         # interrupts that turn, so what this would answer is never the
-        # client's. Held until the CLI lets go, so that the interrupt
-        # always meets the first of these, however busy the host.
+        # client's. Answered late, so that the interrupt meets the first of
+        # these on a busy host too (the newest CLI does not abort it: held
+        # for good, it would hold the conversation's next turn).
         if "Output token limit" in json.dumps(body["messages"][-1:]):
-            cfg["mode"] = "hang"
+            cfg["mode"], cfg["delay_ms"] = "slow", 5000
         if cfg["mode"] == "hang":
             time.sleep(3600)
             return

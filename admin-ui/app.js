@@ -292,15 +292,16 @@ const UPSTREAM_HELP = {
   limited: (u) => ['The upstream account is limited',
     (u.reset ? 'Its plan\'s usage limit resets at ' + when(new Date(u.reset * 1000).toISOString()) + ' UTC. ' :
       'The upstream is rate-limiting the account. ') +
-    'Turns are refused at once with 429 and Retry-After until then; one probe turn goes up when the wait ' +
-    'passes. Nothing to do but wait, or raise the plan\'s limit and press Apply on the Pool page to probe now.'],
+    'Turns are refused at once with 429 and Retry-After until then; ccgate-poold checks the account itself ' +
+    'when the wait passes. Nothing to do but wait, or raise the plan\'s limit and press Apply on the Pool page ' +
+    'to check now.'],
   overloaded: () => ['The upstream is overloaded',
-    'It answered 529. Turns are refused with 503 for a short cool-down, then one probe turn goes up. ' +
+    'It answered 529. Turns are refused with 503 for a short cool-down, then ccgate-poold checks it again. ' +
     'Nothing to do unless it lasts: see status.anthropic.com.'],
   credential_rejected: () => ['The upstream rejected the service\'s credential',
     'Every turn is refused with 503 until an operator renews it. For a subscription\'s OAuth token: run ' +
     '`claude setup-token`, put the token in /etc/ccgate/egress-credential.conf as docs/install.md (section 5) ' +
-    'says, reload nginx, then press Apply on the Pool page to probe at once (it is also probed every ' +
+    'says, reload nginx, then press Apply on the Pool page to check at once (it is also checked every ' +
     'upstream_probe_interval_ms). For an API key: install a new key the same way.'],
 };
 
@@ -315,7 +316,7 @@ function drawUpstream(u) {
   b.dataset.state = u.state;
   b.innerHTML = '<strong>' + esc(head) + '</strong><p>' + esc(text) + '</p>' +
     '<div class="sub muted">since ' + esc(u.since ? when(new Date(u.since * 1000).toISOString()) : '—') +
-    ' UTC · next probe in ' + esc(num(u.retry_after)) + ' s · ' + esc(num(u.refused)) + ' turns refused</div>';
+    ' UTC · next check in ' + esc(num(u.retry_after)) + ' s · ' + esc(num(u.refused)) + ' turns refused</div>';
   b.hidden = false;
 }
 

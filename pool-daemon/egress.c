@@ -11,6 +11,8 @@
  *			while it exists, and nginx logs the tenant it
  *			resolves to
  *   egress/tenants/<t>/	empty: what the links point at
+ *   egress/poold/	the same for ccgate-poold's own requests (the
+ *			upstream account's checks): no tenant has its name
  *
  * A token lives as long as its process; the daemon removes it when the
  * process is gone, and all of them when it starts.  The directories can
@@ -46,7 +48,7 @@ int
 egress_init(const char *state, char **cause)
 {
 	static const char *const	 sub[] = { "egress", "egress/tokens",
-	    "egress/tenants", "egress/warm", NULL };
+	    "egress/tenants", "egress/warm", "egress/poold", NULL };
 	const char *const		*s;
 	struct dirent			*de;
 	DIR				*d;
@@ -77,7 +79,9 @@ egress_point(const char *state, const char *hex, const char *t, char **cause)
 {
 	char	link[PATH_MAX], tmp[PATH_MAX], target[PATH_MAX];
 
-	if (t != NULL) {
+	if (t != NULL && strcmp(t, EGRESS_SELF) == 0)
+		snprintf(target, sizeof target, "../poold");
+	else if (t != NULL) {
 		if (!util_valid_tenant(t)) {
 			util_cause(cause, "invalid tenant name");
 			return (-1);
@@ -100,7 +104,10 @@ egress_point(const char *state, const char *hex, const char *t, char **cause)
 	return (0);
 }
 
-/* Make a new token for a process of tenant t (NULL: a warm process). */
+/*
+ * Make a new token for a process of tenant t (NULL: a warm process;
+ * EGRESS_SELF: ccgate-poold's own request).
+ */
 int
 egress_issue(const char *state, const char *t, char hex[EGRESS_TOKEN_HEX + 1],
     char **cause)

@@ -495,7 +495,6 @@ pool_finish(struct job *job, json_t *frame)
 	json_t		*changes;
 	uint64_t	 now = poold_now();
 
-	upstream_job_end(job);
 	if (job->state == JOB_QUEUED)
 		TAILQ_REMOVE(&poold->queue, job, entry);
 	if (job->proc != NULL) {
@@ -1579,7 +1578,7 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 			    "the CLI session could not be resumed");
 			return;
 		}
-		/* The account refused it (429, 529, 401): upstream.c. */
+		/* The upstream refused it (429, 529, 401): upstream.c. */
 		if ((extra = upstream_failed(job, m, &code)) != NULL) {
 			snprintf(msg, sizeof msg, "%s", json_string_value(
 			    json_object_get(extra, "message")));
@@ -1623,8 +1622,6 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 		return;		/* what was held back for a stop that never came */
 
 	f = proto_new(PROTO_DONE);
-	/* The probe of a refused account answered: it is ok again. */
-	upstream_succeeded(job);
 	/*
 	 * A turn that waited for tool results was billed in parts, and one
 	 * told to call a tool ran more than one CLI turn: each job says what
@@ -1947,6 +1944,7 @@ pool_tick(void *arg)
 	proc_reap();
 	now = poold_now();
 	proc_tick(now);
+	upstream_tick();
 	for (job = TAILQ_FIRST(&poold->queue); job != NULL; job = jnext) {
 		jnext = TAILQ_NEXT(job, entry);
 		if (now - job->accepted_at >= (uint64_t)cf->queue_max_wait_ms)

@@ -519,6 +519,7 @@ main(int argc, char **argv)
 		fatal("event loop");
 
 	server_close_all();
+	upstream_free();
 	proc_reap();
 	log_info("stopped");
 	loop_free(poold->loop);

@@ -37,6 +37,8 @@
 #define POOLD_STOP_GRACE_MS	3000
 #define POOLD_SANDBOX_PATHS	16
 #define EGRESS_TOKEN_HEX	64
+/* The egress's name for ccgate-poold's own requests: no tenant's name. */
+#define EGRESS_SELF		"(ccgate-poold)"
 
 /* Where a CLI runs. */
 enum sandbox_kind {
@@ -240,8 +242,7 @@ struct job {
 	char			 session_id[UUID_LEN + 1];
 	int			 retries_seen;
 	int			 last_retry_status;
-	/* The upstream account (upstream.c). */
-	int			 probe;		/* the turn that probes it */
+	/* What the CLI said of the upstream account (upstream.c). */
 	long long		 retry_ms;	/* the CLI's last retry wait */
 	long long		 resets_at;	/* a rejected plan limit's */
 	/*
@@ -301,7 +302,7 @@ struct poold_stats {
 };
 
 /*
- * The upstream account as the CLIs' failed turns report it (upstream.c):
+ * The upstream account as ccgate-poold's own checks find it (upstream.c):
  * ok, limited until a time, overloaded for a cool-down, or its credential
  * rejected.  Deadlines on the daemon's clock; reset is the epoch the
  * upstream named.
@@ -315,15 +316,19 @@ enum upstream_state {
 #define UPSTREAM_NSTATES	4
 struct upstream {
 	enum upstream_state	 state;
-	uint64_t		 until;		/* the next probe may run */
+	uint64_t		 until;		/* the next check may run */
 	long long		 since;		/* epoch seconds */
 	long long		 reset;		/* LIMITED: epoch, or 0 */
 	int			 status;	/* the upstream's last */
-	int			 probing;	/* a probe turn runs */
+	struct count		*check;		/* the check running, or NULL */
+	uint64_t		 check_started;
+	long long		 last_check;	/* epoch of the last one's end */
+	int			 last_check_status; /* its status, 0: none */
 	uint64_t		 changes;
 	uint64_t		 errors[UPSTREAM_NSTATES]; /* by what followed */
 	uint64_t		 refused;
-	uint64_t		 probes;
+	uint64_t		 checks;
+	uint64_t		 hints;		/* CLIs' reports of an error */
 	json_t			*pending;	/* changes not yet audited */
 };
 /* Changes of state kept for a ccgate-fcgi to audit, at most. */
@@ -389,11 +394,11 @@ struct cli_msg;
 int		 upstream_admit(struct job *, json_t **);
 json_t		*upstream_failed(struct job *, const struct cli_msg *,
 		     const char **);
-void		 upstream_succeeded(struct job *);
 json_t		*upstream_take(void);
 void		 upstream_untake(json_t *);
-void		 upstream_job_end(struct job *);
+void		 upstream_tick(void);
 void		 upstream_probe_now(const char *);
+void		 upstream_free(void);
 json_t		*upstream_stats(void);
 const char	*upstream_state_name(enum upstream_state);
 
@@ -453,9 +458,14 @@ void		 sandbox_cli_args(struct strv *, int);
 /* count.c */
 struct count;
 typedef void	(*count_done_cb)(void *, json_t *);
+typedef void	(*count_answer_cb)(void *, int, const char *, const char *,
+		    size_t);
 struct count	*count_start(const char *, json_t *, count_done_cb, void *,
 		     const char **, char **);
 void		 count_cancel(struct count *);
+struct count	*count_message(json_t *, size_t, count_answer_cb, void *,
+		     char **);
+int		 count_header(const char *, const char *, char *, size_t);
 
 /* egress.c */
 int		 egress_init(const char *, char **);

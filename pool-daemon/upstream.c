@@ -1,21 +1,28 @@
 /*
- * The upstream account, as the CLIs' failed turns report it.  Every CLI
- * of the pool spends one account (one credential, in the egress), so a
- * plan's usage limit (429 with a reset time), an overloaded upstream
- * (529) or a rejected credential (401) holds for every tenant: once a turn
- * reports one, new jobs are answered at once, without a CLI, until the
- * state may have passed; then one job is let through as a probe, and the
- * others are still refused until it ends (done: ok again; the same error:
- * the state again).
+ * The upstream account.  Every CLI of the pool spends one account (one
+ * credential, in the egress), so a plan's usage limit (429 with a reset
+ * time), an overloaded upstream (529) or a rejected credential (401, 403)
+ * holds for every tenant: while it does, new jobs are answered at once,
+ * without a CLI.
  *
- * The state is set only from the structured fields the CLI prints for an
- * API error (the result's is_error and api_error_status, its
- * rate_limit_event), never from text: a model, and so a tenant, can make
- * the CLI print any text, not those fields.
+ * Only ccgate-poold's own check decides the state: a one-token request of
+ * its own (POST /v1/messages with the pool's default model, "ping") sent
+ * through the egress under its own name (count.c), whose status and
+ * headers (retry-after, anthropic-ratelimit-unified-status and -reset)
+ * set it.  A CLI's report of an upstream error is a hint, never the state:
+ * a tenant whose key allows tools runs code as the CLI's user and can
+ * write any line into the CLI's stdout, so the report answers that
+ * tenant's own turn and starts a check, nothing more.  A check runs when
+ * a CLI reports an error, when the state's time passes (so the account
+ * recovers with no traffic) and when an operator acts; never two at once,
+ * none longer than UPSTREAM_CHECK_MS.  The check uses the pool's default
+ * model: a limit of one model (a plan's seven_day_opus) that a tenant's
+ * turn met refuses that tenant's turn, not every tenant.
  */
 #include "config.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -25,10 +32,18 @@
 
 /* The longest a reset time may lie ahead (a week). */
 #define UPSTREAM_MAX_WAIT_MS	(7LL * 24 * 3600 * 1000)
+/* The longest a check may take: then it has no answer. */
+#define UPSTREAM_CHECK_MS	30000
+/* The check's model when the pool names none (ccgate.conf's default). */
+#define UPSTREAM_CHECK_MODEL	"claude-sonnet-4-5"
+/* The most of a check's answer kept (its head is what counts). */
+#define UPSTREAM_CHECK_MAX	(64 * 1024)
 
 static const char *const upstream_names[UPSTREAM_NSTATES] = {
 	"ok", "limited", "overloaded", "credential_rejected"
 };
+
+static void	upstream_check(const char *);
 
 /* The name of a state, as stats and metrics give it. */
 const char *
@@ -39,42 +54,44 @@ upstream_state_name(enum upstream_state s)
 	return (upstream_names[s]);
 }
 
-/* The seconds until the next probe may run (at least 1). */
+/* The seconds until the next check may end the state (at least 1). */
 static long long
 upstream_wait_s(void)
 {
 	struct upstream	*u = &poold->upstream;
 	uint64_t	 now = poold_now();
 
-	if (u->probing || u->until <= now)
+	if (u->check != NULL || u->until <= now)
 		return (1);
 	return ((long long)((u->until - now + 999) / 1000));
 }
 
-/* The pool error code and the client's message for the state. */
+/*
+ * The pool error code and the client's message for state s (reset: a
+ * plan's reset epoch or 0; wait: the seconds to retry in).
+ */
 static const char *
-upstream_code(char *msg, size_t len)
+upstream_code(enum upstream_state s, long long reset, long long wait,
+    char *msg, size_t len)
 {
-	struct upstream	*u = &poold->upstream;
 	char		 when[32];
 	time_t		 t;
 	struct tm	 tm;
 
-	switch (u->state) {
+	switch (s) {
 	case UPSTREAM_LIMITED:
-		t = (time_t)u->reset;
-		if (u->reset > 0 && gmtime_r(&t, &tm) != NULL &&
+		t = (time_t)reset;
+		if (reset > 0 && gmtime_r(&t, &tm) != NULL &&
 		    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm) > 0)
 			snprintf(msg, len, "the service's upstream account has "
 			    "reached its usage limit; it resets at %s", when);
 		else
 			snprintf(msg, len, "the upstream is rate-limiting the "
-			    "service's account; retry in %lld s",
-			    upstream_wait_s());
+			    "service's account; retry in %lld s", wait);
 		return (PROTO_E_UPSTREAM_LIMITED);
 	case UPSTREAM_OVERLOADED:
 		snprintf(msg, len, "the upstream is overloaded; retry in %lld s",
-		    upstream_wait_s());
+		    wait);
 		return (PROTO_E_UPSTREAM_OVERLOADED);
 	case UPSTREAM_CREDENTIAL:
 		snprintf(msg, len, "the service's upstream credential was "
@@ -87,16 +104,18 @@ upstream_code(char *msg, size_t len)
 	return (PROTO_E_UPSTREAM);
 }
 
-/* The fields of a refused or failed job's error frame: code, message... */
+/* The fields of an error frame for state s: code, message, retry_after. */
 static json_t *
-upstream_frame(void)
+upstream_frame(enum upstream_state s, long long reset, long long wait)
 {
 	char		 msg[256];
 	const char	*code;
 
-	code = upstream_code(msg, sizeof msg);
+	if (wait < 1)
+		wait = 1;
+	code = upstream_code(s, reset, wait, msg, sizeof msg);
 	return (json_pack("{s:s, s:s, s:I}", "code", code, "message", msg,
-	    "retry_after", (json_int_t)upstream_wait_s()));
+	    "retry_after", (json_int_t)wait));
 }
 
 /*
@@ -164,7 +183,7 @@ upstream_untake(json_t *changes)
 
 /*
  * Move to state s (the upstream's status, the reset epoch or 0, the
- * earliest next probe in ms from now); a change is kept for the audit.
+ * earliest next check in ms from now); a change is kept for the audit.
  */
 static void
 upstream_set(enum upstream_state s, int status, long long reset,
@@ -190,7 +209,7 @@ upstream_set(enum upstream_state s, int status, long long reset,
 		log_info("upstream account: ok again (was %s)",
 		    upstream_state_name(from));
 	else
-		log_warnx("upstream account: %s (status %d), next try in "
+		log_warnx("upstream account: %s (status %d), next check in "
 		    "%lld s", upstream_state_name(s), status,
 		    (wait_ms + 999) / 1000);
 	upstream_keep(json_pack("{s:s, s:s, s:i, s:o, s:I, s:I}", "from",
@@ -200,63 +219,74 @@ upstream_set(enum upstream_state s, int status, long long reset,
 }
 
 /*
- * May job run (1), or is it refused (0, with *refusal the fields of its
- * error frame)?  While the state holds, jobs are refused; once its time
- * passes, one job is the probe and the others wait for its outcome.
+ * The wait a 429 asks for: until a rejected plan limit's reset (epoch,
+ * returned in *reset), else the larger of its retry-after (ms) and the
+ * cool-down.
  */
-int
-upstream_admit(struct job *job, json_t **refusal)
+static long long
+upstream_limit_wait(int rejected, long long resets_at, long long retry_ms,
+    long long *reset)
 {
-	struct upstream	*u = &poold->upstream;
+	struct poold_config	*cf = poold->cf;
+	long long		 wall = (long long)time(NULL);
 
-	*refusal = NULL;
-	if (job->probe || u->state == UPSTREAM_OK)
-		return (1);
-	if (!u->probing && poold_now() >= u->until) {
-		job->probe = 1;
-		u->probing = 1;
-		u->probes++;
-		log_info("job %s probes the upstream account (%s)", job->id,
-		    upstream_state_name(u->state));
-		return (1);
+	*reset = 0;
+	if (rejected && resets_at > wall) {
+		if ((resets_at - wall) * 1000 > UPSTREAM_MAX_WAIT_MS)
+			resets_at = wall + UPSTREAM_MAX_WAIT_MS / 1000;
+		*reset = resets_at;
+		return ((resets_at - wall) * 1000);
 	}
-	u->refused++;
-	*refusal = upstream_frame();
-	return (0);
+	return (retry_ms > cf->upstream_cooldown_ms ? retry_ms :
+	    cf->upstream_cooldown_ms);
 }
 
 /*
- * A turn ended in error (m, its result line): if the CLI says the
- * upstream refused the account (429, 529, 401), set the state and
- * return the error frame's fields (code, message, retry_after), with *code
- * the pool error code.  NULL for any other error.
+ * A check's answer (status 0: none): the only thing that sets the state.
+ * 200 ok; 429 limited (until a rejected plan limit's reset, else for
+ * retry-after or the cool-down); 529 overloaded; 401 or 403 the
+ * credential rejected; anything else leaves the state as it is, to be
+ * checked again after the cool-down.
  */
-json_t *
-upstream_failed(struct job *job, const struct cli_msg *m, const char **code)
+static void
+upstream_answer(void *arg, int status, const char *head, const char *body,
+    size_t len)
 {
 	struct poold_config	*cf = poold->cf;
 	struct upstream		*u = &poold->upstream;
-	json_t			*f;
-	long long		 wall = (long long)time(NULL), wait;
+	char			 v[64], *end;
+	long long		 resets_at = 0, retry_ms = 0, reset, wait;
+	int			 rejected = 0;
 
-	if (!m->is_error)
-		return (NULL);
-	if (job->probe) {
-		job->probe = 0;
-		u->probing = 0;
-	}
-	switch (m->error_status) {
+	u->check = NULL;	/* count.c frees it */
+	u->last_check = (long long)time(NULL);
+	u->last_check_status = status;
+	log_info("upstream account: the check answered %d", status);
+	switch (status) {
+	case 200:
+		upstream_set(UPSTREAM_OK, 200, 0, 0);
+		break;
 	case 429:
 		u->errors[UPSTREAM_LIMITED]++;
-		if (job->resets_at > wall) {
-			wait = (job->resets_at - wall) * 1000;
-			upstream_set(UPSTREAM_LIMITED, 429, job->resets_at,
-			    wait);
-		} else {
-			wait = job->retry_ms > cf->upstream_cooldown_ms ?
-			    job->retry_ms : cf->upstream_cooldown_ms;
-			upstream_set(UPSTREAM_LIMITED, 429, 0, wait);
+		if (count_header(head, "anthropic-ratelimit-unified-status", v,
+		    sizeof v) == 0 && strcmp(v, "rejected") == 0)
+			rejected = 1;
+		if (count_header(head, "anthropic-ratelimit-unified-reset", v,
+		    sizeof v) == 0) {
+			resets_at = strtoll(v, &end, 10);
+			if (end == v || *end != '\0')
+				resets_at = 0;
 		}
+		if (count_header(head, "retry-after", v, sizeof v) == 0) {
+			retry_ms = strtoll(v, &end, 10);
+			if (end == v || *end != '\0' || retry_ms < 0 ||
+			    retry_ms > UPSTREAM_MAX_WAIT_MS / 1000)
+				retry_ms = 0;
+			retry_ms *= 1000;
+		}
+		wait = upstream_limit_wait(rejected, resets_at, retry_ms,
+		    &reset);
+		upstream_set(UPSTREAM_LIMITED, 429, reset, wait);
 		break;
 	case 529:
 		u->errors[UPSTREAM_OVERLOADED]++;
@@ -264,48 +294,155 @@ upstream_failed(struct job *job, const struct cli_msg *m, const char **code)
 		    cf->upstream_cooldown_ms);
 		break;
 	case 401:
+	case 403:
 		u->errors[UPSTREAM_CREDENTIAL]++;
-		upstream_set(UPSTREAM_CREDENTIAL, 401, 0,
+		upstream_set(UPSTREAM_CREDENTIAL, status, 0,
 		    cf->upstream_probe_interval_ms);
+		break;
+	default:
+		/* No word of the account: as it was, checked again later. */
+		u->until = poold_now() + (uint64_t)cf->upstream_cooldown_ms;
+		break;
+	}
+}
+
+/*
+ * Start a check of the account (why: for the log) unless one runs or
+ * the daemon has no egress to send it through.
+ */
+static void
+upstream_check(const char *why)
+{
+	struct poold_config	*cf = poold->cf;
+	struct upstream		*u = &poold->upstream;
+	json_t			*body;
+	char			*cause = NULL;
+
+	if (u->check != NULL || cf->egress_socket == NULL || poold->stopping)
+		return;
+	body = json_pack("{s:s, s:i, s:[{s:s, s:s}]}", "model",
+	    cf->default_model != NULL ? cf->default_model :
+	    UPSTREAM_CHECK_MODEL,
+	    "max_tokens", 1, "messages", "role", "user", "content", "ping");
+	/* A subscription's token answers only what speaks as Claude Code. */
+	if (body != NULL && cf->egress_oauth && json_object_set_new(body,
+	    "system", json_string("You are Claude Code, Anthropic's official "
+	    "CLI for Claude.")) != 0) {
+		json_decref(body);
+		body = NULL;
+	}
+	if (body == NULL) {
+		log_warnx("upstream account: no check: out of memory");
+		u->until = poold_now() + (uint64_t)cf->upstream_cooldown_ms;
+		return;
+	}
+	u->checks++;
+	u->check_started = poold_now();
+	log_info("upstream account %s: checking it (%s)",
+	    upstream_state_name(u->state), why);
+	u->check = count_message(body, UPSTREAM_CHECK_MAX, upstream_answer,
+	    NULL, &cause);
+	json_decref(body);
+	if (u->check == NULL) {
+		log_warnx("upstream account: no check: %s", cause);
+		free(cause);
+		u->last_check = (long long)time(NULL);
+		u->last_check_status = 0;
+		u->until = poold_now() + (uint64_t)cf->upstream_cooldown_ms;
+	}
+}
+
+/*
+ * Once per tick: a check that took too long has no answer; a state whose
+ * time has passed is checked (so it ends with no traffic too).
+ */
+void
+upstream_tick(void)
+{
+	struct upstream	*u = &poold->upstream;
+	uint64_t	 now = poold_now();
+
+	if (u->check != NULL && now - u->check_started >= UPSTREAM_CHECK_MS) {
+		log_warnx("upstream account: the check had no answer in %d s",
+		    UPSTREAM_CHECK_MS / 1000);
+		count_cancel(u->check);
+		u->check = NULL;
+		upstream_answer(NULL, 0, "", "", 0);
+	}
+	if (u->state != UPSTREAM_OK && u->check == NULL && now >= u->until)
+		upstream_check("its wait has passed");
+}
+
+/*
+ * May job run (1), or is it refused (0, with *refusal the fields of its
+ * error frame)?  While the state holds, jobs are refused; once its time
+ * passes, a check starts and jobs are refused (retry in 1 s) until it
+ * answers.  A check that runs while the account is ok refuses nothing.
+ */
+int
+upstream_admit(struct job *job, json_t **refusal)
+{
+	struct upstream	*u = &poold->upstream;
+
+	*refusal = NULL;
+	if (u->state == UPSTREAM_OK)
+		return (1);
+	if (u->check == NULL && poold_now() >= u->until)
+		upstream_check("its wait has passed");
+	u->refused++;
+	*refusal = upstream_frame(u->state, u->reset, upstream_wait_s());
+	return (0);
+}
+
+/*
+ * A turn ended in error (m, its result line).  If the CLI says the
+ * upstream refused it (429, 529, 401), answer that turn with the error
+ * it reports (the fields of its error frame: code, message, retry_after;
+ * *code the pool error code) and check the account; NULL for any other
+ * error.  What a CLI prints may be a tenant's forgery: it never sets the
+ * account's state.
+ */
+json_t *
+upstream_failed(struct job *job, const struct cli_msg *m, const char **code)
+{
+	struct poold_config	*cf = poold->cf;
+	struct upstream		*u = &poold->upstream;
+	enum upstream_state	 s;
+	json_t			*f;
+	long long		 reset = 0, wait;
+
+	if (!m->is_error)
+		return (NULL);
+	switch (m->error_status) {
+	case 429:
+		s = UPSTREAM_LIMITED;
+		wait = upstream_limit_wait(job->resets_at > 0, job->resets_at,
+		    job->retry_ms, &reset);
+		break;
+	case 529:
+		s = UPSTREAM_OVERLOADED;
+		wait = cf->upstream_cooldown_ms;
+		break;
+	case 401:
+		s = UPSTREAM_CREDENTIAL;
+		wait = cf->upstream_probe_interval_ms;
 		break;
 	default:
 		return (NULL);
 	}
-	if ((f = upstream_frame()) == NULL)
+	u->hints++;
+	log_info("job %s: the CLI reports upstream status %d: a hint, "
+	    "checked", job->id, m->error_status);
+	upstream_check("a CLI reported an upstream error");
+	if ((f = upstream_frame(s, reset, (wait + 999) / 1000)) == NULL)
 		return (NULL);
 	*code = json_string_value(json_object_get(f, "code"));
 	return (f);
 }
 
-/* A turn ended well: if it was the probe, the account is ok again. */
-void
-upstream_succeeded(struct job *job)
-{
-	struct upstream	*u = &poold->upstream;
-
-	if (!job->probe)
-		return;
-	job->probe = 0;
-	u->probing = 0;
-	upstream_set(UPSTREAM_OK, 200, 0, 0);
-}
-
-/*
- * A job ends (any way): if it was the probe and said nothing of the
- * account (cancelled, timed out, another error), the next job probes.
- */
-void
-upstream_job_end(struct job *job)
-{
-	if (job->probe) {
-		job->probe = 0;
-		poold->upstream.probing = 0;
-	}
-}
-
 /*
  * An operator acted (a reload, /admin/pool/initialize): a refused account
- * is tried again with the next job, not after its wait.
+ * is checked at once, not after its wait.
  */
 void
 upstream_probe_now(const char *why)
@@ -314,9 +451,22 @@ upstream_probe_now(const char *why)
 
 	if (u->state == UPSTREAM_OK)
 		return;
-	log_info("upstream account %s: probing with the next job (%s)",
-	    upstream_state_name(u->state), why);
 	u->until = poold_now();
+	upstream_check(why);
+}
+
+/* The daemon stops: a running check is dropped, its token revoked. */
+void
+upstream_free(void)
+{
+	struct upstream	*u = &poold->upstream;
+
+	if (u->check != NULL) {
+		count_cancel(u->check);
+		u->check = NULL;
+	}
+	json_decref(u->pending);
+	u->pending = NULL;
 }
 
 /* The account's state for the stats answer. */
@@ -327,21 +477,25 @@ upstream_stats(void)
 	long long	 wall = (long long)time(NULL);
 	uint64_t	 now = poold_now();
 
-	return (json_pack("{s:s, s:o, s:o, s:o, s:I, s:b, s:i, s:I, s:I, s:I, "
-	    "s:{s:I, s:I, s:I}}",
+	return (json_pack("{s:s, s:o, s:o, s:o, s:I, s:b, s:o, s:i, s:I, s:I, "
+	    "s:I, s:I, s:{s:I, s:I, s:I}}",
 	    "state", upstream_state_name(u->state),
 	    "since", u->since > 0 ? json_integer(u->since) : json_null(),
 	    "reset", u->reset > 0 ? json_integer(u->reset) : json_null(),
-	    "next_probe", u->state == UPSTREAM_OK ? json_null() :
+	    "next_check", u->state == UPSTREAM_OK ? json_null() :
 	    json_integer(wall + (u->until > now ? (long long)((u->until - now +
 	    999) / 1000) : 0)),
 	    "retry_after", (json_int_t)(u->state == UPSTREAM_OK ? 0 :
 	    upstream_wait_s()),
-	    "probing", u->probing,
+	    "checking", u->check != NULL,
+	    "last_check", u->last_check > 0 ? json_pack("{s:I, s:i}", "at",
+	    (json_int_t)u->last_check, "status", u->last_check_status) :
+	    json_null(),
 	    "last_status", u->status,
 	    "changes", (json_int_t)u->changes,
 	    "refused", (json_int_t)u->refused,
-	    "probes", (json_int_t)u->probes,
+	    "checks", (json_int_t)u->checks,
+	    "hints", (json_int_t)u->hints,
 	    "errors",
 	    "rate_limit", (json_int_t)u->errors[UPSTREAM_LIMITED],
 	    "overloaded", (json_int_t)u->errors[UPSTREAM_OVERLOADED],

@@ -2,15 +2,19 @@
 """The upstream account's state, with the real CLI against the mock
 upstream (POST /_upstream makes it answer as Anthropic does): a plan's
 usage limit (429 with anthropic-ratelimit-unified-reset), a bare 429, 529
-and 401.  The first failing turn is answered in each dialect with the
-account's error (429 rate_limit_error with Retry-After, 503
-overloaded_error, 503 naming the rejected credential); the turns after it
-are refused at once, without a CLI and without reaching the upstream;
-once the wait passes exactly one probe goes up, and its outcome sets the
-state.  The state shows in /readyz (degraded), /admin/pool, /metrics and
-the audit log; a tenant whose text reads like the CLI's report of a usage
-limit changes nothing; a turn refused after its stream began (the second
-upstream request of a tool call) ends with the dialect's error event.  The pool holds a subscription's token
+and 401.  A CLI's report of one only answers that turn (in each dialect:
+429 rate_limit_error with Retry-After, 503 overloaded_error, 503 naming
+the rejected credential) and makes ccgate-poold check the account with a
+one-token request of its own through the egress; the check's answer alone
+sets the state.  While it holds, turns are refused at once, without a CLI
+and without reaching the upstream; when its time passes ccgate-poold
+checks again on its own, with no traffic and whatever turns run.  The
+state shows in /readyz (degraded), /admin/pool, /metrics and the audit
+log.  A tenant whose code forges the CLI's report of a week's usage limit
+(written into the CLI's stdout from its Bash tool) changes nothing for
+the others; nor does a tenant's text that reads like one; a turn refused
+after its stream began (the second upstream request of a tool call) ends
+with the dialect's error event.  The pool holds a subscription's token
 (egress_auth = oauth), as the accounts that meet plan limits do."""
 
 import http.client
@@ -97,11 +101,41 @@ def audit_rows():
                      "audit_log WHERE action = 'upstream.state' ORDER BY id")
 
 
+def settled():
+    """ccgate-poold's view of the account once no check runs."""
+    out = {}
+
+    def idle():
+        out.update(upstream())
+        return not out["checking"]
+    wait_for(idle, 60, "the check to answer")
+    return out
+
+
+def state_becomes(name, timeout=90):
+    """Poll /admin/pool until the account's state is name (no check
+    running); its pool.upstream."""
+    out = {}
+
+    def there():
+        r = admin("GET", "/admin/pool")
+        out.update(r.json()["pool"]["upstream"])
+        return out["state"] == name and not out["checking"]
+    wait_for(there, timeout, "the account to be " + name)
+    return out
+
+
 def recover():
-    """Send turns until one is answered (each refused at once until the
-    wait passes); the account is ok afterwards."""
-    wait_for(lambda: chat().status == 200, 60, "the probe to succeed")
-    assert upstream()["state"] == "ok"
+    """The mock is ok again: ccgate-poold's own check (when the state's
+    time passes) finds the account ok, with no traffic."""
+    state_becomes("ok")
+
+
+def own_requests():
+    """Requests that reached the mock that were not ccgate-poold's
+    checks: turns' requests."""
+    st = mock("GET")
+    return st["requests"] - st["checks"]
 
 
 ROUTES = (("/api/chat", False), ("/v1/chat/completions", False),
@@ -124,10 +158,14 @@ class Upstream(unittest.TestCase):
         mock("POST", {"mode": "ok"})
         if upstream()["state"] != "ok":
             recover()
+        # Changes a check made after the last test's last turn ride on
+        # this turn's frame: audited before the test counts the rows.
+        self.assertEqual(chat().status, 200)
 
     def refused_everywhere(self, status, types, words):
-        """Every route and mode refused at once: no CLI, no upstream."""
-        before_mock = mock("GET")["requests"]
+        """Every route and mode refused at once: no CLI, no turn reaches
+        the upstream."""
+        before_mock = own_requests()
         before_placed = placed()
         before_refused = upstream()["refused"]
         for path, stream in ROUTES:
@@ -140,7 +178,7 @@ class Upstream(unittest.TestCase):
             etype, msg = error_of(path, r)
             self.assertEqual(etype, types[path], (path, r))
             self.assertIn(words, msg)
-        self.assertEqual(mock("GET")["requests"], before_mock)
+        self.assertEqual(own_requests(), before_mock)
         self.assertEqual(placed(), before_placed)
         self.assertEqual(upstream()["refused"],
                          before_refused + len(ROUTES))
@@ -149,19 +187,23 @@ class Upstream(unittest.TestCase):
         audits = len(audit_rows())
         errors = stack.metric("ccgate_upstream_errors_total",
                               type="rate_limit")
-        n0 = mock("GET")["requests"]
-        st = mock("POST", {"mode": "limit", "count": 1, "reset_in": 6})
+        checks = upstream()["checks"]
+        # Every request until told otherwise, the check's too; the reset
+        # far enough ahead that a loaded machine sees the state first.
+        st = mock("POST", {"mode": "limit", "count": -1, "reset_in": 45})
         r = chat()
         self.assertEqual(r.status, 429, r)
         self.assertEqual(error_of("/api/chat", r)[0], "rate_limit_error")
         self.assertIn("usage limit", r.json()["error"]["message"])
-        ra = int(r.headers["retry-after"])
-        self.assertGreaterEqual(ra, 1)
-        self.assertLessEqual(ra, 7)
-        self.assertEqual(mock("GET")["answered"], 1)
-        up = upstream()
-        self.assertEqual(up["state"], "limited")
+        self.assertGreaterEqual(int(r.headers["retry-after"]), 1)
+        # The CLI's report made ccgate-poold check: its answer, a 429
+        # with the plan's reset, is the state.
+        up = state_becomes("limited")
         self.assertEqual(up["reset"], st["reset"])
+        self.assertEqual(up["last_check"]["status"], 429)
+        self.assertEqual(up["checks"], checks + 1)
+        self.assertGreaterEqual(up["hints"], 1)
+        self.assertEqual(mock("GET")["checks_answered"], 1)
         self.refused_everywhere(429, {
             "/api/chat": "rate_limit_error",
             "/v1/chat/completions": "rate_limit_exceeded",
@@ -171,16 +213,14 @@ class Upstream(unittest.TestCase):
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json()["status"], "degraded")
         self.assertEqual(r.json()["upstream"], "limited")
-        r = admin("GET", "/admin/pool")
-        self.assertEqual(r.json()["pool"]["upstream"]["state"], "limited")
-        self.assertEqual(r.json()["pool"]["upstream"]["reset"], st["reset"])
         self.assertEqual(stack.metric("ccgate_upstream_state",
                                       state="limited"), 1)
         self.assertEqual(stack.metric("ccgate_upstream_state", state="ok"),
                          0)
         self.assertEqual(stack.metric("ccgate_upstream_errors_total",
                                       type="rate_limit"), errors + 1)
-        # One audit record of the change, by the system.
+        # One audit record of the change, by the system (it rode on the
+        # first refusal's frame).
         rows = audit_rows()
         self.assertEqual(len(rows), audits + 1)
         self.assertEqual(rows[-1][0], "system:ccgate-poold")
@@ -188,9 +228,15 @@ class Upstream(unittest.TestCase):
         after = json.loads(rows[-1][2])
         self.assertEqual(after["state"], "limited")
         self.assertEqual(after["reset"], st["reset"])
-        # The reset passes: the probe reaches the upstream and succeeds.
-        recover()
-        self.assertEqual(mock("GET")["requests"], n0 + 2)
+        # The plan resets; no turn comes: ccgate-poold checks on its own
+        # when the reset passes, and only then.
+        mock("POST", {"mode": "ok"})
+        n, placed0 = mock("GET")["checks"], placed()
+        up = state_becomes("ok", timeout=120)
+        self.assertGreaterEqual(up["last_check"]["at"], st["reset"])
+        self.assertEqual(mock("GET")["checks"], n + 1)
+        self.assertEqual(placed(), placed0)
+        self.assertEqual(chat().status, 200)
         rows = audit_rows()
         self.assertEqual(len(rows), audits + 2)
         self.assertEqual(json.loads(rows[-1][2])["state"], "ok")
@@ -199,27 +245,30 @@ class Upstream(unittest.TestCase):
         self.assertEqual(stack.metric("ccgate_upstream_state", state="ok"),
                          1)
 
-    def test_2_one_probe_at_a_time(self):
-        mock("POST", {"mode": "limit", "count": -1, "reset_in": 3})
-        self.assertEqual(chat().status, 429)
-        up = upstream()
-        wait_for(lambda: upstream()["retry_after"] <= 1 and
-                 time.time() >= up["next_probe"] + 1, 20, "the reset")
-        n = mock("GET")["requests"]
-        # Four turns at once when the reset has passed: one probes, the
-        # upstream refuses it again; none of the others reaches it.
-        out = []
+    def test_2_a_long_turn_does_not_hold_recovery(self):
+        # A tenant's turn that streams slowly (40 words, 0.7 s apart)
+        # runs while the account is overloaded and recovers.
+        out = {}
+        words = " ".join("w%d" % i for i in range(40))
 
-        def one():
-            out.append(chat().status)
-        ts = [threading.Thread(target=one) for _ in range(4)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        self.assertEqual(sorted(out), [429] * 4)
-        self.assertEqual(mock("GET")["requests"], n + 1)
-        self.assertEqual(upstream()["state"], "limited")
+        def long_turn():
+            out["r"] = chat(text="[[mock:drip=700]] " + words)
+        t = threading.Thread(target=long_turn)
+        n = own_requests()
+        t.start()
+        wait_for(lambda: own_requests() > n, 60, "the long turn's request")
+        mock("POST", {"mode": "overloaded", "count": -1})
+        self.assertEqual(chat("/v1/messages").status, 503)
+        state_becomes("overloaded")
+        mock("POST", {"mode": "ok"})
+        # Ok again after the cool-down, by the check, the long turn still
+        # running.
+        state_becomes("ok")
+        self.assertTrue(t.is_alive())
+        self.assertNotIn("r", out)
+        t.join()
+        self.assertEqual(out["r"].status, 200, out["r"])
+        self.assertIn("w39", out["r"].body)
 
     def test_3_overloaded(self):
         mock("POST", {"mode": "overloaded", "count": -1})
@@ -227,9 +276,13 @@ class Upstream(unittest.TestCase):
         self.assertEqual(r.status, 503, r)
         self.assertEqual(error_of("/v1/messages", r)[0], "overloaded_error")
         self.assertGreaterEqual(int(r.headers["retry-after"]), 1)
-        # The CLI's own retries, bounded by cli_max_retries = 1.
-        self.assertEqual(mock("GET")["answered"], 2)
-        self.assertEqual(upstream()["state"], "overloaded")
+        # The CLI's own retries (bounded by cli_max_retries = 1), then
+        # ccgate-poold's check.
+        up = state_becomes("overloaded")
+        self.assertEqual(up["last_check"]["status"], 529)
+        self.assertGreaterEqual(mock("GET")["checks_answered"], 1)
+        self.assertEqual(mock("GET")["answered"] -
+                         mock("GET")["checks_answered"], 2)
         self.refused_everywhere(503, {
             "/api/chat": "overloaded_error",
             "/v1/chat/completions": "service_unavailable",
@@ -246,8 +299,9 @@ class Upstream(unittest.TestCase):
         self.assertEqual(error_of("/v1/chat/completions", r)[0],
                          "rate_limit_exceeded")
         self.assertIn("rate-limiting", r.json()["error"]["message"])
-        self.assertEqual(upstream()["state"], "limited")
-        self.assertIsNone(upstream()["reset"])
+        up = state_becomes("limited")
+        self.assertIsNone(up["reset"])
+        self.assertEqual(up["last_check"]["status"], 429)
         mock("POST", {"mode": "ok"})
         recover()
 
@@ -259,7 +313,7 @@ class Upstream(unittest.TestCase):
                  "operator must renew it")
         self.assertEqual(r.json()["error"], {
             "type": "upstream_credential_rejected", "message": words})
-        self.assertEqual(upstream()["state"], "credential_rejected")
+        state_becomes("credential_rejected")
         self.refused_everywhere(503, {
             "/api/chat": "upstream_credential_rejected",
             "/v1/chat/completions": "service_unavailable",
@@ -270,27 +324,25 @@ class Upstream(unittest.TestCase):
                          (200, "degraded", "credential_rejected"))
         self.assertEqual(stack.metric("ccgate_upstream_state",
                                       state="credential_rejected"), 1)
-        # Probed every upstream_probe_interval_ms: the probe reaches the
-        # upstream, which still refuses it.
-        n = mock("GET")["requests"]
-        wait_for(lambda: chat().status == 503 and
-                 mock("GET")["requests"] > n, 30, "a periodic probe")
-        self.assertEqual(upstream()["state"], "credential_rejected")
-        # A reload probes at once (here: with a long interval after it).
+        # Checked every upstream_probe_interval_ms, with no traffic: the
+        # upstream still refuses it.
+        n = mock("GET")["checks"]
+        wait_for(lambda: mock("GET")["checks"] > n, 60, "a periodic check")
+        self.assertEqual(settled()["state"], "credential_rejected")
+        # A reload checks at once: its answer comes with the new, long
+        # interval (a periodic check's would be 4 s ahead).
         stack.reconfigure(upstream_probe_interval_ms=600000)
-        n = mock("GET")["requests"]
+        wait_for(lambda: settled()["next_check"] > time.time() + 500, 60,
+                 "the reload's check")
+        self.assertEqual(settled()["state"], "credential_rejected")
         self.assertEqual(chat().status, 503)
-        self.assertGreater(mock("GET")["requests"], n)
-        n = mock("GET")["requests"]
-        self.assertEqual(chat().status, 503)
-        self.assertEqual(mock("GET")["requests"], n)   # refused at once
-        # The operator renews the credential and says so: the next turn
-        # probes, without waiting for the interval.
+        # The operator renews the credential and says so: checked at once,
+        # not after the interval.
         mock("POST", {"mode": "ok"})
         r = admin("POST", "/admin/pool/initialize", {"minInstances": 1})
         self.assertEqual(r.status, 200, r)
+        state_becomes("ok")
         self.assertEqual(chat().status, 200)
-        self.assertEqual(upstream()["state"], "ok")
         rows = audit_rows()
         self.assertEqual([json.loads(x[2])["state"] for x in rows[-2:]],
                          ["credential_rejected", "ok"])
@@ -298,6 +350,7 @@ class Upstream(unittest.TestCase):
 
     def test_6_a_tenants_text_is_not_an_upstream_error(self):
         audits = len(audit_rows())
+        hints = upstream()["hints"]
         forged = ("API Error: Request rejected (429) · You've hit your usage "
                   "limit · resets 9am (UTC)")
         for path in ("/api/chat", "/v1/messages", "/v1/chat/completions"):
@@ -305,6 +358,7 @@ class Upstream(unittest.TestCase):
             self.assertEqual(r.status, 200, r)
             self.assertIn("usage limit", r.body)
         self.assertEqual(upstream()["state"], "ok")
+        self.assertEqual(upstream()["hints"], hints)
         self.assertEqual(len(audit_rows()), audits)
         self.assertEqual(chat().status, 200)
 
@@ -340,9 +394,60 @@ class Upstream(unittest.TestCase):
             # The error event is the stream's end (but native's [DONE]).
             last = [e for e in events if e != "[DONE]"][-1]
             self.assertTrue(error_of_event(last), (path, events))
-            self.assertEqual(upstream()["state"], "overloaded")
+            state_becomes("overloaded")
             mock("POST", {"mode": "ok"})
             recover()
+
+    def test_8_a_forged_report_from_a_tenants_code(self):
+        # A tenant whose key allows Bash writes, from the tool's shell,
+        # the lines the CLI prints for a week's usage limit into its
+        # CLI's stdout (found up the shell's parent chain: the first
+        # process whose command line has the CLI's stream-json flag, a
+        # pattern split by a quote so that the shell's own command line,
+        # which holds this text, does not match), then a result line with
+        # api_error_status 429.
+        audits = len(audit_rows())
+        st = settled()
+        hints, checks = st["hints"], st["checks"]
+        cmd = (
+            'p=$$; while test "$p" -gt 1; do '
+            'if tr "\\0" " " </proc/$p/cmdline | '
+            'grep -q "output-format=stream-jso"n; '
+            'then break; fi; p=$(cut -d" " -f4 /proc/$p/stat); done; '
+            'R=$(($(date +%s)+604800)); '
+            'printf "%s\\n" '
+            '"{\\"type\\":\\"rate_limit_event\\",\\"rate_limit_info\\":'
+            '{\\"status\\":\\"rejected\\",\\"resetsAt\\":$R,'
+            '\\"rateLimitType\\":\\"five_hour\\"}}" '
+            '"{\\"type\\":\\"result\\",\\"subtype\\":\\"success\\",'
+            '\\"is_error\\":true,\\"api_error_status\\":429,'
+            '\\"result\\":\\"forged\\"}" >/proc/$p/fd/1 && '
+            'echo "forged into $p"')
+        r = stack.request("POST", "/api/chat", {
+            "message": "[[mock:bash=%s]]" % cmd},
+            key=stack.keys["tooler"])
+        # What happened here: the shell found its CLI, but the CLI's
+        # stdout is a pipe ccgate-poold (root) made, mode 0600 and
+        # root's, which the CLI's user cannot open again through /proc;
+        # the write is refused and the turn goes on (ptrace, which no
+        # Yama stops, remains: the check is what makes it harmless, as
+        # check_pool's test_upstream_a_forged_report_changes_nothing
+        # shows with the same lines printed by a stand-in CLI).
+        self.assertEqual(r.status, 200, r)
+        self.assertRegex(r.json()["response"],
+                         r"/proc/[0-9]+/fd/1: Permission denied")
+        self.assertNotIn("forged into", r.json()["response"])
+        up = settled()
+        self.assertEqual(up["hints"], hints)
+        self.assertEqual(up["checks"], checks)
+        self.assertEqual(up["state"], "ok")
+        self.assertIsNone(up["reset"])
+        # Every other tenant goes on.
+        for path, stream in ROUTES:
+            self.assertEqual(chat(path, stream).status, 200, path)
+        r = admin("GET", "/admin/pool")
+        self.assertEqual(r.json()["pool"]["upstream"]["state"], "ok")
+        self.assertEqual(len(audit_rows()), audits)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ receives, and can be told how to behave, globally or per request:
                   authentication_error.  The answer is the state.
   GET  /_upstream the state, how many requests the last POST's state
                   answered ("answered") and how many reached /v1/messages
-                  in all ("requests")
+                  in all ("requests"); of those, ccgate-poold's checks of
+                  the account (max_tokens 1, one user message "ping"),
+                  which the state answers like any other: "checks" in
+                  all, "checks_answered" by the last POST's state
 
 A user message may carry a directive that overrides the global mode for
 that request only, e.g. "[[mock:slow=200]]", "[[mock:fail=529]]",
@@ -67,7 +70,8 @@ RECORDS = []
 # The account-wide state POST /_upstream sets (not per message: a tenant's
 # text cannot change it).
 UPSTREAM = {"mode": "ok", "count": 0, "reset_in": 60, "retry_after": 5,
-            "reset": None, "answered": 0, "requests": 0}
+            "reset": None, "answered": 0, "requests": 0, "checks": 0,
+            "checks_answered": 0}
 CREDENTIAL = None
 DIRECTIVE = re.compile(r"\[\[mock:([a-z]+)(?:=([^\]]*))?\]\]")
 
@@ -194,7 +198,8 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 RECORDS.clear()
                 upstream_set({"mode": "ok"})
-                UPSTREAM.update({"answered": 0, "requests": 0})
+                UPSTREAM.update({"answered": 0, "requests": 0, "checks": 0,
+                                 "checks_answered": 0})
                 STATE.update({"mode": "normal", "delay_ms": 0, "status": 500,
                               "text": None, "chunks": 0})
             self._json(200, {"ok": True})
@@ -235,6 +240,10 @@ class Handler(BaseHTTPRequestHandler):
             RECORDS.append(record)
             UPSTREAM["requests"] += 1
             failure = upstream_take()
+            if is_check(body):
+                UPSTREAM["checks"] += 1
+                if failure is not None:
+                    UPSTREAM["checks_answered"] += 1
         if failure is not None:
             record["response"] = {"status": failure[0]}
             self.failure(*failure)
@@ -420,6 +429,14 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
 
+def is_check(body):
+    """Whether a request is ccgate-poold's check of the account."""
+    msgs = body.get("messages")
+    return (body.get("max_tokens") == 1 and isinstance(msgs, list) and
+            len(msgs) == 1 and isinstance(msgs[0], dict) and
+            msgs[0].get("content") == "ping")
+
+
 def upstream_set(body):
     """Set the account's state (LOCK held)."""
     mode = body.get("mode", "ok")
@@ -427,6 +444,7 @@ def upstream_set(body):
         mode = "ok"
     UPSTREAM["mode"] = mode
     UPSTREAM["answered"] = 0
+    UPSTREAM["checks_answered"] = 0
     UPSTREAM["count"] = int(body.get("count", 1)) if mode != "ok" else 0
     UPSTREAM["skip"] = int(body.get("skip", 0))
     UPSTREAM["reset_in"] = float(body.get("reset_in", 60))

@@ -10,13 +10,16 @@
  */
 #include "config.h"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -168,6 +171,7 @@ teardown(void)
 	uint64_t	deadline = util_now_ms() + 60000;
 
 	pool_shutdown();
+	upstream_free();
 	while (poold->nprocs > 0 && util_now_ms() < deadline) {
 		fake_ms += 1000;
 		ck_assert_int_eq(loop_once(poold->loop, 20), 0);
@@ -877,113 +881,416 @@ refused_at_once(const char *conv, const char *code)
 	failed_with(tj, code);
 	ck_assert_int_ge(json_integer_value(json_object_get(last(tj),
 	    "retry_after")), 1);
-	ck_assert_ptr_null(json_object_get(last(tj), "upstream_changes"));
 	return (last(tj));
 }
 
-/* The last change a job's last frame carries: its "to", or NULL. */
-static const char *
-change_to(struct tjob *tj)
+/* The retry_after of a job's last frame. */
+static long long
+retry_of(json_t *f)
 {
-	json_t	*c = json_object_get(last(tj), "upstream_changes");
-
-	return (json_string_value(json_object_get(json_array_get(c,
-	    json_array_size(c) - 1), "to")));
+	return ((long long)json_integer_value(json_object_get(f,
+	    "retry_after")));
 }
 
-START_TEST(test_upstream_limit_refuses_then_one_probe)
+/*
+ * The changes of state every job's last frame carried, in order, as
+ * their "to" joined with spaces (each change rides on exactly one).
+ */
+static const char *
+carried(void)
 {
-	struct tjob	*t1, *probe, *other, *after;
+	static char	 out[512];
+	json_t		*c;
+	size_t		 i, n = 0;
+	int		 k;
+
+	out[0] = '\0';
+	for (k = 0; k < ntjobs; k++) {
+		if (!tjobs[k]->finished)
+			continue;
+		json_array_foreach(json_object_get(last(tjobs[k]),
+		    "upstream_changes"), i, c) {
+			n += (size_t)snprintf(out + n, sizeof out - n, "%s%s",
+			    n > 0 ? " " : "", json_string_value(
+			    json_object_get(c, "to")));
+			ck_assert_uint_lt(n, sizeof out);
+		}
+	}
+	return (out);
+}
+
+/*
+ * A stand-in for the egress on a unix socket, served by the daemon's own
+ * loop: it reads one request (head and Content-Length body) and answers
+ * egress_reply, or nothing while egress_hold is set.  It keeps the last
+ * request and what its token's link pointed at while it came.
+ */
+static struct loop_io	 egress_lio;
+static int		 egress_lfd = -1;
+static struct {
+	struct loop_io	 io;
+	int		 fd;
+	char		 in[8192];
+	size_t		 inlen;
+} egress_conn = { .fd = -1 };
+static const char	*egress_reply;
+static int		 egress_hold;
+static int		 egress_requests;
+static char		 egress_last[8192];
+static char		 egress_link[PATH_MAX];
+static char		 egress_token[EGRESS_TOKEN_HEX + 1];
+
+static void
+egress_conn_close(void)
+{
+	if (egress_conn.fd == -1)
+		return;
+	loop_del(poold->loop, &egress_conn.io);
+	close(egress_conn.fd);
+	egress_conn.fd = -1;
+}
+
+static void
+egress_conn_cb(struct loop_io *io, uint32_t events)
+{
+	const char	*end, *cl, *tok;
+	ssize_t		 n;
+	ssize_t		 len;
+	char		 link[PATH_MAX];
+
+	n = read(egress_conn.fd, egress_conn.in + egress_conn.inlen,
+	    sizeof egress_conn.in - 1 - egress_conn.inlen);
+	if (n <= 0) {
+		if (n == 0 || (errno != EAGAIN && errno != EINTR))
+			egress_conn_close();
+		return;
+	}
+	egress_conn.inlen += (size_t)n;
+	egress_conn.in[egress_conn.inlen] = '\0';
+	if ((end = strstr(egress_conn.in, "\r\n\r\n")) == NULL ||
+	    (cl = strcasestr(egress_conn.in, "Content-Length: ")) == NULL ||
+	    strlen(end + 4) < (size_t)atoi(cl + 16))
+		return;
+	egress_requests++;
+	snprintf(egress_last, sizeof egress_last, "%s", egress_conn.in);
+	egress_link[0] = '\0';
+	egress_token[0] = '\0';
+	if ((tok = strstr(egress_conn.in, "ccgate-egress-")) != NULL) {
+		snprintf(egress_token, sizeof egress_token, "%s", tok + 14);
+		snprintf(link, sizeof link, "%s/egress/tokens/%s", state,
+		    egress_token);
+		if ((len = readlink(link, egress_link,
+		    sizeof egress_link - 1)) > 0)
+			egress_link[len] = '\0';
+	}
+	if (egress_hold)
+		return;
+	ck_assert_ptr_nonnull(egress_reply);
+	ck_assert_int_eq(write(egress_conn.fd, egress_reply,
+	    strlen(egress_reply)), (ssize_t)strlen(egress_reply));
+	egress_conn_close();
+}
+
+static void
+egress_accept_cb(struct loop_io *io, uint32_t events)
+{
+	int	fd;
+
+	if ((fd = accept4(egress_lfd, NULL, NULL, SOCK_NONBLOCK |
+	    SOCK_CLOEXEC)) == -1)
+		return;
+	egress_conn_close();
+	egress_conn.fd = fd;
+	egress_conn.inlen = 0;
+	ck_assert_int_eq(loop_add(poold->loop, &egress_conn.io, fd, EPOLLIN,
+	    egress_conn_cb, NULL), 0);
+}
+
+/* Give the daemon the stand-in egress, answering reply. */
+static void
+egress_start(const char *reply)
+{
+	struct sockaddr_un	 sun;
+
+	memset(&sun, 0, sizeof sun);
+	sun.sun_family = AF_UNIX;
+	snprintf(sun.sun_path, sizeof sun.sun_path, "%s/egress.sock", state);
+	ck_assert_int_ne(egress_lfd = socket(AF_UNIX, SOCK_STREAM |
+	    SOCK_NONBLOCK | SOCK_CLOEXEC, 0), -1);
+	ck_assert_int_eq(bind(egress_lfd, (struct sockaddr *)&sun, sizeof sun),
+	    0);
+	ck_assert_int_eq(listen(egress_lfd, 8), 0);
+	ck_assert_int_eq(loop_add(poold->loop, &egress_lio, egress_lfd,
+	    EPOLLIN, egress_accept_cb, NULL), 0);
+	ck_assert_ptr_nonnull(poold->cf->egress_socket = strdup(sun.sun_path));
+	egress_reply = reply;
+	egress_hold = 0;
+	egress_requests = 0;
+}
+
+/* Take the stand-in egress away (before teardown). */
+static void
+egress_stop(void)
+{
+	egress_conn_close();
+	if (egress_lfd != -1) {
+		loop_del(poold->loop, &egress_lio);
+		close(egress_lfd);
+		egress_lfd = -1;
+	}
+	free(poold->cf->egress_socket);
+	poold->cf->egress_socket = NULL;
+}
+
+/* Wait for the running check's answer. */
+static void
+checked(void)
+{
+	RUN_UNTIL(poold->upstream.check == NULL);
+}
+
+#define REPLY_OK	"HTTP/1.1 200 OK\r\nContent-Type: application/json" \
+	"\r\n\r\n{\"type\":\"message\",\"content\":[]}"
+#define REPLY_529	"HTTP/1.1 529 \r\n\r\n{\"type\":\"error\"}"
+#define REPLY_401	"HTTP/1.1 401 Unauthorized\r\n\r\n{}"
+#define REPLY_500	"HTTP/1.1 500 Internal Server Error\r\n\r\n{}"
+#define REPLY_RATE	"HTTP/1.1 429 Too Many Requests\r\n" \
+	"retry-after: 20\r\n\r\n{}"
+
+/*
+ * A CLI's report of a plan limit answers its own turn and starts a check;
+ * the check's answer sets the state; once the reset passes, the daemon
+ * checks again on its own and the account is ok.
+ */
+START_TEST(test_upstream_limit_is_checked)
+{
+	static char	 reply[256];
+	struct tjob	*t1;
+	long long	 reset = (long long)time(NULL) + 40;
 	json_t		*f;
 
+	snprintf(reply, sizeof reply, "HTTP/1.1 429 Too Many Requests\r\n"
+	    "Anthropic-Ratelimit-Unified-Status:  rejected \r\n"
+	    "anthropic-ratelimit-unified-reset: %lld\r\n"
+	    "anthropic-ratelimit-unified-representative-claim: five_hour\r\n"
+	    "retry-after: 40\r\n\r\n{\"type\":\"error\"}", reset);
+	egress_start(reply);
 	t1 = submit("t", C1, "upstream=limit=30", NULL);
 	failed_with(t1, PROTO_E_UPSTREAM_LIMITED);
-	ck_assert_str_eq(change_to(t1), "limited");
-	ck_assert_int_ge(json_integer_value(json_object_get(last(t1),
-	    "retry_after")), 25);
+	ck_assert_int_ge(retry_of(last(t1)), 25);
+	ck_assert_int_eq(poold->upstream.hints, 1);
+	checked();
+	ck_assert_int_eq(egress_requests, 1);
+	/* The check: a one-token "ping" of the pool's default model. */
+	ck_assert_ptr_nonnull(strstr(egress_last, "POST /v1/messages "
+	    "HTTP/1.0\r\n"));
+	ck_assert_ptr_nonnull(strstr(egress_last, "\"model\":"
+	    "\"claude-sonnet-4-5\""));
+	ck_assert_ptr_nonnull(strstr(egress_last, "\"max_tokens\":1"));
+	ck_assert_ptr_nonnull(strstr(egress_last, "\"content\":\"ping\""));
+	ck_assert_ptr_nonnull(strstr(egress_last, "\r\nx-api-key: "
+	    "ccgate-egress-"));
+	/* Under the daemon's own name, and its token gone with the answer. */
+	ck_assert_str_eq(egress_link, "../poold");
+	ck_assert_int_eq(strlen(egress_token), EGRESS_TOKEN_HEX);
 	ck_assert_int_eq(poold->upstream.state, UPSTREAM_LIMITED);
-	ck_assert_int_gt(poold->upstream.reset, 0);
+	ck_assert_int_eq(poold->upstream.reset, reset);
+	ck_assert_int_eq(poold->upstream.last_check_status, 429);
+	ck_assert_int_eq(poold->upstream.errors[UPSTREAM_LIMITED], 1);
 	/* Refused at once until the reset, from any tenant. */
 	f = refused_at_once(C2, PROTO_E_UPSTREAM_LIMITED);
 	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(f,
 	    "message")), "resets at"));
-	advance(20000);
-	refused_at_once(C2, PROTO_E_UPSTREAM_LIMITED);
-	/* The reset passes: one probe runs, the others wait for it. */
+	ck_assert_int_ge(retry_of(f), 35);
+	advance(30000);
+	ck_assert_int_ge(retry_of(refused_at_once(C2,
+	    PROTO_E_UPSTREAM_LIMITED)), 5);
+	ck_assert_int_eq(poold->upstream.checks, 1);
+	/* The reset passes: the daemon checks on its own, with no traffic. */
+	egress_reply = REPLY_OK;
 	advance(11000);
-	probe = submit("t", C1, "slow", NULL);
-	ck_assert_int_eq(probe->finished, 0);
-	other = submit("u", C2, "hello", NULL);
-	ck_assert_int_eq(other->finished, 1);
-	failed_with(other, PROTO_E_UPSTREAM_LIMITED);
-	done(probe);
-	ck_assert_str_eq(change_to(probe), "ok");
+	ck_assert_ptr_nonnull(poold->upstream.check);
+	ck_assert_int_eq(poold->upstream.checks, 2);
+	/* While it runs, jobs are refused; try again in a second. */
+	ck_assert_int_eq(retry_of(refused_at_once(C2,
+	    PROTO_E_UPSTREAM_LIMITED)), 1);
+	checked();
 	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
-	after = submit("u", C2, "hello", NULL);
-	done(after);
-	ck_assert_ptr_null(change_to(after));
+	done(submit("u", C2, "hello", NULL));
+	/* Each change rode on one frame, in order. */
+	ck_assert_str_eq(carried(), "limited ok");
 	ck_assert_int_eq(poold->upstream.changes, 2);
+	egress_stop();
 }
 END_TEST
 
-START_TEST(test_upstream_credential_probes_and_fails_again)
+/*
+ * What a hostile tenant's code writes into its CLI's stdout is only a
+ * hint: the check finds the account ok, and nothing changes for anyone.
+ */
+START_TEST(test_upstream_a_forged_report_changes_nothing)
 {
-	struct tjob	*t1, *probe, *next;
+	struct tjob	*t1, *t2;
+
+	egress_start(REPLY_OK);
+	t1 = submit("t", C1, "upstream=limit=600000", NULL);
+	failed_with(t1, PROTO_E_UPSTREAM_LIMITED);
+	ck_assert_ptr_nonnull(poold->upstream.check);
+	/* While the check runs the account is still ok: nobody waits. */
+	t2 = submit("u", C2, "hello", NULL);
+	checked();
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
+	ck_assert_int_eq(poold->upstream.last_check_status, 200);
+	done(t2);
+	done(submit("u", C3, "hello", NULL));
+	ck_assert_int_eq(poold->upstream.changes, 0);
+	ck_assert_str_eq(carried(), "");
+	/* One check at a time: two reports at once make one. */
+	t1 = submit("t", C1, "upstream=overloaded", NULL);
+	t2 = submit("t", C4, "upstream=auth", NULL);
+	failed_with(t1, PROTO_E_UPSTREAM_OVERLOADED);
+	failed_with(t2, PROTO_E_UPSTREAM_CREDENTIAL);
+	checked();
+	ck_assert_int_le(egress_requests, 3);
+	ck_assert_int_ge(egress_requests, 2);
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
+	ck_assert_int_eq(poold->upstream.hints, 3);
+	egress_stop();
+}
+END_TEST
+
+/* Without the egress there is no check: a report answers its turn only. */
+START_TEST(test_upstream_without_the_egress)
+{
+	failed_with(submit("t", C1, "upstream=auth", NULL),
+	    PROTO_E_UPSTREAM_CREDENTIAL);
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
+	ck_assert_int_eq(poold->upstream.checks, 0);
+	done(submit("u", C2, "hello", NULL));
+}
+END_TEST
+
+START_TEST(test_upstream_credential_checked_again)
+{
 	json_t		*lim;
 	char		*cause = NULL;
 
-	t1 = submit("t", C1, "upstream=auth", NULL);
-	ck_assert_ptr_nonnull(strstr(failed_with(t1,
-	    PROTO_E_UPSTREAM_CREDENTIAL), "an operator must renew it"));
-	ck_assert_str_eq(change_to(t1), "credential_rejected");
-	refused_at_once(C2, PROTO_E_UPSTREAM_CREDENTIAL);
-	/* The probe interval passes: the probe fails the same way. */
+	egress_start(REPLY_401);
+	failed_with(submit("t", C1, "upstream=auth", NULL),
+	    PROTO_E_UPSTREAM_CREDENTIAL);
+	checked();
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_CREDENTIAL);
+	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(
+	    refused_at_once(C2, PROTO_E_UPSTREAM_CREDENTIAL), "message")),
+	    "an operator must renew it"));
+	/* Checked again every probe interval, on the daemon's own. */
 	advance(60000);
-	probe = submit("t", C1, "upstream=auth", NULL);
-	failed_with(probe, PROTO_E_UPSTREAM_CREDENTIAL);
-	ck_assert_ptr_null(change_to(probe));	/* no change */
-	ck_assert_int_eq(poold->upstream.probing, 0);
-	refused_at_once(C2, PROTO_E_UPSTREAM_CREDENTIAL);
-	/* An operator's /admin/pool/initialize: the next job probes. */
+	ck_assert_ptr_nonnull(poold->upstream.check);
+	checked();
+	ck_assert_int_eq(egress_requests, 2);
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_CREDENTIAL);
+	ck_assert_int_eq(poold->upstream.errors[UPSTREAM_CREDENTIAL], 2);
+	/* An operator's /admin/pool/initialize checks at once. */
+	egress_reply = REPLY_OK;
 	ck_assert_ptr_nonnull(lim = json_pack("{s:i, s:i}", "min_instances",
 	    0, "max_instances", 4));
 	ck_assert_int_eq(pool_set_limits(lim, &cause), 0);
 	json_decref(lim);
-	next = submit("t", C2, "hello", NULL);
-	done(next);
-	ck_assert_str_eq(change_to(next), "ok");
-	ck_assert_int_eq(poold->upstream.errors[UPSTREAM_CREDENTIAL], 2);
+	ck_assert_ptr_nonnull(poold->upstream.check);
+	checked();
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
+	done(submit("t", C2, "hello", NULL));
+	ck_assert_str_eq(carried(), "credential_rejected ok");
+	egress_stop();
 }
 END_TEST
 
-START_TEST(test_upstream_overloaded_and_bare_rate_limit)
+START_TEST(test_upstream_overloaded_rate_and_no_answer)
 {
-	struct tjob	*t1, *probe;
+	struct tjob	*t1;
 
-	t1 = submit("t", C1, "upstream=overloaded", NULL);
-	failed_with(t1, PROTO_E_UPSTREAM_OVERLOADED);
-	ck_assert_str_eq(change_to(t1), "overloaded");
-	refused_at_once(C2, PROTO_E_UPSTREAM_OVERLOADED);
-	/* A probe that ends without word of the account (a timeout): the */
-	/* next job probes. */
-	advance(10000);
-	probe = submit("t", C1, "hang", NULL);
-	ck_assert_int_eq(poold->upstream.probing, 1);
-	advance(120000);
-	failed_with(probe, PROTO_E_TIMEOUT);
-	ck_assert_int_eq(poold->upstream.probing, 0);
+	/* 529: overloaded for the cool-down. */
+	egress_start(REPLY_529);
+	failed_with(submit("t", C1, "upstream=overloaded", NULL),
+	    PROTO_E_UPSTREAM_OVERLOADED);
+	checked();
 	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OVERLOADED);
-	/* A bare 429 (no reset): limited for the cool-down. */
-	probe = submit("t", C2, "upstream=rate", NULL);
-	failed_with(probe, PROTO_E_UPSTREAM_LIMITED);
-	ck_assert_str_eq(change_to(probe), "limited");
+	ck_assert_int_ge(retry_of(refused_at_once(C2,
+	    PROTO_E_UPSTREAM_OVERLOADED)), 9);
+	/* A bare 429: limited for its retry-after (above the cool-down). */
+	egress_reply = REPLY_RATE;
+	advance(10000);
+	checked();
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_LIMITED);
 	ck_assert_int_eq(poold->upstream.reset, 0);
 	ck_assert_ptr_nonnull(strstr(json_string_value(json_object_get(
 	    refused_at_once(C1, PROTO_E_UPSTREAM_LIMITED), "message")),
 	    "rate-limiting"));
+	ck_assert_int_ge(retry_of(refused_at_once(C1,
+	    PROTO_E_UPSTREAM_LIMITED)), 19);
+	/* A 500 says nothing of the account: as it was, checked later. */
+	egress_reply = REPLY_500;
+	advance(20000);
+	checked();
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_LIMITED);
+	ck_assert_int_eq(poold->upstream.last_check_status, 500);
+	ck_assert_int_ge(retry_of(refused_at_once(C1,
+	    PROTO_E_UPSTREAM_LIMITED)), 9);
+	/* An egress that never answers: the check ends after 30 s. */
+	egress_hold = 1;
 	advance(10000);
-	done(submit("t", C1, "hello", NULL));
+	ck_assert_ptr_nonnull(poold->upstream.check);
+	RUN_UNTIL(egress_requests == 4);
+	advance(29000);
+	ck_assert_ptr_nonnull(poold->upstream.check);
+	advance(1000);
+	ck_assert_ptr_null(poold->upstream.check);
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_LIMITED);
+	ck_assert_int_eq(poold->upstream.last_check_status, 0);
+	/* Its token is revoked with it. */
+	{
+		char		 link[PATH_MAX];
+		struct stat	 sb;
+
+		snprintf(link, sizeof link, "%s/egress/tokens/%s", state,
+		    egress_token);
+		ck_assert_int_eq(lstat(link, &sb), -1);
+	}
+	egress_conn_close();
+	egress_hold = 0;
+	egress_reply = REPLY_OK;
+	advance(10000);
+	checked();
 	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
+	t1 = submit("t", C1, "hello", NULL);
+	done(t1);
+	ck_assert_str_eq(carried(), "overloaded limited ok");
+	egress_stop();
+}
+END_TEST
+
+/*
+ * A tenant's long turn cannot hold the account's recovery: the check is
+ * the daemon's, not a turn.
+ */
+START_TEST(test_upstream_a_long_turn_does_not_hold_recovery)
+{
+	struct tjob	*slow;
+
+	egress_start(REPLY_529);
+	slow = submit("t", C3, "hang", NULL);
+	RUN_UNTIL(slow->job != NULL && slow->job->state == JOB_RUNNING);
+	failed_with(submit("u", C1, "upstream=overloaded", NULL),
+	    PROTO_E_UPSTREAM_OVERLOADED);
+	checked();
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OVERLOADED);
+	egress_reply = REPLY_OK;
+	advance(10000);
+	checked();
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_OK);
+	ck_assert_int_eq(slow->finished, 0);
+	done(submit("u", C2, "hello", NULL));
+	egress_stop();
 }
 END_TEST
 
@@ -1029,9 +1336,12 @@ main(void)
 		test_held_text_at_max_tokens,
 		test_structured_output,
 		test_a_required_call,
-		test_upstream_limit_refuses_then_one_probe,
-		test_upstream_credential_probes_and_fails_again,
-		test_upstream_overloaded_and_bare_rate_limit,
+		test_upstream_limit_is_checked,
+		test_upstream_a_forged_report_changes_nothing,
+		test_upstream_without_the_egress,
+		test_upstream_credential_checked_again,
+		test_upstream_overloaded_rate_and_no_answer,
+		test_upstream_a_long_turn_does_not_hold_recovery,
 		test_upstream_text_is_not_an_error,
 		NULL
 	};

@@ -293,8 +293,22 @@ upstream_answer(void *arg, int status, const char *head, const char *body,
 		upstream_set(UPSTREAM_OVERLOADED, 529, 0,
 		    cf->upstream_cooldown_ms);
 		break;
-	case 401:
 	case 403:
+		/*
+		 * The egress's own refusal (of poold's token, of the path)
+		 * says nothing of the account, only of this host's set-up.
+		 */
+		if (body != NULL && memmem(body, len, "ccgate egress",
+		    strlen("ccgate egress")) != NULL) {
+			log_warnx("upstream account: the egress refused the "
+			    "check itself: %.*s", (int)(len > 200 ? 200 : len),
+			    body);
+			u->until = poold_now() +
+			    (uint64_t)cf->upstream_cooldown_ms;
+			break;
+		}
+		/* FALLTHROUGH */
+	case 401:
 		u->errors[UPSTREAM_CREDENTIAL]++;
 		upstream_set(UPSTREAM_CREDENTIAL, status, 0,
 		    cf->upstream_probe_interval_ms);

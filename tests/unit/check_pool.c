@@ -1054,6 +1054,9 @@ checked(void)
 #define REPLY_529	"HTTP/1.1 529 \r\n\r\n{\"type\":\"error\"}"
 #define REPLY_401	"HTTP/1.1 401 Unauthorized\r\n\r\n{}"
 #define REPLY_500	"HTTP/1.1 500 Internal Server Error\r\n\r\n{}"
+#define REPLY_EGRESS_403 "HTTP/1.1 403 Forbidden\r\n\r\n{\"type\":\"error\"," \
+	"\"error\":{\"type\":\"permission_error\",\"message\":\"ccgate " \
+	"egress: unknown or expired token\"}}"
 #define REPLY_RATE	"HTTP/1.1 429 Too Many Requests\r\n" \
 	"retry-after: 20\r\n\r\n{}"
 
@@ -1236,11 +1239,17 @@ START_TEST(test_upstream_overloaded_rate_and_no_answer)
 	ck_assert_int_eq(poold->upstream.last_check_status, 500);
 	ck_assert_int_ge(retry_of(refused_at_once(C1,
 	    PROTO_E_UPSTREAM_LIMITED)), 9);
+	/* Nor does the egress refusing the check itself (not the account). */
+	egress_reply = REPLY_EGRESS_403;
+	advance(10000);
+	checked();
+	ck_assert_int_eq(poold->upstream.state, UPSTREAM_LIMITED);
+	ck_assert_int_eq(poold->upstream.last_check_status, 403);
 	/* An egress that never answers: the check ends after 30 s. */
 	egress_hold = 1;
 	advance(10000);
 	ck_assert_ptr_nonnull(poold->upstream.check);
-	RUN_UNTIL(egress_requests == 4);
+	RUN_UNTIL(egress_requests == 5);
 	advance(29000);
 	ck_assert_ptr_nonnull(poold->upstream.check);
 	advance(1000);

@@ -447,7 +447,7 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		qlen++;
 		tqlen += strcmp(q->tenant, job->tenant) == 0;
 	}
-	if (tqlen >= cf->tenant_max_queued) {
+	if (cf->tenant_max_queued > 0 && tqlen >= cf->tenant_max_queued) {
 		pool_fail(job, PROTO_E_TENANT_BUSY, "this tenant's turns fill "
 		    "its share of the queue (tenant_max_queued)");
 		return (0);
@@ -556,6 +556,9 @@ pool_fail_extra(struct job *job, const char *code, const char *message,
 		if (job->session_id[0] != '\0')
 			json_object_set_new(f, "session_id",
 			    json_string(job->session_id));
+		/* It reached a CLI: the upstream may have been asked. */
+		if (job->started_at != 0)
+			json_object_set_new(f, "ran", json_true());
 		if (extra != NULL) {
 			json_object_del(extra, "code");
 			json_object_del(extra, "message");

@@ -295,14 +295,17 @@ upstream_answer(void *arg, int status, const char *head, const char *body,
 		break;
 	case 403:
 		/*
-		 * The egress's own refusal (of poold's token, of the path)
-		 * says nothing of the account, only of this host's set-up.
+		 * Only the upstream's authentication_error is the credential's;
+		 * the egress's own refusal (of poold's token, of the path) or a
+		 * permission error (the check's model) is this host's set-up.
 		 */
-		if (body != NULL && memmem(body, len, "ccgate egress",
-		    strlen("ccgate egress")) != NULL) {
-			log_warnx("upstream account: the egress refused the "
-			    "check itself: %.*s", (int)(len > 200 ? 200 : len),
-			    body);
+		if (body == NULL || memmem(body, len, "ccgate egress",
+		    strlen("ccgate egress")) != NULL || memmem(body, len,
+		    "authentication_error", strlen("authentication_error")) ==
+		    NULL) {
+			log_warnx("upstream account: a 403 of the check that "
+			    "is not the credential's: %.*s", (int)(len > 200 ?
+			    200 : len), body != NULL ? body : "");
 			u->until = poold_now() +
 			    (uint64_t)cf->upstream_cooldown_ms;
 			break;

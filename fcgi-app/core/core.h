@@ -97,6 +97,7 @@ int		 db_exec_multi(struct db *, const char *, char **);
 int		 db_begin(struct db *);
 int		 db_commit(struct db *);
 int		 db_rollback(struct db *);
+int		 db_retryable(struct db *);
 const char	*db_error(struct db *);
 int		 db_ping(struct db *);
 const char	*db_cell(const struct db_res *, size_t, size_t);
@@ -161,7 +162,7 @@ void		 auth_signing_secret(const char *, const uint8_t [16],
 
 /* core/quota.c: requests and tokens per minute and day. */
 int		 quota_admit(const struct apikey *, long *, char *, size_t);
-int		 quota_reserve(const struct apikey *, const char *, long long,
+int		 quota_reserve(const struct apikey *, const char *, long long *,
 		     int, long long, long long *, long *, char *, size_t);
 void		 quota_settle(const struct apikey *, const char *, int,
 		     long long);

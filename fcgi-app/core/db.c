@@ -50,6 +50,7 @@ struct db {
 	struct db_stmt	 stmts[DB_MAX_STMTS];
 	int		 nstmts;
 	char		 err[512];
+	unsigned int	 errnum;	/* the last error's, 0 if none */
 };
 
 /* A thread's part: the connection it holds, if any. */
@@ -582,12 +583,27 @@ db_run(struct db *db, struct db_res **res, uint64_t *affected, const char *sql,
 		db_disconnect(db);
 		rc = db_run_once(db, res, affected, sql, binds, &errnum);
 	}
+	db->errnum = rc != 0 ? errnum : 0;
 	if (rc != 0) {
 		if (db_gone(errnum))
 			db_disconnect(db);
 		log_warnx("database: %s", db->err);
 	}
 	return (rc);
+}
+
+/*
+ * Whether the last statement failed in a way that rolled its transaction
+ * back on the server and may simply be tried again: a deadlock (and a
+ * Galera certification conflict, which reports one), a lock wait timeout,
+ * a Galera node not ready.  Never a lost connection: a COMMIT whose answer
+ * was lost may have been applied.
+ */
+int
+db_retryable(struct db *db)
+{
+	return (db != NULL && (db->errnum == 1213 || db->errnum == 1205 ||
+	    db->errnum == 1047));
 }
 
 /* Run a script of several statements (migrations). */
@@ -628,7 +644,9 @@ db_simple(struct db *db, const char *sql)
 {
 	if (db == NULL || db_connect(db, NULL) != 0)
 		return (-1);
+	db->errnum = 0;
 	if (mysql_query(db->my, sql) != 0) {
+		db->errnum = mysql_errno(db->my);
 		db_set_error(db, sql, mysql_error(db->my));
 		log_warnx("database: %s", db->err);
 		if (db_gone(mysql_errno(db->my)))

@@ -118,8 +118,10 @@ fail:
 }
 
 /*
- * Give back key k's reservations that outlived their turn (a ccgate-fcgi
- * process that died mid-turn never settled them).  Returns how many.
+ * Close the reservations of key k that outlived their turn (a ccgate-fcgi
+ * process that died mid-turn never settled them): each is charged what it
+ * held, as an abandoned turn is, since the upstream may have been asked.
+ * Returns how many.
  */
 static int
 quota_reclaim(struct db *db, const struct apikey *k)
@@ -140,8 +142,9 @@ quota_reclaim(struct db *db, const struct apikey *k)
 		    "JOIN quota_reservations q ON q.key_id = ? AND "
 		    "q.request_id = ? AND w.key_id = q.key_id AND w.kind = "
 		    "'day' AND w.window_start = q.day SET w.reserved = "
-		    "IF(w.reserved > q.tokens, w.reserved - q.tokens, 0)", "ss",
-		    k->id, db_cell(res, i, 0)) != 0 ||
+		    "IF(w.reserved > q.tokens, w.reserved - q.tokens, 0), "
+		    "w.tokens = w.tokens + q.tokens", "ss", k->id,
+		    db_cell(res, i, 0)) != 0 ||
 		    db_run(db, NULL, &affected, "DELETE FROM quota_reservations "
 		    "WHERE key_id = ? AND request_id = ?", "ss", k->id,
 		    db_cell(res, i, 0)) != 0 || db_commit(db) != 0) {
@@ -152,177 +155,215 @@ quota_reclaim(struct db *db, const struct apikey *k)
 	}
 	db_res_free(res);
 	if (n > 0)
-		log_info("key %s: %d reservations of dead turns given back",
-		    k->id, n);
+		log_info("key %s: %d reservations of dead turns charged what "
+		    "they held", k->id, n);
 	return (n);
 }
 
 /*
  * One try of quota_reserve: lock the key's day row, decide, hold.  Returns
- * 0 (reserved: *est set), 1 (refused: *used and *held set), or -1 (the
- * transaction failed: deadlock, a Galera certification conflict, a lost
- * connection; nothing is held).
+ * 0 (reserved: *out and *est set), 1 (refused: *used and *held set), or -1
+ * (failed; *again if the server rolled it back and it may be tried again).
+ * The day is read once, from the locked row, so a turn admitted a moment
+ * before midnight holds, and is later charged, on the day it was decided
+ * on.
  */
 static int
 quota_reserve_once(struct db *db, const struct apikey *k, const char *rid,
-    long long out, int exact, long long prompt, long long *est,
-    long long *used, long long *held)
+    long long *out, int exact, long long prompt, long long *est,
+    long long *used, long long *held, int *again)
 {
-	struct db_res	*res;
+	struct db_res	*res = NULL;
+	char		 day[16];
+	uint64_t	 affected = 0;
 	long long	 room;
 
+	*again = 0;
 	if (db_begin(db) != 0)
-		return (-1);
+		goto fail;
 	if (db_run(db, NULL, NULL, "INSERT INTO key_quota_windows (key_id, "
 	    "kind, window_start) VALUES (?, 'day', UTC_DATE()) ON DUPLICATE "
 	    "KEY UPDATE key_id = key_id", "s", k->id) != 0 ||
-	    db_run(db, &res, NULL, "SELECT tokens, reserved FROM "
-	    "key_quota_windows WHERE key_id = ? AND kind = 'day' AND "
-	    "window_start = UTC_DATE() FOR UPDATE", "s", k->id) != 0)
+	    db_run(db, &res, NULL, "SELECT tokens, reserved, "
+	    "DATE_FORMAT(window_start, '%Y-%m-%d') FROM key_quota_windows "
+	    "WHERE key_id = ? AND kind = 'day' AND window_start = UTC_DATE() "
+	    "FOR UPDATE", "s", k->id) != 0)
 		goto fail;
-	*used = res->nrows == 1 ? atoll(db_cell(res, 0, 0)) : 0;
-	*held = res->nrows == 1 ? atoll(db_cell(res, 0, 1)) : 0;
+	if (res->nrows != 1) {		/* midnight came between the two */
+		*again = 1;
+		goto fail;
+	}
+	*used = atoll(db_cell(res, 0, 0));
+	*held = atoll(db_cell(res, 0, 1));
+	snprintf(day, sizeof day, "%s", db_cell(res, 0, 2));
 	db_res_free(res);
+	res = NULL;
 	room = k->tpd - *used - *held - prompt;
 	/* Without a max_tokens of its own a turn takes what is left, up to out. */
-	if (!exact && room < out)
-		out = room;
-	if (out < 1 || room < out) {
+	if (!exact && room < *out)
+		*out = room;
+	*est = prompt + (*out > 0 ? *out : 1);
+	if (*out < 1 || room < *out) {
 		if (db_rollback(db) != 0)
 			return (-1);
-		*est = prompt + out;
 		return (1);
 	}
-	*est = prompt + out;
-	if (db_run(db, NULL, NULL, "UPDATE key_quota_windows SET reserved = "
-	    "reserved + ? WHERE key_id = ? AND kind = 'day' AND window_start = "
-	    "UTC_DATE()", "is", *est, k->id) != 0 ||
+	if (db_run(db, NULL, &affected, "UPDATE key_quota_windows SET "
+	    "reserved = reserved + ? WHERE key_id = ? AND kind = 'day' AND "
+	    "window_start = ?", "iss", *est, k->id, day) != 0 ||
+	    affected != 1 ||
 	    db_run(db, NULL, NULL, "INSERT INTO quota_reservations (key_id, "
-	    "request_id, day, tokens, expires_at) VALUES (?, ?, UTC_DATE(), ?, "
-	    "UTC_TIMESTAMP() + INTERVAL ? SECOND)", "ssii", k->id, rid, *est,
-	    (long long)appconf->job_timeout_ms / 1000 + QUOTA_GRACE_S) != 0 ||
-	    db_commit(db) != 0)
+	    "request_id, day, tokens, expires_at) VALUES (?, ?, ?, ?, "
+	    "UTC_TIMESTAMP() + INTERVAL ? SECOND)", "sssii", k->id, rid, day,
+	    *est, (long long)appconf->job_timeout_ms / 1000 +
+	    QUOTA_GRACE_S) != 0)
 		goto fail;
+	if (db_commit(db) != 0) {
+		*again = db_retryable(db);
+		(void)db_rollback(db);
+		return (-1);
+	}
 	return (0);
 fail:
+	*again = *again || db_retryable(db);
+	db_res_free(res);
 	(void)db_rollback(db);
 	return (-1);
 }
 
 /*
  * Reserve tokens of key k's day (with a token limit) for the turn of
- * request rid, before it runs: its output, out tokens (exact: the turn's
- * max_tokens; else quota_reserve_tokens, or what the day has left if
- * less), and its prompt's estimate.  The day's tokens, every reservation
- * in flight and this one must fit in tokens_per_day, decided with the
- * day's row locked, so concurrent turns (in any process, on any node)
- * cannot all pass.  Returns 0 if reserved (*est: what is held; 0 if the
- * key has no token limit), 1 if refused (*retry_after, 0 for "never, as
- * asked", and why are set), -1 on a database error.
+ * request rid, before it runs: its output, *out tokens (exact: the turn's
+ * max_tokens; else quota_reserve_tokens, or what the day has left if less:
+ * then *out says how much), and its prompt's estimate.  The day's tokens,
+ * every reservation in flight and this one must fit in tokens_per_day,
+ * decided with the day's row locked, so concurrent turns (in any process,
+ * on any node) cannot all pass.  Returns 0 if reserved (*est: what is
+ * held; 0 if the key has no token limit), 1 if refused (*retry_after, 0
+ * for "waiting cannot help", and why are set), -1 on a database error.
  */
 int
-quota_reserve(const struct apikey *k, const char *rid, long long out,
+quota_reserve(const struct apikey *k, const char *rid, long long *out,
     int exact, long long prompt, long long *est, long *retry_after,
     char *why, size_t len)
 {
 	struct db	*db = db_thread();
-	long long	 used = 0, held = 0;
+	long long	 used = 0, held = 0, want = *out, need;
 	long		 minute, day;
-	int		 tries, rc = -1, reclaimed = 0;
+	int		 tries, rc = -1, again = 0, reclaimed = 0;
 
 	*est = 0;
 	if (k->tpd < 0)
 		return (0);
 	for (tries = 0; tries < QUOTA_TRIES; tries++) {
+		*out = want;
 		rc = quota_reserve_once(db, k, rid, out, exact, prompt, est,
-		    &used, &held);
+		    &used, &held, &again);
 		if (rc == 0)
 			return (0);
-		if (rc == 1 && (reclaimed || held == 0 ||
-		    quota_reclaim(db, k) == 0))
+		if (rc == -1 && !again)
+			return (-1);
+		if (rc == -1) {
+			quota_pause(QUOTA_RETRY_MS * (tries + 1));
+			continue;
+		}
+		/* Refused: unless dead turns' holds close, once. */
+		if (reclaimed || held == 0 || quota_reclaim(db, k) == 0)
 			break;
-		if (rc == 1)
-			reclaimed = 1;	/* dead turns gave back: once more */
+		reclaimed = 1;
 	}
 	if (rc == -1)
 		return (-1);
+	*est = 0;
 	quota_resets(&minute, &day);
-	*retry_after = *est > k->tpd ? 0 : used + *est > k->tpd ? day :
-	    QUOTA_HELD_RETRY_S;
-	if (*est > k->tpd)
+	need = prompt + (exact ? want : 1);
+	if (exact && need > k->tpd) {
+		*retry_after = 0;
 		snprintf(why, len, "tokens_per_day: this turn reserves %lld "
 		    "tokens (its max_tokens and its prompt's size), more than "
-		    "the key's whole day (%lld): lower max_tokens", *est,
+		    "the key's whole day (%lld): lower max_tokens", need,
 		    k->tpd);
-	else
-		snprintf(why, len, "tokens_per_day: this turn reserves %lld "
-		    "tokens (its max_tokens, or up to %ld without one, and its "
-		    "prompt's size); the key's day has %lld of %lld left, %lld "
-		    "of them held by turns in flight", *est,
-		    appconf->quota_reserve_tokens, used < k->tpd ? k->tpd -
-		    used : 0, k->tpd, held);
+		return (1);
+	}
+	/* Spent for the day, or waiting on turns in flight to settle. */
+	*retry_after = used + need > k->tpd ? day : QUOTA_HELD_RETRY_S;
+	snprintf(why, len, "tokens_per_day: this turn needs %s%lld tokens "
+	    "(its %s and its prompt's size); the key's day has %lld of %lld "
+	    "left, %lld of them held by turns in flight", exact ? "" :
+	    "at least ", need, exact ? "max_tokens" : "answer", used < k->tpd ?
+	    k->tpd - used : 0, k->tpd, held);
 	return (1);
 }
 
 /*
  * One try of quota_settle.  The tokens go to the day the turn was admitted
- * in (its reservation's), so turns in flight at midnight count where they
- * were held.  Returns 0 or -1 (nothing changed).
+ * in (its reservation's).  A reservation closed meanwhile as a dead turn's
+ * was charged what it held then: nothing more is charged.  Without a
+ * reservation the tokens go to today.  Returns 0 or -1 (*again as for
+ * quota_reserve_once).
  */
 static int
 quota_settle_once(struct db *db, const struct apikey *k, const char *rid,
-    int held, long long tokens)
+    int held, long long tokens, int *again)
 {
 	uint64_t	affected = 0;
 
+	*again = 0;
 	if (db_begin(db) != 0)
-		return (-1);
-	if (held && db_run(db, NULL, &affected, "UPDATE key_quota_windows w "
+		goto fail;
+	if (held && (db_run(db, NULL, &affected, "UPDATE key_quota_windows w "
 	    "JOIN quota_reservations q ON q.key_id = ? AND q.request_id = ? "
 	    "AND w.key_id = q.key_id AND w.kind = 'day' AND w.window_start = "
 	    "q.day SET w.reserved = IF(w.reserved > q.tokens, w.reserved - "
 	    "q.tokens, 0), w.tokens = w.tokens + ?", "ssi", k->id, rid,
-	    tokens) != 0)
+	    tokens) != 0 ||
+	    db_run(db, NULL, NULL, "DELETE FROM quota_reservations WHERE "
+	    "key_id = ? AND request_id = ?", "ss", k->id, rid) != 0))
 		goto fail;
-	if (held && db_run(db, NULL, NULL, "DELETE FROM quota_reservations "
-	    "WHERE key_id = ? AND request_id = ?", "ss", k->id, rid) != 0)
-		goto fail;
-	/* No reservation (given back as dead): the tokens go to today. */
-	if (affected == 0 && tokens > 0 && db_run(db, NULL, NULL, "INSERT INTO "
+	if (!held && tokens > 0 && db_run(db, NULL, NULL, "INSERT INTO "
 	    "key_quota_windows (key_id, kind, window_start, tokens) VALUES "
 	    "(?, 'day', UTC_DATE(), ?) ON DUPLICATE KEY UPDATE tokens = "
 	    "tokens + VALUES(tokens)", "si", k->id, tokens) != 0)
 		goto fail;
-	if (db_commit(db) != 0)
-		goto fail;
+	if (db_commit(db) != 0) {
+		*again = db_retryable(db);
+		(void)db_rollback(db);
+		return (-1);
+	}
+	if (held && affected == 0)
+		log_info("key %s: request %s settled after its reservation was "
+		    "closed as a dead turn's", k->id, rid);
 	return (0);
 fail:
+	*again = db_retryable(db);
 	(void)db_rollback(db);
 	return (-1);
 }
 
 /*
- * Settle the turn of request rid: its reservation (if held) is given back
- * and the tokens it used are charged, in one transaction, tried again if
- * it fails (a deadlock, a Galera certification conflict).  Called when the
- * turn ends, however it ends.
+ * Settle the turn of request rid: its reservation (if held) is closed
+ * and the tokens it used are charged, in one transaction, tried again
+ * only when the server rolled it back (a deadlock, a Galera certification
+ * conflict): a COMMIT whose answer was lost may have been applied, and is
+ * not repeated.  Called when the turn ends, however it ends.
  */
 void
 quota_settle(const struct apikey *k, const char *rid, int held,
     long long tokens)
 {
 	struct db	*db = db_thread();
-	int		 tries;
+	int		 tries, again = 0;
 
 	if (k->tpd < 0 && !held)
 		return;
 	for (tries = 0; tries < QUOTA_TRIES; tries++) {
-		if (quota_settle_once(db, k, rid, held, tokens) == 0)
+		if (quota_settle_once(db, k, rid, held, tokens, &again) == 0)
 			return;
-		if (tries + 1 < QUOTA_TRIES)
-			quota_pause(QUOTA_RETRY_MS * (tries + 1));
+		if (!again)
+			break;
+		quota_pause(QUOTA_RETRY_MS * (tries + 1));
 	}
 	log_warnx("key %s: request %s not settled (%lld tokens): %s; its "
-	    "reservation is given back when it expires", k->id, rid, tokens,
-	    db_error(db));
+	    "reservation is charged what it held when it expires", k->id, rid,
+	    tokens, db_error(db));
 }

@@ -168,7 +168,7 @@ int		 req_fd(struct request *);
 struct actor	*req_actor(struct request *);
 struct request	*req_sub(struct request *, int, size_t);
 int		 req_admit(struct request *);
-int		 req_reserve(struct request *, long long);
+int		 req_reserve(struct request *, long long *);
 long long	 req_reserved(const struct request *);
 void		 req_settle(struct request *, long long);
 const char	*req_body(struct request *, size_t *);
@@ -255,6 +255,7 @@ struct turn {
 	char			*stored;	/* the answer with its calls */
 	/* The upstream's input usage, as the first answer began. */
 	int			 have_start_usage;
+	int			 ran;		/* the job reached a CLI */
 	long long		 start_in, start_cache_read, start_cache_creation;
 	/* The answer, once done. */
 	const char		*text;

@@ -238,6 +238,7 @@ idem_finish(void *arg)
 	struct idem	*im = arg;
 	struct db	*db = db_thread();
 	char		 conv[UUID_LEN + 1];
+	uint64_t	 kept = 1;
 	int		 status = req_status(im->r), rc;
 
 	/*
@@ -251,20 +252,29 @@ idem_finish(void *arg)
 		    "AND request_id = ?", "sss", im->key_id, im->ikey,
 		    req_id(im->r));
 	else if (im->too_large)
-		rc = db_run(db, NULL, NULL, "UPDATE idempotency_keys SET "
+		rc = db_run(db, NULL, &kept, "UPDATE idempotency_keys SET "
 		    "state = 'done', status = ?, content_type = NULL, "
 		    "headers = NULL, body = NULL, conversation_id = ? WHERE "
-		    "key_id = ? AND idem_key = ? AND request_id = ?", "issss",
-		    (long long)status, conv[0] != '\0' ? conv : NULL,
-		    im->key_id, im->ikey, req_id(im->r));
+		    "key_id = ? AND idem_key = ? AND request_id = ? AND NOT "
+		    "EXISTS (SELECT 1 FROM conversations WHERE id = ? AND "
+		    "deleted_at IS NOT NULL)", "isssss", (long long)status,
+		    conv[0] != '\0' ? conv : NULL, im->key_id, im->ikey,
+		    req_id(im->r), conv);
 	else
-		rc = db_run(db, NULL, NULL, "UPDATE idempotency_keys SET "
+		rc = db_run(db, NULL, &kept, "UPDATE idempotency_keys SET "
 		    "state = 'done', status = ?, content_type = ?, "
 		    "headers = ?, body = ?, conversation_id = ? WHERE key_id = ? "
-		    "AND idem_key = ? AND request_id = ?", "issbssss",
-		    (long long)status, im->ctype, im->headers,
-		    im->buf != NULL ? im->buf : "", im->len,
+		    "AND idem_key = ? AND request_id = ? AND NOT EXISTS (SELECT "
+		    "1 FROM conversations WHERE id = ? AND deleted_at IS NOT "
+		    "NULL)", "issbsssss", (long long)status, im->ctype,
+		    im->headers, im->buf != NULL ? im->buf : "", im->len,
 		    conv[0] != '\0' ? conv : NULL, im->key_id, im->ikey,
+		    req_id(im->r), conv);
+	/* Not kept (its conversation deleted meanwhile): let the key go. */
+	if (rc == 0 && kept == 0)
+		rc = db_run(db, NULL, NULL, "DELETE FROM idempotency_keys "
+		    "WHERE key_id = ? AND idem_key = ? AND state = 'running' "
+		    "AND request_id = ?", "sss", im->key_id, im->ikey,
 		    req_id(im->r));
 	if (rc != 0)
 		log_warnx("%s: cannot record Idempotency-Key of key %s: a "

@@ -156,5 +156,5 @@ perm_check(struct request *r, const char *model, int stream,
 			*max_tokens = k->max_tokens;
 	}
 	/* Last: what the turn may spend is held before it runs. */
-	return (req_reserve(r, *max_tokens));
+	return (req_reserve(r, max_tokens));
 }

@@ -767,29 +767,34 @@ req_admit(struct request *r)
 
 /*
  * Reserve what the turn may spend of the key's tokens_per_day before
- * anything is stored: max_tokens (the turn's cap; without one,
- * quota_reserve_tokens or what the day has left if less) and its prompt's
- * size (a token per four bytes of the request).  The reservation is
- * settled when the turn ends (req_settle), or given back when the request
- * ends without a turn.  On refusal the answer is sent.
+ * anything is stored: *max_tokens (the turn's cap; without one,
+ * quota_reserve_tokens, or what the day has left if less, which then
+ * becomes the turn's cap) and its prompt's size (a token per four bytes
+ * of the request).  The reservation is settled when the turn ends
+ * (req_settle), or given back when the request ends without a turn.  On
+ * refusal the answer is sent.
  */
 int
-req_reserve(struct request *r, long long max_tokens)
+req_reserve(struct request *r, long long *max_tokens)
 {
 	char		why[384];
 	long		retry = 0;
-	long long	prompt;
-	int		rc;
+	long long	prompt, out;
+	int		rc, exact = *max_tokens > 0;
 
 	if (r->reserved > 0 || r->key.tpd < 0)
 		return (0);
 	prompt = (long long)((r->item_len > 0 ? r->item_len : r->body_len) +
 	    3) / 4;
-	rc = quota_reserve(&r->key, r->id, max_tokens > 0 ? max_tokens :
-	    appconf->quota_reserve_tokens, max_tokens > 0, prompt,
-	    &r->reserved, &retry, why, sizeof why);
+	out = exact ? *max_tokens : appconf->quota_reserve_tokens;
+	rc = quota_reserve(&r->key, r->id, &out, exact, prompt, &r->reserved,
+	    &retry, why, sizeof why);
 	if (rc != 0)
 		r->reserved = 0;
+	/* Holding less than it would have: the answer stops there. */
+	else if (!exact && r->reserved > 0 &&
+	    out < appconf->quota_reserve_tokens)
+		*max_tokens = out;
 	return (req_quota_answer(r, rc, retry, why));
 }
 

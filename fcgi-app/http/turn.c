@@ -62,25 +62,25 @@ turn_refused(const char *code)
 }
 
 /*
- * What a turn that ended is charged of the key's tokens_per_day.  Done:
- * the CLI's usage; but a CLI that ran the tenant's own tools (allow_tools)
- * may have been made to misreport it, so never less than the turn held.
- * Refused before any CLI, or by the upstream: nothing.  Failed, timed out
- * or left by its client: what it held, or what it was seen to use if
- * more (a turn cut short has spent upstream tokens nobody reported).
+ * What a turn that ended is charged of the key's tokens_per_day: input,
+ * cache-creation input and output tokens (cache reads are not counted).
+ * Done: the CLI's usage; but a CLI that ran the tenant's own tools
+ * (allow_tools) may have been made to misreport it, so never less than
+ * the turn held.  Failed before any CLI had it (refused, queued too
+ * long): nothing.  Failed after, timed out, or left by its client: what
+ * it held, or what it was seen to use if more (the upstream was asked,
+ * and what a CLI says of an error is not believed either).
  */
 static long long
 turn_charge(const struct turn *t, enum turn_end end)
 {
-	long long	used = end == TURN_DONE ? t->in + t->out : t->start_in;
-	long long	held = req_reserved(t->r);
+	long long	used, held = req_reserved(t->r);
 
-	if (end == TURN_ERROR && (turn_refused(t->code) ||
-	    strcmp(t->code, PROTO_E_UPSTREAM_LIMITED) == 0 ||
-	    strcmp(t->code, PROTO_E_UPSTREAM_OVERLOADED) == 0 ||
-	    strcmp(t->code, PROTO_E_UPSTREAM_CREDENTIAL) == 0 ||
-	    strcmp(t->code, PROTO_E_UNAVAILABLE) == 0 ||
-	    strcmp(t->code, PROTO_E_BAD_REQUEST) == 0))
+	if (end == TURN_DONE)
+		used = t->in + t->out + t->cache_creation;
+	else
+		used = t->start_in + t->start_cache_creation;
+	if (end == TURN_ERROR && !t->ran)
 		return (0);
 	if (end == TURN_DONE && !req_key(t->r)->allow_tools)
 		return (used);
@@ -393,6 +393,7 @@ turn_pool(struct turn *t)
 		}
 		type = proto_type(f);
 		if (strcmp(type, PROTO_EVENT) == 0) {
+			t->ran = 1;
 			turn_event_usage(t, json_object_get(f, "usage"));
 			text = json_string_value(json_object_get(f, "text"));
 			if (text != NULL && t->ttft_ms < 0) {
@@ -423,6 +424,8 @@ turn_pool(struct turn *t)
 			    json_string_value(json_object_get(f, "message")) :
 			    "the CLI pool failed");
 			turn_keep_partial(t, f);
+			if (json_is_true(json_object_get(f, "ran")))
+				t->ran = 1;
 			if (json_is_integer(json_object_get(f, "retry_after")))
 				t->retry_after = (long)json_integer_value(
 				    json_object_get(f, "retry_after"));

@@ -441,16 +441,41 @@ class TokenReservations(unittest.TestCase):
         within_one_window(60, period=86400)
         key = new_key(tokens_per_day=DAY, max_concurrent_requests=1,
                       queue_when_busy=0)
-        with concurrent.futures.ThreadPoolExecutor(1) as ex:
-            first = ex.submit(chat, key, {"message": "hold [[mock:slow=3000]]"})
-            wait_for(lambda: reservations(key) == 1 and any(
-                p["state"] == "busy" for p in stack.stats()["processes"]),
-                60, "the first turn to run")
-            r = chat(key, {"message": "refused"})
-            self.assertEqual(r.status, 429, r)
-            self.assertEqual(first.result().status, 200)
-        used = first.result().json()["usage"]["total_tokens"]
-        self.assertEqual(day_row(key), [used, 0])
+        body = {"message": "hold [[mock:hang]]", "stream": True}
+        c = stack.conn(120)
+        c.request("POST", "/api/chat", body=json.dumps(body),
+                  headers={"Authorization": "Bearer " + key,
+                           "Content-Type": "application/json"})
+        wait_for(lambda: reservations(key) == 1 and any(
+            p["state"] == "busy" for p in stack.stats()["processes"]),
+            60, "the first turn to run")
+        r = chat(key, {"message": "refused"})
+        self.assertEqual(r.status, 429, r)
+        self.assertIn("max_concurrent_requests", r.body)
+        # Refused before any CLI had it: its reservation went, unpaid.
+        self.assertEqual(reservations(key), 1)
+        self.assertEqual(day_row(key), [0, held_for(body)])
+        c.close()       # the first, left by its client, pays what it held
+        wait_for(lambda: reservations(key) == 0, 60, "the first to settle")
+        self.assertEqual(day_row(key), [held_for(body), 0])
+
+    def test_an_upstream_error_after_the_cli_ran_pays_what_it_held(self):
+        within_one_window(60, period=86400)
+        key = new_key(tokens_per_day=DAY)
+        body = {"message": "overloaded [[mock:fail=529]]"}
+        r = chat(key, body)
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(day_row(key), [held_for(body), 0])
+
+    def test_a_turn_holding_the_days_rest_stops_there(self):
+        within_one_window(60, period=86400)
+        key = new_key(tokens_per_day=ONE_TURN_DAY)
+        body = {"message": "a long answer [[mock:chunks=3000]]"}
+        r = chat(key, body)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["stop_reason"], "max_tokens")
+        held = ONE_TURN_DAY - (len(json.dumps(body).encode()) + 3) // 4
+        self.assertLessEqual(r.json()["usage"]["output_tokens"], held)
 
     def test_a_tool_turn_pays_at_least_what_it_held(self):
         within_one_window(60, period=86400)
@@ -461,28 +486,36 @@ class TokenReservations(unittest.TestCase):
         used = r.json()["usage"]["total_tokens"]
         self.assertEqual(day_row(key), [max(used, held_for(body)), 0])
 
-    def test_a_dead_process_reservation_is_given_back_when_it_expires(self):
+    def test_a_dead_process_reservation_is_charged_when_it_expires(self):
         within_one_window(60, period=86400)
         key = new_key(tokens_per_day=DAY)
         kid = key[4:20]
         # What a ccgate-fcgi process killed mid-turn leaves: a held day.
         stack.sql("INSERT INTO key_quota_windows (key_id, kind, "
                   "window_start, reserved) VALUES ('%s', 'day', UTC_DATE(),"
-                  " 6000)" % kid)
+                  " 5000)" % kid)
         stack.sql("INSERT INTO quota_reservations VALUES ('%s', 'dead-1', "
-                  "UTC_DATE(), 6000, UTC_TIMESTAMP() + INTERVAL 1 HOUR)"
+                  "UTC_DATE(), 5000, UTC_TIMESTAMP() + INTERVAL 1 HOUR)"
                   % kid)
-        r = chat(key, {"message": "held by a live turn"})
+        body = {"message": "held by a live turn", "max_tokens": 2000}
+        r = chat(key, body)
         self.assertEqual(r.status, 429, r)
-        self.assertIn("6000 of them held by turns in flight", r.body)
+        self.assertIn("the key's day has 6000 of 6000 left, 5000 of them "
+                      "held by turns in flight", r.body)
         self.assertEqual(r.headers["retry-after"], "5")
+        # Its process is gone for good: past its expiry the reservation is
+        # closed and charged what it held (the upstream may have run it),
+        # so the day has 1,000 left, for good.
         stack.sql("UPDATE quota_reservations SET expires_at = "
                   "UTC_TIMESTAMP() - INTERVAL 1 SECOND WHERE key_id = '%s'"
                   % kid)
-        r = chat(key, {"message": "the dead turn's hold is gone"})
-        self.assertEqual(r.status, 200, r)
-        self.assertEqual(day_row(key)[1], 0)
+        r = chat(key, body)
+        self.assertEqual(r.status, 429, r)
+        self.assertIn("the key's day has 1000 of 6000 left, 0 of them held",
+                      r.body)
+        self.assertGreater(int(r.headers["retry-after"]), 5)
         self.assertEqual(reservations(key), 0)
+        self.assertEqual(day_row(key), [5000, 0])
 
 
 class BatchAdmission(unittest.TestCase):
@@ -527,10 +560,15 @@ class KeyConcurrency(unittest.TestCase):
     """max_concurrent_requests: the key's next turn waits in the pool's
     queue, or with queue false is refused at once."""
 
-    def slow(self, key, i):
-        return stack.request("POST", "/api/chat", {
-            "message": "slow %d [[mock:slow=3000]]" % i}, key=key,
-            timeout=90)
+    def hold(self, key):
+        """A turn of key that runs until the returned connection closes."""
+        c = stack.conn(120)
+        c.request("POST", "/api/chat", body=json.dumps({
+            "message": "held [[mock:hang]]", "stream": True}),
+            headers={"Authorization": "Bearer " + key,
+                     "Content-Type": "application/json"})
+        wait_for(lambda: self.busy() == 1, 60, "the held turn to run")
+        return c
 
     def busy(self):
         return len([p for p in stack.stats()["processes"]
@@ -538,40 +576,39 @@ class KeyConcurrency(unittest.TestCase):
 
     def test_the_next_turn_waits_in_the_queue(self):
         key = new_key(max_concurrent_requests=1)
-        with concurrent.futures.ThreadPoolExecutor(2) as ex:
-            first = ex.submit(self.slow, key, 1)
-            wait_for(lambda: self.busy() == 1, 30, "the first turn to run")
-            second = ex.submit(self.slow, key, 2)
-            wait_for(lambda: stack.stats()["queue_length"] == 1, 30,
+        held = self.hold(key)
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            second = ex.submit(chat, key, {"message": "second"})
+            wait_for(lambda: stack.stats()["queue_length"] == 1, 60,
                      "the second turn to wait")
             self.assertEqual(self.busy(), 1)
-            self.assertEqual([first.result().status,
-                              second.result().status], [200, 200])
+            self.assertFalse(second.done())
+            held.close()        # the first ends: the second runs
+            self.assertEqual(second.result().status, 200)
 
     def test_queue_false_is_refused_at_once(self):
         key = new_key(max_concurrent_requests=1, queue_when_busy=0)
         other = new_key(max_concurrent_requests=1, queue_when_busy=0)
-        with concurrent.futures.ThreadPoolExecutor(1) as ex:
-            first = ex.submit(self.slow, key, 1)
-            wait_for(lambda: self.busy() == 1, 30, "the first turn to run")
-            for path, body, etype in (
-                    ("/api/chat", {"message": "second"}, "rate_limit_error"),
-                    ("/v1/chat/completions", {
-                        "model": "claude-sonnet-4-5", "messages": [
-                            {"role": "user", "content": "second"}]},
-                     "rate_limit_exceeded"),
-                    ("/v1/messages", {
-                        "model": "claude-sonnet-4-5", "max_tokens": 50,
-                        "messages": [{"role": "user", "content": "second"}]},
-                     "rate_limit_error")):
-                r = stack.request("POST", path, body, key=key)
-                self.assertEqual(r.status, 429, (path, r))
-                self.assertEqual(r.json()["error"]["type"], etype)
-                self.assertIn("max_concurrent_requests", r.body)
-                self.assertEqual(r.headers["retry-after"], "1")
-            # Another key is not held back by this one's limit.
-            self.assertEqual(chat(other, {"message": "mine"}).status, 200)
-            self.assertEqual(first.result().status, 200)
+        held = self.hold(key)
+        for path, body, etype in (
+                ("/api/chat", {"message": "second"}, "rate_limit_error"),
+                ("/v1/chat/completions", {
+                    "model": "claude-sonnet-4-5", "messages": [
+                        {"role": "user", "content": "second"}]},
+                 "rate_limit_exceeded"),
+                ("/v1/messages", {
+                    "model": "claude-sonnet-4-5", "max_tokens": 50,
+                    "messages": [{"role": "user", "content": "second"}]},
+                 "rate_limit_error")):
+            r = stack.request("POST", path, body, key=key)
+            self.assertEqual(r.status, 429, (path, r))
+            self.assertEqual(r.json()["error"]["type"], etype)
+            self.assertIn("max_concurrent_requests", r.body)
+            self.assertEqual(r.headers["retry-after"], "1")
+        # Another key is not held back by this one's limit.
+        self.assertEqual(chat(other, {"message": "mine"}).status, 200)
+        held.close()
+        wait_for(lambda: self.busy() == 0, 60, "the held turn to end")
         self.assertEqual(chat(key, {"message": "free again"}).status, 200)
 
 

@@ -343,6 +343,17 @@ ONE_TURN_DAY = 1000
 DAY = 6000
 
 
+def held_turn(key, text="held [[mock:hang]]"):
+    """Start a streamed turn of key that runs until the returned
+    connection closes; (the connection, the body sent)."""
+    body = {"message": text, "stream": True}
+    c = stack.conn(120)
+    c.request("POST", "/api/chat", body=json.dumps(body),
+              headers={"Authorization": "Bearer " + key,
+                       "Content-Type": "application/json"})
+    return c, body
+
+
 def held_for(body):
     """What a turn of body without max_tokens holds of a fresh big day."""
     return 4096 + (len(json.dumps(body).encode()) + 3) // 4
@@ -425,11 +436,7 @@ class TokenReservations(unittest.TestCase):
     def test_a_cancelled_turn_is_charged_what_it_held(self):
         within_one_window(60, period=86400)
         key = new_key(tokens_per_day=DAY)
-        body = {"message": "long [[mock:hang]]", "stream": True}
-        c = stack.conn(60)
-        c.request("POST", "/api/chat", body=json.dumps(body),
-                  headers={"Authorization": "Bearer " + key,
-                           "Content-Type": "application/json"})
+        c, body = held_turn(key)
         wait_for(lambda: reservations(key) == 1, 60, "the turn to hold")
         self.assertEqual(day_row(key), [0, held_for(body)])
         c.close()       # the client leaves mid-turn
@@ -441,11 +448,7 @@ class TokenReservations(unittest.TestCase):
         within_one_window(60, period=86400)
         key = new_key(tokens_per_day=DAY, max_concurrent_requests=1,
                       queue_when_busy=0)
-        body = {"message": "hold [[mock:hang]]", "stream": True}
-        c = stack.conn(120)
-        c.request("POST", "/api/chat", body=json.dumps(body),
-                  headers={"Authorization": "Bearer " + key,
-                           "Content-Type": "application/json"})
+        c, body = held_turn(key)
         wait_for(lambda: reservations(key) == 1 and any(
             p["state"] == "busy" for p in stack.stats()["processes"]),
             60, "the first turn to run")
@@ -562,11 +565,7 @@ class KeyConcurrency(unittest.TestCase):
 
     def hold(self, key):
         """A turn of key that runs until the returned connection closes."""
-        c = stack.conn(120)
-        c.request("POST", "/api/chat", body=json.dumps({
-            "message": "held [[mock:hang]]", "stream": True}),
-            headers={"Authorization": "Bearer " + key,
-                     "Content-Type": "application/json"})
+        c, _ = held_turn(key)
         wait_for(lambda: self.busy() == 1, 60, "the held turn to run")
         return c
 

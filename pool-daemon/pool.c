@@ -33,6 +33,7 @@ static void	pool_proc_gone(struct proc *);
 static struct proc *pool_find_parked(const struct job *);
 static void	pool_resume_tools(struct job *, struct proc *);
 static int	pool_key_full(const struct job *);
+static void	pool_reserve_warm(void);
 static int	pool_upstream_refuse(struct job *);
 
 /* Forget a profile's allocations. */
@@ -867,6 +868,41 @@ pool_evict(const char *tenant)
 	return (1);
 }
 
+/*
+ * Warm processes are a reserved share, not what is left over: with the
+ * pool full and fewer than min_warm warm processes (and none on its way
+ * out), the least recently used idle bound process goes (its conversation
+ * resumes later, about as costly as the cold start a new conversation
+ * saves), never one whose turn runs or waits for tool results.  One at a
+ * time, ahead of demand: pool_dispatch spawns the warm one once it is
+ * gone.
+ */
+static void
+pool_reserve_warm(void)
+{
+	struct poold_config	*cf = poold->cf;
+	struct proc		*p, *lru = NULL;
+	long			 want = cf->min_warm;
+
+	if (want > cf->min_instances)
+		want = cf->min_instances;
+	if (poold->nprocs < cf->max_instances ||
+	    pool_count(PROC_WARM, NULL) >= want ||
+	    pool_count(PROC_DYING, NULL) > 0)
+		return;
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->state == PROC_BOUND && p->job == NULL && !p->parked &&
+		    (lru == NULL || p->last_used_at < lru->last_used_at))
+			lru = p;
+	}
+	if (lru == NULL)
+		return;
+	log_info("stopping idle CLI %ld of conversation %s: the warm share "
+	    "(min_warm) is short", (long)lru->pid, lru->conversation);
+	poold->stats.evicted++;
+	proc_stop(lru);
+}
+
 /* Try to place one queued job.  Returns 1 if it started (or ended). */
 static int
 pool_place(struct job *job, int *evicting)
@@ -992,6 +1028,7 @@ pool_dispatch(void)
 	if (poold_now() < poold->warm_backoff_until)
 		return;
 	pool_default_profile(&def);
+	pool_reserve_warm();
 	while (pool_count(PROC_WARM, NULL) < cf->min_instances &&
 	    poold->nprocs < cf->max_instances) {
 		p = proc_spawn(&def, NULL, NULL, NULL, 0, pool_proc_line,
@@ -2159,8 +2196,9 @@ pool_stats(void)
 	    json_integer((json_int_t)(now - st->started_at)));
 	json_object_set_new(f, "draining", json_boolean(poold->draining));
 	json_object_set_new(f, "limits", json_pack("{s:I, s:I, s:I, s:I, s:I, "
-	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 	    "min_instances", (json_int_t)cf->min_instances,
+	    "min_warm", (json_int_t)cf->min_warm,
 	    "max_instances", (json_int_t)cf->max_instances,
 	    "tenant_max_jobs", (json_int_t)cf->tenant_max_jobs,
 	    "key_max_jobs", (json_int_t)cf->key_max_jobs,

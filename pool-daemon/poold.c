@@ -28,6 +28,7 @@ struct poold	*poold;
 static const char *const poold_keys[] = {
 	"socket", "socket_mode", "socket_group", "state_dir", "cli_path",
 	"cli_env_path", "default_model", "run_as_user", "min_instances",
+	"min_warm",
 	"max_instances", "tenant_max_jobs", "key_max_jobs",
 	"tenant_max_processes", "queue_max", "tenant_max_queued",
 	"queue_max_wait_ms", "job_timeout_ms", "first_event_timeout_ms",
@@ -296,6 +297,7 @@ poold_config_load(const char *path, char **cause)
 	}
 	cf->socket_mode = (mode_t)m;
 	POOLD_INT("min_instances", min_instances, 2, 0, 1024);
+	POOLD_INT("min_warm", min_warm, 2, 0, 1024);
 	POOLD_INT("max_instances", max_instances, 10, 1, 1024);
 	POOLD_INT("tenant_max_jobs", tenant_max_jobs, 4, 1, 1024);
 	POOLD_INT("key_max_jobs", key_max_jobs, 0, 0, 1024);

@@ -91,6 +91,7 @@ struct poold_config {
 	char	*egress_socket;		/* NULL: the CLI has the network */
 	int	 egress_oauth;		/* the token as an OAuth token */
 	long	 min_instances;
+	long	 min_warm;	/* warm even when full: idle bound ones go */
 	long	 max_instances;
 	long	 tenant_max_jobs;
 	long	 key_max_jobs;		/* 0: no cap but the tenant's */

@@ -172,6 +172,35 @@ class Sizing(PoolTest):
         wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 60,
                  "the warm set refilled")
 
+    def test_the_warm_share_holds_in_a_full_pool(self):
+        # min_warm (2, here held to min_instances, 1): a pool full of idle
+        # conversations still keeps a warm process, by stopping the least
+        # recently used one, whose next turn resumes with its context.
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 60,
+                 "one warm process")
+        convs = [conv() for _ in range(3)]
+        sids = [end(job("share%d" % i, c, "first of %d" % i))["session_id"]
+                for i, c in enumerate(convs)]
+
+        def by_state():
+            st = stack.stats()["processes_by_state"]
+            return st["warm"], st["bound"], st["dying"]
+        wait_for(lambda: by_state() == (1, 2, 0), 60,
+                 "a warm process again in the full pool")
+        live_convs = {p["conversation"] for p in procs()}
+        self.assertNotIn(convs[0], live_convs)
+        self.assertTrue({convs[1], convs[2]} <= live_convs)
+        # A new conversation is placed warm at once.
+        self.assertEqual(end(job("share3", conv(), "new"))["process"]
+                         ["origin"], "warm")
+        # The stopped conversation resumes with what it said.
+        again = end(job("share0", convs[0], "second of 0", resume=sids[0]))
+        self.assertEqual(again["process"]["origin"], "resumed")
+        turns = texts_of(next(r for r in reversed(stack.mock_records())
+                              if texts_of(r)[-1] == ("user", "second of 0")))
+        self.assertEqual([t for r, t in turns if r == "user"],
+                         ["first of 0", "second of 0"])
+
     def test_warm_above_min_reaped_and_limits_checked(self):
         stack.poold({"type": "set_limits", "min_instances": 3,
                      "max_instances": 6})

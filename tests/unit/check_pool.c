@@ -348,6 +348,59 @@ START_TEST(test_placement_order)
 }
 END_TEST
 
+/*
+ * min_warm: a full pool of idle bound processes still keeps its warm
+ * share, by stopping the least recently used one ahead of demand; a
+ * busy one never goes.
+ */
+START_TEST(test_the_warm_share_holds_in_a_full_pool)
+{
+	struct tjob	*a, *b, *c, *h1, *h2, *h3;
+	struct proc	*pc;
+
+	poold->cf->max_instances = 3;
+	poold->cf->min_instances = 1;
+	poold->cf->min_warm = 1;
+	a = submit("t", C1, "one", NULL);
+	done(a);
+	advance(10);
+	b = submit("t", C2, "two", NULL);
+	done(b);
+	advance(10);
+	c = submit("t", C3, "three", NULL);
+	done(c);
+	/* Full (three bound): C1, the least recently used, made room. */
+	RUN_UNTIL(count(PROC_WARM) == 1 && count(PROC_DYING) == 0);
+	ck_assert_ptr_null(proc_of(C1));
+	pc = proc_of(C3);
+	ck_assert_ptr_nonnull(proc_of(C2));
+	ck_assert_ptr_nonnull(pc);
+	ck_assert_int_eq(poold->nprocs, 3);
+	ck_assert_uint_eq(poold->stats.evicted, 1);
+	/* A new conversation takes the warm process at once. */
+	ck_assert_str_eq(done(submit("t", C4, "four", NULL)), "warm");
+	/* ...and the share is made again: C2 now goes. */
+	RUN_UNTIL(count(PROC_WARM) == 1 && count(PROC_DYING) == 0);
+	ck_assert_ptr_null(proc_of(C2));
+	ck_assert_ptr_eq(proc_of(C3), pc);
+	ck_assert_uint_eq(poold->stats.evicted, 2);
+	/* Every process busy: nothing is stopped for the share. */
+	h1 = submit("t", C3, "hang", NULL);
+	h2 = submit("t", C4, "hang", NULL);
+	/* (A new conversation: C1's folder would need a process of its own.) */
+	h3 = submit("t", "55555555-5555-4555-8555-555555555555", "hang", NULL);
+	RUN_UNTIL(count(PROC_BUSY) == 3);
+	advance(10);
+	pool_dispatch();
+	ck_assert_int_eq(count(PROC_BUSY), 3);
+	ck_assert_int_eq(count(PROC_DYING), 0);
+	ck_assert_uint_eq(poold->stats.evicted, 2);
+	pool_cancel(h1->job);
+	pool_cancel(h2->job);
+	pool_cancel(h3->job);
+}
+END_TEST
+
 START_TEST(test_eviction_takes_the_oldest_idle_process)
 {
 	struct tjob	*a, *b, *c, *hang, *d;
@@ -1334,6 +1387,7 @@ main(void)
 	const TTest *const tests[] = {
 		test_placement_order,
 		test_eviction_takes_the_oldest_idle_process,
+		test_the_warm_share_holds_in_a_full_pool,
 		test_tenant_and_key_caps,
 		test_a_keys_own_concurrency,
 		test_a_tenant_has_its_share_of_the_queue,

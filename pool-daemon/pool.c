@@ -1,10 +1,12 @@
 /*
  * Jobs and scheduling.  A job runs, in order of preference, on:
  *   1. its conversation's own live process (bound, idle): no spawn;
- *   2. a warm process, if it starts a conversation with the default
- *      profile: the warm process is bound to the tenant there and then;
+ *   2. a warm process of its profile, if it starts a conversation: the
+ *      warm process is bound to the tenant there and then (warm.c keeps
+ *      the default profile's and those it learned warm);
  *   3. a new process, started with --resume for an existing conversation
- *      or --session-id for a new one, if the pool has room;
+ *      or --session-id for a new one, if the pool has room (max_instances
+ *      and max_pool_rss_mb) and fewer than max_spawning are starting;
  *   4. otherwise it waits in a FIFO queue, bounded in length and time;
  *      the least recently used idle process is evicted to make room.
  * Turns of one conversation never run at once: a second waits its turn.
@@ -457,6 +459,11 @@ pool_submit(const struct job_sink *sink, void *arg, json_t *msg, char **cause)
 		pool_fail(job, PROTO_E_BUSY, "the queue is full");
 		return (0);
 	}
+	/* A new conversation: the warm target counts it. */
+	if (job->resume[0] == '\0' && job->tool_results == NULL &&
+	    !workspace_home_exists(cf->state_dir, job->tenant,
+	    job->conversation))
+		warm_arrival(job);
 	TAILQ_INSERT_TAIL(&poold->queue, job, entry);
 	job->state = JOB_QUEUED;
 	poold->submitting = job;
@@ -738,6 +745,8 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 			return (-1);
 		}
 		snprintf(p->tenant, sizeof p->tenant, "%s", job->tenant);
+		/* Its turn runs now: at a running turn's priority. */
+		(void)proc_renice(p, (int)poold->cf->cli_nice);
 	}
 	snprintf(p->conversation, sizeof p->conversation, "%s",
 	    job->conversation);
@@ -870,8 +879,9 @@ pool_evict(const char *tenant)
 
 /*
  * Warm processes are a reserved share, not what is left over: with the
- * pool full and fewer than min_warm warm processes (and none on its way
- * out), the least recently used idle bound process goes (its conversation
+ * pool full and fewer warm processes than the warm target (warm_reserve:
+ * min_warm, or what arrivals call for up to max_warm) and none on its way
+ * out, the least recently used idle bound process goes (its conversation
  * resumes later, about as costly as the cold start a new conversation
  * saves), never one whose turn runs or waits for tool results.  One at a
  * time, ahead of demand: pool_dispatch spawns the warm one once it is
@@ -882,10 +892,8 @@ pool_reserve_warm(void)
 {
 	struct poold_config	*cf = poold->cf;
 	struct proc		*p, *lru = NULL;
-	long			 want = cf->min_warm;
+	long			 want = warm_reserve();
 
-	if (want > cf->min_instances)
-		want = cf->min_instances;
 	if (poold->nprocs < cf->max_instances ||
 	    pool_count(PROC_WARM, NULL) >= want ||
 	    pool_count(PROC_DYING, NULL) > 0)
@@ -908,7 +916,6 @@ static int
 pool_place(struct job *job, int *evicting)
 {
 	struct poold_config	*cf = poold->cf;
-	struct profile		 def;
 	struct proc		*p;
 	char			*cause = NULL;
 	int			 resume;
@@ -965,21 +972,25 @@ pool_place(struct job *job, int *evicting)
 	 * A warm process's HOME becomes the conversation's: only for one
 	 * that has none yet (a primed conversation keeps its old one).
 	 */
-	pool_default_profile(&def);
-	if (job->resume[0] == '\0' && profile_equal(&job->profile, &def) &&
-	    !workspace_home_exists(cf->state_dir, job->tenant,
-	    job->conversation) && (p = pool_find_warm(&def)) != NULL) {
+	if (job->resume[0] == '\0' && (p = pool_find_warm(&job->profile)) !=
+	    NULL && !workspace_home_exists(cf->state_dir, job->tenant,
+	    job->conversation)) {
 		if (pool_start(job, p, ORIGIN_WARM) == 0)
 			return (1);
 		proc_kill(p);
 		return (0);
 	}
 
-	if (poold->nprocs >= cf->max_instances) {
+	/* Full, or out of memory (but a pool of none runs one). */
+	if (poold->nprocs >= cf->max_instances ||
+	    (poold->nprocs > 0 && !warm_mem_room())) {
 		if (!*evicting && pool_count(PROC_DYING, NULL) == 0)
 			*evicting = pool_evict(NULL);
 		return (0);
 	}
+	/* No more than max_spawning start at once: it waits its turn. */
+	if (cf->max_spawning > 0 && warm_spawning() >= cf->max_spawning)
+		return (0);
 	resume = job->resume[0] != '\0';
 	p = proc_spawn(&job->profile, job->tenant, job->conversation,
 	    resume ? job->resume : NULL, resume, pool_proc_line, pool_proc_gone,
@@ -1002,13 +1013,14 @@ pool_place(struct job *job, int *evicting)
 /*
  * Place what can be placed, in FIFO order (a job blocked only by its own
  * conversation or tenant does not hold up the others), then top up the
- * warm set.
+ * warm set: the profile furthest below its target first, while the pool
+ * has room, memory and a spawn may start (warm.c).
  */
 void
 pool_dispatch(void)
 {
 	struct poold_config	*cf = poold->cf;
-	struct profile		 def;
+	const struct profile	*pr;
 	struct job		*job, *next;
 	struct proc		*p;
 	char			*cause = NULL;
@@ -1027,11 +1039,10 @@ pool_dispatch(void)
 		return;
 	if (poold_now() < poold->warm_backoff_until)
 		return;
-	pool_default_profile(&def);
 	pool_reserve_warm();
-	while (pool_count(PROC_WARM, NULL) < cf->min_instances &&
-	    poold->nprocs < cf->max_instances) {
-		p = proc_spawn(&def, NULL, NULL, NULL, 0, pool_proc_line,
+	while ((pr = warm_short()) != NULL &&
+	    poold->nprocs < cf->max_instances && warm_may_spawn()) {
+		p = proc_spawn(pr, NULL, NULL, NULL, 0, pool_proc_line,
 		    pool_proc_gone, &cause);
 		if (p == NULL) {
 			log_warnx("spawn warm CLI: %s", cause);
@@ -1800,6 +1811,11 @@ pool_proc_line(struct proc *p, const char *line, size_t len)
 	if (!job->got_output) {
 		job->got_output = 1;
 		job->first_event_at = now;
+		/* A spawn's time, for the warm target; its turn runs now. */
+		if (job->origin == ORIGIN_SPAWNED ||
+		    job->origin == ORIGIN_RESUMED)
+			warm_spawn_time(now - p->started_at);
+		(void)proc_renice(p, (int)poold->cf->cli_nice);
 	}
 	switch (m.kind) {
 	case CLI_INIT:
@@ -1971,6 +1987,24 @@ pool_proc_gone(struct proc *p)
 	pool_dispatch();
 }
 
+/*
+ * Whether warm p is beyond what its profile keeps: as many of its profile
+ * as that are kept, the newest ones.
+ */
+static int
+pool_warm_excess(const struct proc *p)
+{
+	struct proc	*q;
+	long		 newer = 0, keep = warm_keep(&p->profile);
+
+	for (q = TAILQ_NEXT(p, entry); q != NULL; q = TAILQ_NEXT(q, entry)) {
+		if (q->state == PROC_WARM && profile_equal(&q->profile,
+		    &p->profile))
+			newer++;
+	}
+	return (newer >= keep);
+}
+
 /* Time limits, idle and age recycling, health checks; once per tick. */
 void
 pool_tick(void *arg)
@@ -1979,7 +2013,6 @@ pool_tick(void *arg)
 	struct job		*job, *jnext;
 	struct proc		*p, *pnext;
 	uint64_t		 now;
-	int			 excess;
 
 	proc_reap();
 	now = poold_now();
@@ -2030,14 +2063,16 @@ pool_tick(void *arg)
 			proc_stop(p);
 		}
 	}
-	/* Warm processes above min_instances (after set_limits) go, oldest first. */
-	excess = pool_count(PROC_WARM, NULL) - (int)cf->min_instances;
-	for (p = TAILQ_FIRST(&poold->procs); p != NULL && excess > 0;
-	    p = TAILQ_NEXT(p, entry)) {
-		if (p->state == PROC_WARM) {
+	/*
+	 * Warm processes above what their profile keeps (min_instances after
+	 * set_limits, a target that fell back as arrivals stopped, a profile
+	 * forgotten) go, oldest first.
+	 */
+	warm_sample();
+	for (p = TAILQ_FIRST(&poold->procs); p != NULL; p = pnext) {
+		pnext = TAILQ_NEXT(p, entry);
+		if (p->state == PROC_WARM && pool_warm_excess(p))
 			proc_stop(p);
-			excess--;
-		}
 	}
 	if (now - poold->last_health >= (uint64_t)cf->health_check_interval_ms) {
 		poold->last_health = now;
@@ -2196,9 +2231,16 @@ pool_stats(void)
 	    json_integer((json_int_t)(now - st->started_at)));
 	json_object_set_new(f, "draining", json_boolean(poold->draining));
 	json_object_set_new(f, "limits", json_pack("{s:I, s:I, s:I, s:I, s:I, "
-	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+	    "s:I, s:I}",
 	    "min_instances", (json_int_t)cf->min_instances,
 	    "min_warm", (json_int_t)cf->min_warm,
+	    "max_warm", (json_int_t)cf->max_warm,
+	    "warm_window_ms", (json_int_t)cf->warm_window_ms,
+	    "warm_profiles", (json_int_t)cf->warm_profiles,
+	    "max_spawning", (json_int_t)cf->max_spawning,
+	    "spawn_nice", (json_int_t)cf->spawn_nice,
+	    "max_pool_rss_mb", (json_int_t)cf->max_pool_rss_mb,
 	    "max_instances", (json_int_t)cf->max_instances,
 	    "tenant_max_jobs", (json_int_t)cf->tenant_max_jobs,
 	    "key_max_jobs", (json_int_t)cf->key_max_jobs,
@@ -2255,6 +2297,7 @@ pool_stats(void)
 	json_object_set_new(f, "spawn_overhead_us",
 	    pool_percentiles(st->spawn, st->nspawn));
 	json_object_set_new(f, "processes", procs);
+	json_object_set_new(f, "warm", warm_stats());
 	json_object_set_new(f, "daemon_rss_kb",
 	    json_integer(proc_rss_kb(getpid())));
 	return (f);

@@ -28,7 +28,8 @@ struct poold	*poold;
 static const char *const poold_keys[] = {
 	"socket", "socket_mode", "socket_group", "state_dir", "cli_path",
 	"cli_env_path", "default_model", "run_as_user", "min_instances",
-	"min_warm",
+	"min_warm", "max_warm", "warm_window_ms", "warm_profiles",
+	"max_spawning", "spawn_nice", "max_pool_rss_mb",
 	"max_instances", "tenant_max_jobs", "key_max_jobs",
 	"tenant_max_processes", "queue_max", "tenant_max_queued",
 	"queue_max_wait_ms", "job_timeout_ms", "first_event_timeout_ms",
@@ -298,6 +299,13 @@ poold_config_load(const char *path, char **cause)
 	cf->socket_mode = (mode_t)m;
 	POOLD_INT("min_instances", min_instances, 2, 0, 1024);
 	POOLD_INT("min_warm", min_warm, 2, 0, 1024);
+	POOLD_INT("max_warm", max_warm, 8, 0, 1024);
+	POOLD_INT("warm_window_ms", warm_window_ms, 30000, WARM_BUCKET_MS,
+	    WARM_BUCKETS * WARM_BUCKET_MS);
+	POOLD_INT("warm_profiles", warm_profiles, 4, 0, WARM_PROFILES_MAX);
+	POOLD_INT("max_spawning", max_spawning, 2, 0, 1024);
+	POOLD_INT("spawn_nice", spawn_nice, 10, 0, 19);
+	POOLD_INT("max_pool_rss_mb", max_pool_rss_mb, 0, 0, 16777216);
 	POOLD_INT("max_instances", max_instances, 10, 1, 1024);
 	POOLD_INT("tenant_max_jobs", tenant_max_jobs, 4, 1, 1024);
 	POOLD_INT("key_max_jobs", key_max_jobs, 0, 0, 1024);
@@ -522,6 +530,7 @@ main(int argc, char **argv)
 
 	server_close_all();
 	upstream_free();
+	warm_free();
 	proc_reap();
 	log_info("stopped");
 	loop_free(poold->loop);

@@ -9,6 +9,7 @@
  *   sandbox.c	 the bubblewrap sandbox around each CLI, its settings
  *   egress.c	 the tokens a CLI shows the egress instead of a credential
  *   cli.c	 the CLI's stream-json lines
+ *   warm.c	 the warm target: arrivals per profile, spawns, memory
  */
 #ifndef CCGATE_POOLD_H
 #define CCGATE_POOLD_H
@@ -92,6 +93,12 @@ struct poold_config {
 	int	 egress_oauth;		/* the token as an OAuth token */
 	long	 min_instances;
 	long	 min_warm;	/* warm even when full: idle bound ones go */
+	long	 max_warm;	/* the adaptive target's bound, 0: none */
+	long	 warm_window_ms;	/* arrivals counted over */
+	long	 warm_profiles;	/* non-default profiles learned, at most */
+	long	 max_spawning;	/* CLIs starting at once, 0: any */
+	long	 spawn_nice;	/* a starting CLI's nice */
+	long	 max_pool_rss_mb;	/* the CLIs' memory, 0: no bound */
 	long	 max_instances;
 	long	 tenant_max_jobs;
 	long	 key_max_jobs;		/* 0: no cap but the tenant's */
@@ -159,6 +166,8 @@ struct proc {
 	uint64_t		 last_used_at;
 	unsigned		 turns;
 	int			 resumed;	/* started with --resume */
+	int			 niced;		/* at spawn_nice until it runs */
+	long			 rss_kb;	/* its tree's, last sampled */
 
 	int			 in_fd;
 	int			 out_fd;
@@ -335,6 +344,49 @@ struct upstream {
 /* Changes of state kept for a ccgate-fcgi to audit, at most. */
 #define UPSTREAM_MAX_PENDING	32
 
+/*
+ * The warm target (warm.c): new conversations' arrivals per profile in
+ * buckets of WARM_BUCKET_MS over warm_window_ms, and the targets they
+ * give; profiles other than the default are learned when they recur.
+ */
+#define WARM_BUCKET_MS		1000
+#define WARM_BUCKETS		60	/* warm_window_ms is at most this */
+#define WARM_PROFILES_MAX	16
+#define WARM_SEEN		32	/* non-default profiles seen once */
+#define WARM_SEEN_TENANT	4	/* of which one tenant's, at most */
+struct warm_rate {
+	uint64_t	idx[WARM_BUCKETS];	/* the bucket's number */
+	uint32_t	n[WARM_BUCKETS];
+};
+struct warm_profile {
+	int			 used;
+	uint64_t		 hash;
+	struct profile		 profile;
+	char			 tenant[TENANT_MAX + 1]; /* whose made it recur */
+	struct warm_rate	 rate;
+	long			 demand;
+	long			 target;
+};
+struct warm_seen {
+	uint64_t		 hash;
+	uint64_t		 at;
+	char			 tenant[TENANT_MAX + 1];
+};
+struct warm_state {
+	struct warm_rate	 def;		/* the default profile's */
+	long			 def_demand;
+	long			 def_target;
+	struct warm_profile	 learned[WARM_PROFILES_MAX];
+	struct warm_seen	 seen[WARM_SEEN];
+	uint64_t		 spawn_ms;	/* a spawn's time, estimated */
+	long			 rss_kb;	/* the CLIs', last sampled */
+	long			 rss_peak_kb;	/* one started CLI's most */
+	uint64_t		 rss_at;
+	uint64_t		 arrivals;
+	uint64_t		 learned_n;
+	uint64_t		 refused;	/* not learned: no room, or cap */
+};
+
 /* The daemon. */
 struct poold {
 	struct poold_config	*cf;
@@ -358,6 +410,7 @@ struct poold {
 	uint64_t		 (*clock)(void);	/* ms: util_now_ms */
 	struct poold_stats	 stats;
 	struct upstream		 upstream;
+	struct warm_state	 warm;
 };
 
 extern struct poold	*poold;
@@ -389,6 +442,21 @@ int		 profile_equal(const struct profile *,
 		     const struct profile *);
 void		 profile_clear(struct profile *);
 int		 profile_copy(struct profile *, const struct profile *);
+
+/* warm.c */
+void		 warm_arrival(const struct job *);
+void		 warm_update(void);
+long		 warm_keep(const struct profile *);
+long		 warm_reserve(void);
+const struct profile *warm_short(void);
+int		 warm_spawning(void);
+int		 warm_may_spawn(void);
+int		 warm_mem_room(void);
+void		 warm_sample(void);
+void		 warm_spawn_time(uint64_t);
+json_t		*warm_stats(void);
+void		 warm_free(void);
+int		 warm_is_default(const struct profile *);
 
 /* upstream.c */
 struct cli_msg;
@@ -425,6 +493,8 @@ void		 proc_tick(uint64_t);
 void		 proc_reap(void);
 void		 proc_free(struct proc *);
 long		 proc_rss_kb(pid_t);
+long		 proc_tree_rss_kb(pid_t);
+int		 proc_renice(struct proc *, int);
 char		 proc_sched_state(pid_t);
 
 /* workspace.c */

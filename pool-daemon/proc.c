@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -199,7 +200,7 @@ proc_envp(struct strv *sv, const struct profile *pr, const char *home,
  * stdio, nothing the daemon would see.
  */
 static void __attribute__((noreturn))
-proc_child(pid_t parent, int in, int out, int err, int prompt,
+proc_child(pid_t parent, int in, int out, int err, int prompt, int nice,
     const char *cwd, char **argv, char **envp)
 {
 	struct poold_config	*cf = poold->cf;
@@ -239,8 +240,11 @@ proc_child(pid_t parent, int in, int out, int err, int prompt,
 		if (setrlimit(RLIMIT_NPROC, &rl) == -1)
 			_exit(127);
 	}
-	/* The daemons that relay its output go first when CPU is short. */
-	if (setpriority(PRIO_PROCESS, 0, (int)cf->cli_nice) == -1)
+	/*
+	 * The daemons that relay its output go first when CPU is short, and
+	 * a starting CLI after the turns that run (proc_renice).
+	 */
+	if (setpriority(PRIO_PROCESS, 0, nice) == -1)
 		_exit(127);
 	/* In the sandbox, setpriv becomes the user once bwrap has mounted. */
 	if (cf->run_as_user != NULL && cf->sandbox != SANDBOX_BWRAP) {
@@ -263,13 +267,14 @@ proc_child(pid_t parent, int in, int out, int err, int prompt,
  * other jobs' events for less.  Signals are blocked by the caller.
  */
 static pid_t
-proc_vfork(pid_t parent, int in, int out, int err, int prompt,
+proc_vfork(pid_t parent, int in, int out, int err, int prompt, int nice,
     const char *cwd, char **argv, char **envp)
 {
 	pid_t	pid = vfork();
 
 	if (pid == 0)
-		proc_child(parent, in, out, err, prompt, cwd, argv, envp);
+		proc_child(parent, in, out, err, prompt, nice, cwd, argv,
+		    envp);
 	return (pid);
 }
 
@@ -407,8 +412,9 @@ proc_spawn(const struct profile *pr, const char *tenant, const char *conv,
 		util_cause(cause, "sigprocmask: %s", strerror(errno));
 		goto fail;
 	}
-	pid = proc_vfork(parent, in[0], out[1], err[1], prompt, cwd, argv.v,
-	    envp.v);
+	p->niced = cf->spawn_nice > cf->cli_nice;
+	pid = proc_vfork(parent, in[0], out[1], err[1], prompt, (int)(p->niced ?
+	    cf->spawn_nice : cf->cli_nice), cwd, argv.v, envp.v);
 	if (sigprocmask(SIG_SETMASK, &old, NULL) == -1)
 		log_warn("sigprocmask");
 	if (pid == -1) {
@@ -832,6 +838,112 @@ proc_free(struct proc *p)
 	json_decref(p->held);
 	json_decref(p->asked);
 	free(p);
+}
+
+/* The most tasks of one CLI's tree proc_tree visits. */
+#define PROC_TREE_MAX	512
+
+/*
+ * Every task (thread) of pid's process tree, from /proc/PID/task/TID/
+ * children: cb(tid, is the process's own, arg) for each, at most
+ * PROC_TREE_MAX.  Returns how many were visited.
+ */
+static int
+proc_tree(pid_t pid, void (*cb)(pid_t, int, void *), void *arg)
+{
+	pid_t		 todo[64], kid;
+	char		 path[64], buf[1024], *s, *end;
+	DIR		*d;
+	struct dirent	*de;
+	FILE		*f;
+	size_t		 n;
+	int		 ntodo = 0, visited = 0;
+	long		 tid;
+
+	todo[ntodo++] = pid;
+	while (ntodo > 0 && visited < PROC_TREE_MAX) {
+		pid = todo[--ntodo];
+		snprintf(path, sizeof path, "/proc/%ld/task", (long)pid);
+		if ((d = opendir(path)) == NULL)
+			continue;
+		while ((de = readdir(d)) != NULL && visited < PROC_TREE_MAX) {
+			tid = strtol(de->d_name, &end, 10);
+			if (*de->d_name == '\0' || *end != '\0' || tid <= 0)
+				continue;
+			cb((pid_t)tid, tid == (long)pid, arg);
+			visited++;
+			snprintf(path, sizeof path, "/proc/%ld/task/%ld/children",
+			    (long)pid, tid);
+			if ((f = fopen(path, "re")) == NULL)
+				continue;
+			n = fread(buf, 1, sizeof buf - 1, f);
+			fclose(f);
+			buf[n] = '\0';
+			for (s = buf; ntodo < (int)(sizeof todo / sizeof *todo);
+			    s = end) {
+				kid = (pid_t)strtol(s, &end, 10);
+				if (end == s || kid <= 0)
+					break;
+				todo[ntodo++] = kid;
+			}
+		}
+		closedir(d);
+	}
+	return (visited);
+}
+
+/* Add a process's resident set to the sum. */
+static void
+proc_tree_rss_cb(pid_t tid, int own, void *arg)
+{
+	long	kb;
+
+	if (own && (kb = proc_rss_kb(tid)) > 0)
+		*(long *)arg += kb;
+}
+
+/* The resident set of pid and its descendants in KiB, or -1. */
+long
+proc_tree_rss_kb(pid_t pid)
+{
+	long	sum = 0;
+
+	if (proc_tree(pid, proc_tree_rss_cb, &sum) == 0)
+		return (-1);
+	return (sum);
+}
+
+/* Set one task's nice; a failure is counted. */
+static void
+proc_renice_cb(pid_t tid, int own, void *arg)
+{
+	int	*a = arg;
+
+	if (setpriority(PRIO_PROCESS, (id_t)tid, a[0]) == -1 && errno != ESRCH)
+		a[1]++;
+}
+
+/*
+ * Give every task of p's tree the nice a running turn has: it was started
+ * at spawn_nice.  Raising priority needs CAP_SYS_NICE (the daemon as
+ * root); without it the process stays where it was.  Returns 0, or -1 if
+ * some task could not be changed.
+ */
+int
+proc_renice(struct proc *p, int nice)
+{
+	int	a[2] = { nice, 0 };
+
+	if (!p->niced)
+		return (0);
+	p->niced = 0;
+	(void)proc_tree(p->pid, proc_renice_cb, a);
+	if (a[1] > 0) {
+		log_debug("CLI %ld: %d of its tasks keep spawn_nice: %s",
+		    (long)p->pid, a[1], strerror(errno));
+		return (-1);
+	}
+	return (0);
 }
 
 /* Resident set size of pid in KiB, or -1. */

@@ -172,6 +172,7 @@ teardown(void)
 
 	pool_shutdown();
 	upstream_free();
+	warm_free();
 	while (poold->nprocs > 0 && util_now_ms() < deadline) {
 		fake_ms += 1000;
 		ck_assert_int_eq(loop_once(poold->loop, 20), 0);

@@ -10,6 +10,7 @@
  */
 #include "config.h"
 
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -399,6 +400,241 @@ START_TEST(test_the_warm_share_holds_in_a_full_pool)
 	pool_cancel(h1->job);
 	pool_cancel(h2->job);
 	pool_cancel(h3->job);
+}
+END_TEST
+
+/* Count live warm processes whose profile has a system prompt s. */
+static int
+count_warm_prompt(const char *sp)
+{
+	struct proc	*p;
+	int		 n = 0;
+
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		n += p->state == PROC_WARM && (sp == NULL ?
+		    p->profile.system_prompt == NULL :
+		    p->profile.system_prompt != NULL &&
+		    strcmp(p->profile.system_prompt, sp) == 0);
+	}
+	return (n);
+}
+
+/* The warm statistics' line for a profile ("default" or a hash), or NULL. */
+static json_t *
+warm_line(json_t *st, int with_prompt)
+{
+	json_t	*v;
+	size_t	 i;
+
+	json_array_foreach(json_object_get(json_object_get(st, "warm"),
+	    "profiles"), i, v) {
+		if (json_is_true(json_object_get(v, "system_prompt")) ==
+		    with_prompt)
+			return (v);
+	}
+	return (NULL);
+}
+
+/*
+ * The warm target rises with new conversations' arrivals (three at once:
+ * three warm), up to max_warm, and falls back to min_warm once the window
+ * has none; the stats show it.
+ */
+START_TEST(test_the_warm_target_follows_arrivals)
+{
+	struct tjob	*a, *b, *c;
+	json_t		*st;
+	const char	*C5 = "55555555-5555-4555-8555-555555555555";
+	const char	*C6 = "66666666-6666-4666-8666-666666666666";
+
+	poold->cf->max_instances = 8;
+	poold->cf->min_instances = 1;
+	poold->cf->min_warm = 1;
+	poold->cf->max_warm = 3;
+	poold->cf->warm_window_ms = 10000;
+	pool_dispatch();
+	RUN_UNTIL(count(PROC_WARM) == 1);
+	st = pool_stats();
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(st,
+	    "warm"), "target")), 1);
+	json_decref(st);
+	/* Four at once: the target goes to max_warm (3), not 4. */
+	a = submit("t", C1, "one", NULL);
+	b = submit("t", C2, "two", NULL);
+	c = submit("t", C3, "three", NULL);
+	ck_assert_str_eq(done(a), "warm");
+	done(b);
+	done(c);
+	done(submit("u", C4, "four", NULL));
+	RUN_UNTIL(count(PROC_WARM) == 3);
+	pool_dispatch();
+	ck_assert_int_eq(count(PROC_WARM), 3);
+	st = pool_stats();
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(st,
+	    "warm"), "target")), 3);
+	ck_assert_int_eq(json_integer_value(json_object_get(warm_line(st, 0),
+	    "arrivals")), 4);
+	ck_assert_int_eq(json_integer_value(json_object_get(warm_line(st, 0),
+	    "demand")), 4);
+	ck_assert_int_eq(json_integer_value(json_object_get(warm_line(st, 0),
+	    "warm")), 3);
+	json_decref(st);
+	/* The next ones are placed warm. */
+	ck_assert_str_eq(done(submit("t", C5, "five", NULL)), "warm");
+	ck_assert_str_eq(done(submit("t", C6, "six", NULL)), "warm");
+	/* No arrivals for a window: back to min_warm. */
+	advance(11000);
+	RUN_UNTIL(count(PROC_WARM) == 1 && count(PROC_DYING) == 0);
+	st = pool_stats();
+	ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(st,
+	    "warm"), "target")), 1);
+	json_decref(st);
+	/* A follow-up or a resumed conversation is not an arrival. */
+	done(submit("t", C1, "again", NULL));
+	st = pool_stats();
+	ck_assert_int_eq(json_integer_value(json_object_get(warm_line(st, 0),
+	    "arrivals")), 0);
+	json_decref(st);
+}
+END_TEST
+
+/*
+ * A system prompt that recurs is learned: its next conversations are
+ * placed warm.  A tenant that invents profiles learns at most half of
+ * warm_profiles; another tenant's still learns.  Forgotten with its
+ * window, its warm processes go.
+ */
+START_TEST(test_a_recurring_profile_is_learned)
+{
+	const char	*convs[] = {
+	    "a0000000-0000-4000-8000-000000000001",
+	    "a0000000-0000-4000-8000-000000000002",
+	    "a0000000-0000-4000-8000-000000000003",
+	    "a0000000-0000-4000-8000-000000000004",
+	    "a0000000-0000-4000-8000-000000000005",
+	    "a0000000-0000-4000-8000-000000000006",
+	    "a0000000-0000-4000-8000-000000000007",
+	    "a0000000-0000-4000-8000-000000000008",
+	    "a0000000-0000-4000-8000-000000000009",
+	    "a0000000-0000-4000-8000-00000000000a",
+	    "a0000000-0000-4000-8000-00000000000b",
+	};
+	const char	*evil[] = { "{\"system_prompt\":\"E1\"}",
+	    "{\"system_prompt\":\"E2\"}", "{\"system_prompt\":\"E3\"}" };
+	const char	*sp = "{\"system_prompt\":\"You are a poet.\"}";
+	json_t		*st;
+	int		 i, k = 0;
+
+	poold->cf->max_instances = 12;
+	poold->cf->tenant_max_processes = 12;
+	poold->cf->min_instances = 0;
+	poold->cf->min_warm = 0;
+	poold->cf->max_warm = 8;
+	poold->cf->warm_window_ms = 10000;
+	poold->cf->warm_profiles = 4;
+	/* Seen once: remembered, nothing warm. */
+	ck_assert_str_eq(done(submit("t", convs[k++], "one", sp)), "spawned");
+	pool_dispatch();
+	ck_assert_int_eq(count(PROC_WARM), 0);
+	/* Twice: learned, a warm process of it starts; the third takes it. */
+	ck_assert_str_eq(done(submit("t", convs[k++], "two", sp)), "spawned");
+	RUN_UNTIL(count_warm_prompt("You are a poet.") >= 1);
+	ck_assert_int_eq(count_warm_prompt(NULL), 0);
+	ck_assert_str_eq(done(submit("u", convs[k++], "three", sp)), "warm");
+	ck_assert_uint_eq(poold->warm.learned_n, 1);
+	/* A tenant that invents profiles: two learned (half of four). */
+	for (i = 0; i < 3; i++) {
+		done(submit("evil", convs[k++], "x", evil[i]));
+		done(submit("evil", convs[k++], "y", evil[i]));
+	}
+	ck_assert_uint_eq(poold->warm.learned_n, 3);
+	ck_assert_uint_eq(poold->warm.refused, 1);
+	ck_assert_int_eq(count_warm_prompt("E3"), 0);
+	/* Its own stay within the budget, and the first tenant's keeps its. */
+	RUN_UNTIL(count_warm_prompt("E1") >= 1 && count_warm_prompt("E2") >= 1 &&
+	    count_warm_prompt("You are a poet.") >= 1);
+	st = pool_stats();
+	ck_assert_int_le(json_integer_value(json_object_get(json_object_get(st,
+	    "warm"), "target")), 8);
+	ck_assert_ptr_nonnull(warm_line(st, 1));
+	json_decref(st);
+	/* No arrivals for a window: forgotten, their warm processes go. */
+	advance(11000);
+	RUN_UNTIL(count(PROC_WARM) == 0 && count(PROC_DYING) == 0);
+	st = pool_stats();
+	ck_assert_ptr_null(warm_line(st, 1));
+	json_decref(st);
+}
+END_TEST
+
+/*
+ * At most max_spawning start at once: a second new conversation waits
+ * for the first's spawn to answer; spawns start at spawn_nice and a turn
+ * runs at cli_nice.
+ */
+START_TEST(test_spawns_are_bounded_and_niced)
+{
+	struct tjob	*a, *b, *h;
+	struct proc	*p;
+
+	poold->cf->max_spawning = 1;
+	poold->cf->cli_nice = 5;
+	poold->cf->spawn_nice = 10;
+	a = submit("t", C1, "slow", NULL);
+	b = submit("t", C2, "two", NULL);
+	ck_assert_int_eq(a->job->state, JOB_RUNNING);
+	ck_assert_int_eq(b->job->state, JOB_QUEUED);
+	ck_assert_int_eq(poold->nprocs, 1);
+	ck_assert_str_eq(done(a), "spawned");
+	ck_assert_str_eq(done(b), "spawned");
+	/* A warm one starts at spawn_nice, its turn runs at cli_nice. */
+	poold->cf->min_instances = 1;
+	pool_dispatch();
+	RUN_UNTIL(count(PROC_WARM) == 1);
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->state == PROC_WARM)
+			break;
+	}
+	ck_assert_ptr_nonnull(p);
+	errno = 0;
+	ck_assert_int_eq(getpriority(PRIO_PROCESS, (id_t)p->pid), 10);
+	h = submit("t", C3, "hang", NULL);
+	RUN_UNTIL(count(PROC_BUSY) == 1);
+	ck_assert_int_eq(h->job->origin, ORIGIN_WARM);
+	if (geteuid() == 0)
+		ck_assert_int_eq(getpriority(PRIO_PROCESS, (id_t)p->pid), 5);
+	pool_cancel(h->job);
+}
+END_TEST
+
+/*
+ * max_pool_rss_mb: with room for none but the one a pool of none always
+ * runs, no warm process starts and a second conversation waits for the
+ * first's process to go.
+ */
+START_TEST(test_the_memory_bound_holds)
+{
+	struct tjob	*a, *b;
+	json_t		*st;
+
+	poold->cf->min_instances = 2;
+	poold->cf->min_warm = 2;
+	poold->cf->max_pool_rss_mb = 1;
+	pool_dispatch();
+	ck_assert_int_eq(poold->nprocs, 0);
+	a = submit("t", C1, "hang", NULL);
+	b = submit("t", C2, "two", NULL);
+	RUN_UNTIL(count(PROC_BUSY) == 1);
+	advance(1000);
+	ck_assert_int_eq(b->job->state, JOB_QUEUED);
+	ck_assert_int_eq(poold->nprocs, 1);
+	st = pool_stats();
+	ck_assert_int_gt(json_integer_value(json_object_get(json_object_get(st,
+	    "warm"), "pool_rss_kb")), 0);
+	json_decref(st);
+	pool_cancel(a->job);
+	ck_assert_str_eq(done(b), "spawned");
+	ck_assert_int_eq(count(PROC_WARM), 0);
 }
 END_TEST
 
@@ -1389,6 +1625,10 @@ main(void)
 		test_placement_order,
 		test_eviction_takes_the_oldest_idle_process,
 		test_the_warm_share_holds_in_a_full_pool,
+		test_the_warm_target_follows_arrivals,
+		test_a_recurring_profile_is_learned,
+		test_spawns_are_bounded_and_niced,
+		test_the_memory_bound_holds,
 		test_tenant_and_key_caps,
 		test_a_keys_own_concurrency,
 		test_a_tenant_has_its_share_of_the_queue,

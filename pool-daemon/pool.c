@@ -2005,6 +2005,36 @@ pool_warm_excess(const struct proc *p)
 	return (newer >= keep);
 }
 
+/*
+ * Above max_pool_rss_mb (processes grow as they run turns): stop an idle
+ * process, a warm one first, else the least recently used bound one; one
+ * at a time, as each is gone and the memory sampled again.
+ */
+static void
+pool_shed_memory(void)
+{
+	struct proc	*p, *lru = NULL;
+
+	if (!warm_over_memory() || pool_count(PROC_DYING, NULL) > 0)
+		return;
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (p->state == PROC_WARM) {
+			lru = p;
+			break;
+		}
+		if (p->state == PROC_BOUND && p->job == NULL && !p->parked &&
+		    (lru == NULL || p->last_used_at < lru->last_used_at))
+			lru = p;
+	}
+	if (lru == NULL)
+		return;
+	log_info("stopping idle CLI %ld: the CLIs use more than "
+	    "max_pool_rss_mb", (long)lru->pid);
+	poold->stats.evicted++;
+	proc_stop(lru);
+	poold->warm.rss_kb = 0;		/* until it is sampled again */
+}
+
 /* Time limits, idle and age recycling, health checks; once per tick. */
 void
 pool_tick(void *arg)
@@ -2069,6 +2099,7 @@ pool_tick(void *arg)
 	 * forgotten) go, oldest first.
 	 */
 	warm_sample();
+	pool_shed_memory();
 	for (p = TAILQ_FIRST(&poold->procs); p != NULL; p = pnext) {
 		pnext = TAILQ_NEXT(p, entry);
 		if (p->state == PROC_WARM && pool_warm_excess(p))

@@ -452,6 +452,7 @@ const struct profile *warm_short(void);
 int		 warm_spawning(void);
 int		 warm_may_spawn(void);
 int		 warm_mem_room(void);
+int		 warm_over_memory(void);
 void		 warm_sample(void);
 void		 warm_spawn_time(uint64_t);
 json_t		*warm_stats(void);

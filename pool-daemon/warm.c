@@ -18,7 +18,9 @@
  * spawn time, and at most max_spawning start at once.  Their memory (each
  * CLI's process tree's resident set, from /proc) is sampled in the tick;
  * a spawn is allowed only if it fits under max_pool_rss_mb, a starting
- * process counted at the most one settled process used.
+ * process counted at the most one settled process used (busy or not; a
+ * generous guess until one was seen).  Processes grow as they run turns:
+ * a pool found above the bound sheds idle processes (pool.c).
  */
 #include "config.h"
 
@@ -30,7 +32,7 @@
 #include "poold.h"
 
 #define WARM_SPAWN_GUESS_MS	1000
-#define WARM_RSS_GUESS_KB	(256 * 1024)
+#define WARM_RSS_GUESS_KB	(512 * 1024)	/* until one is measured */
 #define WARM_SAMPLE_MS		500
 
 /* The window's length in buckets (at least one, at most WARM_BUCKETS). */
@@ -528,6 +530,15 @@ warm_sample(void)
 			w->rss_peak_kb = kb;
 	}
 	w->rss_kb = total;
+}
+
+/* Whether the CLIs' memory, as last sampled, is above max_pool_rss_mb. */
+int
+warm_over_memory(void)
+{
+	long	max = poold->cf->max_pool_rss_mb;
+
+	return (max > 0 && poold->warm.rss_kb > max * 1024);
 }
 
 /* A job that waited for a spawn saw its first output after ms. */

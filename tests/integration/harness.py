@@ -133,6 +133,9 @@ class Stack:
             "queue_max_wait_ms": 20000, "job_timeout_ms": 60000,
             "first_event_timeout_ms": 30000, "stall_timeout_ms": 30000,
             "health_check_interval_ms": 1000, "shutdown_grace_ms": 5000,
+            # The warm set stays min_instances: the adaptive target is
+            # turned on by the tests of it (test_pool.WarmTarget).
+            "max_warm": 0,
         }
         self.poold_opts.update(poold_opts or {})
         self.app_opts = {"threads": 32, "job_timeout_ms": 60000}

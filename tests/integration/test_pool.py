@@ -241,6 +241,98 @@ class Sizing(PoolTest):
         held[1].close()
 
 
+class WarmTarget(PoolTest):
+    """The adaptive warm target (warm.c): it rises with new conversations'
+    arrivals and falls back when they stop; a recurring system prompt is
+    learned; max_pool_rss_mb bounds the CLIs' memory."""
+
+    def tearDown(self):
+        stack.reconfigure(max_warm=0, warm_window_ms=30000,
+                          max_pool_rss_mb=0, queue_max=BASE["queue_max"],
+                          queue_max_wait_ms=BASE["queue_max_wait_ms"])
+
+    def warm(self):
+        return stack.stats()["warm"]
+
+    def test_the_warm_target_rises_and_falls_back(self):
+        stack.reconfigure(max_warm=4, warm_window_ms=20000, queue_max=8,
+                          queue_max_wait_ms=60000)
+        stack.poold({"type": "set_limits", "max_instances": 8})
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 60,
+                 "one warm process")
+        self.assertEqual(self.warm()["target"], 1)
+        futs = [job_async("burst%d" % i, conv(), "hello %d" % i)
+                for i in range(4)]
+        self.assertEqual([end(f.result())["type"] for f in futs],
+                         ["done"] * 4)
+        # Four arrived: the target rose above min_warm and warm processes
+        # are made up to it.
+        line = self.warm()["profiles"][0]
+        self.assertEqual(line["profile"], "default")
+        self.assertGreaterEqual(line["arrivals"], 4)
+        self.assertGreater(self.warm()["target"], 1)
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] >= 2,
+                 60, "more warm processes than min_warm")
+        self.assertEqual(end(job("burst9", conv(), "next"))["process"]
+                         ["origin"], "warm")
+        # No arrivals for a window: back to one.
+        wait_for(lambda: self.warm()["target"] == 1, 60,
+                 "the target back at min_warm")
+        wait_for(lambda: stack.stats()["processes_by_state"]["warm"] == 1, 60,
+                 "the warm set back at one")
+
+    def test_a_recurring_system_prompt_is_learned(self):
+        stack.reconfigure(max_warm=4, warm_window_ms=60000)
+        stack.poold({"type": "set_limits", "max_instances": 6})
+        sp = "You are a terse assistant for the warm test."
+        for i in range(2):
+            d = end(job("prompted", conv(), "hi %d" % i, system_prompt=sp))
+            self.assertEqual(d["process"]["origin"], "spawned")
+        lines = [p for p in self.warm()["profiles"] if p["system_prompt"]]
+        self.assertEqual(len(lines), 1, self.warm())
+        self.assertEqual(lines[0]["tenant"], "prompted")
+        wait_for(lambda: [p for p in self.warm()["profiles"]
+                          if p["system_prompt"] and p["warm"] >= 1], 60,
+                 "a warm process of the learned profile")
+        d = end(job("other", conv(), "third", system_prompt=sp))
+        self.assertEqual(d["process"]["origin"], "warm")
+        rec = next(r for r in reversed(stack.mock_records())
+                   if texts_of(r)[-1] == ("user", "third"))
+        self.assertIn(sp, json.dumps(rec))
+
+    def test_max_pool_rss_mb_is_never_passed(self):
+        stack.poold({"type": "set_limits", "max_instances": 8})
+        # What one CLI grows to once it ran a turn.
+        c = conv()
+        job("memw", c, "warm-up")
+        wait_for(lambda: self.warm()["process_rss_kb"] > 0 and
+                 [p for p in procs() if p["conversation"] == c and
+                  p["age_ms"] > 2 * self.warm()["spawn_ms"] + 1000], 60,
+                 "one settled CLI's memory")
+        time.sleep(1)
+        one = self.warm()["process_rss_kb"]
+        limit_mb = (one * 7 // 2) // 1024
+        stack.reconfigure(max_warm=8, max_pool_rss_mb=limit_mb, queue_max=8,
+                          queue_max_wait_ms=120000)
+        futs = [job_async("mem%d" % i, conv(), "hello %d" % i)
+                for i in range(6)]
+        peak_kb, peak_live = 0, 0
+        while not all(f.done() for f in futs):
+            w = self.warm()
+            peak_kb = max(peak_kb, w["pool_rss_kb"])
+            peak_live = max(peak_live, live())
+            time.sleep(0.05)
+        self.assertEqual([end(f.result())["type"] for f in futs],
+                         ["done"] * 6)
+        for _ in range(20):
+            peak_kb = max(peak_kb, self.warm()["pool_rss_kb"])
+            peak_live = max(peak_live, live())
+            time.sleep(0.1)
+        self.assertLessEqual(peak_kb, limit_mb * 1024,
+                             (one, limit_mb, peak_live, procs()))
+        self.assertLessEqual(peak_live, 3)
+
+
 class Conversations(PoolTest):
     def test_turns_of_one_conversation_never_overlap(self):
         c = conv()

@@ -48,6 +48,15 @@ warm_window(void)
 	return ((uint64_t)(ms / WARM_BUCKET_MS));
 }
 
+/* How many profiles may be learned (warm_profiles, bounded). */
+static long
+warm_nprofiles(void)
+{
+	long	n = poold->cf->warm_profiles;
+
+	return (n > WARM_PROFILES_MAX ? WARM_PROFILES_MAX : n);
+}
+
 /* Whether the adaptive target is on (max_warm and a window). */
 static int
 warm_adaptive(void)
@@ -215,12 +224,10 @@ warm_learn(const struct job *job, uint64_t first, uint64_t now, uint64_t h)
 {
 	struct warm_state	*w = &poold->warm;
 	struct warm_profile	*wp, *slot = NULL;
-	long			 max = poold->cf->warm_profiles, cap, mine = 0;
+	long			 max = warm_nprofiles(), cap, mine = 0;
 	long			 i;
 	uint32_t		 peak;
 
-	if (max > WARM_PROFILES_MAX)
-		max = WARM_PROFILES_MAX;
 	cap = max / 2 > 1 ? max / 2 : 1;
 	for (i = 0; i < max; i++) {
 		wp = &w->learned[i];
@@ -332,13 +339,11 @@ warm_update(void)
 	struct warm_profile	*wp;
 	uint64_t		 now = poold_now();
 	uint32_t		 peak;
-	long			 floor = cf->min_warm, budget, i, max;
+	long			 floor = cf->min_warm, budget, i;
 	int			 gave;
 
 	if (floor > cf->min_instances)
 		floor = cf->min_instances;
-	max = cf->warm_profiles > WARM_PROFILES_MAX ? WARM_PROFILES_MAX :
-	    cf->warm_profiles;
 	w->def_demand = warm_demand(&w->def, now);
 	w->def_target = floor;
 	if (warm_adaptive() && w->def_demand > floor)
@@ -351,7 +356,7 @@ warm_update(void)
 			continue;
 		wp->target = 0;
 		/* Forgotten once its window is empty, or beyond the bound. */
-		if (i >= max || !warm_adaptive() ||
+		if (i >= warm_nprofiles() || !warm_adaptive() ||
 		    warm_rate_sum(&wp->rate, now, &peak) == 0) {
 			log_debug("forgetting a learned profile (model %s)",
 			    wp->profile.model);

@@ -50,8 +50,10 @@ class DirectCli:
     """One warm CLI driven directly on its pipes, started with the flags
     ccgate-poold gives its own."""
 
-    def __init__(self, stack):
-        home = stack.path("bench-direct")
+    def __init__(self, stack, warmup=True, home=None):
+        # warmup=False: no turn yet (the next is a new conversation's
+        # first), and home: a folder of its own (several at once).
+        home = home or stack.path("bench-direct")
         os.makedirs(os.path.join(home, ".claude"), exist_ok=True)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home,
                "CLAUDE_CONFIG_DIR": os.path.join(home, ".claude"),
@@ -68,8 +70,9 @@ class DirectCli:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, cwd=home, env=env, bufsize=0)
         self.buf = b""
-        time.sleep(1.5)      # let it finish starting: a warm process
-        self.turn("warm-up")
+        if warmup:
+            time.sleep(1.5)      # let it finish starting: a warm process
+            self.turn("warm-up")
 
     def readline(self, timeout=30):
         deadline = time.time() + timeout

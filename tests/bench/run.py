@@ -18,6 +18,7 @@ import bench_pool  # noqa: E402
 import bench_sandbox  # noqa: E402
 import bench_soak  # noqa: E402
 import bench_streams  # noqa: E402
+import bench_warm  # noqa: E402
 from harness import CLAUDE, SRCDIR  # noqa: E402
 
 
@@ -37,7 +38,8 @@ def machine():
 
 def main():
     sections = [bench_latency.run(), bench_http.run(), bench_pool.run(),
-                bench_sandbox.run(), bench_streams.run(), bench_soak.run()]
+                bench_sandbox.run(), bench_streams.run(), bench_warm.run(),
+                bench_soak.run()]
     cli = subprocess.run([CLAUDE, "--version"], capture_output=True,
                          text=True).stdout.strip()
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -136,6 +136,9 @@ class Stack:
             # The warm set stays min_instances: the adaptive target is
             # turned on by the tests of it (test_pool.WarmTarget).
             "max_warm": 0,
+            # CLIs start at cli_nice: at spawn_nice a shared test host's
+            # other load starves them (check_pool tests spawn_nice).
+            "spawn_nice": 0,
         }
         self.poold_opts.update(poold_opts or {})
         self.app_opts = {"threads": 32, "job_timeout_ms": 60000}

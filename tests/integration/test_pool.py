@@ -341,7 +341,7 @@ class Conversations(PoolTest):
                           p["state"] == "busy"], 60, "the first turn to run")
         second = job_async("serial", c, "second")
         a, b = end(first.result()), end(second.result())
-        self.assertEqual((a["type"], b["type"]), ("done", "done"))
+        self.assertEqual((a["type"], b["type"]), ("done", "done"), (a, b))
         turns = [t for t in texts_of(next(
             r for r in reversed(stack.mock_records())
             if texts_of(r)[-1] == ("user", "second")))]

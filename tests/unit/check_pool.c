@@ -638,6 +638,39 @@ START_TEST(test_the_memory_bound_holds)
 }
 END_TEST
 
+/*
+ * Under a burst: a new conversation takes a warm process at once though
+ * max_spawning are starting; the others wait and start in arrival order.
+ */
+START_TEST(test_a_burst_is_placed_in_order)
+{
+	struct tjob	*s, *a, *b, *c;
+
+	poold->cf->max_spawning = 1;
+	poold->cf->min_instances = 1;
+	pool_dispatch();
+	RUN_UNTIL(count(PROC_WARM) == 1);
+	advance(2000);		/* it has started */
+	poold->cf->min_instances = 0;
+	/* Another model: a spawn, which says nothing (still starting). */
+	s = submit("t", C1, "silent", "{\"model\":\"claude-other\"}");
+	ck_assert_int_eq(s->job->state, JOB_RUNNING);
+	ck_assert_int_eq(warm_spawning(), 1);
+	a = submit("t", C2, "two", NULL);
+	ck_assert_int_eq(a->job->state, JOB_RUNNING);
+	ck_assert_int_eq(a->job->origin, ORIGIN_WARM);
+	b = submit("u", C3, "three", NULL);
+	c = submit("v", C4, "four", NULL);
+	ck_assert_int_eq(b->job->state, JOB_QUEUED);
+	ck_assert_int_eq(c->job->state, JOB_QUEUED);
+	pool_cancel(s->job);
+	ck_assert_str_eq(done(b), "spawned");
+	ck_assert_str_eq(done(c), "spawned");
+	ck_assert_int_lt(b->order, c->order);
+	ck_assert_str_eq(done(a), "warm");
+}
+END_TEST
+
 START_TEST(test_eviction_takes_the_oldest_idle_process)
 {
 	struct tjob	*a, *b, *c, *hang, *d;
@@ -1629,6 +1662,7 @@ main(void)
 		test_a_recurring_profile_is_learned,
 		test_spawns_are_bounded_and_niced,
 		test_the_memory_bound_holds,
+		test_a_burst_is_placed_in_order,
 		test_tenant_and_key_caps,
 		test_a_keys_own_concurrency,
 		test_a_tenant_has_its_share_of_the_queue,

@@ -745,6 +745,7 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 			return (-1);
 		}
 		snprintf(p->tenant, sizeof p->tenant, "%s", job->tenant);
+		p->warm_for[0] = '\0';
 		/* Its turn runs now: at a running turn's priority. */
 		(void)proc_renice(p, (int)poold->cf->cli_nice);
 	}
@@ -815,14 +816,19 @@ pool_find_bound(const struct job *job)
 	return (NULL);
 }
 
-/* Find a warm process of the given profile (oldest first). */
+/*
+ * Find a warm process for job's profile (oldest first): one for any
+ * tenant, or one started for its tenant's learned profile.
+ */
 static struct proc *
-pool_find_warm(const struct profile *pr)
+pool_find_warm(const struct job *job)
 {
 	struct proc	*p;
 
 	TAILQ_FOREACH(p, &poold->procs, entry) {
-		if (p->state == PROC_WARM && profile_equal(&p->profile, pr))
+		if (p->state == PROC_WARM && profile_equal(&p->profile,
+		    &job->profile) && (p->warm_for[0] == '\0' ||
+		    strcmp(p->warm_for, job->tenant) == 0))
 			return (p);
 	}
 	return (NULL);
@@ -972,7 +978,7 @@ pool_place(struct job *job, int *evicting)
 	 * A warm process's HOME becomes the conversation's: only for one
 	 * that has none yet (a primed conversation keeps its old one).
 	 */
-	if (job->resume[0] == '\0' && (p = pool_find_warm(&job->profile)) !=
+	if (job->resume[0] == '\0' && (p = pool_find_warm(job)) !=
 	    NULL && !workspace_home_exists(cf->state_dir, job->tenant,
 	    job->conversation)) {
 		if (pool_start(job, p, ORIGIN_WARM) == 0)
@@ -1021,6 +1027,7 @@ pool_dispatch(void)
 {
 	struct poold_config	*cf = poold->cf;
 	const struct profile	*pr;
+	const char		*pfor;
 	struct job		*job, *next;
 	struct proc		*p;
 	char			*cause = NULL;
@@ -1040,7 +1047,7 @@ pool_dispatch(void)
 	if (poold_now() < poold->warm_backoff_until)
 		return;
 	pool_reserve_warm();
-	while ((pr = warm_short()) != NULL &&
+	while ((pr = warm_short(&pfor)) != NULL &&
 	    poold->nprocs < cf->max_instances && warm_may_spawn()) {
 		p = proc_spawn(pr, NULL, NULL, NULL, 0, pool_proc_line,
 		    pool_proc_gone, &cause);
@@ -1049,6 +1056,7 @@ pool_dispatch(void)
 			free(cause);
 			break;
 		}
+		snprintf(p->warm_for, sizeof p->warm_for, "%s", pfor);
 		poold->stats.spawned_warm++;
 	}
 }
@@ -1995,11 +2003,11 @@ static int
 pool_warm_excess(const struct proc *p)
 {
 	struct proc	*q;
-	long		 newer = 0, keep = warm_keep(&p->profile);
+	long		 newer = 0, keep = warm_keep(&p->profile, p->warm_for);
 
 	for (q = TAILQ_NEXT(p, entry); q != NULL; q = TAILQ_NEXT(q, entry)) {
 		if (q->state == PROC_WARM && profile_equal(&q->profile,
-		    &p->profile))
+		    &p->profile) && strcmp(q->warm_for, p->warm_for) == 0)
 			newer++;
 	}
 	return (newer >= keep);

@@ -167,6 +167,8 @@ struct proc {
 	unsigned		 turns;
 	int			 resumed;	/* started with --resume */
 	int			 niced;		/* at spawn_nice until it runs */
+	/* A learned profile's warm process: for its tenant only. */
+	char			 warm_for[TENANT_MAX + 1];
 	long			 rss_kb;	/* its tree's, last sampled */
 
 	int			 in_fd;
@@ -354,6 +356,7 @@ struct upstream {
 #define WARM_PROFILES_MAX	16
 #define WARM_SEEN		32	/* non-default profiles seen once */
 #define WARM_SEEN_TENANT	4	/* of which one tenant's, at most */
+#define WARM_PROMPT_MAX		(256 * 1024)	/* a learned system prompt */
 struct warm_rate {
 	uint64_t	idx[WARM_BUCKETS];	/* the bucket's number */
 	uint32_t	n[WARM_BUCKETS];
@@ -362,7 +365,7 @@ struct warm_profile {
 	int			 used;
 	uint64_t		 hash;
 	struct profile		 profile;
-	char			 tenant[TENANT_MAX + 1]; /* whose made it recur */
+	char			 tenant[TENANT_MAX + 1]; /* whose it is */
 	struct warm_rate	 rate;
 	long			 demand;
 	long			 target;
@@ -446,9 +449,9 @@ int		 profile_copy(struct profile *, const struct profile *);
 /* warm.c */
 void		 warm_arrival(const struct job *);
 void		 warm_update(void);
-long		 warm_keep(const struct profile *);
+long		 warm_keep(const struct profile *, const char *);
 long		 warm_reserve(void);
-const struct profile *warm_short(void);
+const struct profile *warm_short(const char **);
 int		 warm_spawning(void);
 int		 warm_may_spawn(void);
 int		 warm_mem_room(void);

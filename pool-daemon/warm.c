@@ -8,10 +8,13 @@
  * at most min_instances) and at most max_warm; what max_warm leaves goes
  * to the learned profiles, one process at a time to each in turn, so no
  * one profile takes it all.  A profile other than the default is learned
- * once it recurs within the window: one seen once is remembered
- * (WARM_SEEN, at most WARM_SEEN_TENANT of them one tenant's); at most
- * warm_profiles are learned, at most half of them (at least one) made
- * recur by one tenant, and one is forgotten when its window is empty.
+ * for a tenant once it recurs within the window in that tenant's new
+ * conversations: one seen once is remembered (WARM_SEEN, at most
+ * WARM_SEEN_TENANT of them one tenant's); at most warm_profiles are
+ * learned, at most half of them (at least one) one tenant's, and one is
+ * forgotten when its window is empty.  A learned profile's warm processes
+ * are its tenant's only (proc->warm_for): another tenant's conversation
+ * placed warm would tell it that someone uses that system prompt.
  *
  * A spawn's time is learned from the first output of jobs that waited for
  * a spawn.  Processes count as starting until their first output or one
@@ -190,18 +193,20 @@ static int
 warm_learnable(const struct profile *pr)
 {
 	return (pr->tools == 0 && pr->client_tools == NULL &&
-	    pr->output_schema == NULL);
+	    pr->output_schema == NULL && (pr->system_prompt == NULL ||
+	    strlen(pr->system_prompt) <= WARM_PROMPT_MAX));
 }
 
-/* Count the live warm processes of a profile. */
+/* Count the live warm processes of a profile for a tenant ("": any). */
 static long
-warm_count(const struct profile *pr)
+warm_count(const struct profile *pr, const char *tenant)
 {
 	struct proc	*p;
 	long		 n = 0;
 
 	TAILQ_FOREACH(p, &poold->procs, entry) {
-		if (p->state == PROC_WARM && profile_equal(&p->profile, pr))
+		if (p->state == PROC_WARM && profile_equal(&p->profile, pr) &&
+		    strcmp(p->warm_for, tenant) == 0)
 			n++;
 	}
 	return (n);
@@ -238,7 +243,7 @@ warm_learn(const struct job *job, uint64_t first, uint64_t now, uint64_t h)
 		}
 		mine += strcmp(wp->tenant, job->tenant) == 0;
 		if (slot == NULL && warm_rate_sum(&wp->rate, now, &peak) == 0 &&
-		    warm_count(&wp->profile) == 0)
+		    warm_count(&wp->profile, wp->tenant) == 0)
 			slot = wp;
 	}
 	if (mine >= cap || slot == NULL) {
@@ -308,7 +313,8 @@ warm_arrival(const struct job *job)
 		return;
 	for (i = 0; i < WARM_PROFILES_MAX; i++) {
 		wp = &w->learned[i];
-		if (wp->used && profile_equal(&wp->profile, &job->profile)) {
+		if (wp->used && strcmp(wp->tenant, job->tenant) == 0 &&
+		    profile_equal(&wp->profile, &job->profile)) {
 			warm_rate_add(&wp->rate, now);
 			warm_update();
 			return;
@@ -319,8 +325,8 @@ warm_arrival(const struct job *job)
 	for (k = 0; k < WARM_SEEN; k++) {
 		struct warm_seen	*s = &w->seen[k];
 
-		if (s->hash == h && now - s->at < warm_window() *
-		    WARM_BUCKET_MS) {
+		if (s->hash == h && strcmp(s->tenant, job->tenant) == 0 &&
+		    now - s->at < warm_window() * WARM_BUCKET_MS) {
 			warm_learn(job, s->at, now, h);
 			memset(s, 0, sizeof *s);
 			warm_update();
@@ -380,22 +386,22 @@ warm_update(void)
 }
 
 /*
- * How many warm processes of pr are kept while the pool has room: the
- * default profile's target or min_instances, a learned one's target,
- * none of any other.
+ * How many warm processes of pr for tenant ("" for any) are kept while
+ * the pool has room: the default profile's target or min_instances, a
+ * learned one's target, none of any other.
  */
 long
-warm_keep(const struct profile *pr)
+warm_keep(const struct profile *pr, const char *tenant)
 {
 	struct warm_state	*w = &poold->warm;
 	long			 i;
 
-	if (warm_is_default(pr))
+	if (*tenant == '\0' && warm_is_default(pr))
 		return (w->def_target > poold->cf->min_instances ?
 		    w->def_target : poold->cf->min_instances);
 	for (i = 0; i < WARM_PROFILES_MAX; i++) {
-		if (w->learned[i].used && profile_equal(&w->learned[i].profile,
-		    pr))
+		if (w->learned[i].used && strcmp(w->learned[i].tenant,
+		    tenant) == 0 && profile_equal(&w->learned[i].profile, pr))
 			return (w->learned[i].target);
 	}
 	return (0);
@@ -420,10 +426,11 @@ warm_reserve(void)
 
 /*
  * The profile that is furthest below what it keeps (the default first on
- * a tie), or NULL if none is.  The pointer is good until the next update.
+ * a tie), or NULL if none is, and in *tenant whose its warm processes are
+ * ("": any).  The pointers are good until the next update.
  */
 const struct profile *
-warm_short(void)
+warm_short(const char **tenant)
 {
 	static struct profile	 def;
 	struct warm_state	*w = &poold->warm;
@@ -433,16 +440,19 @@ warm_short(void)
 	memset(&def, 0, sizeof def);
 	snprintf(def.model, sizeof def.model, "%s",
 	    poold->cf->default_model != NULL ? poold->cf->default_model : "");
-	if ((gap = warm_keep(&def) - warm_count(&def)) > 0) {
+	*tenant = "";
+	if ((gap = warm_keep(&def, "") - warm_count(&def, "")) > 0) {
 		best = &def;
 		most = gap;
 	}
 	for (i = 0; i < WARM_PROFILES_MAX; i++) {
 		if (!w->learned[i].used)
 			continue;
-		gap = w->learned[i].target - warm_count(&w->learned[i].profile);
+		gap = w->learned[i].target - warm_count(&w->learned[i].profile,
+		    w->learned[i].tenant);
 		if (gap > most) {
 			best = &w->learned[i].profile;
+			*tenant = w->learned[i].tenant;
 			most = gap;
 		}
 	}
@@ -573,7 +583,7 @@ warm_profile_stats(const char *name, const struct profile *pr,
 	    "arrivals", (json_int_t)warm_rate_sum(r, poold_now(), &peak),
 	    "demand", (json_int_t)demand,
 	    "target", (json_int_t)target,
-	    "warm", (json_int_t)warm_count(pr)));
+	    "warm", (json_int_t)warm_count(pr, tenant)));
 }
 
 /* The warm target's statistics. */
@@ -593,7 +603,7 @@ warm_stats(void)
 	snprintf(def.model, sizeof def.model, "%s",
 	    poold->cf->default_model != NULL ? poold->cf->default_model : "");
 	if ((one = warm_profile_stats("default", &def, "", &w->def,
-	    w->def_demand, warm_keep(&def))) != NULL)
+	    w->def_demand, warm_keep(&def, ""))) != NULL)
 		json_array_append_new(list, one);
 	for (i = 0; i < WARM_PROFILES_MAX; i++) {
 		if (!w->learned[i].used)

@@ -294,7 +294,11 @@ class WarmTarget(PoolTest):
         wait_for(lambda: [p for p in self.warm()["profiles"]
                           if p["system_prompt"] and p["warm"] >= 1], 60,
                  "a warm process of the learned profile")
-        d = end(job("other", conv(), "third", system_prompt=sp))
+        # Another tenant's conversation with it is not placed warm (it
+        # would learn that someone uses that prompt); the tenant's is.
+        d = end(job("other", conv(), "not mine", system_prompt=sp))
+        self.assertEqual(d["process"]["origin"], "spawned")
+        d = end(job("prompted", conv(), "third", system_prompt=sp))
         self.assertEqual(d["process"]["origin"], "warm")
         rec = next(r for r in reversed(stack.mock_records())
                    if texts_of(r)[-1] == ("user", "third"))

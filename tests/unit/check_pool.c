@@ -499,8 +499,9 @@ START_TEST(test_the_warm_target_follows_arrivals)
 END_TEST
 
 /*
- * A system prompt that recurs is learned: its next conversations are
- * placed warm.  A tenant that invents profiles learns at most half of
+ * A system prompt that recurs in a tenant's new conversations is learned
+ * for that tenant: its next conversations are placed warm, another
+ * tenant's with the same prompt are not.  A tenant that invents profiles learns at most half of
  * warm_profiles; another tenant's still learns.  Forgotten with its
  * window, its warm processes go.
  */
@@ -518,6 +519,7 @@ START_TEST(test_a_recurring_profile_is_learned)
 	    "a0000000-0000-4000-8000-000000000009",
 	    "a0000000-0000-4000-8000-00000000000a",
 	    "a0000000-0000-4000-8000-00000000000b",
+	    "a0000000-0000-4000-8000-00000000000c",
 	};
 	const char	*evil[] = { "{\"system_prompt\":\"E1\"}",
 	    "{\"system_prompt\":\"E2\"}", "{\"system_prompt\":\"E3\"}" };
@@ -540,7 +542,9 @@ START_TEST(test_a_recurring_profile_is_learned)
 	ck_assert_str_eq(done(submit("t", convs[k++], "two", sp)), "spawned");
 	RUN_UNTIL(count_warm_prompt("You are a poet.") >= 1);
 	ck_assert_int_eq(count_warm_prompt(NULL), 0);
-	ck_assert_str_eq(done(submit("u", convs[k++], "three", sp)), "warm");
+	/* Not another tenant's: it would learn that someone uses it. */
+	ck_assert_str_eq(done(submit("u", convs[k++], "three", sp)), "spawned");
+	ck_assert_str_eq(done(submit("t", convs[k++], "four", sp)), "warm");
 	ck_assert_uint_eq(poold->warm.learned_n, 1);
 	/* A tenant that invents profiles: two learned (half of four). */
 	for (i = 0; i < 3; i++) {

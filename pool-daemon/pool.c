@@ -912,7 +912,7 @@ pool_reserve_warm(void)
 	if (lru == NULL)
 		return;
 	log_info("stopping idle CLI %ld of conversation %s: the warm share "
-	    "(min_warm) is short", (long)lru->pid, lru->conversation);
+	    "(the warm target) is short", (long)lru->pid, lru->conversation);
 	poold->stats.evicted++;
 	proc_stop(lru);
 }

@@ -54,8 +54,8 @@ MIX_FOLLOW = float(os.environ.get("CCGATE_BENCH_MIX_FOLLOW", "2"))
 
 # The defaults, as a fresh poold.conf has them (the harness's own aside).
 DEFAULTS = {"min_instances": 2, "min_warm": 2, "max_warm": 8,
-            "max_instances": 10, "max_spawning": 2, "idle_timeout_ms":
-            300000}
+            "max_instances": 10, "max_spawning": 2, "spawn_nice": 10,
+            "idle_timeout_ms": 300000}
 BASELINE = {"min_instances": 0, "min_warm": 0, "max_warm": 0,
             "max_instances": 10, "max_spawning": 0, "idle_timeout_ms": 0}
 # Enough room for a burst's queue and one tenant per conversation.
@@ -100,9 +100,35 @@ def configure(stack, opts):
                  opts["max_instances"]})
 
 
+def cpu_ticks(pid):
+    """A process's CPU time (user + system) in ticks, or None."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def wait_quiet(pids, quiet=0.6, timeout=60):
+    """Until none of pids used CPU for quiet seconds: CLIs that finished
+    starting (a CLI waiting for its first turn uses none)."""
+    deadline = time.time() + timeout
+    last = {p: cpu_ticks(p) for p in pids}
+    still = time.time()
+    while time.time() < deadline:
+        time.sleep(0.2)
+        now = {p: cpu_ticks(p) for p in pids}
+        if now != last:
+            last, still = now, time.time()
+        elif time.time() - still >= quiet:
+            return
+    raise RuntimeError("CLIs still busy starting after %d s" % timeout)
+
+
 def settle(stack, warm, timeout=120):
     """Until no job runs, nothing is dying and warm processes are there,
-    then a moment for the newest to finish starting."""
+    and those have finished starting."""
     deadline = time.time() + timeout
     while True:
         st = stack.stats()
@@ -113,7 +139,8 @@ def settle(stack, warm, timeout=120):
         if time.time() > deadline:
             raise RuntimeError("the pool did not settle: %r" % by)
         time.sleep(0.1)
-    time.sleep(2)
+    wait_quiet([p["pid"] for p in st["processes"]
+                if p["state"] == "warm" and p["pid"]])
 
 
 def fill(stack, n, tag):
@@ -153,7 +180,7 @@ def limit_burst(stack, n):
     clis = [DirectCli(stack, warmup=False,
                       home=stack.path("bench-warm-direct-%d" % i))
             for i in range(n)]
-    time.sleep(2 + 0.5 * n)      # every one finished starting
+    wait_quiet([c.p.pid for c in clis])     # every one finished starting
     go = threading.Barrier(n + 1)
 
     def one(i):
@@ -179,7 +206,7 @@ def limit_turns(stack, n=5):
     for i in range(n):
         c = DirectCli(stack, warmup=False,
                       home=stack.path("bench-warm-direct-%d" % i))
-        time.sleep(2)
+        wait_quiet([c.p.pid])
         new.append(c.turn("new %d" % i))
         time.sleep(0.05)
         follow.append(c.turn("follow %d" % i))

@@ -383,7 +383,8 @@ struct warm_state {
 	struct warm_seen	 seen[WARM_SEEN];
 	uint64_t		 spawn_ms;	/* a spawn's time, estimated */
 	long			 rss_kb;	/* the CLIs', last sampled */
-	long			 rss_peak_kb;	/* one started CLI's most */
+	long			 rss_peak_kb;	/* one CLI's most */
+	int			 rss_known;	/* a started one was seen */
 	uint64_t		 rss_at;
 	uint64_t		 arrivals;
 	uint64_t		 learned_n;

@@ -20,9 +20,9 @@
  * a spawn.  Processes count as starting until their first output or one
  * spawn time, and at most max_spawning start at once.  Their memory (each
  * CLI's process tree's resident set, from /proc) is sampled in the tick;
- * a spawn is allowed only if it fits under max_pool_rss_mb, a starting
- * process counted at the most one settled process used (busy or not; a
- * generous guess until one was seen).  Processes grow as they run turns:
+ * a spawn is allowed only if it fits under max_pool_rss_mb, each process
+ * (and the new one) counted at least at the most one process was seen to
+ * use (a generous guess until one was seen).  Processes grow as they run turns:
  * a pool found above the bound sheds idle processes (pool.c).
  */
 #include "config.h"
@@ -481,9 +481,9 @@ warm_spawning(void)
 }
 
 /*
- * Whether one more CLI fits under max_pool_rss_mb: each process at what
- * it was last seen to use, one still starting at least at what one
- * settled process used most (it grows to that), and the new one too.
+ * Whether one more CLI fits under max_pool_rss_mb: each process, and the
+ * new one, counted at least at the most one was seen to use (they grow to
+ * that), or the guess until one that had started was seen.
  */
 int
 warm_mem_room(void)
@@ -491,20 +491,16 @@ warm_mem_room(void)
 	struct poold_config	*cf = poold->cf;
 	struct warm_state	*w = &poold->warm;
 	struct proc		*p;
-	uint64_t		 now = poold_now();
 	long long		 total, one;
 
 	if (cf->max_pool_rss_mb <= 0)
 		return (1);
-	one = w->rss_peak_kb > 0 ? w->rss_peak_kb : WARM_RSS_GUESS_KB;
+	one = w->rss_peak_kb;
+	if (!w->rss_known && one < WARM_RSS_GUESS_KB)
+		one = WARM_RSS_GUESS_KB;
 	total = one;
-	TAILQ_FOREACH(p, &poold->procs, entry) {
-		if (p->rss_kb > 0 && (now - p->started_at >= 2 *
-		    warm_spawn_ms() || p->rss_kb >= one))
-			total += p->rss_kb;
-		else
-			total += one;
-	}
+	TAILQ_FOREACH(p, &poold->procs, entry)
+		total += p->rss_kb > one ? p->rss_kb : one;
 	return (total <= (long long)cf->max_pool_rss_mb * 1024);
 }
 
@@ -539,10 +535,11 @@ warm_sample(void)
 			continue;
 		p->rss_kb = kb;
 		total += kb;
-		/* A settled one: what a new one grows to. */
-		if (now - p->started_at >= 2 * warm_spawn_ms() &&
-		    kb > w->rss_peak_kb)
+		/* What a new one grows to (the guess until one started). */
+		if (kb > w->rss_peak_kb)
 			w->rss_peak_kb = kb;
+		if (p->read_us != 0)	/* it has answered: it started */
+			w->rss_known = 1;
 	}
 	w->rss_kb = total;
 }

@@ -309,12 +309,14 @@ class WarmTarget(PoolTest):
         # What one CLI grows to once it ran a turn.
         c = conv()
         job("memw", c, "warm-up")
-        wait_for(lambda: self.warm()["process_rss_kb"] > 0 and
-                 [p for p in procs() if p["conversation"] == c and
-                  p["age_ms"] > 2 * self.warm()["spawn_ms"] + 1000], 60,
-                 "one settled CLI's memory")
-        time.sleep(1)
-        one = self.warm()["process_rss_kb"]
+        seen = []
+
+        def grown():
+            # The most one CLI uses, once it has stopped growing.
+            seen.append(self.warm()["process_rss_kb"])
+            return len(seen) > 40 and seen[-1] > 0 and seen[-1] == seen[-41]
+        wait_for(grown, 120, "one CLI's memory to stop growing")
+        one = seen[-1]
         limit_mb = (one * 7 // 2) // 1024
         stack.reconfigure(max_warm=8, max_pool_rss_mb=limit_mb, queue_max=8,
                           queue_max_wait_ms=120000)

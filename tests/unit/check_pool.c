@@ -628,8 +628,10 @@ START_TEST(test_the_memory_bound_holds)
 	ck_assert_int_eq(poold->nprocs, 0);
 	a = submit("t", C1, "hang", NULL);
 	b = submit("t", C2, "two", NULL);
-	RUN_UNTIL(count(PROC_BUSY) == 1);
+	/* Once it runs, its memory is sampled: what one CLI uses. */
+	RUN_UNTIL(a->job->got_output);
 	advance(1000);
+	ck_assert_int_eq(poold->warm.rss_known, 1);
 	ck_assert_int_eq(b->job->state, JOB_QUEUED);
 	ck_assert_int_eq(poold->nprocs, 1);
 	st = pool_stats();

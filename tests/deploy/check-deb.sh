@@ -63,7 +63,7 @@ mkdir "$tmp/src"
 if [ -n "$tarball" ]; then
     tar -xzf "$tarball" -C "$tmp/src" || { bad "cannot unpack $tarball"; finish; }
 else
-    git -C "$src" archive --format=tar HEAD | tar -xf - -C "$tmp/src" ||
+    git -C "$src" archive --format=tar --prefix=ccgate/ HEAD | tar -xf - -C "$tmp/src" ||
         { bad "git archive HEAD of $src"; finish; }
 fi
 top=$(find "$tmp/src" -mindepth 1 -maxdepth 2 -name debian -type d | head -1)
@@ -86,7 +86,7 @@ else
     bad "dpkg-buildpackage -us -uc -b"
     finish
 fi
-deb=$(ls "$tmp"/src/ccgate_*.deb 2>/dev/null | head -1)
+deb=$(ls "$(dirname "$top")"/ccgate_*.deb 2>/dev/null | head -1)
 [ -n "$deb" ] || { bad "no ccgate_*.deb built"; finish; }
 if out=$(lintian --fail-on error,warning "$deb" 2>&1); then
     ok "lintian: no error, no warning"

@@ -228,11 +228,14 @@ if out=$(ccgate-admin --help 2>&1) && echo "$out" | grep -q '^usage: ccgate-admi
 else
     bad "ccgate-admin --help: $out"
 fi
-if runuser -u ccgate -- ccgate-admin secret /etc/ccgate/key.secret &&
-   [ "$(stat -c '%a %U' /etc/ccgate/key.secret)" = "600 ccgate" ]; then
-    ok "ccgate-admin secret as ccgate (mode 600)"
+# As docs/install.md makes it: root writes in /etc/ccgate, ccgate reads.
+if ccgate-admin secret /etc/ccgate/key.secret &&
+   chown ccgate: /etc/ccgate/key.secret &&
+   [ "$(stat -c '%a %U' /etc/ccgate/key.secret)" = "600 ccgate" ] &&
+   runuser -u ccgate -- cat /etc/ccgate/key.secret >/dev/null; then
+    ok "ccgate-admin secret (mode 600, ccgate reads it)"
 else
-    bad "ccgate-admin secret /etc/ccgate/key.secret as ccgate"
+    bad "ccgate-admin secret /etc/ccgate/key.secret"
 fi
 if out=$(logrotate -d -s "$tmp/logrotate.state" /etc/logrotate.d/ccgate 2>&1) &&
    ! printf '%s\n' "$out" | grep -qi 'error'; then

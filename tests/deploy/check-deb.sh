@@ -187,7 +187,7 @@ else
 fi
 # (Another test's daemons may run from a build tree: only the installed
 # programs count.)
-for p in $(pgrep -x 'ccgate-(poold|fcgi|ws)'); do
+for p in $(pgrep -x 'ccgate-(poold|fcgi|ws)' 2>/dev/null); do
     case $(readlink "/proc/$p/exe" 2>/dev/null) in
     /usr/sbin/ccgate-*) bad "the installed $(readlink "/proc/$p/exe") runs (pid $p)" ;;
     esac

@@ -4,7 +4,7 @@
 # of the checkout), lintian it, install it with apt-get, check what it
 # installed (files, rendered paths, users, folders and their modes,
 # `systemd-analyze verify` of the installed units, nothing enabled,
-# `ccgate-admin --help`), remove it (state stays), purge it (nothing of it
+# `ccgate-admin --help`, nginx -t on the installed templates), remove it (state stays), purge it (nothing of it
 # stays but the users, as Debian policy has it).  It purges whatever
 # happens.  Run by `deploy/quickstart test` after distcheck; needs root
 # (apt-get) and what `deploy/install-deps --test` installs.  It refuses to
@@ -242,6 +242,39 @@ if out=$(logrotate -d -s "$tmp/logrotate.state" /etc/logrotate.d/ccgate 2>&1) &&
     ok "logrotate parses /etc/logrotate.d/ccgate"
 else
     bad "logrotate: $out"
+fi
+
+# The site and the egress rendered with the installed render from the
+# installed templates, as docs/install.md does (the allowlists from
+# /usr/share, scratch files for what the operator writes), pass nginx -t.
+mkdir -p "$tmp/nginx" "$tmp/egress/tokens"
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
+    -keyout "$tmp/tls.key" -out "$tmp/tls.crt" >/dev/null 2>&1
+printf 'proxy_set_header x-api-key "sk-ant-test";\nproxy_set_header authorization "";\n' \
+    > "$tmp/egress-credential.conf"
+n=/usr/share/ccgate/nginx
+user=""
+[ "$(id -u)" = 0 ] && user="user root root;"
+if /usr/share/ccgate/render $n/ccgate-site.conf.in "$tmp/site.conf" \
+        LISTEN=127.0.0.1:1 "TLS_CERT=$tmp/tls.crt" "TLS_KEY=$tmp/tls.key" \
+        MAX_BODY=2m ERRORS_DIR=$n/errors FCGI_SOCKET=/run/ccgate/fcgi.sock \
+        WS_SOCKET=/run/ccgate/ws.sock ADMIN_UI_DIR=/usr/share/ccgate/admin-ui \
+        ADMIN_UI_CONF=$n/admin-ui.conf EDGE_DIR=$n/edge \
+        RATE_PER_IP=50r/s BURST_PER_IP=100 RATE_PER_KEY=20r/s BURST_PER_KEY=40 \
+        CONN_PER_IP=200 READ_TIMEOUT=660s "ACCESS_LOG=$tmp/nginx/access.log" &&
+   /usr/share/ccgate/render $n/ccgate-egress.conf.in "$tmp/egress.conf" \
+        EGRESS_SOCKET=/run/ccgate/egress/egress.sock \
+        "EGRESS_TOKENS=$tmp/egress/tokens" "EGRESS_LOG=$tmp/nginx/egress.log" \
+        "EGRESS_CREDENTIAL=$tmp/egress-credential.conf" \
+        UPSTREAM_SERVER=127.0.0.1:443 UPSTREAM_SCHEME=https \
+        UPSTREAM_HOST=api.anthropic.com &&
+   /usr/share/ccgate/render $n/nginx-standalone.conf.in "$tmp/nginx.conf" \
+        "USER_LINE=$user" "VAR_DIR=$tmp/nginx" "DAEMON_LINE=daemon off;" \
+        "SITE_CONF=$tmp/site.conf" "EGRESS_CONF=$tmp/egress.conf" &&
+   out=$(nginx -t -p "$tmp/nginx" -c "$tmp/nginx.conf" 2>&1); then
+    ok "nginx -t on the installed site and egress templates"
+else
+    bad "nginx -t on the installed templates: ${out:-render failed}"
 fi
 
 # 3. Removed: the units go, the state and the configuration stay.

@@ -4,9 +4,9 @@
 # of the checkout), lintian it, install it with apt-get, check what it
 # installed (files, rendered paths, users, folders and their modes,
 # `systemd-analyze verify` of the installed units, nothing enabled,
-# `ccgate-admin --help`, nginx -t on the installed templates), remove it (state stays), purge it (nothing of it
-# stays but the users, as Debian policy has it).  It purges whatever
-# happens.  Run by `deploy/quickstart test` after distcheck; needs root
+# `ccgate-admin --help`, nginx -t on the installed templates), remove it
+# (state stays), purge it (nothing of it stays but the users, as Debian
+# policy has it).  It purges whatever happens.  Run by `deploy/quickstart test` after distcheck; needs root
 # (apt-get) and what `deploy/install-deps --test` installs.  It refuses to
 # run where ccgate is installed already: its purge would delete that
 # installation's configuration and state.

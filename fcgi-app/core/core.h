@@ -64,6 +64,7 @@ struct app_config {
 	long	 signature_skew_s;	/* signed requests' clock window */
 	long	 idem_window_s;		/* Idempotency-Key answers kept */
 	long	 idem_max_answer;	/* the largest answer kept */
+	long	 idem_key_bytes;	/* all one API key's answers kept */
 	long	 idem_lease_s;		/* 0: job_timeout_ms + 60 s */
 	long	 verbose;
 };

@@ -427,6 +427,10 @@ void		 proc_free(struct proc *);
 long		 proc_rss_kb(pid_t);
 char		 proc_sched_state(pid_t);
 
+/* files.c */
+json_t		*files_handle(json_t *, int *);
+int		 files_type(const char *);
+
 /* workspace.c */
 int		 workspace_mkdir(const char *, mode_t, uid_t, gid_t, char **);
 int		 workspace_init(const char *, char **);

@@ -129,3 +129,100 @@ poolc_call(const char *path, json_t *msg, int timeout_ms, char **cause)
 	poolc_close(pc);
 	return (ans);
 }
+
+/*
+ * Send one control message and return the answer, with the descriptor it
+ * carried (SCM_RIGHTS) in *fd, or -1 if none.  The answer is one frame of
+ * at most PROTO_DEFAULT_MAX bytes; a descriptor that came with anything
+ * else is closed.
+ */
+json_t *
+poolc_call_fd(const char *path, json_t *msg, int timeout_ms, int *fd,
+    char **cause)
+{
+	struct poolc	*pc;
+	struct msghdr	 mh;
+	struct iovec	 iov;
+	struct cmsghdr	*cm;
+	struct pollfd	 pfd;
+	union {
+		char		buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr	align;
+	} u;
+	uint8_t		*buf = NULL, *nb;
+	size_t		 len = 0, cap = 0, want = PROTO_HEADER_LEN;
+	json_t		*ans = NULL;
+	ssize_t		 n;
+	int		 got;
+
+	*fd = -1;
+	if ((pc = poolc_open(path, cause)) == NULL)
+		return (NULL);
+	if (poolc_send(pc, msg, cause) != 0)
+		goto out;
+	while (len < want) {
+		if (want > cap) {
+			if ((nb = realloc(buf, want)) == NULL) {
+				util_cause(cause, "out of memory");
+				goto out;
+			}
+			buf = nb;
+			cap = want;
+		}
+		pfd.fd = pc->fd;
+		pfd.events = POLLIN;
+		if ((n = poll(&pfd, 1, timeout_ms)) == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			util_cause(cause, "the pool daemon did not answer");
+			goto out;
+		}
+		memset(&mh, 0, sizeof mh);
+		iov.iov_base = buf + len;
+		iov.iov_len = want - len;
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = u.buf;
+		mh.msg_controllen = sizeof u.buf;
+		n = recvmsg(pc->fd, &mh, MSG_CMSG_CLOEXEC);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			util_cause(cause, "the pool daemon closed the "
+			    "connection");
+			goto out;
+		}
+		for (cm = CMSG_FIRSTHDR(&mh); cm != NULL;
+		    cm = CMSG_NXTHDR(&mh, cm)) {
+			if (cm->cmsg_level != SOL_SOCKET ||
+			    cm->cmsg_type != SCM_RIGHTS ||
+			    cm->cmsg_len != CMSG_LEN(sizeof(int)))
+				continue;
+			memcpy(&got, CMSG_DATA(cm), sizeof got);
+			if (*fd != -1)
+				close(*fd);
+			*fd = got;
+		}
+		len += (size_t)n;
+		if (len == PROTO_HEADER_LEN && want == PROTO_HEADER_LEN) {
+			want = ((size_t)buf[0] << 24 | (size_t)buf[1] << 16 |
+			    (size_t)buf[2] << 8 | (size_t)buf[3]);
+			if (want == 0 || want > PROTO_DEFAULT_MAX) {
+				util_cause(cause, "bad frame from the pool "
+				    "daemon");
+				goto out;
+			}
+			want += PROTO_HEADER_LEN;
+		}
+	}
+	ans = proto_decode(buf + PROTO_HEADER_LEN, len - PROTO_HEADER_LEN,
+	    cause);
+out:
+	free(buf);
+	poolc_close(pc);
+	if (ans == NULL && *fd != -1) {
+		close(*fd);
+		*fd = -1;
+	}
+	return (ans);
+}

@@ -121,6 +121,11 @@ struct req_transport {
 	int	(*fd)(void *);
 	/* The answer is complete (before usage is recorded); may be NULL. */
 	void	(*finish)(void *);
+	/*
+	 * Raw bytes of an answer (a download): with a reply, its head goes
+	 * first.  NULL: this transport cannot.  -1 once the client is gone.
+	 */
+	int	(*raw)(void *, const struct req_reply *, const char *, size_t);
 };
 
 void		 req_serve(const struct route_table *,
@@ -136,6 +141,9 @@ int		 req_client_id_ok(const char *);
 const char	*req_param(struct request *, const char *);
 const char	*req_header(struct request *, const char *);
 const char	*req_id(struct request *);
+const char	*req_path(struct request *);
+int		 req_raw(struct request *, int, const char *, const char *,
+		     size_t);
 uint64_t	 req_started_us(const struct request *);
 const char	*req_query(struct request *, const char *, char *, size_t);
 json_t		*req_json_body(struct request *, int);
@@ -178,6 +186,13 @@ void		 req_transport_get(struct request *,
 		     const struct req_transport **, void **);
 void		 req_transport_set(struct request *,
 		     const struct req_transport *, void *);
+
+/* http/files.c: a tenant's workspace files (/api/files). */
+void		 files_put_handle(struct request *);
+void		 files_post_handle(struct request *);
+void		 files_get_handle(struct request *);
+void		 files_list_handle(struct request *);
+void		 files_delete_handle(struct request *);
 
 /* http/signing.c: signed requests (keys with require_signature). */
 int		 sign_check(struct request *);

@@ -35,6 +35,13 @@ static const struct route_def routes[] = {
 	{ "POST", "/api/conversations/:id/continue", conv_continue_handle,
 	    KEY, N, ROUTE_IDEMPOTENT },
 	{ "GET",  "/api/models",	models_handle, KEY, N, 0 },
+	{ "GET",  "/api/files",		files_list_handle, KEY, N, 0 },
+	{ "POST", "/api/files",		files_post_handle, KEY, N,
+	    ROUTE_NO_BODY },
+	{ "GET",  "/api/files/*",	files_get_handle, KEY, N, 0 },
+	{ "PUT",  "/api/files/*",	files_put_handle, KEY, N,
+	    ROUTE_NO_BODY },
+	{ "DELETE", "/api/files/*",	files_delete_handle, KEY, N, 0 },
 	{ "GET",  "/api/cli-pool/stats", poolinfo_stats_handle, KEY, N, 0 },
 	{ "GET",  "/api/cli-pool/health", poolinfo_health_handle, KEY, N, 0 },
 	/* The old path of /admin/pool/initialize: nginx gates both alike. */

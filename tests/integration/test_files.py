@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""The files API (/api/files): a tenant's workspace, files in and out,
+against the real stack.  Uploads and downloads (Range), listings with
+SHA-256, deletion; another tenant sees none of it; bad names refused in
+the native error shape; links planted in the workspace (as the CLI user,
+which is what a compromised CLI could do) neither read nor written through;
+a workspace's byte limit refused with 413 leaving the earlier file
+intact."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import Stack, CLI_USER, cli_user, main  # noqa: E402
+
+
+class Files(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = Stack({}, name="files")
+        cls.stack.start()
+        cls.key = cls.stack.create_key("files-a", user="filesa")
+        cls.other = cls.stack.create_key("files-b", user="filesb")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.stop()
+
+    def put(self, path, data, key=None, headers=None):
+        h = {"Content-Type": "application/octet-stream"}
+        h.update(headers or {})
+        return self.stack.request("PUT", "/api/files/" + path,
+                                  raw=data, key=key or self.key, headers=h)
+
+    def get(self, path, key=None, headers=None):
+        """GET, the body as bytes."""
+        c = self.stack.conn()
+        try:
+            h = {"Authorization": "Bearer " + (key or self.key)}
+            h.update(headers or {})
+            c.request("GET", "/api/files/" + path, headers=h)
+            r = c.getresponse()
+            return r.status, dict((k.lower(), v) for k, v in
+                                  r.getheaders()), r.read()
+        finally:
+            c.close()
+
+    def workspace(self, tenant="filesa"):
+        return self.stack.path("state", "tenants", tenant, "workspace")
+
+    def as_cli(self, *argv):
+        """Run a command as the CLI user in the workspace (what a tools-on
+        CLI could do): paths are relative to it (the user cannot cross the
+        daemon's folders above it; the CLI sees it as /workspace)."""
+        if os.geteuid() == 0:
+            cli_user()
+            argv = ("setpriv", "--reuid", CLI_USER, "--regid", CLI_USER,
+                    "--clear-groups") + argv
+        subprocess.run(argv, check=True, cwd=self.workspace())
+
+    def assert_native_error(self, r, status, text=None):
+        self.assertEqual(r.status, status, r)
+        body = r.json()
+        self.assertIs(body["success"], False, body)
+        self.assertIn("message", body["error"])
+        if text:
+            self.assertIn(text, body["error"]["message"])
+
+    def test_upload_download_range_list_delete(self):
+        data = os.urandom(300000)
+        r = self.put("projects/demo/data.bin", data)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.json()["sha256"], hashlib.sha256(data).hexdigest())
+        self.assertEqual(r.json()["size"], len(data))
+        status, h, body = self.get("projects/demo/data.bin")
+        self.assertEqual(status, 200)
+        self.assertEqual(body, data)
+        self.assertEqual(h["content-type"], "application/octet-stream")
+        self.assertEqual(h["accept-ranges"], "bytes")
+        status, h, body = self.get("projects/demo/data.bin",
+                                   headers={"Range": "bytes=100-199"})
+        self.assertEqual(status, 206)
+        self.assertEqual(body, data[100:200])
+        self.assertEqual(h["content-range"], "bytes 100-199/%d" % len(data))
+        status, h, body = self.get("projects/demo/data.bin",
+                                   headers={"Range": "bytes=-10"})
+        self.assertEqual((status, body), (206, data[-10:]))
+        status, h, body = self.get("projects/demo/data.bin",
+                                   headers={"Range": "bytes=%d-" % len(data)})
+        self.assertEqual(status, 416)
+        self.assertEqual(h["content-range"], "bytes */%d" % len(data))
+        # The file is the CLI user's, in the workspace.
+        st = os.stat(os.path.join(self.workspace(), "projects", "demo",
+                                  "data.bin"))
+        if os.geteuid() == 0:
+            self.assertEqual(st.st_uid, cli_user()[0])
+        # Replacing it answers 200, and the new bytes are served.
+        r = self.put("projects/demo/data.bin", b"v2")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(self.get("projects/demo/data.bin")[2], b"v2")
+        r = self.stack.request("GET", "/api/files?prefix=projects/demo",
+                               key=self.key)
+        self.assertEqual(r.status, 200, r)
+        files = r.json()["files"]
+        self.assertEqual([f["path"] for f in files],
+                         ["projects/demo/data.bin"])
+        self.assertEqual(files[0]["size"], 2)
+        self.assertEqual(files[0]["sha256"], hashlib.sha256(b"v2").hexdigest())
+        self.assertRegex(files[0]["modified"], r"^\d{4}-\d\d-\d\dT")
+        r = self.stack.request("GET", "/api/files", key=self.key)
+        self.assertIn("README.md", [f["path"] for f in r.json()["files"]])
+        r = self.stack.request("DELETE", "/api/files/projects/demo/data.bin",
+                               key=self.key)
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(self.get("projects/demo/data.bin")[0], 404)
+        r = self.stack.request("DELETE", "/api/files/projects/demo/data.bin",
+                               key=self.key)
+        self.assert_native_error(r, 404)
+
+    def test_other_tenant_sees_nothing(self):
+        self.assertEqual(self.put("uploads/secret.txt", b"mine").status, 201)
+        status, _, body = self.get("uploads/secret.txt", key=self.other)
+        self.assertEqual(status, 404)
+        self.assertNotIn(b"mine", body)
+        r = self.stack.request("GET", "/api/files?prefix=uploads",
+                               key=self.other)
+        self.assertEqual(r.json()["files"], [])
+        r = self.stack.request("DELETE", "/api/files/uploads/secret.txt",
+                               key=self.other)
+        self.assert_native_error(r, 404)
+        self.assertEqual(self.get("uploads/secret.txt")[2], b"mine")
+        # No key, no files.
+        r = self.stack.request("GET", "/api/files/uploads/secret.txt")
+        self.assertEqual(r.status, 401)
+
+    def test_bad_names_refused(self):
+        cases = [
+            ("a/../../../etc/passwd", "'.' or '..'"),
+            ("%2e%2e/%2e%2e/etc/passwd", "'.' or '..'"),
+            ("uploads/..", "'.' or '..'"),
+            ("%2Fetc%2Fpasswd", "relative"),
+            ("uploads//x", "empty component"),
+            ("uploads/a%00b", None),    # nginx refuses it first
+            ("uploads/a%01b", "control character"),
+            ("uploads/a%0ab", "control character"),
+            ("uploads/" + "n" * 256, "longer than 255"),
+            ("/".join(["d" * 200] * 6), "longer than 1024"),
+            (".claude/settings.json", "starting with '.'"),
+            ("uploads/%zz", None),    # nginx refuses it first
+        ]
+        for path, text in cases:
+            for method in ("GET", "PUT", "DELETE"):
+                with self.subTest(path=path, method=method):
+                    r = self.stack.request(
+                        method, "/api/files/" + path, key=self.key,
+                        raw=b"x" if method == "PUT" else None)
+                    self.assert_native_error(r, 400, text)
+        r = self.stack.request("GET", "/api/files?prefix=..", key=self.key)
+        self.assert_native_error(r, 400, "'.' or '..'")
+        self.assertFalse(os.path.exists(os.path.join(self.workspace(),
+                                                     ".claude")))
+
+    def test_links_are_not_followed(self):
+        ws = self.workspace()
+        self.assertEqual(self.put("uploads/seed.txt", b"seed").status, 201)
+        # A symlink to /etc and one to a file outside, as a CLI would.
+        self.as_cli("ln", "-s", "/etc", "etc")
+        self.as_cli("ln", "-s", "/etc/hostname", "uploads/host")
+        for path in ("etc/passwd", "etc/hostname", "uploads/host"):
+            status, _, body = self.get(path)
+            self.assertEqual(status, 403, (path, body))
+            self.assertNotIn(b"root:", body)
+        before = open("/etc/hostname", "rb").read()
+        r = self.put("etc/ccgate-planted", b"x")
+        self.assert_native_error(r, 403, "symbolic link")
+        self.assertFalse(os.path.exists("/etc/ccgate-planted"))
+        r = self.put("uploads/host", b"overwrite")
+        self.assert_native_error(r, 403)
+        self.assertEqual(open("/etc/hostname", "rb").read(), before)
+        r = self.stack.request("GET", "/api/files?prefix=etc", key=self.key)
+        self.assert_native_error(r, 403)
+        # A hard link to a file outside the workspace (the CLI user's, so
+        # the kernel lets that user link it).
+        outside = self.stack.path("outside.txt")
+        with open(outside, "wb") as f:
+            f.write(b"outside secret")
+        if os.geteuid() == 0:
+            os.chown(outside, *cli_user())
+        os.link(outside, os.path.join(ws, "uploads", "hard.txt"))
+        status, _, body = self.get("uploads/hard.txt")
+        self.assertEqual(status, 403)
+        self.assertNotIn(b"outside secret", body)
+        r = self.put("uploads/hard.txt", b"overwritten")
+        self.assert_native_error(r, 403, "hard link")
+        self.assertEqual(open(outside, "rb").read(), b"outside secret")
+        r = self.stack.request("GET", "/api/files?prefix=uploads",
+                               key=self.key)
+        listed = {f["path"]: f for f in r.json()["files"]}
+        self.assertNotIn("uploads/host", listed)
+        self.assertIsNone(listed["uploads/hard.txt"]["sha256"])
+        # A FIFO does not hang the daemon.
+        self.as_cli("mkfifo", "uploads/fifo")
+        status, _, _ = self.get("uploads/fifo")
+        self.assertEqual(status, 403)
+        # Deleting a link removes the link, not its target.
+        r = self.stack.request("DELETE", "/api/files/etc", key=self.key)
+        self.assertEqual(r.status, 204, r)
+        self.assertTrue(os.path.exists("/etc/passwd"))
+        self.assertEqual(self.get("uploads/seed.txt")[2], b"seed")
+
+    def test_workspace_limit(self):
+        key = self.stack.create_key("files-q", user="filesq")
+        self.stack.sql("INSERT INTO tenant_limits (tenant, "
+                       "workspace_max_bytes, workspace_max_files, "
+                       "updated_at) VALUES ('filesq', 4096, 3, "
+                       "UTC_TIMESTAMP())")
+        first = b"a" * 1000
+        self.assertEqual(self.put("uploads/one.txt", first, key=key).status,
+                         201)
+        # README.md is there too (seed 001); this one would pass 4096.
+        r = self.put("uploads/one.txt", b"b" * 5000, key=key)
+        self.assert_native_error(r, 413, "4096 bytes")
+        r = self.put("uploads/two.txt", b"b" * 3500, key=key)
+        self.assert_native_error(r, 413, "4096 bytes")
+        self.assertEqual(self.get("uploads/one.txt", key=key)[2], first)
+        self.assertEqual(self.put("uploads/two.txt", b"2", key=key).status,
+                         201)
+        r = self.put("uploads/three.txt", b"3", key=key)
+        self.assert_native_error(r, 413, "3 files")
+        self.assertEqual(self.get("uploads/three.txt", key=key)[0], 404)
+        # Nothing of the refused uploads is left behind.
+        inc = self.stack.path("state", "tenants", "filesq", "incoming")
+        self.assertEqual(os.listdir(inc), [])
+
+
+if __name__ == "__main__":
+    main()

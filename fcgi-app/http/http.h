@@ -366,6 +366,8 @@ void		 adminapi_keys_create(struct request *);
 void		 adminapi_keys_list(struct request *);
 void		 adminapi_keys_get(struct request *);
 void		 adminapi_keys_update(struct request *);
+void		 adminapi_tenant_get(struct request *);
+void		 adminapi_tenant_update(struct request *);
 void		 adminapi_keys_revoke(struct request *);
 void		 adminapi_keys_rotate(struct request *);
 void		 adminapi_usage(struct request *);

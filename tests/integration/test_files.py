@@ -214,10 +214,11 @@ class Files(unittest.TestCase):
 
     def test_workspace_limit(self):
         key = self.stack.create_key("files-q", user="filesq")
-        self.stack.sql("INSERT INTO tenant_limits (tenant, "
-                       "workspace_max_bytes, workspace_max_files, "
-                       "updated_at) VALUES ('filesq', 4096, 3, "
-                       "UTC_TIMESTAMP())")
+        out = json.loads(self.stack.admin(
+            "tenant", "set", "filesq", "--workspace-max-bytes", "4096",
+            "--workspace-max-files", "3").stdout)
+        self.assertEqual((out["workspace_max_bytes"],
+                          out["workspace_max_files"]), (4096, 3))
         first = b"a" * 1000
         self.assertEqual(self.put("uploads/one.txt", first, key=key).status,
                          201)
@@ -235,6 +236,25 @@ class Files(unittest.TestCase):
         # Nothing of the refused uploads is left behind.
         inc = self.stack.path("state", "tenants", "filesq", "incoming")
         self.assertEqual(os.listdir(inc), [])
+        # The admin API: raise the file limit; audited.
+        self.stack.create_admin("filesadm", "pw-files-0123456789")
+        tok = self.stack.admin_token("filesadm", "pw-files-0123456789")
+        h = {"Authorization": "Bearer " + tok}
+        r = self.stack.request("GET", "/admin/tenants/filesq", headers=h)
+        self.assertEqual(r.json()["workspace_max_files"], 3, r)
+        r = self.stack.request("PUT", "/admin/tenants/filesq",
+                               {"workspace_max_files": 10}, headers=h)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["workspace_max_files"], 10)
+        self.assertEqual(r.json()["workspace_max_bytes"], 4096)
+        r = self.stack.request("PUT", "/admin/tenants/filesq",
+                               {"workspace_max_files": -1}, headers=h)
+        self.assert_native_error(r, 400, "workspace_max_files")
+        self.assertEqual(self.put("uploads/three.txt", b"3", key=key).status,
+                         201)
+        rows = self.stack.sql("SELECT action FROM audit_log WHERE "
+                              "object_id = 'filesq' ORDER BY id")
+        self.assertEqual([r[0] for r in rows], ["tenant.update"] * 2)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -185,15 +186,177 @@ files_hex(crypto_hash_sha256_state *st, char out[65])
 	sodium_bin2hex(out, 65, d, sizeof d);
 }
 
+/* An upload under way: its temporary file, what it may still take. */
+struct files_up {
+	char				 path[FILE_PATH_MAX + 1];
+	char				 temp[64];
+	int				 fd;
+	long long			 max_bytes;
+	long long			 max_files;
+	long long			 room;	/* bytes it may take; -1: any */
+	long long			 written;
+	crypto_hash_sha256_state	 st;
+};
+
+/* Remove an upload's temporary file (the commit did not happen). */
+static void
+files_abort(struct request *r, struct files_up *up)
+{
+	json_t	*m, *ans;
+	char	*cause = NULL;
+	int	 fd = -1;
+
+	if (up->fd != -1) {
+		close(up->fd);
+		up->fd = -1;
+	}
+	if (up->temp[0] == '\0' ||
+	    (m = files_msg(r, PROTO_FILE_ABORT, NULL)) == NULL)
+		return;
+	json_object_set_new(m, "temp", json_string(up->temp));
+	ans = poolc_call_fd(appconf->poold_socket, m, FILES_POOL_MS, &fd,
+	    &cause);
+	json_decref(m);
+	if (fd != -1)
+		close(fd);
+	if (ans == NULL) {
+		log_warnx("files: abort %s: %s", up->temp, cause != NULL ?
+		    cause : "?");
+		free(cause);
+	}
+	json_decref(ans);
+	up->temp[0] = '\0';
+}
+
 /*
- * Write len bytes of the body (from the transport) to fd, hashing them.
- * Returns 0, or -1 with the answer sent.
+ * Begin an upload to path (checked) of len bytes (-1: not known yet):
+ * the tenant's limits, a temporary file from ccgate-poold.  Returns 0, or
+ * -1 with the answer sent.
  */
 static int
-files_copy_in(struct request *r, int fd, long long len,
-    crypto_hash_sha256_state *st)
+files_up_open(struct request *r, struct files_up *up, const char *path,
+    long long len)
+{
+	long long	 used, existing;
+	json_t		*ans, *m;
+	const char	*temp;
+
+	memset(up, 0, sizeof *up);
+	up->fd = -1;
+	snprintf(up->path, sizeof up->path, "%s", path);
+	if (files_limits(r, &up->max_bytes, &up->max_files) != 0)
+		return (-1);
+	if (up->max_bytes > 0 && len > up->max_bytes) {
+		req_error(r, 413, NULL, "the file (%lld bytes) exceeds the "
+		    "workspace's limit of %lld bytes (workspace_max_bytes)",
+		    len, up->max_bytes);
+		return (-1);
+	}
+	if ((m = files_msg(r, PROTO_FILE_OPEN, path)) != NULL)
+		json_object_set_new(m, "mode", json_string("write"));
+	if ((ans = files_call(r, m, &up->fd)) == NULL)
+		return (-1);
+	temp = json_string_value(json_object_get(ans, "temp"));
+	snprintf(up->temp, sizeof up->temp, "%s", temp != NULL ? temp : "");
+	used = json_integer_value(json_object_get(ans, "used_bytes"));
+	existing = json_integer_value(json_object_get(ans, "existing"));
+	json_decref(ans);
+	if (up->fd == -1 || up->temp[0] == '\0') {
+		files_abort(r, up);
+		req_error(r, 500, NULL, "the pool daemon sent no file");
+		return (-1);
+	}
+	up->room = -1;
+	if (up->max_bytes > 0) {
+		up->room = up->max_bytes - used + (existing > 0 ? existing : 0);
+		if (up->room < 0)
+			up->room = 0;
+	}
+	/* Stop before streaming what the limit cannot take. */
+	if (up->room >= 0 && len > up->room) {
+		files_abort(r, up);
+		req_error(r, 413, NULL, "the workspace would hold %lld bytes, "
+		    "over its limit of %lld bytes (workspace_max_bytes)",
+		    up->max_bytes - up->room + len, up->max_bytes);
+		return (-1);
+	}
+	crypto_hash_sha256_init(&up->st);
+	return (0);
+}
+
+/*
+ * Write n bytes of an upload, stopping at the workspace's limit.  Returns
+ * 0, or -1 with the upload aborted and the answer sent.
+ */
+static int
+files_up_write(struct request *r, struct files_up *up, const char *buf,
+    size_t n)
+{
+	if (up->room >= 0 && up->written + (long long)n > up->room) {
+		files_abort(r, up);
+		req_error(r, 413, NULL, "the workspace would hold more than "
+		    "its limit of %lld bytes (workspace_max_bytes)",
+		    up->max_bytes);
+		return (-1);
+	}
+	if (util_write_all(up->fd, buf, n) != 0) {
+		files_abort(r, up);
+		req_error(r, 507, NULL, "cannot write the file: %s",
+		    strerror(errno));
+		return (-1);
+	}
+	crypto_hash_sha256_update(&up->st, (const unsigned char *)buf, n);
+	up->written += (long long)n;
+	return (0);
+}
+
+/*
+ * Commit an upload: ccgate-poold renames it into place if the workspace
+ * stays within its limits.  Returns {path, size, sha256, created}, or
+ * NULL with the answer sent (the earlier file is as it was).
+ */
+static json_t *
+files_up_commit(struct request *r, struct files_up *up)
+{
+	json_t	*ans, *m, *out;
+	char	 hex[65];
+	int	 rc;
+
+	rc = close(up->fd);
+	up->fd = -1;
+	if (rc != 0) {
+		files_abort(r, up);
+		req_error(r, 507, NULL, "cannot write the file: %s",
+		    strerror(errno));
+		return (NULL);
+	}
+	files_hex(&up->st, hex);
+	if ((m = files_msg(r, PROTO_FILE_COMMIT, up->path)) != NULL) {
+		json_object_set_new(m, "temp", json_string(up->temp));
+		json_object_set_new(m, "max_bytes", json_integer(up->max_bytes));
+		json_object_set_new(m, "max_files", json_integer(up->max_files));
+	}
+	up->temp[0] = '\0';	/* ccgate-poold removes it if it refuses */
+	if ((ans = files_call(r, m, NULL)) == NULL)
+		return (NULL);
+	out = json_pack("{s:s, s:I, s:s, s:b}", "path", up->path, "size",
+	    (json_int_t)up->written, "sha256", hex, "created",
+	    json_is_true(json_object_get(ans, "created")));
+	json_decref(ans);
+	if (out == NULL)
+		req_error(r, 500, NULL, "out of memory");
+	return (out);
+}
+
+/*
+ * Store len bytes of the body as path.  Returns {path, size, sha256,
+ * created}, or NULL with the error answered.
+ */
+static json_t *
+files_store(struct request *r, const char *path, long long len)
 {
 	const struct req_transport	*tp;
+	struct files_up			 up;
 	void				*arg;
 	char				*buf;
 	long long			 done = 0;
@@ -202,129 +365,34 @@ files_copy_in(struct request *r, int fd, long long len,
 	req_transport_get(r, &tp, &arg);
 	if (tp->read == NULL) {
 		req_error(r, 400, NULL, "no body");
-		return (-1);
+		return (NULL);
 	}
+	if (files_up_open(r, &up, path, len) != 0)
+		return (NULL);
 	if ((buf = malloc(FILES_CHUNK)) == NULL) {
+		files_abort(r, &up);
 		req_error(r, 500, NULL, "out of memory");
-		return (-1);
+		return (NULL);
 	}
 	while (done < len) {
 		n = tp->read(arg, buf, (size_t)(len - done < FILES_CHUNK ?
 		    len - done : FILES_CHUNK));
 		if (n <= 0)
 			break;
-		if (util_write_all(fd, buf, (size_t)n) != 0) {
+		if (files_up_write(r, &up, buf, (size_t)n) != 0) {
 			free(buf);
-			req_error(r, 507, NULL, "cannot write the file: %s",
-			    strerror(errno));
-			return (-1);
+			return (NULL);
 		}
-		crypto_hash_sha256_update(st, (unsigned char *)buf, (size_t)n);
 		done += n;
 	}
 	free(buf);
 	if (done != len) {
+		files_abort(r, &up);
 		req_error(r, 400, NULL, "the body is shorter than its "
 		    "Content-Length");
-		return (-1);
-	}
-	return (0);
-}
-
-/* Remove an upload's temporary file (the commit did not happen). */
-static void
-files_abort(struct request *r, const char *temp)
-{
-	json_t	*m = files_msg(r, PROTO_FILE_ABORT, NULL), *ans;
-	char	*cause = NULL;
-	int	 fd = -1;
-
-	if (m == NULL)
-		return;
-	json_object_set_new(m, "temp", json_string(temp));
-	ans = poolc_call_fd(appconf->poold_socket, m, FILES_POOL_MS, &fd,
-	    &cause);
-	json_decref(m);
-	if (fd != -1)
-		close(fd);
-	if (ans == NULL) {
-		log_warnx("files: abort %s: %s", temp, cause != NULL ? cause :
-		    "?");
-		free(cause);
-	}
-	json_decref(ans);
-}
-
-/*
- * Store len bytes of the body as path: open a temporary file, stream into
- * it, commit.  Returns the commit's answer with "sha256" set, or NULL
- * with the error answered.
- */
-static json_t *
-files_store(struct request *r, const char *path, long long len)
-{
-	crypto_hash_sha256_state	 st;
-	long long			 max_bytes, max_files, used, existing;
-	json_t				*ans, *m;
-	char				 temp[64], hex[65];
-	int				 fd = -1;
-
-	if (files_limits(r, &max_bytes, &max_files) != 0)
-		return (NULL);
-	if (max_bytes > 0 && len > max_bytes) {
-		req_error(r, 413, NULL, "the file (%lld bytes) exceeds the "
-		    "workspace's limit of %lld bytes (workspace_max_bytes)",
-		    len, max_bytes);
 		return (NULL);
 	}
-	if ((m = files_msg(r, PROTO_FILE_OPEN, path)) != NULL)
-		json_object_set_new(m, "mode", json_string("write"));
-	if ((ans = files_call(r, m, &fd)) == NULL)
-		return (NULL);
-	snprintf(temp, sizeof temp, "%s", json_string_value(json_object_get(
-	    ans, "temp")) != NULL ? json_string_value(json_object_get(ans,
-	    "temp")) : "");
-	used = json_integer_value(json_object_get(ans, "used_bytes"));
-	existing = json_integer_value(json_object_get(ans, "existing"));
-	json_decref(ans);
-	if (fd == -1 || temp[0] == '\0') {
-		if (fd != -1)
-			close(fd);
-		req_error(r, 500, NULL, "the pool daemon sent no file");
-		return (NULL);
-	}
-	/* Stop before streaming what the limit cannot take. */
-	if (max_bytes > 0 && used - (existing > 0 ? existing : 0) + len >
-	    max_bytes) {
-		close(fd);
-		files_abort(r, temp);
-		req_error(r, 413, NULL, "the workspace would hold %lld bytes, "
-		    "over its limit of %lld bytes (workspace_max_bytes)",
-		    used - (existing > 0 ? existing : 0) + len, max_bytes);
-		return (NULL);
-	}
-	crypto_hash_sha256_init(&st);
-	if (files_copy_in(r, fd, len, &st) != 0) {
-		close(fd);
-		files_abort(r, temp);
-		return (NULL);
-	}
-	if (close(fd) != 0) {
-		files_abort(r, temp);
-		req_error(r, 507, NULL, "cannot write the file: %s",
-		    strerror(errno));
-		return (NULL);
-	}
-	files_hex(&st, hex);
-	if ((m = files_msg(r, PROTO_FILE_COMMIT, path)) != NULL) {
-		json_object_set_new(m, "temp", json_string(temp));
-		json_object_set_new(m, "max_bytes", json_integer(max_bytes));
-		json_object_set_new(m, "max_files", json_integer(max_files));
-	}
-	if ((ans = files_call(r, m, NULL)) == NULL)
-		return (NULL);
-	json_object_set_new(ans, "sha256", json_string(hex));
-	return (ans);
+	return (files_up_commit(r, &up));
 }
 
 /* The body's Content-Length; -1 with the answer (411, 400) sent. */
@@ -363,19 +431,262 @@ files_put_handle(struct request *r)
 	if ((ans = files_store(r, path, len)) == NULL)
 		return;
 	created = json_is_true(json_object_get(ans, "created"));
-	req_send_json(r, created ? 201 : 200, json_pack("{s:b, s:s, s:I, "
-	    "s:O}", "success", 1, "path", path, "size",
-	    json_integer_value(json_object_get(ans, "size")), "sha256",
-	    json_object_get(ans, "sha256")));
-	json_decref(ans);
+	json_object_del(ans, "created");
+	json_object_set_new(ans, "success", json_true());
+	req_send_json(r, created ? 201 : 200, ans);
 }
 
-/* POST /api/files: multipart uploads are not taken yet. */
+#define FILES_MP_HEAD	8192	/* a part's headers */
+#define FILES_MP_PARTS	100	/* files in one POST */
+#define FILES_BOUNDARY	70	/* RFC 2046 */
+
+/* A multipart body being read: the transport, what is buffered. */
+struct files_mp {
+	const struct req_transport	*tp;
+	void				*arg;
+	long long			 left;	/* of Content-Length */
+	char				*buf;
+	size_t				 len;
+	size_t				 cap;
+	char				 delim[FILES_BOUNDARY + 5];
+	size_t				 dlen;	/* "\r\n--" boundary */
+};
+
+/* Read more of the body into the buffer: the bytes read, 0 at its end. */
+static ssize_t
+files_mp_fill(struct files_mp *mp)
+{
+	ssize_t	n;
+	size_t	want = mp->cap - mp->len;
+
+	if (mp->left <= 0 || want == 0)
+		return (0);
+	if ((long long)want > mp->left)
+		want = (size_t)mp->left;
+	n = mp->tp->read(mp->arg, mp->buf + mp->len, want);
+	if (n <= 0)
+		return (0);
+	mp->len += (size_t)n;
+	mp->left -= n;
+	return (n);
+}
+
+/* Drop the first n buffered bytes. */
+static void
+files_mp_consume(struct files_mp *mp, size_t n)
+{
+	memmove(mp->buf, mp->buf + n, mp->len - n);
+	mp->len -= n;
+}
+
+/* Offset of needle in the buffer, or -1. */
+static ssize_t
+files_mp_find(const struct files_mp *mp, const char *needle, size_t nlen)
+{
+	size_t	i;
+
+	for (i = 0; nlen <= mp->len && i <= mp->len - nlen; i++) {
+		if (memcmp(mp->buf + i, needle, nlen) == 0)
+			return ((ssize_t)i);
+	}
+	return (-1);
+}
+
+/*
+ * Pass a part's content up to the next delimiter to up (NULL: a field,
+ * dropped), consuming the delimiter.  Returns 0, or -1 with the answer
+ * sent (up aborted).
+ */
+static int
+files_mp_content(struct request *r, struct files_mp *mp, struct files_up *up)
+{
+	ssize_t	at;
+	size_t	n;
+
+	for (;;) {
+		if ((at = files_mp_find(mp, mp->delim, mp->dlen)) != -1) {
+			if (up != NULL && at > 0 && files_up_write(r, up,
+			    mp->buf, (size_t)at) != 0)
+				return (-1);
+			files_mp_consume(mp, (size_t)at + mp->dlen);
+			return (0);
+		}
+		/* Keep what could be the start of a delimiter. */
+		if (mp->len >= mp->dlen) {
+			n = mp->len - (mp->dlen - 1);
+			if (up != NULL && files_up_write(r, up, mp->buf, n) != 0)
+				return (-1);
+			files_mp_consume(mp, n);
+		}
+		if (files_mp_fill(mp) == 0) {
+			if (up != NULL)
+				files_abort(r, up);
+			req_error(r, 400, NULL, "multipart: the body ends "
+			    "inside a part");
+			return (-1);
+		}
+	}
+}
+
+/*
+ * The filename of a part's headers (hdr, NUL-terminated), into out: the
+ * last component of what the client named it.  1 if there is one, 0 for a
+ * field without a file.
+ */
+static int
+files_mp_filename(const char *hdr, char *out, size_t outlen)
+{
+	const char	*p, *q, *e;
+	size_t		 n;
+
+	for (p = hdr; (p = strstr(p, "filename=")) != NULL; p++) {
+		if (p != hdr && p[-1] != ' ' && p[-1] != ';' && p[-1] != '\t')
+			continue;
+		p += 9;
+		if (*p == '"') {
+			p++;
+			e = strchr(p, '"');
+		} else
+			e = p + strcspn(p, "; \r\n");
+		if (e == NULL)
+			return (0);
+		for (q = p; q < e; q++) {
+			if (*q == '/' || *q == '\\')
+				p = q + 1;
+		}
+		n = (size_t)(e - p);
+		if (n >= outlen)
+			n = outlen - 1;
+		memcpy(out, p, n);
+		out[n] = '\0';
+		return (1);
+	}
+	return (0);
+}
+
+/* The boundary of a multipart/form-data Content-Type into out; -1. */
+static int
+files_mp_boundary(const char *ct, char *out, size_t outlen)
+{
+	const char	*p;
+	size_t		 n;
+
+	if (ct == NULL || strncasecmp(ct, "multipart/form-data", 19) != 0 ||
+	    (p = strstr(ct, "boundary=")) == NULL)
+		return (-1);
+	p += 9;
+	if (*p == '"') {
+		p++;
+		n = strcspn(p, "\"");
+	} else
+		n = strcspn(p, "; \t");
+	if (n == 0 || n > FILES_BOUNDARY || n >= outlen)
+		return (-1);
+	memcpy(out, p, n);
+	out[n] = '\0';
+	return (0);
+}
+
+/*
+ * POST /api/files: multipart/form-data, each part with a filename stored
+ * as uploads/<its last component>, streamed and committed part by part
+ * (a part refused stops the request; the parts before it are stored).
+ */
 void
 files_post_handle(struct request *r)
 {
-	req_error(r, 415, NULL, "multipart uploads are not supported yet: "
-	    "PUT /api/files/uploads/<name> with the raw body");
+	struct files_mp	 mp;
+	struct files_up	 up;
+	char		 boundary[FILES_BOUNDARY + 1], name[FILE_NAME_MAX + 1];
+	char		 path[FILE_PATH_MAX + 1], *hdr = NULL;
+	const char	*why;
+	long long	 len;
+	json_t		*files = NULL, *f;
+	ssize_t		 at;
+	int		 nparts = 0;
+
+	if ((len = files_length(r)) < 0)
+		return;
+	if (files_mp_boundary(req_param(r, "CONTENT_TYPE"), boundary,
+	    sizeof boundary) != 0) {
+		req_error(r, 415, NULL, "the body must be multipart/form-data "
+		    "with a boundary");
+		return;
+	}
+	memset(&mp, 0, sizeof mp);
+	req_transport_get(r, &mp.tp, &mp.arg);
+	mp.left = len;
+	mp.cap = FILES_CHUNK + FILES_MP_HEAD;
+	mp.dlen = (size_t)snprintf(mp.delim, sizeof mp.delim, "\r\n--%s",
+	    boundary);
+	if (mp.tp->read == NULL || (mp.buf = malloc(mp.cap)) == NULL ||
+	    (files = json_array()) == NULL) {
+		req_error(r, 500, NULL, "cannot read the body");
+		goto out;
+	}
+	/* The first delimiter has no CRLF before it: pretend it had. */
+	memcpy(mp.buf, "\r\n", 2);
+	mp.len = 2;
+	if (files_mp_content(r, &mp, NULL) != 0)
+		goto out;
+	for (;;) {
+		/* After a delimiter: "--" ends the body, CRLF a part. */
+		while (mp.len < 2 && files_mp_fill(&mp) > 0)
+			;
+		if (mp.len >= 2 && memcmp(mp.buf, "--", 2) == 0)
+			break;
+		if (mp.len < 2 || memcmp(mp.buf, "\r\n", 2) != 0) {
+			req_error(r, 400, NULL, "multipart: a bad delimiter");
+			goto out;
+		}
+		files_mp_consume(&mp, 2);
+		while ((at = files_mp_find(&mp, "\r\n\r\n", 4)) == -1 &&
+		    mp.len < FILES_MP_HEAD && files_mp_fill(&mp) > 0)
+			;
+		if (at == -1) {
+			req_error(r, 400, NULL, "multipart: a part's headers "
+			    "are missing or longer than %d bytes",
+			    FILES_MP_HEAD);
+			goto out;
+		}
+		free(hdr);
+		if ((hdr = strndup(mp.buf, (size_t)at)) == NULL) {
+			req_error(r, 500, NULL, "out of memory");
+			goto out;
+		}
+		files_mp_consume(&mp, (size_t)at + 4);
+		if (!files_mp_filename(hdr, name, sizeof name)) {
+			if (files_mp_content(r, &mp, NULL) != 0)
+				goto out;
+			continue;
+		}
+		if (++nparts > FILES_MP_PARTS) {
+			req_error(r, 400, NULL, "multipart: more than %d files",
+			    FILES_MP_PARTS);
+			goto out;
+		}
+		snprintf(path, sizeof path, "uploads/%s", name);
+		if ((why = util_file_path(path, strlen(path))) != NULL) {
+			req_error(r, 400, NULL, "invalid file name: %s", why);
+			goto out;
+		}
+		if (files_up_open(r, &up, path, -1) != 0 ||
+		    files_mp_content(r, &mp, &up) != 0 ||
+		    (f = files_up_commit(r, &up)) == NULL)
+			goto out;
+		json_object_del(f, "created");
+		json_array_append_new(files, f);
+	}
+	if (json_array_size(files) == 0) {
+		req_error(r, 400, NULL, "multipart: no part with a filename");
+		goto out;
+	}
+	req_send_json(r, 201, json_pack("{s:b, s:O}", "success", 1, "files",
+	    files));
+out:
+	json_decref(files);
+	free(hdr);
+	free(mp.buf);
 }
 
 /*

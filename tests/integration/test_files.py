@@ -121,6 +121,50 @@ class Files(unittest.TestCase):
                                key=self.key)
         self.assert_native_error(r, 404)
 
+    def multipart(self, parts, boundary="ccgate-b0undary"):
+        body = b""
+        for name, filename, data in parts:
+            body += b"--" + boundary.encode() + b"\r\n"
+            disp = 'form-data; name="%s"' % name
+            if filename is not None:
+                disp += '; filename="%s"' % filename
+            body += ("Content-Disposition: %s\r\n" % disp).encode()
+            body += b"Content-Type: application/octet-stream\r\n\r\n"
+            body += data + b"\r\n"
+        body += b"--" + boundary.encode() + b"--\r\n"
+        return self.stack.request(
+            "POST", "/api/files", raw=body, key=self.key, headers={
+                "Content-Type": "multipart/form-data; boundary=" + boundary})
+
+    def test_multipart_upload(self):
+        # Bytes that look like a delimiter but are not one, across chunks.
+        big = (b"\r\n--ccgate-b0undar" + os.urandom(1000)) * 200
+        r = self.multipart([("note", None, b"a field, not a file"),
+                            ("f", "a.txt", b"hello"),
+                            ("f", "../../x/b.bin", big),
+                            ("f", "empty", b"")])
+        self.assertEqual(r.status, 201, r)
+        got = {f["path"]: f for f in r.json()["files"]}
+        self.assertEqual(sorted(got), ["uploads/a.txt", "uploads/b.bin",
+                                       "uploads/empty"])
+        self.assertEqual(got["uploads/b.bin"]["sha256"],
+                         hashlib.sha256(big).hexdigest())
+        self.assertEqual(self.get("uploads/b.bin")[2], big)
+        self.assertEqual(self.get("uploads/a.txt")[2], b"hello")
+        self.assertEqual(self.get("uploads/empty")[2], b"")
+        r = self.multipart([("f", ".bashrc", b"x")])
+        self.assert_native_error(r, 400, "starting with '.'")
+        r = self.stack.request("POST", "/api/files", raw=b"x", key=self.key,
+                               headers={"Content-Type": "text/plain"})
+        self.assert_native_error(r, 415)
+        r = self.stack.request(
+            "POST", "/api/files", key=self.key,
+            raw=b"--b\r\nContent-Disposition: form-data; name=f; "
+                b"filename=t.txt\r\n\r\nno end",
+            headers={"Content-Type": "multipart/form-data; boundary=b"})
+        self.assert_native_error(r, 400, "ends inside a part")
+        self.assertEqual(self.get("uploads/t.txt")[0], 404)
+
     def test_other_tenant_sees_nothing(self):
         self.assertEqual(self.put("uploads/secret.txt", b"mine").status, 201)
         status, _, body = self.get("uploads/secret.txt", key=self.other)

@@ -7,6 +7,8 @@
  *				tenant's tool-enabled CLIs
  *	conversations/<c>/	the HOME of every CLI of conversation c (its
  *				.claude holds the transcript); the CLI user's
+ *	incoming/		uploads being written (files.c), renamed into
+ *				workspace/ when complete; the CLI user's
  *   warm/<n>/			the HOME of warm process n until it is bound:
  *				binding renames it to its conversation's
  *   slots/<n>			a symlink to warm process n's HOME wherever it

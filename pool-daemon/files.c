@@ -719,3 +719,131 @@ files_type(const char *type)
 {
 	return (strncmp(type, "file_", 5) == 0);
 }
+
+#define FILES_SNAP_MAX		10000	/* files a turn's snapshot keeps */
+#define FILES_CHANGES_MAX	1000	/* changes a done frame lists */
+
+/* Add folder fd's regular files (path rel) to the snapshot snap. */
+static void
+files_snap_dir(int fd, const char *rel, int depth, json_t *snap, int *over)
+{
+	struct dirent	*de;
+	struct stat	 sb;
+	DIR		*d;
+	char		 path[FILE_PATH_MAX + FILE_NAME_MAX + 2];
+	int		 sub;
+
+	if ((d = fdopendir(fd)) == NULL) {
+		close(fd);
+		return;
+	}
+	while (!*over && (de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;	/* ".", "..", and dot names */
+		if (snprintf(path, sizeof path, "%s%s%s", rel, *rel != '\0' ?
+		    "/" : "", de->d_name) >= (int)sizeof path ||
+		    fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) ==
+		    -1)
+			continue;
+		if (S_ISDIR(sb.st_mode)) {
+			if (depth >= FILES_WALK_DEPTH)
+				continue;
+			sub = openat(dirfd(d), de->d_name, O_RDONLY |
+			    O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub != -1)
+				files_snap_dir(sub, path, depth + 1, snap, over);
+			continue;
+		}
+		if (!S_ISREG(sb.st_mode) || util_file_path(path,
+		    strlen(path)) != NULL)
+			continue;
+		if (json_object_size(snap) >= FILES_SNAP_MAX) {
+			*over = 1;
+			break;
+		}
+		json_object_set_new(snap, path, json_pack("[I, I, I, I]",
+		    (json_int_t)sb.st_size, (json_int_t)sb.st_ino,
+		    (json_int_t)(sb.st_mtim.tv_sec * 1000000000LL +
+		    sb.st_mtim.tv_nsec), (json_int_t)(sb.st_ctim.tv_sec *
+		    1000000000LL + sb.st_ctim.tv_nsec)));
+	}
+	closedir(d);
+}
+
+/*
+ * A snapshot of tenant t's workspace: {path: [size, inode, mtime, ctime]}
+ * of its regular files (no dot names, at most FILES_SNAP_MAX: then
+ * *partial is set), taken as the CLI user.  NULL if there is none.
+ */
+json_t *
+files_snapshot(const char *t, int *partial)
+{
+	char	 path[PATH_MAX];
+	json_t	*snap;
+	int	 fd;
+
+	*partial = 0;
+	if (!util_valid_tenant(t) || snprintf(path, sizeof path,
+	    "%s/tenants/%s/workspace", poold->cf->state_dir, t) >=
+	    (int)sizeof path)
+		return (NULL);
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+	    O_CLOEXEC)) == -1)
+		return (NULL);
+	if ((snap = json_object()) == NULL) {
+		close(fd);
+		return (NULL);
+	}
+	files_as_user();
+	files_snap_dir(fd, "", 0, snap, partial);
+	files_as_self();
+	return (snap);
+}
+
+/*
+ * What changed in tenant t's workspace since the snapshot before:
+ * [{path, size, change: created|changed|deleted}] in path order, at most
+ * FILES_CHANGES_MAX; *partial set if either walk or the list was cut.
+ */
+json_t *
+files_changes(const char *t, json_t *before, int *partial)
+{
+	json_t		*after, *out, *v, *w;
+	const char	*k;
+	int		 p2 = 0;
+	void		*it;
+
+	if ((after = files_snapshot(t, &p2)) == NULL)
+		return (NULL);
+	*partial = *partial || p2;
+	if ((out = json_array()) == NULL) {
+		json_decref(after);
+		return (NULL);
+	}
+	json_object_foreach(after, k, v) {
+		w = json_object_get(before, k);
+		if (w != NULL && json_equal(v, w))
+			continue;
+		if (json_array_size(out) >= FILES_CHANGES_MAX) {
+			*partial = 1;
+			break;
+		}
+		json_array_append_new(out, json_pack("{s:s, s:O, s:s}", "path",
+		    k, "size", json_array_get(v, 0), "change", w == NULL ?
+		    "created" : "changed"));
+	}
+	for (it = json_object_iter(before); it != NULL;
+	    it = json_object_iter_next(before, it)) {
+		k = json_object_iter_key(it);
+		if (json_object_get(after, k) != NULL)
+			continue;
+		if (json_array_size(out) >= FILES_CHANGES_MAX) {
+			*partial = 1;
+			break;
+		}
+		json_array_append_new(out, json_pack("{s:s, s:i, s:s}", "path",
+		    k, "size", 0, "change", "deleted"));
+	}
+	json_decref(after);
+	return (out);
+}

@@ -485,6 +485,7 @@ pool_job_free(struct job *job)
 	json_decref(job->client_tools);
 	json_decref(job->tool_results);
 	json_decref(job->calls);
+	json_decref(job->ws_before);
 	free(job->text);
 	free(job);
 }
@@ -761,6 +762,9 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 		return (-1);
 	len = strlen(s);
 	s[len] = '\n';	/* json_dumps' NUL becomes the line's end */
+	/* A tools turn: what its workspace holds before it runs. */
+	if (p->profile.tools && job->ws_before == NULL)
+		job->ws_before = files_snapshot(job->tenant, &job->ws_partial);
 	/*
 	 * The CLI's own time starts as the line reaches its pipe: the write
 	 * wakes it, and it may run before this daemon does again.
@@ -1703,6 +1707,17 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 		json_object_set_new(f, "stop_sequence",
 		    json_string(job->stops[job->stop_hit]));
 	json_object_set_new(f, "process", proc);
+	if (job->ws_before != NULL) {
+		json_t	*files = files_changes(job->tenant, job->ws_before,
+		    &job->ws_partial);
+
+		if (files != NULL) {
+			json_object_set_new(f, "files", files);
+			if (job->ws_partial)
+				json_object_set_new(f, "files_partial",
+				    json_true());
+		}
+	}
 	poold->stats.succeeded++;
 	pool_finish(job, f);
 

@@ -265,6 +265,9 @@ struct job {
 	char			 must_call[72];	/* tool_choice: "*", a name */
 	int			 must_asked;	/* times the model was told */
 	long long		 s_in, s_out, s_cache_read, s_cache_creation;
+	/* A tools turn: its workspace before it ran (files.c), for done. */
+	json_t			*ws_before;
+	int			 ws_partial;
 	TAILQ_ENTRY(job)	 entry;
 };
 TAILQ_HEAD(jobs, job);
@@ -430,6 +433,8 @@ char		 proc_sched_state(pid_t);
 /* files.c */
 json_t		*files_handle(json_t *, int *);
 int		 files_type(const char *);
+json_t		*files_snapshot(const char *, int *);
+json_t		*files_changes(const char *, json_t *, int *);
 
 /* workspace.c */
 int		 workspace_mkdir(const char *, mode_t, uid_t, gid_t, char **);

@@ -376,5 +376,7 @@ json_t		*poolc_next(struct poolc *, int, int, int *, char **);
 void		 poolc_close(struct poolc *);
 json_t		*poolc_call(const char *, json_t *, int, char **);
 json_t		*poolc_call_fd(const char *, json_t *, int, int *, char **);
+json_t		*poolc_file_sha256(const char *, const char *, const char *,
+		     long long, long long *);
 
 #endif

@@ -13,8 +13,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "core.h"
 #include "proto.h"
+
+#define POOLC_CHUNK	(64 * 1024)
 
 struct poolc {
 	int	fd;
@@ -225,4 +229,67 @@ out:
 		*fd = -1;
 	}
 	return (ans);
+}
+
+/* SHA-256 of fd's bytes as hex into hex; -1 if it cannot be read. */
+static int
+poolc_hash_fd(int fd, char hex[65], long long *budget)
+{
+	crypto_hash_sha256_state	 st;
+	unsigned char			 d[crypto_hash_sha256_BYTES];
+	char				*buf;
+	ssize_t				 n;
+
+	if ((buf = malloc(POOLC_CHUNK)) == NULL)
+		return (-1);
+	crypto_hash_sha256_init(&st);
+	for (;;) {
+		n = read(fd, buf, POOLC_CHUNK);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		crypto_hash_sha256_update(&st, (unsigned char *)buf,
+		    (size_t)n);
+		*budget -= n;
+	}
+	free(buf);
+	if (n < 0)
+		return (-1);
+	crypto_hash_sha256_final(&st, d);
+	sodium_bin2hex(hex, 65, d, sizeof d);
+	return (0);
+}
+
+/*
+ * The SHA-256 of tenant's workspace file path (of size bytes, as listed)
+ * as a JSON string, read through a descriptor ccgate-poold opens; JSON
+ * null if it cannot be had or *budget (bytes still to hash) is smaller.
+ */
+json_t *
+poolc_file_sha256(const char *sock, const char *tenant, const char *path,
+    long long size, long long *budget)
+{
+	json_t	*m, *ans;
+	char	 hex[65], *cause = NULL;
+	int	 fd = -1, rc;
+
+	if (size > *budget || (m = json_pack("{s:i, s:s, s:s, s:s, s:s}", "v",
+	    PROTO_VERSION, "type", PROTO_FILE_OPEN, "tenant", tenant, "path",
+	    path, "mode", "read")) == NULL)
+		return (json_null());
+	ans = poolc_call_fd(sock, m, 30000, &fd, &cause);
+	json_decref(m);
+	free(cause);
+	if (ans == NULL || strcmp(proto_type(ans), PROTO_OK) != 0 ||
+	    fd == -1) {
+		json_decref(ans);
+		if (fd != -1)
+			close(fd);
+		return (json_null());
+	}
+	json_decref(ans);
+	rc = poolc_hash_fd(fd, hex, budget);
+	close(fd);
+	return (rc == 0 ? json_string(hex) : json_null());
 }

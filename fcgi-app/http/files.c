@@ -807,68 +807,6 @@ files_get_handle(struct request *r)
 	close(fd);
 }
 
-/* SHA-256 of fd's bytes into hex; -1 if it cannot be read. */
-static int
-files_hash_fd(int fd, char hex[65], long long *budget)
-{
-	crypto_hash_sha256_state	 st;
-	char				*buf;
-	ssize_t				 n;
-
-	if ((buf = malloc(FILES_CHUNK)) == NULL)
-		return (-1);
-	crypto_hash_sha256_init(&st);
-	for (;;) {
-		n = read(fd, buf, FILES_CHUNK);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		crypto_hash_sha256_update(&st, (unsigned char *)buf,
-		    (size_t)n);
-		*budget -= n;
-	}
-	free(buf);
-	if (n < 0)
-		return (-1);
-	files_hex(&st, hex);
-	return (0);
-}
-
-/*
- * The SHA-256 of a listed file, as JSON (null if it cannot be had, or the
- * listing's budget is spent).
- */
-static json_t *
-files_sha(struct request *r, const char *path, long long size,
-    long long *budget)
-{
-	json_t	*m, *ans;
-	char	 hex[65], *cause = NULL;
-	int	 fd = -1, rc;
-
-	if (size > *budget)
-		return (json_null());
-	if ((m = files_msg(r, PROTO_FILE_OPEN, path)) == NULL)
-		return (json_null());
-	json_object_set_new(m, "mode", json_string("read"));
-	ans = poolc_call_fd(appconf->poold_socket, m, FILES_POOL_MS, &fd,
-	    &cause);
-	json_decref(m);
-	free(cause);
-	if (ans == NULL || strcmp(proto_type(ans), PROTO_OK) != 0 ||
-	    fd == -1) {
-		json_decref(ans);
-		if (fd != -1)
-			close(fd);
-		return (json_null());
-	}
-	json_decref(ans);
-	rc = files_hash_fd(fd, hex, budget);
-	close(fd);
-	return (rc == 0 ? json_string(hex) : json_null());
-}
-
 /* GET /api/files?prefix=&limit=: the files, with their SHA-256. */
 void
 files_list_handle(struct request *r)
@@ -927,8 +865,9 @@ files_list_handle(struct request *r)
 		f = json_pack("{s:s, s:O, s:s, s:o}", "path", path, "size",
 		    json_object_get(v, "size"), "modified", when, "sha256",
 		    json_integer_value(json_object_get(v, "links")) == 1 ?
-		    files_sha(r, path, json_integer_value(json_object_get(v,
-		    "size")), &budget) : json_null());
+		    poolc_file_sha256(appconf->poold_socket,
+		    req_key(r)->tenant, path, json_integer_value(
+		    json_object_get(v, "size")), &budget) : json_null());
 		if (f != NULL)
 			json_array_append_new(out, f);
 	}

@@ -279,6 +279,11 @@ struct turn {
 	const char		*stop_sequence;	/* the one that ended it, or NULL */
 	long long		 in, out, cache_read, cache_creation;
 	double			 cost;
+	/*
+	 * A tools turn: the workspace files it created, changed or deleted
+	 * [{path, size, sha256, change}], or NULL.
+	 */
+	json_t			*files;
 };
 
 void	turn_init(struct turn *, struct request *, const struct turn_ops *,

@@ -543,6 +543,37 @@ turn_stored_calls(struct turn *t)
 	return (0);
 }
 
+/*
+ * The workspace files a tools turn changed (the done frame's "files"),
+ * with the SHA-256 of each that is there, read through ccgate-poold
+ * (bounded by files_hash_max_bytes).
+ */
+static void
+turn_files(struct turn *t)
+{
+	json_t		*files = json_object_get(t->done, "files"), *v, *f;
+	const char	*path, *change;
+	long long	 budget = appconf->files_hash_max_bytes, size;
+	size_t		 i;
+
+	if (!json_is_array(files) || (t->files = json_array()) == NULL)
+		return;
+	json_array_foreach(files, i, v) {
+		path = json_string_value(json_object_get(v, "path"));
+		change = json_string_value(json_object_get(v, "change"));
+		if (path == NULL || change == NULL)
+			continue;
+		size = json_integer_value(json_object_get(v, "size"));
+		f = json_pack("{s:s, s:s, s:I, s:o}", "path", path, "change",
+		    change, "size", (json_int_t)size, "sha256",
+		    strcmp(change, "deleted") == 0 ? json_null() :
+		    poolc_file_sha256(appconf->poold_socket,
+		    t->conv->tenant, path, size, &budget));
+		if (f != NULL)
+			json_array_append_new(t->files, f);
+	}
+}
+
 /* Store the answer, extend the history hash, and send the answer. */
 static void
 turn_finish_done(struct turn *t)
@@ -588,6 +619,7 @@ turn_finish_done(struct turn *t)
 		    appconf->db_retry_ms);
 	db_release();	/* a slow reader must not hold it */
 	snprintf(t->conv->history_hash, sizeof t->conv->history_hash, "%s", h2);
+	turn_files(t);
 	if (t->stream && turn_stream_open(t) != 0) {
 		log_info("request %s: client left before the end",
 		    req_id(t->r));
@@ -752,6 +784,7 @@ turn_run(struct turn *t)
 	else
 		turn_finish_error(t, end);
 	json_decref(t->done);
+	json_decref(t->files);
 	free(t->partial);
 	free(primed);
 	free(t->stored);

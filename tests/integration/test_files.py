@@ -301,5 +301,78 @@ class Files(unittest.TestCase):
         self.assertEqual([r[0] for r in rows], ["tenant.update"] * 2)
 
 
+class ToolTurn(unittest.TestCase):
+    """A tools-on turn works on an uploaded file and hands its result
+    back: its done lists what it created, changed and deleted."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = Stack({}, name="filetools")
+        cls.stack.start()
+        out = cls.stack.admin("key", "create", "--name", "tooler", "--user",
+                              "tooler", "--tools", "yes", "--json")
+        cls.key = json.loads(out.stdout)["key"]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.stop()
+
+    def put(self, path, data):
+        return self.stack.request("PUT", "/api/files/" + path, raw=data,
+                                  key=self.key, headers={
+                                      "Content-Type":
+                                      "application/octet-stream"})
+
+    def test_turn_reads_writes_and_lists_its_files(self):
+        s = self.stack
+        self.assertEqual(self.put("uploads/in.txt", b"the input 42\n").status,
+                         201)
+        self.assertEqual(self.put("temp/old.txt", b"old").status, 201)
+        n = len(s.mock_records())
+        r = s.request("POST", "/api/chat", {
+            "message": "please [[mock:read=/workspace/uploads/in.txt]] "
+                       "[[mock:write=/workspace/projects/out.txt RESULT-42]] "
+                       "[[mock:bash=rm /workspace/temp/old.txt]]"},
+            key=self.key)
+        self.assertEqual(r.status, 200, r)
+        # The model saw the uploaded file's bytes through its Read tool.
+        later = json.dumps([rec["body"] for rec in s.mock_records()[n:]])
+        self.assertIn("the input 42", later)
+        files = {f["path"]: f for f in r.json()["files"]}
+        self.assertEqual(sorted(files), ["projects/out.txt", "temp/old.txt"])
+        out = files["projects/out.txt"]
+        self.assertEqual(out["change"], "created")
+        c = self.stack.conn()
+        try:
+            c.request("GET", "/api/files/projects/out.txt",
+                      headers={"Authorization": "Bearer " + self.key})
+            resp = c.getresponse()
+            body = resp.read()
+        finally:
+            c.close()
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(body, b"RESULT-42")
+        self.assertEqual(out["size"], len(body))
+        self.assertEqual(out["sha256"], hashlib.sha256(body).hexdigest())
+        self.assertEqual(files["temp/old.txt"]["change"], "deleted")
+        self.assertIsNone(files["temp/old.txt"]["sha256"])
+        # A turn that changes nothing lists nothing; the Anthropic shape
+        # carries the list as ccgate's extension.
+        r = s.request("POST", "/api/chat", {
+            "message": "please [[mock:write=/workspace/projects/out.txt "
+                       "RESULT-43]]",
+            "conversation_id": r.json()["conversation_id"]}, key=self.key)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([(f["path"], f["change"]) for f in
+                          r.json()["files"]],
+                         [("projects/out.txt", "changed")])
+        r = s.request("POST", "/v1/messages", {
+            "model": r.json()["model"], "max_tokens": 100,
+            "messages": [{"role": "user", "content": "just talk"}]},
+            key=self.key)
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["ccgate"]["files"], [])
+
+
 if __name__ == "__main__":
     main()

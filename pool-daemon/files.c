@@ -604,6 +604,33 @@ files_list(int ws, json_t *msg)
 }
 
 /*
+ * What tenant t's workspace holds: {bytes, files, disk_bytes, partial},
+ * or NULL if it has none.
+ */
+json_t *
+files_tenant_usage(const char *t)
+{
+	struct files_walk	 w;
+	char			 path[PATH_MAX];
+	int			 fd;
+
+	if (!util_valid_tenant(t) || snprintf(path, sizeof path,
+	    "%s/tenants/%s/workspace", poold->cf->state_dir, t) >=
+	    (int)sizeof path)
+		return (NULL);
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+	    O_CLOEXEC)) == -1)
+		return (NULL);
+	memset(&w, 0, sizeof w);
+	files_as_user();
+	files_walk_dir(fd, "", 0, &w);
+	files_as_self();
+	return (json_pack("{s:I, s:I, s:I, s:b}", "bytes", (json_int_t)w.bytes,
+	    "files", (json_int_t)w.files, "disk_bytes", (json_int_t)w.disk,
+	    "partial", w.over));
+}
+
+/*
  * {"type":"file_usage","tenants":[t, ...]}: what each workspace holds
  * (bytes, files, disk), for operators.
  */
@@ -611,11 +638,8 @@ static json_t *
 files_usage(json_t *msg)
 {
 	json_t			*ts = json_object_get(msg, "tenants");
-	json_t			*out, *v;
-	struct files_walk	 w;
-	char			 path[PATH_MAX];
+	json_t			*out, *v, *u;
 	size_t			 i;
-	int			 fd;
 
 	if (!json_is_array(ts) || json_array_size(ts) > 1000)
 		return (files_error(PROTO_E_BAD_REQUEST, "tenants: an array of "
@@ -625,22 +649,9 @@ files_usage(json_t *msg)
 	json_array_foreach(ts, i, v) {
 		const char	*t = json_string_value(v);
 
-		if (t == NULL || !util_valid_tenant(t))
+		if (t == NULL || (u = files_tenant_usage(t)) == NULL)
 			continue;
-		if (snprintf(path, sizeof path, "%s/tenants/%s/workspace",
-		    poold->cf->state_dir, t) >= (int)sizeof path)
-			continue;
-		fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-		    O_CLOEXEC);
-		if (fd == -1)
-			continue;
-		memset(&w, 0, sizeof w);
-		files_as_user();
-		files_walk_dir(fd, "", 0, &w);
-		files_as_self();
-		json_object_set_new(out, t, json_pack("{s:I, s:I, s:I, s:b}",
-		    "bytes", (json_int_t)w.bytes, "files", (json_int_t)w.files,
-		    "disk_bytes", (json_int_t)w.disk, "partial", w.over));
+		json_object_set_new(out, t, u);
 	}
 	return (json_pack("{s:s, s:i, s:o}", "type", PROTO_OK, "v",
 	    PROTO_VERSION, "usage", out));

@@ -1717,6 +1717,8 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 				json_object_set_new(f, "files_partial",
 				    json_true());
 		}
+		if ((files = files_tenant_usage(job->tenant)) != NULL)
+			json_object_set_new(f, "workspace", files);
 	}
 	poold->stats.succeeded++;
 	pool_finish(job, f);

@@ -435,6 +435,7 @@ json_t		*files_handle(json_t *, int *);
 int		 files_type(const char *);
 json_t		*files_snapshot(const char *, int *);
 json_t		*files_changes(const char *, json_t *, int *);
+json_t		*files_tenant_usage(const char *);
 
 /* workspace.c */
 int		 workspace_mkdir(const char *, mode_t, uid_t, gid_t, char **);

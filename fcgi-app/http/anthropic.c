@@ -151,8 +151,8 @@ anthropic_done(struct turn *t)
 		    anthropic_usage(t));
 		/* ccgate's extension: the files a tools turn changed. */
 		if (ans != NULL && t->files != NULL)
-			json_object_set_new(ans, "ccgate", json_pack("{s:O}",
-			    "files", t->files));
+			json_object_set_new(ans, "ccgate", json_pack("{s:O, s:O?}",
+			    "files", t->files, "workspace", t->workspace));
 		req_send_json(t->r, 200, ans);
 		return;
 	}

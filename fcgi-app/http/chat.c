@@ -38,6 +38,8 @@ chat_answer(struct turn *t, const char *type)
 	    "duration_ms", (json_int_t)(util_now_ms() - t->started_ms));
 	if (ans != NULL && t->files != NULL)
 		json_object_set(ans, "files", t->files);
+	if (ans != NULL && t->workspace != NULL)
+		json_object_set(ans, "workspace", t->workspace);
 	return (ans);
 }
 

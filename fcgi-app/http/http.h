@@ -284,6 +284,7 @@ struct turn {
 	 * [{path, size, sha256, change}], or NULL.
 	 */
 	json_t			*files;
+	json_t			*workspace;	/* past its limits, or NULL */
 };
 
 void	turn_init(struct turn *, struct request *, const struct turn_ops *,

@@ -15,7 +15,7 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, CLI_USER, cli_user, main  # noqa: E402
+from harness import Stack, CLI_USER, cli_user, main, wait_for  # noqa: E402
 
 
 class Files(unittest.TestCase):
@@ -372,6 +372,35 @@ class ToolTurn(unittest.TestCase):
             key=self.key)
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json()["ccgate"]["files"], [])
+
+    def test_turn_past_the_limit_is_reported(self):
+        s = self.stack
+        out = s.admin("key", "create", "--name", "toolq", "--user", "toolq",
+                      "--tools", "yes", "--json")
+        key = json.loads(out.stdout)["key"]
+        s.admin("tenant", "set", "toolq", "--workspace-max-bytes", "600")
+        big = "X" * 800
+        r = s.request("POST", "/api/chat", {
+            "message": "please [[mock:write=/workspace/projects/big.txt %s]]"
+                       % big}, key=key)
+        self.assertEqual(r.status, 200, r)
+        ws = r.json()["workspace"]
+        self.assertTrue(ws["over_limit"])
+        self.assertEqual(ws["max_bytes"], 600)
+        self.assertGreater(ws["bytes"], 600)
+        self.assertIn("workspace_max_bytes 600", ws["message"])
+        rid = r.headers["x-request-id"]
+        q = ("SELECT status_code, error FROM usage_logs WHERE "
+             "request_id = '%s'" % rid)
+        wait_for(lambda: s.sql(q), 60, "the turn's usage row")
+        rows = s.sql(q)
+        self.assertEqual(rows[0][0], "200")
+        self.assertIn("over its limits", rows[0][1])
+        # The next upload is refused; the file the turn wrote is there.
+        r = s.request("PUT", "/api/files/uploads/more.txt", raw=b"m",
+                      key=key, headers={"Content-Type": "text/plain"})
+        self.assertEqual(r.status, 413, r)
+        self.assertIn("600 bytes", r.json()["error"]["message"])
 
 
 if __name__ == "__main__":

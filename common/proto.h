@@ -59,6 +59,8 @@
 #define PROTO_FILE_DELETE	"file_delete"
 #define PROTO_FILE_LIST		"file_list"
 #define PROTO_FILE_USAGE	"file_usage"
+/* Remove a tenant's processes and its whole folder (ccgate-admin). */
+#define PROTO_TENANT_PURGE	"tenant_purge"
 
 /* Error codes carried by "error" frames. */
 #define PROTO_E_BAD_REQUEST	"bad_request"

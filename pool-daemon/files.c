@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(HAVE_LINUX_OPENAT2_H) && defined(SYS_openat2)
@@ -630,9 +631,49 @@ files_tenant_usage(const char *t)
 	    "partial", w.over));
 }
 
+#define FILES_USAGE_TENANTS	1000	/* tenants one usage answer lists */
+#define FILES_USAGE_CACHE_MS	30000
+
+/* Every tenant's usage, measured at most every FILES_USAGE_CACHE_MS. */
+static json_t	*files_usage_all;
+static uint64_t	 files_usage_at;
+
+/* What every tenant's workspace holds (cached), a new reference. */
+static json_t *
+files_usage_every(void)
+{
+	struct dirent	*de;
+	DIR		*d;
+	char		 path[PATH_MAX];
+	json_t		*out, *u;
+	uint64_t	 now = util_now_ms();
+
+	if (files_usage_all != NULL && now - files_usage_at <
+	    FILES_USAGE_CACHE_MS)
+		return (json_incref(files_usage_all));
+	if (snprintf(path, sizeof path, "%s/tenants", poold->cf->state_dir) >=
+	    (int)sizeof path || (out = json_object()) == NULL)
+		return (NULL);
+	if ((d = opendir(path)) != NULL) {
+		while ((de = readdir(d)) != NULL &&
+		    json_object_size(out) < FILES_USAGE_TENANTS) {
+			if (!util_valid_tenant(de->d_name) ||
+			    (u = files_tenant_usage(de->d_name)) == NULL)
+				continue;
+			json_object_set_new(out, de->d_name, u);
+		}
+		closedir(d);
+	}
+	json_decref(files_usage_all);
+	files_usage_all = json_incref(out);
+	files_usage_at = now;
+	return (out);
+}
+
 /*
  * {"type":"file_usage","tenants":[t, ...]}: what each workspace holds
- * (bytes, files, disk), for operators.
+ * (bytes, files, disk), for operators; without tenants, every tenant's
+ * (at most FILES_USAGE_TENANTS, measured at most every 30 s).
  */
 static json_t *
 files_usage(json_t *msg)
@@ -641,18 +682,24 @@ files_usage(json_t *msg)
 	json_t			*out, *v, *u;
 	size_t			 i;
 
-	if (!json_is_array(ts) || json_array_size(ts) > 1000)
-		return (files_error(PROTO_E_BAD_REQUEST, "tenants: an array of "
-		    "at most 1000 names"));
-	if ((out = json_object()) == NULL)
-		return (NULL);
-	json_array_foreach(ts, i, v) {
-		const char	*t = json_string_value(v);
+	if (ts == NULL)
+		out = files_usage_every();
+	else {
+		if (!json_is_array(ts) || json_array_size(ts) > 1000)
+			return (files_error(PROTO_E_BAD_REQUEST, "tenants: an "
+			    "array of at most 1000 names"));
+		if ((out = json_object()) == NULL)
+			return (NULL);
+		json_array_foreach(ts, i, v) {
+			const char	*t = json_string_value(v);
 
-		if (t == NULL || (u = files_tenant_usage(t)) == NULL)
-			continue;
-		json_object_set_new(out, t, u);
+			if (t == NULL || (u = files_tenant_usage(t)) == NULL)
+				continue;
+			json_object_set_new(out, t, u);
+		}
 	}
+	if (out == NULL)
+		return (NULL);
 	return (json_pack("{s:s, s:i, s:o}", "type", PROTO_OK, "v",
 	    PROTO_VERSION, "usage", out));
 }
@@ -857,4 +904,102 @@ files_changes(const char *t, json_t *before, int *partial)
 	}
 	json_decref(after);
 	return (out);
+}
+
+#define FILES_INCOMING_MAX_S	86400	/* an upload's temporary file */
+
+/*
+ * Remove what in folder fd (closed here) was last modified before
+ * cutoff: files, links, and folders that end up empty.  *budget bounds
+ * the entries looked at.  Returns 1 if the folder is now empty.
+ */
+static int
+files_sweep_dir(int fd, time_t cutoff, int depth, long *budget)
+{
+	struct dirent	*de;
+	struct stat	 sb;
+	DIR		*d;
+	int		 sub, left = 0;
+
+	if ((d = fdopendir(fd)) == NULL) {
+		close(fd);
+		return (0);
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		if (--*budget < 0 || fstatat(dirfd(d), de->d_name, &sb,
+		    AT_SYMLINK_NOFOLLOW) == -1) {
+			left = 1;
+			continue;
+		}
+		if (S_ISDIR(sb.st_mode)) {
+			sub = depth < FILES_WALK_DEPTH ? openat(dirfd(d),
+			    de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+			    O_CLOEXEC) : -1;
+			if (sub == -1 || !files_sweep_dir(sub, cutoff,
+			    depth + 1, budget) || sb.st_mtime >= cutoff ||
+			    unlinkat(dirfd(d), de->d_name, AT_REMOVEDIR) == -1)
+				left = 1;
+			continue;
+		}
+		if (sb.st_mtime >= cutoff ||
+		    unlinkat(dirfd(d), de->d_name, 0) == -1)
+			left = 1;
+	}
+	closedir(d);
+	return (!left);
+}
+
+/* Sweep tenant t's folder sub (below tenants/t) of what is older than age. */
+static void
+files_sweep(const char *t, const char *sub, time_t age, long *budget)
+{
+	char	path[PATH_MAX];
+	int	fd;
+
+	if (snprintf(path, sizeof path, "%s/tenants/%s/%s",
+	    poold->cf->state_dir, t, sub) >= (int)sizeof path)
+		return;
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+	    O_CLOEXEC)) == -1)
+		return;
+	files_as_user();
+	(void)files_sweep_dir(fd, time(NULL) - age, 0, budget);
+	files_as_self();
+}
+
+/*
+ * Once every temp_sweep_interval_ms: remove what every tenant's
+ * workspace/temp/ has not changed for temp_retention_s, and uploads left
+ * in incoming/ for a day (their ccgate-fcgi died).  At most
+ * FILES_WALK_MAX entries a sweep.
+ */
+void
+files_tick(uint64_t now)
+{
+	static uint64_t	 last;
+	struct dirent	*de;
+	DIR		*d;
+	char		 path[PATH_MAX];
+	long		 budget = FILES_WALK_MAX;
+
+	if (last != 0 && now - last <
+	    (uint64_t)poold->cf->temp_sweep_interval_ms)
+		return;
+	last = now;
+	if (snprintf(path, sizeof path, "%s/tenants", poold->cf->state_dir) >=
+	    (int)sizeof path || (d = opendir(path)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL && budget > 0) {
+		if (!util_valid_tenant(de->d_name))
+			continue;
+		if (poold->cf->temp_retention_s > 0)
+			files_sweep(de->d_name, "workspace/temp",
+			    (time_t)poold->cf->temp_retention_s, &budget);
+		files_sweep(de->d_name, "incoming", FILES_INCOMING_MAX_S,
+		    &budget);
+	}
+	closedir(d);
 }

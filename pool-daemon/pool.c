@@ -2002,6 +2002,7 @@ pool_tick(void *arg)
 	now = poold_now();
 	proc_tick(now);
 	upstream_tick();
+	files_tick(now);
 	for (job = TAILQ_FIRST(&poold->queue); job != NULL; job = jnext) {
 		jnext = TAILQ_NEXT(job, entry);
 		if (now - job->accepted_at >= (uint64_t)cf->queue_max_wait_ms)
@@ -2353,4 +2354,33 @@ pool_delete(json_t *msg, char **cause)
 	if (n < 0 && !live)
 		return (*cause = strdup("cannot remove the transcript"), -1);
 	return (n < 0 ? 1 : n);
+}
+
+/*
+ * {"type":"tenant_purge","tenant"}: kill the tenant's processes (their
+ * jobs cancelled) and remove its folder: workspace, uploads, transcripts.
+ * Returns 1 if there was a folder, 0 if not, -1 with *cause set.
+ */
+int
+pool_purge(json_t *msg, char **cause)
+{
+	const char	*tenant = json_string_value(json_object_get(msg,
+			    "tenant"));
+	struct proc	*p;
+	int		 n;
+
+	if (!util_valid_tenant(tenant))
+		return (*cause = strdup("tenant: missing or invalid"), -1);
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (strcmp(p->tenant, tenant) != 0)
+			continue;
+		if (p->job != NULL)
+			pool_cancel(p->job);
+		proc_kill(p);
+	}
+	if ((n = workspace_delete_tenant(poold->cf->state_dir, tenant)) < 0)
+		return (*cause = strdup("cannot remove the tenant's folder"),
+		    -1);
+	log_info("tenant %s purged", tenant);
+	return (n);
 }

@@ -116,6 +116,8 @@ struct poold_config {
 	long	 cli_max_retries;	/* CLAUDE_CODE_MAX_RETRIES */
 	long	 upstream_cooldown_ms;	/* overloaded, a bare 429 */
 	long	 upstream_probe_interval_ms;	/* credential rejected */
+	long	 temp_retention_s;	/* workspace/temp/, 0: kept */
+	long	 temp_sweep_interval_ms;
 	char	*env[POOLD_ENV_MAX];	/* "NAME=value" */
 	int	 nenv;
 };
@@ -386,6 +388,7 @@ void		 pool_dispatch(void);
 json_t		*pool_stats(void);
 int		 pool_set_limits(json_t *, char **);
 int		 pool_delete(json_t *, char **);
+int		 pool_purge(json_t *, char **);
 void		 pool_shutdown(void);
 int		 pool_idle(void);
 int		 profile_equal(const struct profile *,
@@ -436,6 +439,7 @@ int		 files_type(const char *);
 json_t		*files_snapshot(const char *, int *);
 json_t		*files_changes(const char *, json_t *, int *);
 json_t		*files_tenant_usage(const char *);
+void		 files_tick(uint64_t);
 
 /* workspace.c */
 int		 workspace_mkdir(const char *, mode_t, uid_t, gid_t, char **);
@@ -450,6 +454,7 @@ int		 workspace_slot_create(const char *, int, char **);
 int		 workspace_slot_bind(const char *, int, const char *,
 		     const char *, char **);
 void		 workspace_slot_remove(const char *, int);
+int		 workspace_delete_tenant(const char *, const char *);
 int		 workspace_delete_home(const char *, const char *,
 		     const char *);
 

@@ -476,6 +476,12 @@ client_frame(struct client *c, json_t *msg)
 		client_count(c, msg);
 	} else if (files_type(type)) {
 		client_files(c, msg);
+	} else if (strcmp(type, PROTO_TENANT_PURGE) == 0) {
+		if ((n = pool_purge(msg, &cause)) < 0) {
+			client_reject(c, PROTO_E_BAD_REQUEST, cause);
+			free(cause);
+		} else
+			client_ok(c, json_pack("{s:b}", "removed", n > 0));
 	} else if (strcmp(type, PROTO_PING) == 0) {
 		client_ok(c, json_pack("{s:s, s:b, s:i, s:s}", "version",
 		    PACKAGE_VERSION, "draining", poold->draining, "processes",

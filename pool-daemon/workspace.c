@@ -423,3 +423,22 @@ workspace_delete_home(const char *state, const char *t, const char *c)
 		return (errno == ENOENT ? 0 : -1);
 	return (ws_rmtree(path) == 0 ? 1 : -1);
 }
+
+/*
+ * Remove tenant t's folder: its workspace, uploads in progress and every
+ * conversation's HOME (transcripts).  Returns 1 if there was one, 0 if
+ * not, -1.
+ */
+int
+workspace_delete_tenant(const char *state, const char *t)
+{
+	struct stat	sb;
+	char		path[PATH_MAX];
+
+	if (!util_valid_tenant(t) || snprintf(path, sizeof path,
+	    "%s/tenants/%s", state, t) >= (int)sizeof path)
+		return (-1);
+	if (lstat(path, &sb) == -1)
+		return (errno == ENOENT ? 0 : -1);
+	return (ws_rmtree(path) == 0 ? 1 : -1);
+}

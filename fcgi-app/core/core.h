@@ -244,6 +244,8 @@ int		 tenant_limits(struct db *, const char *, long long *,
 json_t		*tenant_get(struct db *, const char *, struct op_error *);
 int		 tenant_update(struct db *, const struct actor *, const char *,
 		     json_t *, json_t **, struct op_error *);
+int		 tenant_purge(struct db *, const struct actor *, const char *,
+		     json_t **, struct op_error *);
 
 /* core/keys.c: a key as administrators manage it. */
 struct keyrec {

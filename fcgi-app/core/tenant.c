@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "core.h"
+#include "proto.h"
 
 /* A column's value: -1 for SQL NULL. */
 static long long
@@ -184,5 +185,77 @@ fail:
 	json_decref(*out);
 	*out = NULL;
 	op_fail(e, 503, "the database is unavailable");
+	return (-1);
+}
+
+/*
+ * Purge tenant t: ccgate-poold kills its processes and removes its folder
+ * (workspace, uploads, every transcript), then its conversations and
+ * their messages go, audited as tenant.purge with what was removed.  Its
+ * keys and limits stay (revoke the keys first, or it can start again).
+ * *out gets {tenant, conversations, folder}.
+ */
+int
+tenant_purge(struct db *db, const struct actor *who, const char *t,
+    json_t **out, struct op_error *e)
+{
+	struct db_res	*res = NULL;
+	json_t		*msg, *ans;
+	const char	*type;
+	char		*cause = NULL;
+	long long	 nconv = 0;
+	uint64_t	 gone = 0;
+	int		 folder;
+
+	*out = NULL;
+	if (!util_valid_tenant(t)) {
+		op_fail(e, 400, "invalid tenant name");
+		return (-1);
+	}
+	if ((msg = json_pack("{s:i, s:s, s:s}", "v", PROTO_VERSION, "type",
+	    PROTO_TENANT_PURGE, "tenant", t)) == NULL) {
+		op_fail(e, 500, "out of memory");
+		return (-1);
+	}
+	ans = poolc_call(appconf->poold_socket, msg, 60000, &cause);
+	json_decref(msg);
+	if (ans == NULL || (type = proto_type(ans)) == NULL ||
+	    strcmp(type, PROTO_OK) != 0) {
+		op_fail(e, 503, "the pool daemon did not purge the tenant's "
+		    "folder: %s", cause != NULL ? cause : ans != NULL ?
+		    json_string_value(json_object_get(ans, "message")) : "?");
+		free(cause);
+		json_decref(ans);
+		return (-1);
+	}
+	folder = json_is_true(json_object_get(ans, "removed"));
+	json_decref(ans);
+	if (db_begin(db) != 0)
+		goto fail;
+	if (db_run(db, &res, NULL, "SELECT COUNT(*) FROM conversations WHERE "
+	    "tenant = ? AND deleted_at IS NULL", "s", t) != 0)
+		goto fail;
+	if (res->nrows > 0 && db_cell(res, 0, 0) != NULL)
+		nconv = strtoll(db_cell(res, 0, 0), NULL, 10);
+	db_res_free(res);
+	if (db_run(db, NULL, NULL, "DELETE FROM idempotency_keys WHERE "
+	    "conversation_id IN (SELECT id FROM conversations WHERE "
+	    "tenant = ?)", "s", t) != 0 ||
+	    db_run(db, NULL, &gone, "DELETE FROM conversations WHERE "
+	    "tenant = ?", "s", t) != 0)
+		goto fail;
+	if ((*out = json_pack("{s:s, s:I, s:I, s:b}", "tenant", t,
+	    "conversations", (json_int_t)nconv, "rows", (json_int_t)gone,
+	    "folder", folder)) == NULL ||
+	    audit_record(db, who, "tenant.purge", "tenant", t, NULL,
+	    *out) != 0 || db_commit(db) != 0)
+		goto fail;
+	return (0);
+fail:
+	(void)db_rollback(db);
+	json_decref(*out);
+	*out = NULL;
+	op_fail(e, 503, "the database is unavailable (the tenant's folder is "
+	    "gone; purge again)");
 	return (-1);
 }

@@ -64,7 +64,7 @@ usage(void)
 	    "       ccgate-admin [-f config] user create|passwd NAME "
 	    "(password on stdin)\n"
 	    "       ccgate-admin [-f config] user list [--json]\n"
-	    "       ccgate-admin [-f config] tenant show NAME\n"
+	    "       ccgate-admin [-f config] tenant show|purge NAME\n"
 	    "       ccgate-admin [-f config] tenant set NAME "
 	    "[--workspace-max-bytes N|default] [--workspace-max-files N|default]\n"
 	    "       ccgate-admin [-f config] user disable|enable NAME\n"
@@ -293,6 +293,10 @@ admin_tenant(struct db *db, int argc, char **argv)
 	if (strcmp(argv[1], "show") == 0 && argc == 3) {
 		if ((out = tenant_get(db, argv[2], &e)) == NULL)
 			return (admin_fail("tenant", &e));
+	} else if (strcmp(argv[1], "purge") == 0 && argc == 3) {
+		audit_cli_actor(&who);
+		if (tenant_purge(db, &who, argv[2], &out, &e) != 0)
+			return (admin_fail("tenant purge", &e));
 	} else if (strcmp(argv[1], "set") == 0) {
 		if ((spec = json_object()) == NULL)
 			return (1);

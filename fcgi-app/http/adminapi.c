@@ -255,6 +255,23 @@ adminapi_tenant_update(struct request *r)
 		req_send_json(r, 200, out);
 }
 
+/*
+ * DELETE /admin/tenants/:name: purge the tenant's workspace, transcripts
+ * and conversations (tenant_purge); audited.
+ */
+void
+adminapi_tenant_purge(struct request *r)
+{
+	struct op_error	 e;
+	json_t		*out;
+
+	if (tenant_purge(db_thread(), req_actor(r), req_route(r)->param, &out,
+	    &e) != 0)
+		req_op_fail(r, &e);
+	else
+		req_send_json(r, 200, out);
+}
+
 /* DELETE /admin/api-keys/:id: revoke. */
 void
 adminapi_keys_revoke(struct request *r)

@@ -357,6 +357,7 @@ void		 poolinfo_stats_handle(struct request *);
 void		 poolinfo_health_handle(struct request *);
 void		 poolinfo_init_handle(struct request *);
 void		 poolinfo_admin_handle(struct request *);
+json_t		*poolinfo_workspaces(void);
 
 /* http/health.c */
 void		 health_live(struct request *);
@@ -374,6 +375,7 @@ void		 adminapi_keys_get(struct request *);
 void		 adminapi_keys_update(struct request *);
 void		 adminapi_tenant_get(struct request *);
 void		 adminapi_tenant_update(struct request *);
+void		 adminapi_tenant_purge(struct request *);
 void		 adminapi_keys_revoke(struct request *);
 void		 adminapi_keys_rotate(struct request *);
 void		 adminapi_usage(struct request *);

@@ -74,6 +74,8 @@ static const struct route_def routes[] = {
 	{ "GET",  "/admin/tenants/:name", adminapi_tenant_get, ADMIN, N, 0 },
 	{ "PUT",  "/admin/tenants/:name", adminapi_tenant_update, ADMIN, N,
 	    0 },
+	{ "DELETE", "/admin/tenants/:name", adminapi_tenant_purge, ADMIN, N,
+	    0 },
 	{ "GET",  "/admin/usage",	adminapi_usage, ADMIN, N, 0 },
 	{ "GET",  "/admin/requests",	adminapi_requests, ADMIN, N, 0 },
 	{ "GET",  "/admin/errors",	adminapi_errors, ADMIN, N, 0 },

@@ -403,5 +403,111 @@ class ToolTurn(unittest.TestCase):
         self.assertIn("600 bytes", r.json()["error"]["message"])
 
 
+class Operators(unittest.TestCase):
+    """Per-tenant disk use in /admin/pool and /metrics; temp/ retention
+    and abandoned uploads swept; a tenant purged (audited)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = Stack({"temp_retention_s": 3600,
+                           "temp_sweep_interval_ms": 1000}, name="fileops")
+        cls.stack.start()
+        cls.stack.create_admin("ops", "pw-ops-0123456789")
+        cls.token = cls.stack.admin_token("ops", "pw-ops-0123456789")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.stop()
+
+    def put(self, key, path, data):
+        r = self.stack.request("PUT", "/api/files/" + path, raw=data, key=key,
+                               headers={"Content-Type": "text/plain"})
+        self.assertIn(r.status, (200, 201), r)
+
+    def test_disk_use_in_admin_pool_and_metrics(self):
+        s = self.stack
+        key = s.create_key("opsa", user="opsa")
+        self.put(key, "projects/a.bin", b"a" * 5000)
+        h = {"Authorization": "Bearer " + self.token}
+
+        def seen():
+            ws = s.request("GET", "/admin/pool", headers=h).json()[
+                "workspaces"]
+            return ws.get("opsa", {}).get("bytes", 0) >= 5000
+        wait_for(seen, 60, "the workspace's use in /admin/pool")
+        ws = s.request("GET", "/admin/pool", headers=h).json()["workspaces"]
+        self.assertGreaterEqual(ws["opsa"]["files"], 2)   # and README.md
+        self.assertGreater(ws["opsa"]["disk_bytes"], 0)
+        self.assertGreaterEqual(s.metric("ccgate_workspace_bytes",
+                                         tenant="opsa"), 5000)
+        self.assertGreaterEqual(s.metric("ccgate_workspace_files",
+                                         tenant="opsa"), 2)
+        # A client key does not get it.
+        r = s.request("GET", "/admin/pool", key=key)
+        self.assertEqual(r.status, 403)
+
+    def test_temp_retention_and_abandoned_uploads(self):
+        s = self.stack
+        key = s.create_key("opst", user="opst")
+        self.put(key, "temp/old.txt", b"old")
+        self.put(key, "temp/d/older.txt", b"older")
+        self.put(key, "temp/new.txt", b"new")
+        self.put(key, "projects/old-but-kept.txt", b"kept")
+        ws = s.path("state", "tenants", "opst", "workspace")
+        then = __import__("time").time() - 2 * 3600
+        for p in ("temp/old.txt", "temp/d/older.txt", "temp/d",
+                  "projects/old-but-kept.txt"):
+            os.utime(os.path.join(ws, p), (then, then))
+        inc = s.path("state", "tenants", "opst", "incoming")
+        stale = os.path.join(inc, "0" * 32)
+        with open(stale, "wb") as f:
+            f.write(b"half an upload")
+        if os.geteuid() == 0:
+            os.chown(stale, *cli_user())
+        os.utime(stale, (then - 86400, then - 86400))
+        wait_for(lambda: not os.path.exists(os.path.join(ws, "temp",
+                                                         "old.txt")),
+                 60, "the old temp file swept")
+        wait_for(lambda: not os.path.exists(stale), 60,
+                 "the abandoned upload swept")
+        self.assertFalse(os.path.exists(os.path.join(ws, "temp", "d")))
+        self.assertTrue(os.path.exists(os.path.join(ws, "temp", "new.txt")))
+        self.assertTrue(os.path.exists(os.path.join(
+            ws, "projects", "old-but-kept.txt")))
+
+    def test_purge(self):
+        s = self.stack
+        key = s.create_key("opsp", user="opsp")
+        self.put(key, "uploads/x.txt", b"x")
+        r = s.request("POST", "/api/chat", {"message": "hello"}, key=key)
+        self.assertEqual(r.status, 200, r)
+        conv = r.json()["conversation_id"]
+        home = s.path("state", "tenants", "opsp")
+        self.assertTrue(os.path.isdir(os.path.join(home, "conversations")))
+        out = json.loads(s.admin("tenant", "purge", "opsp").stdout)
+        self.assertEqual((out["conversations"], out["folder"]), (1, True))
+        self.assertFalse(os.path.exists(home))
+        r = s.request("GET", "/api/conversations/" + conv, key=key)
+        self.assertEqual(r.status, 404, r)
+        r = s.request("GET", "/api/files/uploads/x.txt", key=key)
+        self.assertEqual(r.status, 404, r)
+        rows = s.sql("SELECT action, actor FROM audit_log WHERE "
+                     "object_id = 'opsp' ORDER BY id")
+        self.assertEqual(rows[-1][0], "tenant.purge")
+        self.assertTrue(rows[-1][1].startswith("cli:"), rows)
+        # The key still works: the tenant starts again, empty.
+        r = s.request("GET", "/api/files", key=key)
+        self.assertEqual([f["path"] for f in r.json()["files"]],
+                         ["README.md"])
+        # The admin API does the same.
+        r = s.request("DELETE", "/admin/tenants/opsp",
+                      headers={"Authorization": "Bearer " + self.token})
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json()["conversations"], 0)
+        r = s.request("DELETE", "/admin/tenants/bad!name",
+                      headers={"Authorization": "Bearer " + self.token})
+        self.assertEqual(r.status, 400, r)
+
+
 if __name__ == "__main__":
     main()

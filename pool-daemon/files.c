@@ -634,39 +634,53 @@ files_tenant_usage(const char *t)
 #define FILES_USAGE_TENANTS	1000	/* tenants one usage answer lists */
 #define FILES_USAGE_CACHE_MS	30000
 
-/* Every tenant's usage, measured at most every FILES_USAGE_CACHE_MS. */
-static json_t	*files_usage_all;
-static uint64_t	 files_usage_at;
+/*
+ * Each tenant's usage as last measured: {tenant: [usage, when (ms)]}, a
+ * tenant measured again once its entry is FILES_USAGE_CACHE_MS old.
+ */
+static json_t	*files_usage_cache;
 
-/* What every tenant's workspace holds (cached), a new reference. */
+/* What every tenant's workspace holds (each cached), a new reference. */
 static json_t *
 files_usage_every(void)
 {
 	struct dirent	*de;
 	DIR		*d;
 	char		 path[PATH_MAX];
-	json_t		*out, *u;
+	json_t		*out, *u, *c, *cache;
 	uint64_t	 now = util_now_ms();
 
-	if (files_usage_all != NULL && now - files_usage_at <
-	    FILES_USAGE_CACHE_MS)
-		return (json_incref(files_usage_all));
 	if (snprintf(path, sizeof path, "%s/tenants", poold->cf->state_dir) >=
 	    (int)sizeof path || (out = json_object()) == NULL)
 		return (NULL);
+	if ((cache = json_object()) == NULL) {
+		json_decref(out);
+		return (NULL);
+	}
 	if ((d = opendir(path)) != NULL) {
 		while ((de = readdir(d)) != NULL &&
 		    json_object_size(out) < FILES_USAGE_TENANTS) {
-			if (!util_valid_tenant(de->d_name) ||
-			    (u = files_tenant_usage(de->d_name)) == NULL)
+			if (!util_valid_tenant(de->d_name))
 				continue;
-			json_object_set_new(out, de->d_name, u);
+			c = json_object_get(files_usage_cache, de->d_name);
+			if (c != NULL && now - (uint64_t)json_integer_value(
+			    json_array_get(c, 1)) < FILES_USAGE_CACHE_MS)
+				u = json_incref(json_array_get(c, 0));
+			else if ((u = files_tenant_usage(de->d_name)) == NULL)
+				continue;
+			else
+				c = NULL;
+			json_object_set(out, de->d_name, u);
+			json_object_set_new(cache, de->d_name, c != NULL ?
+			    json_incref(c) : json_pack("[O, I]", u,
+			    (json_int_t)now));
+			json_decref(u);
 		}
 		closedir(d);
 	}
-	json_decref(files_usage_all);
-	files_usage_all = json_incref(out);
-	files_usage_at = now;
+	/* Tenants no longer there (purged) leave the cache. */
+	json_decref(files_usage_cache);
+	files_usage_cache = cache;
 	return (out);
 }
 

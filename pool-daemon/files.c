@@ -795,9 +795,13 @@ files_type(const char *type)
 #define FILES_SNAP_MAX		10000	/* files a turn's snapshot keeps */
 #define FILES_CHANGES_MAX	1000	/* changes a done frame lists */
 
-/* Add folder fd's regular files (path rel) to the snapshot snap. */
+/*
+ * Add folder fd's regular files (path rel) to the snapshot snap; *budget
+ * bounds the entries looked at (folders too: a CLI can make a million).
+ */
 static void
-files_snap_dir(int fd, const char *rel, int depth, json_t *snap, int *over)
+files_snap_dir(int fd, const char *rel, int depth, json_t *snap, int *over,
+    long *budget)
 {
 	struct dirent	*de;
 	struct stat	 sb;
@@ -812,6 +816,10 @@ files_snap_dir(int fd, const char *rel, int depth, json_t *snap, int *over)
 	while (!*over && (de = readdir(d)) != NULL) {
 		if (de->d_name[0] == '.')
 			continue;	/* ".", "..", and dot names */
+		if (--*budget < 0) {
+			*over = 1;
+			break;
+		}
 		if (snprintf(path, sizeof path, "%s%s%s", rel, *rel != '\0' ?
 		    "/" : "", de->d_name) >= (int)sizeof path ||
 		    fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) ==
@@ -823,7 +831,8 @@ files_snap_dir(int fd, const char *rel, int depth, json_t *snap, int *over)
 			sub = openat(dirfd(d), de->d_name, O_RDONLY |
 			    O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (sub != -1)
-				files_snap_dir(sub, path, depth + 1, snap, over);
+				files_snap_dir(sub, path, depth + 1, snap, over,
+				    budget);
 			continue;
 		}
 		if (!S_ISREG(sb.st_mode) || util_file_path(path,
@@ -852,6 +861,7 @@ files_snapshot(const char *t, int *partial)
 {
 	char	 path[PATH_MAX];
 	json_t	*snap;
+	long	 budget = FILES_WALK_MAX;
 	int	 fd;
 
 	*partial = 0;
@@ -867,7 +877,7 @@ files_snapshot(const char *t, int *partial)
 		return (NULL);
 	}
 	files_as_user();
-	files_snap_dir(fd, "", 0, snap, partial);
+	files_snap_dir(fd, "", 0, snap, partial, &budget);
 	files_as_self();
 	return (snap);
 }

@@ -58,6 +58,9 @@
 #define FILES_LIST_MAX		10000
 #define FILES_TEMP_LEN		32
 
+/* Tests set it to take the O_NOFOLLOW walk where openat2 would do. */
+int	files_no_openat2;
+
 /* A walk's totals. */
 struct files_walk {
 	long long	 bytes;		/* regular files' st_size */
@@ -157,7 +160,7 @@ files_open_dir(int ws, const char *dir, int create)
 
 	if (*dir == '\0')
 		return (fcntl(ws, F_DUPFD_CLOEXEC, 0));
-	if (!create) {
+	if (!create && !files_no_openat2) {
 		memset(&how, 0, sizeof how);
 		how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
 		how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |

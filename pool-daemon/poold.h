@@ -434,6 +434,7 @@ long		 proc_rss_kb(pid_t);
 char		 proc_sched_state(pid_t);
 
 /* files.c */
+extern int	 files_no_openat2;
 json_t		*files_handle(json_t *, int *);
 int		 files_type(const char *);
 json_t		*files_snapshot(const char *, int *);

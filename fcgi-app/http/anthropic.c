@@ -156,13 +156,20 @@ anthropic_done(struct turn *t)
 		req_send_json(t->r, 200, ans);
 		return;
 	}
+	/* message_delta carries ccgate's extension, as the message does. */
+	ans = json_pack("{s:s, s:{s:s, s:s?}, s:o}", "type", "message_delta",
+	    "delta", "stop_reason", t->stop_reason, "stop_sequence",
+	    t->stop_sequence, "usage", anthropic_usage(t));
+	if (ans != NULL && t->files != NULL)
+		json_object_set_new(ans, "ccgate", json_pack("{s:O, s:O?}",
+		    "files", t->files, "workspace", t->workspace));
 	if (anthropic_event(t, "content_block_stop", json_pack("{s:s, s:i}",
 	    "type", "content_block_stop", "index", 0)) != 0 ||
-	    anthropic_stream_calls(t) != 0 ||
-	    anthropic_event(t, "message_delta", json_pack("{s:s, s:{s:s, s:s?}, "
-	    "s:o}", "type", "message_delta", "delta", "stop_reason",
-	    t->stop_reason, "stop_sequence", t->stop_sequence, "usage",
-	    anthropic_usage(t))) != 0)
+	    anthropic_stream_calls(t) != 0) {
+		json_decref(ans);
+		return;
+	}
+	if (anthropic_event(t, "message_delta", ans) != 0)
 		return;
 	(void)anthropic_event(t, "message_stop", json_pack("{s:s}", "type",
 	    "message_stop"));

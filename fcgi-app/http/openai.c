@@ -114,7 +114,7 @@ openai_usage(struct turn *t)
 static void
 openai_done(struct turn *t)
 {
-	json_t	*usage, *msg, *ans;
+	json_t	*usage, *msg, *ans, *last;
 	char	 id[96];
 
 	if (!t->stream) {
@@ -144,7 +144,12 @@ openai_done(struct turn *t)
 	    openai_chunk(t, json_pack("{s:o}", "tool_calls", openai_calls(t,
 	    1)), NULL)) != 0)
 		return;
-	if (openai_send(t, openai_chunk(t, json_object(), openai_finish(t))) != 0)
+	/* The finishing chunk carries ccgate's extension, as the answer. */
+	last = openai_chunk(t, json_object(), openai_finish(t));
+	if (last != NULL && t->files != NULL)
+		json_object_set_new(last, "ccgate", json_pack("{s:O, s:O?}",
+		    "files", t->files, "workspace", t->workspace));
+	if (openai_send(t, last) != 0)
 		return;
 	if (t->include_usage) {
 		snprintf(id, sizeof id, "chatcmpl-%s", req_id(t->r));

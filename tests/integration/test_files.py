@@ -372,6 +372,33 @@ class ToolTurn(unittest.TestCase):
             key=self.key)
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.json()["ccgate"]["files"], [])
+        model = r.json()["model"]
+        # Streams carry it on their last chunk / message_delta.
+        resp, events = s.stream("/v1/chat/completions", {
+            "model": model, "stream": True, "messages": [{
+                "role": "user", "content":
+                "please [[mock:write=/workspace/projects/oa.txt OA]]"}]},
+            key=self.key)
+        self.assertEqual(resp.status, 200, resp)
+        ext = [e["ccgate"] for e in events if isinstance(e, dict) and
+               "ccgate" in e]
+        self.assertEqual(len(ext), 1, events)
+        self.assertEqual([(f["path"], f["change"], f["sha256"]) for f in
+                          ext[0]["files"]],
+                         [("projects/oa.txt", "created",
+                           hashlib.sha256(b"OA").hexdigest())])
+        resp, events = s.stream("/v1/messages", {
+            "model": model, "max_tokens": 100, "stream": True, "messages": [{
+                "role": "user", "content":
+                "please [[mock:write=/workspace/projects/an.txt AN]]"}]},
+            key=self.key)
+        self.assertEqual(resp.status, 200, resp)
+        ext = [e["ccgate"] for e in events if isinstance(e, dict) and
+               "ccgate" in e]
+        self.assertEqual([e["type"] for e in events if isinstance(e, dict)
+                          and "ccgate" in e], ["message_delta"])
+        self.assertEqual([f["path"] for f in ext[0]["files"]],
+                         ["projects/an.txt"])
 
     def test_turn_past_the_limit_is_reported(self):
         s = self.stack

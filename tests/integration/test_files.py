@@ -271,6 +271,9 @@ class Files(unittest.TestCase):
         self.assert_native_error(r, 413, "4096 bytes")
         r = self.put("uploads/two.txt", b"b" * 3500, key=key)
         self.assert_native_error(r, 413, "4096 bytes")
+        # Refused before its body is read: the client still gets the 413.
+        r = self.put("uploads/one.txt", os.urandom(8 * 1024 * 1024), key=key)
+        self.assert_native_error(r, 413, "4096 bytes")
         self.assertEqual(self.get("uploads/one.txt", key=key)[2], first)
         self.assertEqual(self.put("uploads/two.txt", b"2", key=key).status,
                          201)

@@ -231,6 +231,8 @@ files_errno(const char *path, int error)
 		return (files_error(PROTO_E_REFUSED, "%s: permission denied",
 		    path));
 	case EISDIR:
+	case ENOTEMPTY:
+	case EEXIST:
 		return (files_error(PROTO_E_REFUSED, "%s: a folder", path));
 	default:
 		return (files_error(PROTO_E_INTERNAL, "%s: %s", path,

@@ -98,6 +98,10 @@ class Files(unittest.TestCase):
                                   "data.bin"))
         if os.geteuid() == 0:
             self.assertEqual(st.st_uid, cli_user()[0])
+        # A folder is not a file: neither read nor replaced.
+        self.assert_native_error(self.put("projects/demo", b"x"), 403,
+                                 "a folder")
+        self.assertEqual(self.get("projects/demo")[0], 403)
         # Replacing it answers 200, and the new bytes are served.
         r = self.put("projects/demo/data.bin", b"v2")
         self.assertEqual(r.status, 200, r)

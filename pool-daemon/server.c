@@ -310,6 +310,7 @@ client_send_fd(struct client *c, json_t *frame, int fd)
 		return;
 	}
 	if ((size_t)n < len) {
+		free(c->out);
 		c->out = buf;
 		c->outlen = len;
 		c->outoff = (size_t)n;

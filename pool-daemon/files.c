@@ -56,6 +56,7 @@
 #define FILES_WALK_MAX		200000	/* entries a walk looks at */
 #define FILES_WALK_DEPTH	64
 #define FILES_LIST_MAX		10000
+#define FILES_LIST_BYTES	(2 * 1024 * 1024)	/* of paths, a listing */
 #define FILES_TEMP_LEN		32
 
 /* Tests set it to take the O_NOFOLLOW walk where openat2 would do. */
@@ -71,6 +72,7 @@ struct files_walk {
 	int		 over;		/* stopped early */
 	json_t		*list;		/* listing: [{path,size,modified}] */
 	long		 limit;		/* of list */
+	size_t		 list_bytes;	/* of its paths */
 	int		 truncated;
 };
 
@@ -304,10 +306,12 @@ files_walk_dir(int fd, const char *rel, int depth, struct files_walk *w)
 		    de->d_name[0] == '.' || util_file_path(path,
 		    strlen(path)) != NULL)
 			continue;
-		if ((long)json_array_size(w->list) >= w->limit) {
+		if ((long)json_array_size(w->list) >= w->limit ||
+		    w->list_bytes + strlen(path) > FILES_LIST_BYTES) {
 			w->truncated = 1;
 			continue;
 		}
+		w->list_bytes += strlen(path);
 		json_array_append_new(w->list, json_pack("{s:s, s:I, s:I, s:I}",
 		    "path", path, "size", (json_int_t)sb.st_size, "modified",
 		    (json_int_t)sb.st_mtim.tv_sec, "links",

@@ -137,8 +137,8 @@ poolc_call(const char *path, json_t *msg, int timeout_ms, char **cause)
 /*
  * Send one control message and return the answer, with the descriptor it
  * carried (SCM_RIGHTS) in *fd, or -1 if none.  The answer is one frame of
- * at most PROTO_DEFAULT_MAX bytes; a descriptor that came with anything
- * else is closed.
+ * at most PROTO_LARGEST bytes (ccgate-poold's max_frame bounds it); a
+ * descriptor that came with anything else is closed.
  */
 json_t *
 poolc_call_fd(const char *path, json_t *msg, int timeout_ms, int *fd,
@@ -211,7 +211,7 @@ poolc_call_fd(const char *path, json_t *msg, int timeout_ms, int *fd,
 		if (len == PROTO_HEADER_LEN && want == PROTO_HEADER_LEN) {
 			want = ((size_t)buf[0] << 24 | (size_t)buf[1] << 16 |
 			    (size_t)buf[2] << 8 | (size_t)buf[3]);
-			if (want == 0 || want > PROTO_DEFAULT_MAX) {
+			if (want == 0 || want > PROTO_LARGEST) {
 				util_cause(cause, "bad frame from the pool "
 				    "daemon");
 				goto out;

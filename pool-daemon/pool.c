@@ -1982,6 +1982,10 @@ pool_proc_gone(struct proc *p)
 	    p->tenant, p->conversation) < 0)
 		log_warnx("cannot remove the folder of deleted conversation %s",
 		    p->conversation);
+	if (p->delete_tenant && workspace_delete_tenant(poold->cf->state_dir,
+	    p->tenant) < 0)
+		log_warnx("cannot remove the folder of purged tenant %s",
+		    p->tenant);
 	proc_free(p);
 	if (poold->stopping && poold->nprocs == 0)
 		loop_stop(poold->loop);
@@ -2367,7 +2371,7 @@ pool_purge(json_t *msg, char **cause)
 	const char	*tenant = json_string_value(json_object_get(msg,
 			    "tenant"));
 	struct proc	*p;
-	int		 n;
+	int		 n, live = 0;
 
 	if (!util_valid_tenant(tenant))
 		return (*cause = strdup("tenant: missing or invalid"), -1);
@@ -2377,10 +2381,18 @@ pool_purge(json_t *msg, char **cause)
 		if (p->job != NULL)
 			pool_cancel(p->job);
 		proc_kill(p);
+		live = p->delete_tenant = 1;
 	}
-	if ((n = workspace_delete_tenant(poold->cf->state_dir, tenant)) < 0)
+	/*
+	 * A CLI killed just now may write in its HOME until it is gone: the
+	 * folder is removed again then (pool_proc_gone).
+	 */
+	if ((n = workspace_delete_tenant(poold->cf->state_dir, tenant)) < 0 &&
+	    !live)
 		return (*cause = strdup("cannot remove the tenant's folder"),
 		    -1);
+	if (n < 0)
+		n = 1;
 	log_info("tenant %s purged", tenant);
 	return (n);
 }

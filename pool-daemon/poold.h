@@ -181,6 +181,7 @@ struct proc {
 	int			 reaped;
 	int			 crashed;	/* exited without being killed */
 	int			 delete_home;	/* its conversation was deleted */
+	int			 delete_tenant;	/* its tenant was purged */
 	uint64_t		 kill_at;	/* stopping: SIGKILL from then */
 	int			 status;
 

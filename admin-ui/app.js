@@ -555,6 +555,58 @@ views.pool = async () => {
   state.timer = setInterval(() => { if (!$('#limits-form input:focus')) draw().catch(() => {}); }, 5000);
 };
 
+/* Bytes as B, KB, MB, GB (powers of 1024). */
+function size(n) {
+  const u = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let i = 0;
+  n = Number(n) || 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : String(n)) + ' ' + u[i];
+}
+
+async function tenantLimits(name) {
+  const t = await api('GET', '/admin/tenants/' + encodeURIComponent(name));
+  const field = (k, label) => '<label>' + label + '<input name="' + k + '" type="number" min="0" value="' +
+    (t[k + '_default'] ? '' : esc(t[k])) + '" placeholder="default (' + esc(t[k]) + ')"></label>';
+  const out = await dialog('<h2>Workspace limits of “' + esc(name) + '”</h2>' +
+    '<p>Empty: ccgate.conf\'s default. 0: no limit. A write past a limit gets 413.</p>' +
+    field('workspace_max_bytes', 'Bytes') + field('workspace_max_files', 'Files') +
+    '<p class="error"></p><div class="dialog-actions"><button value="cancel" formnovalidate>Cancel</button>' +
+    '<button class="primary" value="ok">Save</button></div>',
+  (f) => api('PUT', '/admin/tenants/' + encodeURIComponent(name), {
+    workspace_max_bytes: limitValue(f.workspace_max_bytes.value),
+    workspace_max_files: limitValue(f.workspace_max_files.value) }));
+  if (out) flash('Limits of “' + name + '” saved.');
+}
+
+async function tenantPurge(name) {
+  if (!await confirmDialog('Purge “' + name + '”?', 'Its CLI processes are stopped and its workspace, ' +
+    'transcripts and conversations are deleted. Its keys stay: revoke them first if it is to stay gone.',
+  'Purge', true)) return;
+  const out = await api('DELETE', '/admin/tenants/' + encodeURIComponent(name));
+  flash('“' + name + '” purged: ' + out.conversations + ' conversations.');
+}
+
+views.workspaces = async () => {
+  title('Workspaces');
+  const { workspaces: w } = await api('GET', '/admin/pool');
+  const names = Object.keys(w || {}).sort();
+  $('#view').innerHTML = '<div class="card table-card"><table id="workspaces-table"><thead><tr><th>Tenant</th>' +
+    '<th class="num">Size</th><th class="num">Files</th><th class="num">Disk</th><th></th></tr></thead><tbody>' +
+    names.map((n) => '<tr><td>' + esc(n) + '</td><td class="num">' + esc(size(w[n].bytes)) +
+      (w[n].partial ? ' +' : '') + '</td><td class="num">' + num(w[n].files) + '</td><td class="num">' +
+      esc(size(w[n].disk_bytes)) + '</td><td class="row-actions"><button data-act="limits" data-t="' + esc(n) +
+      '">Limits…</button> <button class="danger" data-act="purge" data-t="' + esc(n) + '">Purge…</button></td></tr>')
+      .join('') + '</tbody></table>' + (names.length ? '' : '<div class="empty">No tenant has a workspace yet.</div>') +
+    '</div><p class="muted">Measured by ccgate-poold at most every 30 s.</p>';
+  $('#workspaces-table').addEventListener('click', (ev) => {
+    const b = ev.target.closest('button');
+    if (!b) return;
+    (b.dataset.act === 'limits' ? tenantLimits(b.dataset.t) : tenantPurge(b.dataset.t))
+      .catch((e) => flash(e.message, true)).finally(() => { if (b.dataset.act === 'purge') route(); });
+  });
+};
+
 views.audit = async () => {
   title('Audit log');
   const { audit } = await api('GET', '/admin/audit?limit=200');

@@ -45,6 +45,22 @@
 #define PROTO_COUNT_TOKENS	"count_tokens"
 #define PROTO_COUNT		"count"
 #define PROTO_OK		"ok"
+/*
+ * A tenant's workspace files (pool-daemon/files.c, docs/protocol.md): each
+ * one control message, answered "ok" or "error".  "file_open" (read) and
+ * "file_open" (write) pass an open descriptor with the "ok" frame
+ * (SCM_RIGHTS on its first byte): the file to read, or the temporary file
+ * to write, which "file_commit" renames into place or "file_abort"
+ * removes.
+ */
+#define PROTO_FILE_OPEN		"file_open"
+#define PROTO_FILE_COMMIT	"file_commit"
+#define PROTO_FILE_ABORT	"file_abort"
+#define PROTO_FILE_DELETE	"file_delete"
+#define PROTO_FILE_LIST		"file_list"
+#define PROTO_FILE_USAGE	"file_usage"
+/* Remove a tenant's processes and its whole folder (ccgate-admin). */
+#define PROTO_TENANT_PURGE	"tenant_purge"
 
 /* Error codes carried by "error" frames. */
 #define PROTO_E_BAD_REQUEST	"bad_request"
@@ -59,6 +75,9 @@
 #define PROTO_E_INTERNAL	"internal"
 #define PROTO_E_UNAVAILABLE	"unavailable"
 #define PROTO_E_MODEL_MISMATCH	"model_mismatch"
+#define PROTO_E_NOT_FOUND	"not_found"	/* no such file */
+#define PROTO_E_REFUSED		"refused"	/* a link, not a regular file */
+#define PROTO_E_TOO_LARGE	"too_large"	/* past the workspace's limit */
 /*
  * The upstream account refused the turn, or ccgate-poold refused it
  * without a CLI while the account is in that state; the frame carries

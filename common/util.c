@@ -104,6 +104,49 @@ util_valid_tenant(const char *s)
 	return (1);
 }
 
+/*
+ * Check path (len bytes, as a client sent it, decoded) as a file's path
+ * beneath a workspace: NULL if it is one, else why not.  Relative,
+ * components separated by single '/', none empty, "." or "..", none
+ * starting with '.' (the CLI's own files, such as .claude/, never cross
+ * the files API), no NUL or control character, at most FILE_NAME_MAX
+ * bytes a component and FILE_PATH_MAX in all.
+ */
+const char *
+util_file_path(const char *path, size_t len)
+{
+	size_t	i, start;
+
+	if (len == 0)
+		return ("the path is empty");
+	if (len > FILE_PATH_MAX)
+		return ("the path is longer than 1024 bytes");
+	if (path[0] == '/')
+		return ("the path must be relative to the workspace");
+	for (i = 0; i < len; i++) {
+		if (path[i] == '\0')
+			return ("the path holds a NUL byte");
+		if ((unsigned char)path[i] < 0x20 ||
+		    (unsigned char)path[i] == 0x7f)
+			return ("the path holds a control character");
+	}
+	for (start = 0; start <= len; start = i + 1) {
+		for (i = start; i < len && path[i] != '/'; i++)
+			;
+		if (i == start)
+			return ("the path has an empty component");
+		if (path[start] == '.') {
+			if (i - start <= 2 && (i - start == 1 ||
+			    path[start + 1] == '.'))
+				return ("the path may not hold '.' or '..'");
+			return ("a name starting with '.' is not allowed");
+		}
+		if (i - start > FILE_NAME_MAX)
+			return ("a name is longer than 255 bytes");
+	}
+	return (NULL);
+}
+
 /* Set O_NONBLOCK on fd. */
 int
 util_set_nonblock(int fd)

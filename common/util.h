@@ -15,6 +15,10 @@ int		util_valid_uuid(const char *);
 int		util_valid_tenant(const char *);
 int		util_valid_word(const char *, size_t);
 int		util_valid_tool_name(const char *);
+/* A workspace file's path: relative, components of at most 255 bytes. */
+#define FILE_PATH_MAX	1024
+#define FILE_NAME_MAX	255
+const char	*util_file_path(const char *, size_t);
 int		util_set_nonblock(int);
 int		util_write_all(int, const void *, size_t);
 /* The daemons' command line: [-nv] [-f config]. */

@@ -492,6 +492,7 @@ pool_job_free(struct job *job)
 	json_decref(job->client_tools);
 	json_decref(job->tool_results);
 	json_decref(job->calls);
+	json_decref(job->ws_before);
 	free(job->text);
 	free(job);
 }
@@ -774,6 +775,9 @@ pool_start(struct job *job, struct proc *p, enum proc_origin origin)
 		return (-1);
 	len = strlen(s);
 	s[len] = '\n';	/* json_dumps' NUL becomes the line's end */
+	/* A tools turn: what its workspace holds before it runs. */
+	if (p->profile.tools && job->ws_before == NULL)
+		job->ws_before = files_snapshot(job->tenant, &job->ws_partial);
 	/*
 	 * The CLI's own time starts as the line reaches its pipe: the write
 	 * wakes it, and it may run before this daemon does again.
@@ -1748,6 +1752,19 @@ pool_result(struct proc *p, struct job *job, struct cli_msg *m)
 		json_object_set_new(f, "stop_sequence",
 		    json_string(job->stops[job->stop_hit]));
 	json_object_set_new(f, "process", proc);
+	if (job->ws_before != NULL) {
+		json_t	*files = files_changes(job->tenant, job->ws_before,
+		    &job->ws_partial);
+
+		if (files != NULL) {
+			json_object_set_new(f, "files", files);
+			if (job->ws_partial)
+				json_object_set_new(f, "files_partial",
+				    json_true());
+		}
+		if ((files = files_tenant_usage(job->tenant)) != NULL)
+			json_object_set_new(f, "workspace", files);
+	}
 	poold->stats.succeeded++;
 	pool_finish(job, f);
 
@@ -2015,6 +2032,10 @@ pool_proc_gone(struct proc *p)
 	    p->tenant, p->conversation) < 0)
 		log_warnx("cannot remove the folder of deleted conversation %s",
 		    p->conversation);
+	if (p->delete_tenant && workspace_delete_tenant(poold->cf->state_dir,
+	    p->tenant) < 0)
+		log_warnx("cannot remove the folder of purged tenant %s",
+		    p->tenant);
 	proc_free(p);
 	if (poold->stopping && poold->nprocs == 0)
 		loop_stop(poold->loop);
@@ -2082,6 +2103,7 @@ pool_tick(void *arg)
 	now = poold_now();
 	proc_tick(now);
 	upstream_tick();
+	files_tick(now);
 	for (job = TAILQ_FIRST(&poold->queue); job != NULL; job = jnext) {
 		jnext = TAILQ_NEXT(job, entry);
 		if (now - job->accepted_at >= (uint64_t)cf->queue_max_wait_ms)
@@ -2445,4 +2467,41 @@ pool_delete(json_t *msg, char **cause)
 	if (n < 0 && !live)
 		return (*cause = strdup("cannot remove the transcript"), -1);
 	return (n < 0 ? 1 : n);
+}
+
+/*
+ * {"type":"tenant_purge","tenant"}: kill the tenant's processes (their
+ * jobs cancelled) and remove its folder: workspace, uploads, transcripts.
+ * Returns 1 if there was a folder, 0 if not, -1 with *cause set.
+ */
+int
+pool_purge(json_t *msg, char **cause)
+{
+	const char	*tenant = json_string_value(json_object_get(msg,
+			    "tenant"));
+	struct proc	*p;
+	int		 n, live = 0;
+
+	if (!util_valid_tenant(tenant))
+		return (*cause = strdup("tenant: missing or invalid"), -1);
+	TAILQ_FOREACH(p, &poold->procs, entry) {
+		if (strcmp(p->tenant, tenant) != 0)
+			continue;
+		if (p->job != NULL)
+			pool_cancel(p->job);
+		proc_kill(p);
+		live = p->delete_tenant = 1;
+	}
+	/*
+	 * A CLI killed just now may write in its HOME until it is gone: the
+	 * folder is removed again then (pool_proc_gone).
+	 */
+	if ((n = workspace_delete_tenant(poold->cf->state_dir, tenant)) < 0 &&
+	    !live)
+		return (*cause = strdup("cannot remove the tenant's folder"),
+		    -1);
+	if (n < 0)
+		n = 1;
+	log_info("tenant %s purged", tenant);
+	return (n);
 }

@@ -40,6 +40,7 @@ static const char *const poold_keys[] = {
 	"sandbox", "sandbox_bwrap", "sandbox_setpriv", "sandbox_paths",
 	"sandbox_tmp_mb", "egress_socket", "egress_auth",
 	"cli_max_retries", "upstream_cooldown_ms", "upstream_probe_interval_ms",
+	"temp_retention_s", "temp_sweep_interval_ms",
 	NULL
 };
 
@@ -336,6 +337,10 @@ poold_config_load(const char *path, char **cause)
 	POOLD_INT("rlimit_nofile", rlimit_nofile, 4096, 64, 1048576);
 	POOLD_INT("rlimit_nproc", rlimit_nproc, 0, 0, 1048576);
 	POOLD_INT("cli_nice", cli_nice, 5, 0, 19);
+	POOLD_INT("temp_retention_s", temp_retention_s, 7 * 86400, 0,
+	    3650L * 86400);
+	POOLD_INT("temp_sweep_interval_ms", temp_sweep_interval_ms, 600000,
+	    1000, 86400000);
 	POOLD_INT("log_verbose", verbose, 0, 0, 2);
 	POOLD_INT("sandbox_tmp_mb", sandbox_tmp_mb, 256, 1, 65536);
 	if (cf->min_instances > cf->max_instances) {

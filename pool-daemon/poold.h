@@ -123,6 +123,8 @@ struct poold_config {
 	long	 cli_max_retries;	/* CLAUDE_CODE_MAX_RETRIES */
 	long	 upstream_cooldown_ms;	/* overloaded, a bare 429 */
 	long	 upstream_probe_interval_ms;	/* credential rejected */
+	long	 temp_retention_s;	/* workspace/temp/, 0: kept */
+	long	 temp_sweep_interval_ms;
 	char	*env[POOLD_ENV_MAX];	/* "NAME=value" */
 	int	 nenv;
 };
@@ -190,6 +192,7 @@ struct proc {
 	int			 reaped;
 	int			 crashed;	/* exited without being killed */
 	int			 delete_home;	/* its conversation was deleted */
+	int			 delete_tenant;	/* its tenant was purged */
 	uint64_t		 kill_at;	/* stopping: SIGKILL from then */
 	int			 status;
 
@@ -277,6 +280,9 @@ struct job {
 	char			 must_call[72];	/* tool_choice: "*", a name */
 	int			 must_asked;	/* times the model was told */
 	long long		 s_in, s_out, s_cache_read, s_cache_creation;
+	/* A tools turn: its workspace before it ran (files.c), for done. */
+	json_t			*ws_before;
+	int			 ws_partial;
 	TAILQ_ENTRY(job)	 entry;
 };
 TAILQ_HEAD(jobs, job);
@@ -442,6 +448,7 @@ void		 pool_dispatch(void);
 json_t		*pool_stats(void);
 int		 pool_set_limits(json_t *, char **);
 int		 pool_delete(json_t *, char **);
+int		 pool_purge(json_t *, char **);
 void		 pool_shutdown(void);
 int		 pool_idle(void);
 int		 profile_equal(const struct profile *,
@@ -504,6 +511,15 @@ long		 proc_tree_rss_kb(pid_t);
 int		 proc_renice(struct proc *, int);
 char		 proc_sched_state(pid_t);
 
+/* files.c */
+extern int	 files_no_openat2;
+json_t		*files_handle(json_t *, int *);
+int		 files_type(const char *);
+json_t		*files_snapshot(const char *, int *);
+json_t		*files_changes(const char *, json_t *, int *);
+json_t		*files_tenant_usage(const char *);
+void		 files_tick(uint64_t);
+
 /* workspace.c */
 int		 workspace_mkdir(const char *, mode_t, uid_t, gid_t, char **);
 int		 workspace_init(const char *, char **);
@@ -517,6 +533,7 @@ int		 workspace_slot_create(const char *, int, char **);
 int		 workspace_slot_bind(const char *, int, const char *,
 		     const char *, char **);
 void		 workspace_slot_remove(const char *, int);
+int		 workspace_delete_tenant(const char *, const char *);
 int		 workspace_delete_home(const char *, const char *,
 		     const char *);
 

@@ -43,6 +43,7 @@ TAILQ_HEAD(clients, client);
 static struct clients	clients = TAILQ_HEAD_INITIALIZER(clients);
 
 static void	client_io_cb(struct loop_io *, uint32_t);
+static void	client_reject(struct client *, const char *, const char *);
 
 /*
  * Create the listening socket.  Refuses to start if another daemon
@@ -258,6 +259,90 @@ static const struct job_sink client_sink = {
 	client_sink_handed_us
 };
 
+/*
+ * Send frame with descriptor fd attached (SCM_RIGHTS, on its first byte),
+ * then close.  The frame is the connection's only one: what the socket
+ * does not take at once is queued as usual.  fd is closed here.
+ */
+static void
+client_send_fd(struct client *c, json_t *frame, int fd)
+{
+	struct msghdr	 mh;
+	struct iovec	 iov;
+	struct cmsghdr	*cm;
+	union {
+		char		buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr	align;
+	} u;
+	uint8_t		*buf;
+	size_t		 len;
+	ssize_t		 n;
+	char		*cause = NULL;
+
+	c->closing = 1;
+	if (c->outlen != 0 || proto_encode(frame,
+	    (size_t)poold->cf->max_frame, &buf, &len, &cause) != 0) {
+		free(cause);
+		close(fd);
+		c->dead = 1;
+		return;
+	}
+	memset(&mh, 0, sizeof mh);
+	memset(&u, 0, sizeof u);
+	iov.iov_base = buf;
+	iov.iov_len = len;
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = u.buf;
+	mh.msg_controllen = sizeof u.buf;
+	cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+	do
+		n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+	while (n == -1 && errno == EINTR);
+	close(fd);
+	if (n <= 0) {
+		free(buf);
+		c->dead = 1;
+		return;
+	}
+	if ((size_t)n < len) {
+		free(c->out);
+		c->out = buf;
+		c->outlen = len;
+		c->outoff = (size_t)n;
+		if (client_flush(c) != 0)
+			c->dead = 1;
+		return;
+	}
+	free(buf);
+}
+
+/* A files message (files.c): its answer, with a descriptor or not. */
+static void
+client_files(struct client *c, json_t *msg)
+{
+	json_t	*f;
+	int	 fd;
+
+	if ((f = files_handle(msg, &fd)) == NULL) {
+		if (fd != -1)
+			close(fd);
+		client_reject(c, PROTO_E_INTERNAL, "out of memory");
+		return;
+	}
+	if (fd != -1)
+		client_send_fd(c, f, fd);
+	else {
+		(void)client_send(c, f);
+		c->closing = 1;
+	}
+	json_decref(f);
+}
+
 /* Send an error frame and close. */
 static void
 client_reject(struct client *c, const char *code, const char *message)
@@ -390,6 +475,14 @@ client_frame(struct client *c, json_t *msg)
 			client_ok(c, json_pack("{s:i}", "removed", n));
 	} else if (strcmp(type, PROTO_COUNT_TOKENS) == 0) {
 		client_count(c, msg);
+	} else if (files_type(type)) {
+		client_files(c, msg);
+	} else if (strcmp(type, PROTO_TENANT_PURGE) == 0) {
+		if ((n = pool_purge(msg, &cause)) < 0) {
+			client_reject(c, PROTO_E_BAD_REQUEST, cause);
+			free(cause);
+		} else
+			client_ok(c, json_pack("{s:b}", "removed", n > 0));
 	} else if (strcmp(type, PROTO_PING) == 0) {
 		client_ok(c, json_pack("{s:s, s:b, s:i, s:s}", "version",
 		    PACKAGE_VERSION, "draining", poold->draining, "processes",

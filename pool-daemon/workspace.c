@@ -7,6 +7,8 @@
  *				tenant's tool-enabled CLIs
  *	conversations/<c>/	the HOME of every CLI of conversation c (its
  *				.claude holds the transcript); the CLI user's
+ *	incoming/		uploads being written (files.c), renamed into
+ *				workspace/ when complete; the CLI user's
  *   warm/<n>/			the HOME of warm process n until it is bound:
  *				binding renames it to its conversation's
  *   slots/<n>			a symlink to warm process n's HOME wherever it
@@ -416,6 +418,25 @@ workspace_delete_home(const char *state, const char *t, const char *c)
 	char		path[PATH_MAX];
 
 	if (ws_home_path(state, t, c, path, sizeof path, NULL) != 0)
+		return (-1);
+	if (lstat(path, &sb) == -1)
+		return (errno == ENOENT ? 0 : -1);
+	return (ws_rmtree(path) == 0 ? 1 : -1);
+}
+
+/*
+ * Remove tenant t's folder: its workspace, uploads in progress and every
+ * conversation's HOME (transcripts).  Returns 1 if there was one, 0 if
+ * not, -1.
+ */
+int
+workspace_delete_tenant(const char *state, const char *t)
+{
+	struct stat	sb;
+	char		path[PATH_MAX];
+
+	if (!util_valid_tenant(t) || snprintf(path, sizeof path,
+	    "%s/tenants/%s", state, t) >= (int)sizeof path)
 		return (-1);
 	if (lstat(path, &sb) == -1)
 		return (errno == ENOENT ? 0 : -1);

@@ -31,7 +31,8 @@ static const char *const app_keys[] = {
 	"sse_heartbeat_ms", "db_retry_ms", "ws_listen", "ws_threads",
 	"ws_max_message", "ws_max_connections", "quota_reserve_tokens",
 	"signature_skew_s", "idempotency_window_s", "idempotency_max_answer",
-	"idempotency_lease_s", NULL
+	"idempotency_key_bytes", "idempotency_lease_s", "workspace_max_bytes",
+	"workspace_max_files", "files_hash_max_bytes", NULL
 };
 
 /* Free a configuration. */
@@ -243,7 +244,15 @@ appconf_load(const char *path, char **cause)
 	APP_INT("idempotency_window_s", idem_window_s, 86400, 60, 30 * 86400);
 	APP_INT("idempotency_max_answer", idem_max_answer, 1024 * 1024, 1024,
 	    16 * 1024 * 1024 - 1);
+	APP_INT("idempotency_key_bytes", idem_key_bytes, 64L * 1024 * 1024,
+	    1024, 1L << 40);
 	APP_INT("idempotency_lease_s", idem_lease_s, 0, 0, 86400 + 3600);
+	APP_INT("workspace_max_bytes", workspace_max_bytes,
+	    1024L * 1024 * 1024, 0, 1024L * 1024 * 1024 * 1024 * 1024);
+	APP_INT("workspace_max_files", workspace_max_files, 10000, 0,
+	    1000000);
+	APP_INT("files_hash_max_bytes", files_hash_max_bytes,
+	    256L * 1024 * 1024, 0, 1024L * 1024 * 1024 * 1024);
 	if (app_models(cf, conf_str(c, "models", cf->default_model),
 	    cause) != 0)
 		goto fail;

@@ -64,7 +64,11 @@ struct app_config {
 	long	 signature_skew_s;	/* signed requests' clock window */
 	long	 idem_window_s;		/* Idempotency-Key answers kept */
 	long	 idem_max_answer;	/* the largest answer kept */
+	long	 idem_key_bytes;	/* all one API key's answers kept */
 	long	 idem_lease_s;		/* 0: job_timeout_ms + 60 s */
+	long	 workspace_max_bytes;	/* a tenant's default, 0: none */
+	long	 workspace_max_files;
+	long	 files_hash_max_bytes;	/* a listing hashes at most */
 	long	 verbose;
 };
 
@@ -235,6 +239,15 @@ int		 audit_record(struct db *, const struct actor *, const char *,
 		     const char *, const char *, json_t *, json_t *);
 void		 audit_cli_actor(struct actor *);
 
+/* core/tenant.c: a tenant's workspace limits. */
+int		 tenant_limits(struct db *, const char *, long long *,
+		     long long *);
+json_t		*tenant_get(struct db *, const char *, struct op_error *);
+int		 tenant_update(struct db *, const struct actor *, const char *,
+		     json_t *, json_t **, struct op_error *);
+int		 tenant_purge(struct db *, const struct actor *, const char *,
+		     json_t **, struct op_error *);
+
 /* core/keys.c: a key as administrators manage it. */
 struct keyrec {
 	char		 id[KEY_ID_LEN + 1];
@@ -365,5 +378,8 @@ int		 poolc_send(struct poolc *, json_t *, char **);
 json_t		*poolc_next(struct poolc *, int, int, int *, char **);
 void		 poolc_close(struct poolc *);
 json_t		*poolc_call(const char *, json_t *, int, char **);
+json_t		*poolc_call_fd(const char *, json_t *, int, int *, char **);
+json_t		*poolc_file_sha256(const char *, const char *, const char *,
+		     long long, long long *);
 
 #endif

@@ -13,8 +13,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "core.h"
 #include "proto.h"
+
+#define POOLC_CHUNK	(64 * 1024)
 
 struct poolc {
 	int	fd;
@@ -128,4 +132,164 @@ poolc_call(const char *path, json_t *msg, int timeout_ms, char **cause)
 		    cause);
 	poolc_close(pc);
 	return (ans);
+}
+
+/*
+ * Send one control message and return the answer, with the descriptor it
+ * carried (SCM_RIGHTS) in *fd, or -1 if none.  The answer is one frame of
+ * at most PROTO_LARGEST bytes (ccgate-poold's max_frame bounds it); a
+ * descriptor that came with anything else is closed.
+ */
+json_t *
+poolc_call_fd(const char *path, json_t *msg, int timeout_ms, int *fd,
+    char **cause)
+{
+	struct poolc	*pc;
+	struct msghdr	 mh;
+	struct iovec	 iov;
+	struct cmsghdr	*cm;
+	struct pollfd	 pfd;
+	union {
+		char		buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr	align;
+	} u;
+	uint8_t		*buf = NULL, *nb;
+	size_t		 len = 0, cap = 0, want = PROTO_HEADER_LEN;
+	json_t		*ans = NULL;
+	ssize_t		 n;
+	int		 got;
+
+	*fd = -1;
+	if ((pc = poolc_open(path, cause)) == NULL)
+		return (NULL);
+	if (poolc_send(pc, msg, cause) != 0)
+		goto out;
+	while (len < want) {
+		if (want > cap) {
+			if ((nb = realloc(buf, want)) == NULL) {
+				util_cause(cause, "out of memory");
+				goto out;
+			}
+			buf = nb;
+			cap = want;
+		}
+		pfd.fd = pc->fd;
+		pfd.events = POLLIN;
+		if ((n = poll(&pfd, 1, timeout_ms)) == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			util_cause(cause, "the pool daemon did not answer");
+			goto out;
+		}
+		memset(&mh, 0, sizeof mh);
+		iov.iov_base = buf + len;
+		iov.iov_len = want - len;
+		mh.msg_iov = &iov;
+		mh.msg_iovlen = 1;
+		mh.msg_control = u.buf;
+		mh.msg_controllen = sizeof u.buf;
+		n = recvmsg(pc->fd, &mh, MSG_CMSG_CLOEXEC);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			util_cause(cause, "the pool daemon closed the "
+			    "connection");
+			goto out;
+		}
+		for (cm = CMSG_FIRSTHDR(&mh); cm != NULL;
+		    cm = CMSG_NXTHDR(&mh, cm)) {
+			if (cm->cmsg_level != SOL_SOCKET ||
+			    cm->cmsg_type != SCM_RIGHTS ||
+			    cm->cmsg_len != CMSG_LEN(sizeof(int)))
+				continue;
+			memcpy(&got, CMSG_DATA(cm), sizeof got);
+			if (*fd != -1)
+				close(*fd);
+			*fd = got;
+		}
+		len += (size_t)n;
+		if (len == PROTO_HEADER_LEN && want == PROTO_HEADER_LEN) {
+			want = ((size_t)buf[0] << 24 | (size_t)buf[1] << 16 |
+			    (size_t)buf[2] << 8 | (size_t)buf[3]);
+			if (want == 0 || want > PROTO_LARGEST) {
+				util_cause(cause, "bad frame from the pool "
+				    "daemon");
+				goto out;
+			}
+			want += PROTO_HEADER_LEN;
+		}
+	}
+	ans = proto_decode(buf + PROTO_HEADER_LEN, len - PROTO_HEADER_LEN,
+	    cause);
+out:
+	free(buf);
+	poolc_close(pc);
+	if (ans == NULL && *fd != -1) {
+		close(*fd);
+		*fd = -1;
+	}
+	return (ans);
+}
+
+/* SHA-256 of fd's bytes as hex into hex; -1 if it cannot be read. */
+static int
+poolc_hash_fd(int fd, char hex[65], long long *budget)
+{
+	crypto_hash_sha256_state	 st;
+	unsigned char			 d[crypto_hash_sha256_BYTES];
+	char				*buf;
+	ssize_t				 n;
+
+	if ((buf = malloc(POOLC_CHUNK)) == NULL)
+		return (-1);
+	crypto_hash_sha256_init(&st);
+	for (;;) {
+		n = read(fd, buf, POOLC_CHUNK);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		crypto_hash_sha256_update(&st, (unsigned char *)buf,
+		    (size_t)n);
+		*budget -= n;
+	}
+	free(buf);
+	if (n < 0)
+		return (-1);
+	crypto_hash_sha256_final(&st, d);
+	sodium_bin2hex(hex, 65, d, sizeof d);
+	return (0);
+}
+
+/*
+ * The SHA-256 of tenant's workspace file path (of size bytes, as listed)
+ * as a JSON string, read through a descriptor ccgate-poold opens; JSON
+ * null if it cannot be had or *budget (bytes still to hash) is smaller.
+ */
+json_t *
+poolc_file_sha256(const char *sock, const char *tenant, const char *path,
+    long long size, long long *budget)
+{
+	json_t	*m, *ans;
+	char	 hex[65], *cause = NULL;
+	int	 fd = -1, rc;
+
+	if (size > *budget || (m = json_pack("{s:i, s:s, s:s, s:s, s:s}", "v",
+	    PROTO_VERSION, "type", PROTO_FILE_OPEN, "tenant", tenant, "path",
+	    path, "mode", "read")) == NULL)
+		return (json_null());
+	ans = poolc_call_fd(sock, m, 30000, &fd, &cause);
+	json_decref(m);
+	free(cause);
+	if (ans == NULL || strcmp(proto_type(ans), PROTO_OK) != 0 ||
+	    fd == -1) {
+		json_decref(ans);
+		if (fd != -1)
+			close(fd);
+		return (json_null());
+	}
+	json_decref(ans);
+	rc = poolc_hash_fd(fd, hex, budget);
+	close(fd);
+	return (rc == 0 ? json_string(hex) : json_null());
 }

@@ -65,6 +65,9 @@ admin_help(FILE *fp)
 	    "       ccgate-admin [-f config] user create|passwd NAME "
 	    "(password on stdin)\n"
 	    "       ccgate-admin [-f config] user list [--json]\n"
+	    "       ccgate-admin [-f config] tenant show|purge NAME\n"
+	    "       ccgate-admin [-f config] tenant set NAME "
+	    "[--workspace-max-bytes N|default] [--workspace-max-files N|default]\n"
 	    "       ccgate-admin [-f config] user disable|enable NAME\n"
 	    "       ccgate-admin [-f config] usage [--key ID] [--days N] "
 	    "[--json]\n"
@@ -276,6 +279,87 @@ admin_fail(const char *what, const struct op_error *e)
 {
 	fprintf(stderr, "ccgate-admin: %s: %s\n", what, e->msg);
 	return (1);
+}
+
+/*
+ * tenant show NAME, tenant set NAME [--workspace-max-bytes N|default]
+ * [--workspace-max-files N|default]: a tenant's workspace limits (0: no
+ * limit; default: ccgate.conf's), printed as JSON.
+ */
+static int
+admin_tenant(struct db *db, int argc, char **argv)
+{
+	struct actor	 who;
+	struct op_error	 e;
+	json_t		*spec, *out = NULL;
+	char		*end, *s;
+	long long	 n;
+	int		 i, rc;
+
+	if (argc < 3)
+		usage();
+	if (strcmp(argv[1], "show") == 0 && argc == 3) {
+		if ((out = tenant_get(db, argv[2], &e)) == NULL)
+			return (admin_fail("tenant", &e));
+	} else if (strcmp(argv[1], "purge") == 0 && argc == 3) {
+		audit_cli_actor(&who);
+		if (tenant_purge(db, &who, argv[2], &out, &e) != 0)
+			return (admin_fail("tenant purge", &e));
+	} else if (strcmp(argv[1], "set") == 0) {
+		if ((spec = json_object()) == NULL)
+			return (1);
+		for (i = 3; i + 1 < argc; i += 2) {
+			if (strcmp(argv[i], "--workspace-max-bytes") != 0 &&
+			    strcmp(argv[i], "--workspace-max-files") != 0)
+				usage();
+			if (strcmp(argv[i + 1], "default") == 0)
+				json_object_set_new(spec, argv[i] + 2,
+				    json_null());
+			else {
+				errno = 0;
+				n = strtoll(argv[i + 1], &end, 10);
+				if (*end != '\0' || errno != 0 || n < 0) {
+					fprintf(stderr, "ccgate-admin: %s: a "
+					    "number or default\n", argv[i]);
+					json_decref(spec);
+					return (1);
+				}
+				json_object_set_new(spec, argv[i] + 2,
+				    json_integer(n));
+			}
+		}
+		if (i != argc)
+			usage();
+		/* --workspace-max-bytes -> workspace_max_bytes */
+		{
+			json_t		*fixed = json_object(), *v;
+			const char	*k;
+			char		 name[64];
+
+			json_object_foreach(spec, k, v) {
+				snprintf(name, sizeof name, "%s", k);
+				for (s = name; *s != '\0'; s++)
+					if (*s == '-')
+						*s = '_';
+				json_object_set(fixed, name, v);
+			}
+			json_decref(spec);
+			spec = fixed;
+		}
+		audit_cli_actor(&who);
+		rc = tenant_update(db, &who, argv[2], spec, &out, &e);
+		json_decref(spec);
+		if (rc != 0)
+			return (admin_fail("tenant", &e));
+	} else
+		usage();
+	s = json_dumps(out, JSON_INDENT(2) | JSON_SORT_KEYS);
+	json_decref(out);
+	if (s == NULL)
+		return (1);
+	printf("%s\n", s);
+	free(s);
+	return (0);
 }
 
 /* A limit option: "none" is null (unlimited), else a number. */
@@ -923,7 +1007,8 @@ main(int argc, char **argv)
 	}
 	if (strcmp(argv[0], "migrate") != 0 && strcmp(argv[0], "usage") != 0 &&
 	    strcmp(argv[0], "purge") != 0 && (argc < 2 ||
-	    (strcmp(argv[0], "key") != 0 && strcmp(argv[0], "user") != 0)))
+	    (strcmp(argv[0], "key") != 0 && strcmp(argv[0], "user") != 0 &&
+	    strcmp(argv[0], "tenant") != 0)))
 		usage();
 	if ((appconf = appconf_load(path, &cause)) == NULL) {
 		fprintf(stderr, "ccgate-admin: %s\n", cause);
@@ -945,6 +1030,8 @@ main(int argc, char **argv)
 		rc = admin_key(db, argc, argv);
 	else if (strcmp(argv[0], "user") == 0)
 		rc = admin_user(db, argc, argv);
+	else if (strcmp(argv[0], "tenant") == 0)
+		rc = admin_tenant(db, argc, argv);
 	else if (strcmp(argv[0], "usage") == 0)
 		rc = admin_usage(db, argc, argv);
 	else if (strcmp(argv[0], "purge") == 0)

@@ -151,9 +151,28 @@ fcgi_finish(void *arg)
 	FCGX_Finish_r(arg);
 }
 
+/* Raw bytes of an answer, its head first if rp; written out at once. */
+static int
+fcgi_raw(void *arg, const struct req_reply *rp, const char *buf, size_t len)
+{
+	FCGX_Request	*fx = arg;
+	size_t		 n;
+
+	if (rp != NULL)
+		fcgi_head(fx, rp);
+	while (len > 0) {
+		n = len > INT_MAX ? INT_MAX : len;
+		if (FCGX_PutStr(buf, (int)n, fx->out) != (int)n)
+			return (-1);
+		buf += n;
+		len -= n;
+	}
+	return (fcgi_flush(fx, 1));
+}
+
 static const struct req_transport fcgi_transport = {
 	fcgi_read, fcgi_json, fcgi_text, fcgi_stream, fcgi_event, fcgi_fd,
-	fcgi_finish
+	fcgi_finish, fcgi_raw
 };
 
 /*

@@ -252,7 +252,7 @@ ws_tp_fd(void *arg)
 }
 
 static const struct req_transport ws_transport = {
-	NULL, ws_tp_json, NULL, ws_tp_stream, ws_tp_event, ws_tp_fd, NULL
+	NULL, ws_tp_json, NULL, ws_tp_stream, ws_tp_event, ws_tp_fd, NULL, NULL
 };
 
 /* An error event for c, in the native dialect with its status. */

@@ -223,6 +223,55 @@ adminapi_keys_update(struct request *r)
 	adminapi_key_answer(r, rc, 200, out, NULL, &e);
 }
 
+/* GET /admin/tenants/:name: a tenant's workspace limits. */
+void
+adminapi_tenant_get(struct request *r)
+{
+	struct op_error	 e;
+	json_t		*out;
+
+	if ((out = tenant_get(db_thread(), req_route(r)->param, &e)) == NULL)
+		req_op_fail(r, &e);
+	else
+		req_send_json(r, 200, out);
+}
+
+/*
+ * PUT /admin/tenants/:name: set workspace_max_bytes, workspace_max_files
+ * (null: ccgate.conf's default, 0: no limit); audited.
+ */
+void
+adminapi_tenant_update(struct request *r)
+{
+	struct op_error	 e;
+	json_t		*body, *out;
+
+	if ((body = req_json_body(r, 1)) == NULL)
+		return;
+	if (tenant_update(db_thread(), req_actor(r), req_route(r)->param, body,
+	    &out, &e) != 0)
+		req_op_fail(r, &e);
+	else
+		req_send_json(r, 200, out);
+}
+
+/*
+ * DELETE /admin/tenants/:name: purge the tenant's workspace, transcripts
+ * and conversations (tenant_purge); audited.
+ */
+void
+adminapi_tenant_purge(struct request *r)
+{
+	struct op_error	 e;
+	json_t		*out;
+
+	if (tenant_purge(db_thread(), req_actor(r), req_route(r)->param, &out,
+	    &e) != 0)
+		req_op_fail(r, &e);
+	else
+		req_send_json(r, 200, out);
+}
+
 /* DELETE /admin/api-keys/:id: revoke. */
 void
 adminapi_keys_revoke(struct request *r)

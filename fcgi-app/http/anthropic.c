@@ -131,7 +131,7 @@ anthropic_stream_calls(struct turn *t)
 static void
 anthropic_done(struct turn *t)
 {
-	json_t	*content;
+	json_t	*content, *ans;
 	char	 id[96];
 
 	if (!t->stream) {
@@ -143,21 +143,33 @@ anthropic_done(struct turn *t)
 			    "type", "text", "text", t->text));
 		if (content != NULL)
 			content = anthropic_calls(t, content);
-		req_send_json(t->r, 200, content == NULL ? NULL : json_pack(
+		ans = content == NULL ? NULL : json_pack(
 		    "{s:s, s:s, s:s, s:s, s:o, s:s, s:s?, s:o}", "id", id,
 		    "type", "message", "role", "assistant", "model",
 		    t->conv->model, "content", content, "stop_reason",
 		    t->stop_reason, "stop_sequence", t->stop_sequence, "usage",
-		    anthropic_usage(t)));
+		    anthropic_usage(t));
+		/* ccgate's extension: the files a tools turn changed. */
+		if (ans != NULL && t->files != NULL)
+			json_object_set_new(ans, "ccgate", json_pack("{s:O, s:O?}",
+			    "files", t->files, "workspace", t->workspace));
+		req_send_json(t->r, 200, ans);
 		return;
 	}
+	/* message_delta carries ccgate's extension, as the message does. */
+	ans = json_pack("{s:s, s:{s:s, s:s?}, s:o}", "type", "message_delta",
+	    "delta", "stop_reason", t->stop_reason, "stop_sequence",
+	    t->stop_sequence, "usage", anthropic_usage(t));
+	if (ans != NULL && t->files != NULL)
+		json_object_set_new(ans, "ccgate", json_pack("{s:O, s:O?}",
+		    "files", t->files, "workspace", t->workspace));
 	if (anthropic_event(t, "content_block_stop", json_pack("{s:s, s:i}",
 	    "type", "content_block_stop", "index", 0)) != 0 ||
-	    anthropic_stream_calls(t) != 0 ||
-	    anthropic_event(t, "message_delta", json_pack("{s:s, s:{s:s, s:s?}, "
-	    "s:o}", "type", "message_delta", "delta", "stop_reason",
-	    t->stop_reason, "stop_sequence", t->stop_sequence, "usage",
-	    anthropic_usage(t))) != 0)
+	    anthropic_stream_calls(t) != 0) {
+		json_decref(ans);
+		return;
+	}
+	if (anthropic_event(t, "message_delta", ans) != 0)
 		return;
 	(void)anthropic_event(t, "message_stop", json_pack("{s:s}", "type",
 	    "message_stop"));

@@ -26,14 +26,21 @@ enum chat_stream {
 static json_t *
 chat_answer(struct turn *t, const char *type)
 {
-	return (json_pack("{s:s?, s:b, s:s, s:s, s:s, s:s, s:s, s:{s:I, s:I, "
+	json_t	*ans;
+
+	ans = json_pack("{s:s?, s:b, s:s, s:s, s:s, s:s, s:s, s:{s:I, s:I, "
 	    "s:I, s:f}, s:I}", "type", type, "success", 1, "conversation_id",
 	    t->conv->id, "session_id", t->session_id, "response", t->text,
 	    "model", t->conv->model, "stop_reason", t->stop_reason, "usage",
 	    "input_tokens",
 	    (json_int_t)t->in, "output_tokens", (json_int_t)t->out,
 	    "total_tokens", (json_int_t)(t->in + t->out), "cost_usd", t->cost,
-	    "duration_ms", (json_int_t)(util_now_ms() - t->started_ms)));
+	    "duration_ms", (json_int_t)(util_now_ms() - t->started_ms));
+	if (ans != NULL && t->files != NULL)
+		json_object_set(ans, "files", t->files);
+	if (ans != NULL && t->workspace != NULL)
+		json_object_set(ans, "workspace", t->workspace);
+	return (ans);
 }
 
 /* Native: one delta event. */

@@ -17,7 +17,10 @@ dialect_error_type(enum dialect d, int status)
 {
 	switch (status) {
 	case 400:
+	case 411:
 	case 413:
+	case 415:
+	case 416:
 		return (d == DIALECT_ANTHROPIC && status == 413 ?
 		    "request_too_large" : "invalid_request_error");
 	case 401:

@@ -121,6 +121,11 @@ struct req_transport {
 	int	(*fd)(void *);
 	/* The answer is complete (before usage is recorded); may be NULL. */
 	void	(*finish)(void *);
+	/*
+	 * Raw bytes of an answer (a download): with a reply, its head goes
+	 * first.  NULL: this transport cannot.  -1 once the client is gone.
+	 */
+	int	(*raw)(void *, const struct req_reply *, const char *, size_t);
 };
 
 void		 req_serve(const struct route_table *,
@@ -136,6 +141,9 @@ int		 req_client_id_ok(const char *);
 const char	*req_param(struct request *, const char *);
 const char	*req_header(struct request *, const char *);
 const char	*req_id(struct request *);
+const char	*req_path(struct request *);
+int		 req_raw(struct request *, int, const char *, const char *,
+		     size_t);
 uint64_t	 req_started_us(const struct request *);
 const char	*req_query(struct request *, const char *, char *, size_t);
 json_t		*req_json_body(struct request *, int);
@@ -178,6 +186,13 @@ void		 req_transport_get(struct request *,
 		     const struct req_transport **, void **);
 void		 req_transport_set(struct request *,
 		     const struct req_transport *, void *);
+
+/* http/files.c: a tenant's workspace files (/api/files). */
+void		 files_put_handle(struct request *);
+void		 files_post_handle(struct request *);
+void		 files_get_handle(struct request *);
+void		 files_list_handle(struct request *);
+void		 files_delete_handle(struct request *);
 
 /* http/signing.c: signed requests (keys with require_signature). */
 int		 sign_check(struct request *);
@@ -264,6 +279,12 @@ struct turn {
 	const char		*stop_sequence;	/* the one that ended it, or NULL */
 	long long		 in, out, cache_read, cache_creation;
 	double			 cost;
+	/*
+	 * A tools turn: the workspace files it created, changed or deleted
+	 * [{path, size, sha256, change}], or NULL.
+	 */
+	json_t			*files;
+	json_t			*workspace;	/* past its limits, or NULL */
 };
 
 void	turn_init(struct turn *, struct request *, const struct turn_ops *,
@@ -336,6 +357,7 @@ void		 poolinfo_stats_handle(struct request *);
 void		 poolinfo_health_handle(struct request *);
 void		 poolinfo_init_handle(struct request *);
 void		 poolinfo_admin_handle(struct request *);
+json_t		*poolinfo_workspaces(void);
 
 /* http/health.c */
 void		 health_live(struct request *);
@@ -351,6 +373,9 @@ void		 adminapi_keys_create(struct request *);
 void		 adminapi_keys_list(struct request *);
 void		 adminapi_keys_get(struct request *);
 void		 adminapi_keys_update(struct request *);
+void		 adminapi_tenant_get(struct request *);
+void		 adminapi_tenant_update(struct request *);
+void		 adminapi_tenant_purge(struct request *);
 void		 adminapi_keys_revoke(struct request *);
 void		 adminapi_keys_rotate(struct request *);
 void		 adminapi_usage(struct request *);

@@ -15,7 +15,10 @@
  *						nothing runs, no quota
  *	another method, path or body		409
  *	the first still running			409, Retry-After: 1
- *	the first's answer was too large	409
+ *	the first's answer was not kept		409 (larger than
+ *						idempotency_max_answer, or
+ *						the API key's kept answers
+ *						at idempotency_key_bytes)
  *
  * An answer of 5xx, 408, 409, 425, 429 or 499 is not kept (the key is let
  * go, so a retry runs).  A running claim holds a lease (idempotency_lease_s,
@@ -231,6 +234,31 @@ idem_conversation(const struct idem *im, char *out, size_t len)
 	}
 }
 
+/*
+ * Return 1 if the API key's kept answers leave room for len more bytes
+ * within idempotency_key_bytes (summed from an index, bodies unread), 0 if
+ * not, -1 if the database did not answer.  Concurrent answers may each
+ * pass: the bound is passed by at most what they keep.
+ */
+static int
+idem_room(struct db *db, const char *key_id, size_t len)
+{
+	struct db_res	*res = NULL;
+	long long	 kept;
+	int		 rc;
+
+	if (db_run(db, &res, NULL, "SELECT IFNULL(SUM(body_bytes), 0) FROM "
+	    "idempotency_keys WHERE key_id = ? AND expires_at > "
+	    "UTC_TIMESTAMP()", "s", key_id) != 0)
+		return (-1);
+	kept = res->nrows == 1 && db_cell(res, 0, 0) != NULL ?
+	    strtoll(db_cell(res, 0, 0), NULL, 10) : 0;
+	rc = kept >= 0 && (unsigned long long)kept + len <=
+	    (unsigned long long)appconf->idem_key_bytes;
+	db_res_free(res);
+	return (rc);
+}
+
 /* Keep the answer, or let the key go; then the front end finishes. */
 static void
 idem_finish(void *arg)
@@ -239,22 +267,30 @@ idem_finish(void *arg)
 	struct db	*db = db_thread();
 	char		 conv[UUID_LEN + 1];
 	uint64_t	 kept = 1;
-	int		 status = req_status(im->r), rc;
+	int		 status = req_status(im->r), rc, room = 1;
 
 	/*
 	 * Only while the claim is still this request's: past its lease a
 	 * retry may have taken the key over, and its row is not ours.
 	 */
 	idem_conversation(im, conv, sizeof conv);
-	if (!im->answered || im->broken || !idem_keeps(status))
+	if (im->answered && !im->broken && idem_keeps(status) &&
+	    !im->too_large && (room = idem_room(db, im->key_id, im->len)) == 0)
+		log_info("%s: the answers key %s keeps are at "
+		    "idempotency_key_bytes: this one is not kept", req_id(im->r),
+		    im->key_id);
+	if (room < 0)
+		rc = -1;
+	else if (!im->answered || im->broken || !idem_keeps(status))
 		rc = db_run(db, NULL, NULL, "DELETE FROM idempotency_keys "
 		    "WHERE key_id = ? AND idem_key = ? AND state = 'running' "
 		    "AND request_id = ?", "sss", im->key_id, im->ikey,
 		    req_id(im->r));
-	else if (im->too_large)
+	else if (im->too_large || room == 0)
 		rc = db_run(db, NULL, &kept, "UPDATE idempotency_keys SET "
 		    "state = 'done', status = ?, content_type = NULL, "
-		    "headers = NULL, body = NULL, conversation_id = ? WHERE "
+		    "headers = NULL, body = NULL, body_bytes = 0, "
+		    "conversation_id = ? WHERE "
 		    "key_id = ? AND idem_key = ? AND request_id = ? AND NOT "
 		    "EXISTS (SELECT 1 FROM conversations WHERE id = ? AND "
 		    "deleted_at IS NOT NULL)", "isssss", (long long)status,
@@ -263,11 +299,12 @@ idem_finish(void *arg)
 	else
 		rc = db_run(db, NULL, &kept, "UPDATE idempotency_keys SET "
 		    "state = 'done', status = ?, content_type = ?, "
-		    "headers = ?, body = ?, conversation_id = ? WHERE key_id = ? "
-		    "AND idem_key = ? AND request_id = ? AND NOT EXISTS (SELECT "
-		    "1 FROM conversations WHERE id = ? AND deleted_at IS NOT "
-		    "NULL)", "issbsssss", (long long)status, im->ctype,
-		    im->headers, im->buf != NULL ? im->buf : "", im->len,
+		    "headers = ?, body = ?, body_bytes = ?, conversation_id = ? "
+		    "WHERE key_id = ? AND idem_key = ? AND request_id = ? AND "
+		    "NOT EXISTS (SELECT 1 FROM conversations WHERE id = ? AND "
+		    "deleted_at IS NOT NULL)", "issbisssss", (long long)status,
+		    im->ctype, im->headers, im->buf != NULL ? im->buf : "",
+		    im->len, (long long)im->len,
 		    conv[0] != '\0' ? conv : NULL, im->key_id, im->ikey,
 		    req_id(im->r), conv);
 	/* Not kept (its conversation deleted meanwhile): let the key go. */
@@ -490,8 +527,10 @@ idem_begin(struct request *r)
 		} else if (strcmp(state, "done") == 0) {
 			if (db_cell(res, 0, 7) == NULL)
 				rc = idem_conflict(r, "the answer to this "
-				    "Idempotency-Key was too large to keep: "
-				    "use a new key");
+				    "Idempotency-Key was not kept (too large for "
+				    "idempotency_max_answer, or this API key's "
+				    "kept answers were at idempotency_key_bytes)"
+				    ": use a new key");
 			else
 				idem_replay(r, res);
 			goto out;
@@ -503,7 +542,7 @@ idem_begin(struct request *r)
 		    "request_sha256 = ?, state = 'running', request_id = ?, "
 		    "lease_until = UTC_TIMESTAMP() + INTERVAL ? SECOND, "
 		    "status = NULL, content_type = NULL, headers = NULL, "
-		    "body = NULL, conversation_id = NULL, "
+		    "body = NULL, body_bytes = 0, conversation_id = NULL, "
 		    "created_at = UTC_TIMESTAMP(), expires_at = UTC_TIMESTAMP() "
 		    "+ INTERVAL ? SECOND WHERE key_id = ? AND idem_key = ? AND "
 		    "((state = 'running' AND lease_until <= UTC_TIMESTAMP()) OR "

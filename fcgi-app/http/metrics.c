@@ -257,6 +257,46 @@ metrics_pool(struct metrics_buf *b)
 	json_decref(st);
 }
 
+/* Each tenant's workspace use (ccgate-poold measures at most every 30 s). */
+static void
+metrics_workspaces(struct metrics_buf *b)
+{
+	json_t		*msg, *ans = NULL, *v;
+	const char	*k;
+	char		*cause = NULL;
+
+	if ((msg = proto_new(PROTO_FILE_USAGE)) != NULL)
+		ans = poolc_call(appconf->poold_socket, msg, 10000, &cause);
+	json_decref(msg);
+	free(cause);
+	if (!json_is_object(json_object_get(ans, "usage"))) {
+		json_decref(ans);
+		return;
+	}
+	metrics_put(b, "# HELP ccgate_workspace_bytes The bytes of a tenant's "
+	    "workspace files.\n# TYPE ccgate_workspace_bytes gauge\n");
+	json_object_foreach(json_object_get(ans, "usage"), k, v) {
+		metrics_put(b, "ccgate_workspace_bytes{tenant=\"%s\"} %lld\n",
+		    k, (long long)json_integer_value(json_object_get(v,
+		    "bytes")));
+	}
+	metrics_put(b, "# HELP ccgate_workspace_disk_bytes The disk a tenant's "
+	    "workspace uses.\n# TYPE ccgate_workspace_disk_bytes gauge\n");
+	json_object_foreach(json_object_get(ans, "usage"), k, v) {
+		metrics_put(b, "ccgate_workspace_disk_bytes{tenant=\"%s\"} "
+		    "%lld\n", k, (long long)json_integer_value(
+		    json_object_get(v, "disk_bytes")));
+	}
+	metrics_put(b, "# HELP ccgate_workspace_files The files of a tenant's "
+	    "workspace.\n# TYPE ccgate_workspace_files gauge\n");
+	json_object_foreach(json_object_get(ans, "usage"), k, v) {
+		metrics_put(b, "ccgate_workspace_files{tenant=\"%s\"} %lld\n",
+		    k, (long long)json_integer_value(json_object_get(v,
+		    "files")));
+	}
+	json_decref(ans);
+}
+
 /* GET /metrics */
 void
 metrics_handle(struct request *r)
@@ -270,6 +310,7 @@ metrics_handle(struct request *r)
 	b.s[0] = '\0';
 	metrics_read(metrics_requests, &b);
 	metrics_pool(&b);
+	metrics_workspaces(&b);
 	if (b.failed)
 		req_error(r, 500, NULL, "out of memory");
 	else

@@ -114,7 +114,7 @@ openai_usage(struct turn *t)
 static void
 openai_done(struct turn *t)
 {
-	json_t	*usage, *msg;
+	json_t	*usage, *msg, *ans, *last;
 	char	 id[96];
 
 	if (!t->stream) {
@@ -127,19 +127,29 @@ openai_done(struct turn *t)
 			json_object_set_new(msg, "tool_calls",
 			    openai_calls(t, 0));
 		}
-		req_send_json(t->r, 200, msg == NULL ? NULL : json_pack(
+		ans = msg == NULL ? NULL : json_pack(
 		    "{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:s}], s:o}", "id", id,
 		    "object", "chat.completion", "created",
 		    (json_int_t)t->created, "model", t->conv->model, "choices",
 		    "index", 0, "message", msg, "finish_reason",
-		    openai_finish(t), "usage", openai_usage(t)));
+		    openai_finish(t), "usage", openai_usage(t));
+		/* ccgate's extension: the files a tools turn changed. */
+		if (ans != NULL && t->files != NULL)
+			json_object_set_new(ans, "ccgate", json_pack("{s:O, s:O?}",
+			    "files", t->files, "workspace", t->workspace));
+		req_send_json(t->r, 200, ans);
 		return;
 	}
 	if (json_array_size(t->tool_calls) > 0 && openai_send(t,
 	    openai_chunk(t, json_pack("{s:o}", "tool_calls", openai_calls(t,
 	    1)), NULL)) != 0)
 		return;
-	if (openai_send(t, openai_chunk(t, json_object(), openai_finish(t))) != 0)
+	/* The finishing chunk carries ccgate's extension, as the answer. */
+	last = openai_chunk(t, json_object(), openai_finish(t));
+	if (last != NULL && t->files != NULL)
+		json_object_set_new(last, "ccgate", json_pack("{s:O, s:O?}",
+		    "files", t->files, "workspace", t->workspace));
+	if (openai_send(t, last) != 0)
 		return;
 	if (t->include_usage) {
 		snprintf(id, sizeof id, "chatcmpl-%s", req_id(t->r));

@@ -115,6 +115,28 @@ poolinfo_health_handle(struct request *r)
 	json_decref(st);
 }
 
+/*
+ * Every tenant's workspace use, {tenant: {bytes, files, disk_bytes,
+ * partial}} (ccgate-poold measures them at most every 30 s); {} if it
+ * does not answer.
+ */
+json_t *
+poolinfo_workspaces(void)
+{
+	json_t	*msg, *ans, *u;
+	char	*cause = NULL;
+
+	if ((msg = proto_new(PROTO_FILE_USAGE)) == NULL)
+		return (json_object());
+	ans = poolc_call(appconf->poold_socket, msg, 10000, &cause);
+	json_decref(msg);
+	free(cause);
+	u = json_object_get(ans, "usage");
+	u = json_is_object(u) ? json_incref(u) : json_object();
+	json_decref(ans);
+	return (u);
+}
+
 /* GET /admin/pool: every process, with its tenant and conversation. */
 void
 poolinfo_admin_handle(struct request *r)
@@ -125,8 +147,8 @@ poolinfo_admin_handle(struct request *r)
 		return;
 	json_object_del(st, "v");
 	json_object_del(st, "type");
-	req_send_json(r, 200, json_pack("{s:b, s:o}", "success", 1, "pool",
-	    st));
+	req_send_json(r, 200, json_pack("{s:b, s:o, s:o}", "success", 1,
+	    "pool", st, "workspaces", poolinfo_workspaces()));
 }
 
 /*

@@ -294,6 +294,35 @@ req_sse_hold(struct request *r, int hold)
 	r->held = hold;
 }
 
+/* The request's path, without its query string (as the client sent it). */
+const char *
+req_path(struct request *r)
+{
+	return (r->path != NULL ? r->path : "/");
+}
+
+/*
+ * Send raw bytes of an answer of type ctype: the first call (ctype set)
+ * sends status and headers too.  -1 if the transport cannot or the client
+ * is gone.
+ */
+int
+req_raw(struct request *r, int status, const char *ctype, const char *buf,
+    size_t len)
+{
+	struct req_reply	rp;
+
+	if (r->tp->raw == NULL)
+		return (-1);
+	if (ctype != NULL) {
+		if (r->sent)
+			return (-1);
+		req_reply(r, status, ctype, &rp);
+		return (r->tp->raw(r->tp_arg, &rp, buf, len));
+	}
+	return (r->tp->raw(r->tp_arg, NULL, buf, len));
+}
+
 /* Start a Server-Sent Events response. */
 int
 req_sse_start(struct request *r)
@@ -415,7 +444,7 @@ req_sub_fd(void *arg)
 }
 
 static const struct req_transport req_sub_transport = {
-	NULL, req_sub_json, NULL, NULL, NULL, req_sub_fd, NULL
+	NULL, req_sub_json, NULL, NULL, NULL, req_sub_fd, NULL, NULL
 };
 
 /*

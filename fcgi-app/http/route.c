@@ -1,7 +1,9 @@
 /*
  * Routing: method and path to a row of a route table (the API's is
  * routes.c).  Paths are
- * matched segment by segment; ":id" captures one segment.  A path that
+ * matched segment by segment; ":id" captures one segment; a last "*"
+ * matches the rest of the path, at least one byte (the handler reads it
+ * from req_path).  A path that
  * matches with another method answers 405 with Allow; anything else 404,
  * in the dialect of the path's family (/v1/... or /api/...).
  */
@@ -26,6 +28,8 @@ route_path_match(const char *pattern, const char *path, char *param,
 
 	param[0] = '\0';
 	while (*p != '\0') {
+		if (*p == '*' && p[1] == '\0')
+			return (*s != '\0');
 		if (*p == ':') {
 			n = strcspn(s, "/");
 			if (n == 0)

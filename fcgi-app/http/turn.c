@@ -543,6 +543,72 @@ turn_stored_calls(struct turn *t)
 	return (0);
 }
 
+/*
+ * A tools turn that left its workspace past its tenant's limits: said in
+ * the answer (t->workspace) and the usage row's error.  The next write
+ * through the files API is refused; the turn's own writes were the CLI's.
+ */
+static void
+turn_workspace(struct turn *t)
+{
+	json_t		*ws = json_object_get(t->done, "workspace");
+	long long	 bytes, files, max_bytes, max_files;
+	char		 msg[256];
+
+	if (!json_is_object(ws) || tenant_limits(db_thread(), t->conv->tenant,
+	    &max_bytes, &max_files) != 0) {
+		db_release();
+		return;
+	}
+	db_release();
+	bytes = json_integer_value(json_object_get(ws, "bytes"));
+	files = json_integer_value(json_object_get(ws, "files"));
+	if ((max_bytes == 0 || bytes <= max_bytes) &&
+	    (max_files == 0 || files <= max_files))
+		return;
+	snprintf(msg, sizeof msg, "the turn left the workspace over its "
+	    "limits: %lld bytes (workspace_max_bytes %lld), %lld files "
+	    "(workspace_max_files %lld)", bytes, max_bytes, files, max_files);
+	t->workspace = json_pack("{s:I, s:I, s:I, s:I, s:b, s:s}", "bytes",
+	    (json_int_t)bytes, "files", (json_int_t)files, "max_bytes",
+	    (json_int_t)max_bytes, "max_files", (json_int_t)max_files,
+	    "over_limit", 1, "message", msg);
+	req_usage(t->r, t->conv->model, t->in, t->out, t->cache_read,
+	    t->cache_creation, t->cost, t->ttft_ms, msg);
+}
+
+/*
+ * The workspace files a tools turn changed (the done frame's "files"),
+ * with the SHA-256 of each that is there, read through ccgate-poold
+ * (bounded by files_hash_max_bytes).
+ */
+static void
+turn_files(struct turn *t)
+{
+	json_t		*files = json_object_get(t->done, "files"), *v, *f;
+	const char	*path, *change;
+	long long	 budget = appconf->files_hash_max_bytes, size;
+	size_t		 i;
+
+	if (!json_is_array(files) || (t->files = json_array()) == NULL)
+		return;
+	turn_workspace(t);
+	json_array_foreach(files, i, v) {
+		path = json_string_value(json_object_get(v, "path"));
+		change = json_string_value(json_object_get(v, "change"));
+		if (path == NULL || change == NULL)
+			continue;
+		size = json_integer_value(json_object_get(v, "size"));
+		f = json_pack("{s:s, s:s, s:I, s:o}", "path", path, "change",
+		    change, "size", (json_int_t)size, "sha256",
+		    strcmp(change, "deleted") == 0 ? json_null() :
+		    poolc_file_sha256(appconf->poold_socket,
+		    t->conv->tenant, path, size, &budget));
+		if (f != NULL)
+			json_array_append_new(t->files, f);
+	}
+}
+
 /* Store the answer, extend the history hash, and send the answer. */
 static void
 turn_finish_done(struct turn *t)
@@ -588,6 +654,7 @@ turn_finish_done(struct turn *t)
 		    appconf->db_retry_ms);
 	db_release();	/* a slow reader must not hold it */
 	snprintf(t->conv->history_hash, sizeof t->conv->history_hash, "%s", h2);
+	turn_files(t);
 	if (t->stream && turn_stream_open(t) != 0) {
 		log_info("request %s: client left before the end",
 		    req_id(t->r));
@@ -752,6 +819,8 @@ turn_run(struct turn *t)
 	else
 		turn_finish_error(t, end);
 	json_decref(t->done);
+	json_decref(t->files);
+	json_decref(t->workspace);
 	free(t->partial);
 	free(primed);
 	free(t->stored);

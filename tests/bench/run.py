@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "integration"))
+import bench_files  # noqa: E402
 import bench_http  # noqa: E402
 import bench_latency  # noqa: E402
 import bench_pool  # noqa: E402
@@ -38,8 +39,8 @@ def machine():
 
 def main():
     sections = [bench_latency.run(), bench_http.run(), bench_pool.run(),
-                bench_sandbox.run(), bench_streams.run(), bench_warm.run(),
-                bench_soak.run()]
+                bench_sandbox.run(), bench_streams.run(), bench_files.run(),
+                bench_warm.run(), bench_soak.run()]
     cli = subprocess.run([CLAUDE, "--version"], capture_output=True,
                          text=True).stdout.strip()
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -257,7 +257,7 @@ user=""
 [ "$(id -u)" = 0 ] && user="user root root;"
 if /usr/share/ccgate/render $n/ccgate-site.conf.in "$tmp/site.conf" \
         LISTEN=127.0.0.1:1 "TLS_CERT=$tmp/tls.crt" "TLS_KEY=$tmp/tls.key" \
-        MAX_BODY=2m ERRORS_DIR=$n/errors FCGI_SOCKET=/run/ccgate/fcgi.sock \
+        MAX_BODY=2m FILES_MAX_BODY=2g ERRORS_DIR=$n/errors FCGI_SOCKET=/run/ccgate/fcgi.sock \
         WS_SOCKET=/run/ccgate/ws.sock ADMIN_UI_DIR=/usr/share/ccgate/admin-ui \
         ADMIN_UI_CONF=$n/admin-ui.conf EDGE_DIR=$n/edge \
         RATE_PER_IP=50r/s BURST_PER_IP=100 RATE_PER_KEY=20r/s BURST_PER_KEY=40 \

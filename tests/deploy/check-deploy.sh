@@ -103,7 +103,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 \
     -keyout "$tmp/tls.key" -out "$tmp/tls.crt" >/dev/null 2>&1
 "$src/deploy/render" "$src/nginx/ccgate-site.conf.in" "$tmp/site.conf" \
     LISTEN=127.0.0.1:1 "TLS_CERT=$tmp/tls.crt" "TLS_KEY=$tmp/tls.key" \
-    MAX_BODY=2m "ERRORS_DIR=$src/nginx/errors" "FCGI_SOCKET=$tmp/run/fcgi.sock" \
+    MAX_BODY=2m FILES_MAX_BODY=2g "ERRORS_DIR=$src/nginx/errors" "FCGI_SOCKET=$tmp/run/fcgi.sock" \
     "WS_SOCKET=$tmp/run/ws.sock" \
     "ADMIN_UI_DIR=$src/admin-ui" "ADMIN_UI_CONF=$src/nginx/admin-ui.conf" \
     "EDGE_DIR=$src/nginx/edge" RATE_PER_IP=50r/s BURST_PER_IP=100 \

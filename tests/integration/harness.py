@@ -359,6 +359,8 @@ class Stack:
                    "TLS_CERT=" + self.path("tls.crt"),
                    "TLS_KEY=" + self.path("tls.key"),
                    "MAX_BODY=%s" % self.app_opts.get("nginx_max_body", "2m"),
+                   "FILES_MAX_BODY=%s" % self.app_opts.get(
+                       "nginx_files_max_body", "2g"),
                    "ERRORS_DIR=" + os.path.join(SRCDIR, "nginx", "errors"),
                    "FCGI_SOCKET=" + self.path("run", "fcgi.sock"),
                    "WS_SOCKET=" + self.path("run", "ws.sock"),

@@ -89,8 +89,14 @@ class Browser(unittest.TestCase):
         self.assertIn("revoked", seen["revoked"]["body"]["error"]["message"])
         self.assertEqual(seen["error_rows"], 2, "suspended and revoked")
         self.assertGreaterEqual(seen["pool_rows"], 1)
+        self.assertIn("ui-team", seen["workspaces"])
+        self.assertIn("saved", seen["limits_flash"])
+        self.assertEqual(stack.sql("SELECT workspace_max_bytes, "
+                                   "workspace_max_files FROM tenant_limits "
+                                   "WHERE tenant = 'ui-team'"),
+                         [["12345", "NULL"]])
         for action in ("key.create", "key.update", "key.rotate",
-                       "key.revoke"):
+                       "key.revoke", "tenant.update"):
             self.assertIn(action, seen["audit"])
         self.assertTrue(seen["signed_out"])
         self.assertEqual(seen["foreign_requests"], [],

@@ -24,6 +24,7 @@ stack = None
 CLIENTS = None
 MODEL = "claude-sonnet-4-5"
 MAX_ANSWER = 8192
+KEY_BYTES = 32768
 AV = {"anthropic-version": "2023-06-01"}
 
 
@@ -31,10 +32,12 @@ def setUpModule():
     global stack, CLIENTS
     CLIENTS = pinned_clients()
     stack = Stack(app_opts={"key_cache_ms": 0,
-                            "idempotency_max_answer": MAX_ANSWER},
+                            "idempotency_max_answer": MAX_ANSWER,
+                            "idempotency_key_bytes": KEY_BYTES},
                   name="idem").start()
     stack.create_key("alice", user="alice")
     stack.create_key("bob", user="bob")
+    stack.create_key("dave", user="dave")
     # Limits, so that admitted requests are counted in key_quota_windows.
     stack.admin("key", "update", stack.keys["alice"][4:20], "--rpd",
                 "1000000")
@@ -396,6 +399,68 @@ class Lifecycle(unittest.TestCase):
         self.assertEqual(again.status, 409, again)
         self.assertIn("too large", again.json()["error"]["message"])
         self.assertEqual(upstream(), n0 + 1)
+
+    def test_a_keys_kept_answers_are_bounded(self):
+        # A key without request limits could keep idempotency_max_answer
+        # per request for the whole window: what one key keeps is
+        # bounded (idempotency_key_bytes).  Past it, an answer is not
+        # kept, and its retry gets 409: never run twice.
+        def kept():
+            return int(stack.sql(
+                "SELECT IFNULL(SUM(body_bytes), 0) FROM idempotency_keys "
+                "WHERE key_id = '%s'" % stack.keys["dave"][4:20])[0][0])
+        sent = []
+        while True:
+            ik = uniq("fill")
+            body = {"message": "fill [[mock:chunks=120]] " + ik,
+                    "stream": True}
+            r = post("/api/chat", body, ik, key="dave")
+            self.assertEqual(r.status, 200, r)
+            self.assertLess(len(r.body), MAX_ANSWER)
+            sent.append((ik, body, r))
+            if self.row(ik, "dave")[0][1] == "200" and stack.sql(
+                    "SELECT body IS NULL FROM idempotency_keys WHERE "
+                    "idem_key = '%s'" % ik) == [["1"]]:
+                break
+            self.assertLess(len(sent), 40)
+        self.assertGreaterEqual(len(sent), 3)
+        self.assertLessEqual(kept(), KEY_BYTES)
+        self.assertGreater(kept() + len(sent[-1][2].body), KEY_BYTES)
+        n0 = upstream()
+        ik, body, _ = sent[-1]
+        again = post("/api/chat", body, ik, key="dave")
+        self.assertEqual(again.status, 409, again)
+        self.assertIn("idempotency_key_bytes", again.json()["error"][
+            "message"])
+        # The answers kept before it still replay; nothing ran.
+        ik, body, first = sent[0]
+        again = post("/api/chat", body, ik, key="dave")
+        self.assertEqual(again.status, 200, again)
+        self.assertEqual(again.headers.get("idempotent-replayed"), "true")
+        self.assertEqual(again.body, first.body)
+        self.assertEqual(upstream(), n0)
+        # Another key is not held by this one's answers.
+        ik = uniq("other")
+        self.assertEqual(post("/api/chat", {"message": "mine " + ik}, ik,
+                              key="bob").status, 200)
+        self.assertEqual(self.row(ik, "bob"), [["done", "200"]])
+        self.assertEqual(stack.sql(
+            "SELECT body IS NULL FROM idempotency_keys WHERE idem_key = "
+            "'%s'" % ik), [["0"]])
+        # Deleting a conversation gives its answer's room back.
+        cid = sent[0][2].headers["x-ccgate-conversation-id"]
+        before = kept()
+        r = stack.request("DELETE", "/api/conversations/" + cid,
+                          key=stack.keys["dave"])
+        self.assertIn(r.status, (200, 204), r)
+        self.assertLess(kept(), before)
+        ik = uniq("room")
+        r = post("/api/chat", {"message": "room again " + ik}, ik,
+                 key="dave")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(stack.sql(
+            "SELECT body IS NULL FROM idempotency_keys WHERE idem_key = "
+            "'%s'" % ik), [["0"]])
 
     def test_concurrent_retries_run_once(self):
         ik = uniq("race")

@@ -30,9 +30,11 @@ receives, and can be told how to behave, globally or per request:
 A user message may carry a directive that overrides the global mode for
 that request only, e.g. "[[mock:slow=200]]", "[[mock:fail=529]]",
 "[[mock:hang]]", "[[mock:chunks=50]]", "[[mock:text=hello]]".
-"[[mock:bash=COMMAND]]" and "[[mock:read=PATH]]" answer as a model that
-calls the CLI's Bash or Read tool (stop_reason "tool_use"); the CLI's next
-request carries its tool_result, which the mock answers with text.
+"[[mock:bash=COMMAND]]", "[[mock:read=PATH]]" and "[[mock:write=PATH
+CONTENT]]" (CONTENT is what follows the first space) answer as a model
+that calls the CLI's Bash, Read or Write tool (stop_reason "tool_use");
+several call several tools, in one answer; the CLI's next request
+carries their tool_result, which the mock answers with text.
 "[[mock:tool=NAME {json}]]" calls the tool of the request's "tools" named
 NAME, or whose name ends with "__NAME" (an MCP tool), with that JSON as
 its input (no brackets inside); several call several tools, in one answer.
@@ -270,6 +272,10 @@ class Handler(BaseHTTPRequestHandler):
                 cfg.setdefault("tools", []).append(
                     ("Bash", {"command": value}) if name == "bash"
                     else ("Read", {"file_path": value}))
+            elif name == "write" and value and not has_tool_result(body):
+                path, _, content = value.partition(" ")
+                cfg.setdefault("tools", []).append(
+                    ("Write", {"file_path": path, "content": content}))
             elif name == "tool" and value and not has_tool_result(body):
                 tname, _, args = value.partition(" ")
                 for t in body.get("tools") or []:

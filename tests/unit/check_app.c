@@ -152,6 +152,52 @@ START_TEST(test_routes)
 	memcpy(long_id, "/api/conversations/", 19);
 	long_id[sizeof long_id - 1] = '\0';
 	expect_route("GET", long_id, conv_get_handle, ACCESS_KEY, 0, "");
+	/* The files API: "*" takes the rest of the path, never nothing. */
+	expect_route("GET", "/api/files", files_list_handle, ACCESS_KEY, 0,
+	    NULL);
+	expect_route("GET", "/api/files/a/b/c.txt", files_get_handle,
+	    ACCESS_KEY, 0, NULL);
+	expect_route("PUT", "/api/files/x", files_put_handle, ACCESS_KEY, 0,
+	    NULL);
+	expect_route("DELETE", "/api/files/a/b", files_delete_handle,
+	    ACCESS_KEY, 0, NULL);
+	expect_route("GET", "/api/files/", NULL, 0, 404, NULL);
+	route_match(&http_routes, "PUT", "/api/files", &r);
+	ck_assert_ptr_null(r.def);
+	ck_assert_int_eq(r.status, 405);
+}
+END_TEST
+
+/* A workspace file's path: what util_file_path lets through. */
+START_TEST(test_file_path)
+{
+	static const char *const good[] = { "a", "uploads/x.txt",
+	    "projects/p/src/main.c", "a b/c d", "caf\xc3\xa9", "a..b", "x.",
+	    NULL };
+	static const char *const bad[] = { "", "/etc/passwd", "..", "a/..",
+	    "../a", "a/./b", ".", "a//b", "a/", ".claude/settings.json",
+	    "a/.git/config", "a\tb", "a\nb", "a\x7f", NULL };
+	char		 name[300], path[1100];
+	size_t		 i;
+
+	for (i = 0; good[i] != NULL; i++)
+		ck_assert_msg(util_file_path(good[i], strlen(good[i])) == NULL,
+		    "%s refused", good[i]);
+	for (i = 0; bad[i] != NULL; i++)
+		ck_assert_msg(util_file_path(bad[i], strlen(bad[i])) != NULL,
+		    "%s allowed", bad[i]);
+	ck_assert_ptr_nonnull(util_file_path("a\0b", 3));
+	memset(name, 'n', sizeof name);
+	name[255] = '\0';
+	ck_assert_ptr_null(util_file_path(name, 255));
+	name[255] = 'n';
+	name[256] = '\0';
+	ck_assert_ptr_nonnull(util_file_path(name, 256));
+	memset(path, 'p', sizeof path);
+	for (i = 200; i < sizeof path; i += 201)
+		path[i] = '/';
+	ck_assert_ptr_null(util_file_path(path, 1024));
+	ck_assert_ptr_nonnull(util_file_path(path, 1025));
 }
 END_TEST
 
@@ -440,6 +486,7 @@ main(void)
 		test_key_hash,
 		test_two_keys_differ,
 		test_routes,
+		test_file_path,
 		test_route_table,
 		test_json_depth,
 		test_dialects,

@@ -175,6 +175,17 @@ async function main() {
         await page.waitForSelector('#pool-table tbody tr');
         seen.pool_rows = await page.$$eval('#pool-table tbody tr', (rs) => rs.length);
         await shot('pool');
+        // Workspaces: each tenant's use; set one's limits in the dialog.
+        await page.goto(base + '/admin/#/workspaces');
+        await page.waitForSelector('#workspaces-table tbody tr');
+        seen.workspaces = await page.$$eval('#workspaces-table tbody tr', (rs) => rs.map((r) => r.cells[0].textContent));
+        await page.click('#workspaces-table button[data-act=limits][data-t="ui-team"]');
+        await page.waitForSelector('#dialog-form input[name=workspace_max_bytes]');
+        await page.fill('#dialog-form input[name=workspace_max_bytes]', '12345');
+        await page.click('#dialog-form button[value=ok]');
+        await page.waitForSelector('#flash:not([hidden])');
+        seen.limits_flash = await page.textContent('#flash');
+        await shot('workspaces');
         await page.goto(base + '/admin/#/audit');
         await page.waitForSelector('#audit-table tbody tr');
         seen.audit = await page.$$eval('#audit-table tbody tr', (rs) => rs.map((r) => r.cells[3].textContent));

@@ -31,7 +31,8 @@ static const char *const app_keys[] = {
 	"sse_heartbeat_ms", "db_retry_ms", "ws_listen", "ws_threads",
 	"ws_max_message", "ws_max_connections", "quota_reserve_tokens",
 	"signature_skew_s", "idempotency_window_s", "idempotency_max_answer",
-	"idempotency_lease_s", NULL
+	"idempotency_lease_s", "db_hosts", "db_failback_s", "db_sync_wait",
+	"spool_dir", NULL
 };
 
 /* Free a configuration. */
@@ -46,6 +47,8 @@ appconf_free(struct app_config *cf)
 	free(cf->listen_group);
 	free(cf->ws_listen);
 	free(cf->db_host);
+	free(cf->db_hosts);
+	free(cf->spool_dir);
 	free(cf->db_socket);
 	free(cf->db_user);
 	if (cf->db_password != NULL) {
@@ -193,6 +196,9 @@ appconf_load(const char *path, char **cause)
 	    &cf->listen) != 0 ||
 	    app_str(c, "listen_group", NULL, &cf->listen_group) != 0 ||
 	    app_str(c, "db_host", NULL, &cf->db_host) != 0 ||
+	    app_str(c, "db_hosts", NULL, &cf->db_hosts) != 0 ||
+	    app_str(c, "spool_dir", LOCALSTATEDIR "/lib/ccgate/fcgi-spool",
+	    &cf->spool_dir) != 0 ||
 	    app_str(c, "db_socket", NULL, &cf->db_socket) != 0 ||
 	    app_str(c, "db_user", "ccgate", &cf->db_user) != 0 ||
 	    app_str(c, "db_name", "ccgate", &cf->db_name) != 0 ||
@@ -235,6 +241,8 @@ appconf_load(const char *path, char **cause)
 	APP_INT("rotate_grace_s", rotate_grace_s, 86400, 0, 30 * 86400);
 	APP_INT("sse_heartbeat_ms", sse_heartbeat_ms, 15000, 100, 300000);
 	APP_INT("db_retry_ms", db_retry_ms, 30000, 0, 600000);
+	APP_INT("db_failback_s", db_failback_s, 30, 1, 86400);
+	APP_INT("db_sync_wait", db_sync_wait, -1, -1, 15);
 	APP_INT("ws_threads", ws_threads, 64, 1, 4096);
 	APP_INT("ws_max_message", ws_max_message, 1024 * 1024, 1024,
 	    64 * 1024 * 1024);

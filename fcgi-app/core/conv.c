@@ -416,26 +416,34 @@ conv_find_history(struct db *db, const char *tenant, const char *hash,
 	return (conv_lookup(db, tenant, id, c));
 }
 
-/*
- * Delete conversation id: its messages go, its row stays as a tombstone
- * (deleted_at, nothing of its content).  Returns 0, or -1 when MariaDB
- * failed (nothing changed).
- */
-int
-conv_delete(struct db *db, const char *id)
+/* conv_delete's transaction. */
+static int
+conv_delete_tx(struct db *db, void *arg)
 {
-	if (db_begin(db) != 0 ||
-	    db_run(db, NULL, NULL, "DELETE FROM messages WHERE "
+	const char	*id = arg;
+
+	if (db_run(db, NULL, NULL, "DELETE FROM messages WHERE "
 	    "conversation_id = ?", "s", id) != 0 ||
 	    db_run(db, NULL, NULL, "UPDATE conversations SET deleted_at = "
 	    "UTC_TIMESTAMP(3), cli_session_id = NULL, system_prompt = NULL, "
 	    "title = NULL WHERE id = ?", "s", id) != 0 ||
 	    db_run(db, NULL, NULL, "DELETE FROM idempotency_keys WHERE "
-	    "conversation_id = ?", "s", id) != 0 ||
-	    db_commit(db) != 0) {
-		(void)db_rollback(db);
+	    "conversation_id = ?", "s", id) != 0)
 		return (-1);
-	}
+	return (0);
+}
+
+/*
+ * Delete conversation id: its messages go, its row stays as a tombstone
+ * (deleted_at, nothing of its content).  Returns 0, or -1 when MariaDB
+ * failed (nothing changed; db_why says what happened).
+ */
+int
+conv_delete(struct db *db, const char *id)
+{
+	/* db_tx's argument is not const: the function only reads it. */
+	if (db_tx(db, conv_delete_tx, (void *)(uintptr_t)id) != 0)
+		return (-1);
 	conv_cache_drop(id, 0);
 	return (0);
 }

@@ -56,6 +56,10 @@ struct app_config {
 	long	 rotate_grace_s;
 	long	 sse_heartbeat_ms;
 	long	 db_retry_ms;
+	char	*db_hosts;		/* a list; NULL: db_host */
+	long	 db_failback_s;		/* the first host tried again */
+	long	 db_sync_wait;		/* wsrep_sync_wait; -1: 1 on Galera */
+	char	*spool_dir;		/* answers the database did not take */
 	char	*cors_origins;		/* "", "*", or a comma list */
 	char	*ws_listen;		/* ccgate-ws */
 	long	 ws_threads;
@@ -98,6 +102,10 @@ int		 db_begin(struct db *);
 int		 db_commit(struct db *);
 int		 db_rollback(struct db *);
 int		 db_retryable(struct db *);
+#define DB_TX_AGAIN	(-2)	/* from a db_tx function: run it again */
+int		 db_tx(struct db *, int (*)(struct db *, void *), void *);
+const char	*db_why(struct db *);
+void		 db_host_in_use(int *, int *, int *);
 const char	*db_error(struct db *);
 int		 db_ping(struct db *);
 const char	*db_cell(const struct db_res *, size_t, size_t);

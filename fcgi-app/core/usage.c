@@ -53,7 +53,11 @@ usage_rec_clear(struct usage_rec *u)
 	memset(u, 0, sizeof *u);
 }
 
-/* Insert one record (inside or outside a transaction). */
+/*
+ * Insert one record (inside or outside a transaction); one already there
+ * (request_id is unique: a batch whose COMMIT's answer was lost, tried
+ * again) is left as it is.
+ */
 static int
 usage_insert(struct db *db, const struct usage_rec *u)
 {
@@ -63,7 +67,8 @@ usage_insert(struct db *db, const struct usage_rec *u)
 	    "input_tokens, output_tokens, cache_read_tokens, "
 	    "cache_creation_tokens, total_tokens, cost_usd, ttft_ms, "
 	    "duration_ms, error, node, created_at) VALUES (?, ?, ?, ?, ?, ?, "
-	    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(? / 1000))",
+	    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(? / 1000)) "
+	    "ON DUPLICATE KEY UPDATE request_id = request_id",
 	    "sssssssisiiiiidiissi", u->request_id,
 	    u->client_request_id,
 	    u->key_id[0] ? u->key_id : NULL,
@@ -73,29 +78,40 @@ usage_insert(struct db *db, const struct usage_rec *u)
 	    u->duration_ms, u->error, appconf->node, (long long)u->at_ms));
 }
 
+/* A batch for usage_write_tx. */
+struct usage_batch {
+	struct usage_rec	*recs;
+	size_t			 n;
+};
+
+/* Insert a batch's records (in db_tx's transaction). */
+static int
+usage_write_tx(struct db *db, void *arg)
+{
+	struct usage_batch	*b = arg;
+	size_t			 i;
+
+	for (i = 0; i < b->n; i++) {
+		if (usage_insert(db, &b->recs[i]) != 0) {
+			log_warnx("usage batch: %s", db_error(db));
+			return (-1);
+		}
+	}
+	return (0);
+}
+
 /*
- * Write n records from the queue's head in one transaction.  Returns 0,
- * or -1 (nothing was written: the transaction rolled back).
+ * Write n records from the queue's head in one transaction (db_tx: tried
+ * again at once when the server rolled it back).  Returns 0, or -1
+ * (nothing was written, or a lost COMMIT's answer: the batch is tried
+ * again later, and rows already there are not written twice).
  */
 static int
 usage_write(struct db *db, struct usage_rec *batch, size_t n)
 {
-	size_t	i;
+	struct usage_batch	b = { batch, n };
 
-	if (db_begin(db) != 0)
-		return (-1);
-	for (i = 0; i < n; i++) {
-		if (usage_insert(db, &batch[i]) != 0) {
-			log_warnx("usage batch: %s", db_error(db));
-			(void)db_rollback(db);
-			return (-1);
-		}
-	}
-	if (db_commit(db) != 0) {
-		(void)db_rollback(db);
-		return (-1);
-	}
-	return (0);
+	return (db_tx(db, usage_write_tx, &b) == 0 ? 0 : -1);
 }
 
 /* A deadline ms from now, for pthread_cond_timedwait. */

@@ -153,6 +153,13 @@ conv_cache_drop(const char *id, int stale)
 	pthread_mutex_unlock(&conv_cache_lock);
 }
 
+/* Forget a conversation this process may hold (changed elsewhere). */
+void
+conv_uncache(const char *id)
+{
+	conv_cache_drop(id, 0);
+}
+
 /* The cache's counters, for /metrics. */
 void
 conv_cache_counts(uint64_t *hits, uint64_t *stale)
@@ -325,6 +332,25 @@ conv_add_message(struct db *db, const char *conv_id, const char *role,
 	    "input_tokens, output_tokens, cost_usd, created_at) VALUES "
 	    "(?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(3))", "ssssiid", conv_id,
 	    role, content, request_id, in, out, cost));
+}
+
+/*
+ * Append request_id's answer (the assistant's message) to a conversation,
+ * unless the conversation has it already (an INSERT whose answer was lost,
+ * tried again) or is deleted.
+ */
+int
+conv_add_answer(struct db *db, const char *conv_id, const char *content,
+    const char *request_id, long long in, long long out, double cost)
+{
+	return (db_run(db, NULL, NULL,
+	    "INSERT INTO messages (conversation_id, role, content, request_id, "
+	    "input_tokens, output_tokens, cost_usd, created_at) SELECT id, "
+	    "'assistant', ?, ?, ?, ?, ?, UTC_TIMESTAMP(3) FROM conversations "
+	    "WHERE id = ? AND deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM "
+	    "messages WHERE conversation_id = ? AND request_id = ? AND role = "
+	    "'assistant')", "ssiidsss", content, request_id, in, out, cost,
+	    conv_id, conv_id, request_id));
 }
 
 /*

@@ -105,6 +105,13 @@ int		 db_retryable(struct db *);
 #define DB_TX_AGAIN	(-2)	/* from a db_tx function: run it again */
 int		 db_tx(struct db *, int (*)(struct db *, void *), void *);
 const char	*db_why(struct db *);
+
+/* core/spool.c: answers the database did not take, on disk. */
+void		 spool_start(const char *);
+void		 spool_stop(void);
+int		 spool_answer(const char *, const char *, const char *,
+		     long long, long long, double, const char *, const char *,
+		     const char *);
 void		 db_host_in_use(int *, int *, int *);
 const char	*db_error(struct db *);
 int		 db_ping(struct db *);
@@ -209,6 +216,9 @@ int		 conv_insert(struct db *, const struct apikey *, const char *,
 void		 conv_clear(struct conversation *);
 int		 conv_forget_session(struct db *, struct conversation *);
 int		 conv_delete(struct db *, const char *);
+void		 conv_uncache(const char *);
+int		 conv_add_answer(struct db *, const char *, const char *,
+		     const char *, long long, long long, double);
 int		 conv_add_message(struct db *, const char *, const char *,
 		     const char *, const char *, long long, long long,
 		     double);
@@ -350,6 +360,7 @@ struct metrics_counts {
 	double			cost;
 	uint64_t		quota_rejections;
 	uint64_t		usage_lost;
+	int64_t			spooled;	/* answers in the spool now */
 };
 
 extern const long long	metrics_le_ms[METRICS_NBUCKETS];
@@ -358,6 +369,7 @@ void		 metrics_request(int, const char *, int, uint64_t, long long,
 		     long long, long long, long long, double);
 void		 metrics_quota_rejected(void);
 void		 metrics_usage_lost(void);
+void		 metrics_spool(long);
 void		 metrics_read(void (*)(const struct metrics_counts *, void *),
 		     void *);
 

@@ -61,6 +61,7 @@ struct db {
 	char		 err[512];
 	unsigned int	 errnum;	/* the last error's, 0 if none */
 	int		 host;		/* index in db_hosts connected to */
+	int		 probe;		/* connect: try the first host first */
 	unsigned int	 gen;		/* db_hosts.gen when connected */
 	int		 tries;		/* of the last db_tx */
 	char		 why[160];	/* a failure, for clients */
@@ -231,7 +232,7 @@ db_stale(const struct db *db)
 	if (!stale && hosts.cur != 0 && util_now_ms() >= hosts.failback_at) {
 		hosts.failback_at = util_now_ms() +
 		    (uint64_t)appconf->db_failback_s * 1000;
-		stale = 1;
+		stale = db->probe = 1;
 	}
 	pthread_mutex_unlock(&hosts.lock);
 	return (stale);
@@ -487,11 +488,12 @@ db_connect(struct db *db, char **cause)
 	now = util_now_ms();
 	pthread_mutex_lock(&hosts.lock);
 	start = hosts.cur;
-	if (start != 0 && now >= hosts.failback_at) {
+	if (start != 0 && (db->probe || now >= hosts.failback_at)) {
 		start = 0;
 		hosts.failback_at = now + (uint64_t)appconf->db_failback_s *
 		    1000;
 	}
+	db->probe = 0;
 	pthread_mutex_unlock(&hosts.lock);
 	for (k = 0; k < hosts.n; k++) {
 		/* start first, then the others in order */
@@ -914,6 +916,8 @@ db_tx(struct db *db, int (*fn)(struct db *, void *), void *arg)
 		}
 		if (!again || tries == DB_TRIES)
 			break;
+		log_info("database: a transaction is tried again (error %u: "
+		    "%s)", db->errnum, db->err);
 		db_pause(tries);
 	}
 	db_set_why(db, tries);

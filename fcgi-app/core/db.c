@@ -223,7 +223,7 @@ db_once_init(void)
  * came to try the first host again (one connection then does).
  */
 static int
-db_stale(const struct db *db)
+db_stale(struct db *db)
 {
 	int	stale;
 

@@ -1,6 +1,7 @@
 /*
- * The answer spool: an assistant's answer that the database did not take
- * within db_retry_ms (turn.c) is written to a file of its own in
+ * The spool: an assistant's answer that the database did not take
+ * within db_retry_ms (turn.c), and the usage records a process stopping
+ * could not write (usage.c), are written to a file each in
  * spool_dir/<process> ("fcgi", "ws"), and a writer thread stores it when
  * the database answers again, oldest first.  The files outlive the
  * process: the next start stores what is left.
@@ -166,6 +167,21 @@ spool_store_tx(struct db *db, void *arg)
 	return (0);
 }
 
+/* Store a spooled usage record (idempotent: request_id is unique). */
+static int
+spool_store_usage(struct db *db, const char *path, json_t *a)
+{
+	if (usage_store_json(db, json_object_get(a, "usage")) != 0) {
+		json_decref(a);
+		return (-1);
+	}
+	metrics_spool(-1);
+	if (unlink(path) == -1)
+		log_warn("spool: unlink %s", path);
+	json_decref(a);
+	return (0);
+}
+
 /*
  * Store the spool file name; remove it once stored (or when it is not a
  * readable answer: it is kept aside, renamed with a leading '#').
@@ -182,7 +198,10 @@ spool_store(struct db *db, const char *name)
 	if ((size_t)snprintf(path, sizeof path, "%s/%s", spool.dir, name) >=
 	    sizeof path)
 		return (0);
-	if ((a = json_load_file(path, 0, &err)) == NULL ||
+	if ((a = json_load_file(path, 0, &err)) != NULL &&
+	    json_is_object(json_object_get(a, "usage")))
+		return (spool_store_usage(db, path, a));
+	if (a == NULL ||
 	    json_string_value(json_object_get(a, "conv")) == NULL ||
 	    json_string_value(json_object_get(a, "request_id")) == NULL ||
 	    json_string_value(json_object_get(a, "content")) == NULL ||
@@ -315,18 +334,20 @@ spool_stop(void)
 	spool.running = 0;
 }
 
-/*
- * Spool an answer the database did not take: request rid's assistant
- * message of conversation conv, with its usage, the conversation's history
- * hash before (prev) and after (hash) the turn and its CLI session (may
- * be NULL).  Returns 0 once it is on disk (synced), -1 if it is lost.
- */
+/* Whether the spool takes files (its directory is open). */
 int
-spool_answer(const char *conv, const char *rid, const char *content,
-    long long in, long long out, double cost, const char *prev,
-    const char *hash, const char *session)
+spool_ready(void)
 {
-	json_t		*a;
+	return (spool.dir[0] != '\0');
+}
+
+/*
+ * Write object a to the spool, named after request rid, synced, then
+ * tell the writer.  Returns 0 once it is on disk, -1 if not.
+ */
+static int
+spool_put(json_t *a, const char *rid)
+{
 	char		*text = NULL, tmp[PATH_MAX], path[PATH_MAX];
 	uint64_t	 now = util_now_ms();
 	unsigned int	 seq;
@@ -334,7 +355,7 @@ spool_answer(const char *conv, const char *rid, const char *content,
 	ssize_t		 w;
 	int		 fd = -1, rc = -1;
 
-	if (!spool.running || strspn(rid, "abcdefghijklmnopqrstuvwxyz"
+	if (!spool_ready() || strspn(rid, "abcdefghijklmnopqrstuvwxyz"
 	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != strlen(rid))
 		return (-1);
 	pthread_mutex_lock(&spool.lock);
@@ -345,12 +366,8 @@ spool_answer(const char *conv, const char *rid, const char *content,
 	    (size_t)snprintf(tmp, sizeof tmp, "%s/.%013llu-%06u.tmp",
 	    spool.dir, (unsigned long long)now, seq) >= sizeof tmp)
 		return (-1);
-	a = json_pack("{s:s, s:s, s:s, s:I, s:I, s:f, s:s, s:s, s:s?, s:I}",
-	    "conv", conv, "request_id", rid, "content", content, "in",
-	    (json_int_t)in, "out", (json_int_t)out, "cost", cost, "prev_hash",
-	    prev, "hash", hash, "session_id", session, "at_ms",
-	    (json_int_t)now);
-	if (a == NULL || (text = json_dumps(a, JSON_COMPACT)) == NULL)
+	if (json_object_set_new(a, "at_ms", json_integer((json_int_t)now)) !=
+	    0 || (text = json_dumps(a, JSON_COMPACT)) == NULL)
 		goto out;
 	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC |
 	    O_NOFOLLOW, 0600)) == -1) {
@@ -390,6 +407,48 @@ out:
 	if (rc != 0 && unlink(tmp) == -1 && errno != ENOENT)
 		log_warn("spool: unlink %s", tmp);
 	free(text);
+	return (rc);
+}
+
+/*
+ * Spool an answer the database did not take: request rid's assistant
+ * message of conversation conv, with its usage, the conversation's history
+ * hash before (prev) and after (hash) the turn and its CLI session (may
+ * be NULL).  Returns 0 once it is on disk (synced), -1 if it is lost.
+ */
+int
+spool_answer(const char *conv, const char *rid, const char *content,
+    long long in, long long out, double cost, const char *prev,
+    const char *hash, const char *session)
+{
+	json_t	*a;
+	int	 rc;
+
+	a = json_pack("{s:s, s:s, s:s, s:I, s:I, s:f, s:s, s:s, s:s?}",
+	    "conv", conv, "request_id", rid, "content", content, "in",
+	    (json_int_t)in, "out", (json_int_t)out, "cost", cost, "prev_hash",
+	    prev, "hash", hash, "session_id", session);
+	if (a == NULL)
+		return (-1);
+	rc = spool_put(a, rid);
+	json_decref(a);
+	return (rc);
+}
+
+/*
+ * Spool a usage record (usage.c's, at exit, while the database does not
+ * answer): object u (usage_to_json) goes under "usage".  Returns 0 once
+ * on disk, -1 if not.
+ */
+int
+spool_usage(json_t *u, const char *rid)
+{
+	json_t	*a;
+	int	 rc;
+
+	if ((a = json_pack("{s:O}", "usage", u)) == NULL)
+		return (-1);
+	rc = spool_put(a, rid);
 	json_decref(a);
 	return (rc);
 }

@@ -6,8 +6,8 @@
  * the database answers again, oldest first.  The files outlive the
  * process: the next start stores what is left.
  *
- * A file is NNNNNNNNNNNNN-NNNNNN-<request id>.json (the time in ms and a
- * counter, so names sort in the order answers came), written under a
+ * A file is NNNNNNNNNNNNN-NNNNNN-<request id>.json (the wall-clock time
+ * in ms and a counter, so names sort in the order answers came), written under a
  * name starting with '.' and renamed once whole and synced.  It holds the
  * conversation, the request id, the answer and its usage, and the
  * conversation's history hash before and after the turn and its CLI
@@ -348,16 +348,18 @@ spool_ready(void)
 static int
 spool_put(json_t *a, const char *rid)
 {
+	struct timespec	 ts;
 	char		*text = NULL, tmp[PATH_MAX], path[PATH_MAX];
-	uint64_t	 now = util_now_ms();
+	uint64_t	 now;
 	unsigned int	 seq;
-	size_t		 len, off;
-	ssize_t		 w;
 	int		 fd = -1, rc = -1;
 
 	if (!spool_ready() || strspn(rid, "abcdefghijklmnopqrstuvwxyz"
 	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != strlen(rid))
 		return (-1);
+	/* The wall clock: names keep their order across a reboot. */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	pthread_mutex_lock(&spool.lock);
 	seq = spool.counter++ % 1000000;
 	pthread_mutex_unlock(&spool.lock);
@@ -374,16 +376,9 @@ spool_put(json_t *a, const char *rid)
 		log_warn("spool: %s", tmp);
 		goto out;
 	}
-	len = strlen(text);
-	for (off = 0; off < len; off += (size_t)w) {
-		if ((w = write(fd, text + off, len - off)) == -1) {
-			if (errno == EINTR) {
-				w = 0;
-				continue;
-			}
-			log_warn("spool: write %s", tmp);
-			goto out;
-		}
+	if (util_write_all(fd, text, strlen(text)) == -1) {
+		log_warn("spool: write %s", tmp);
+		goto out;
 	}
 	if (fsync(fd) == -1 || close(fd) == -1) {
 		log_warn("spool: sync %s", tmp);

@@ -262,9 +262,11 @@ class Galera(unittest.TestCase):
                  "the spool to be stored")
         for i in range(3):
             conv = results[i].json()["conversation_id"]
-            rows = cluster.sql(2, "SELECT role FROM messages WHERE "
-                               "conversation_id = '%s' ORDER BY id" % conv)
-            self.assertEqual(rows, [["user"], ["assistant"]], i)
+            rows = cluster.sql(2, "SELECT role, created_at >= (SELECT "
+                               "created_at FROM conversations WHERE id = "
+                               "'%s') FROM messages WHERE conversation_id "
+                               "= '%s' ORDER BY id" % (conv, conv))
+            self.assertEqual(rows, [["user", "1"], ["assistant", "1"]], i)
             rid = results[i].headers["x-request-id"]
             self.assertEqual(cluster.sql(0, "SELECT status_code FROM "
                                          "usage_logs WHERE request_id = "

@@ -990,8 +990,12 @@ fail:
 static int
 db_simple(struct db *db, const char *sql)
 {
-	if (db == NULL || db_connect(db, NULL) != 0)
+	if (db == NULL)
 		return (-1);
+	if (db_connect(db, NULL) != 0) {
+		db->errnum = CR_CONNECTION_ERROR;
+		return (-1);
+	}
 	db->errnum = 0;
 	if (mysql_query(db->my, sql) != 0) {
 		db->errnum = mysql_errno(db->my);

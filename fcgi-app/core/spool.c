@@ -229,6 +229,18 @@ spool_store(struct db *db, const char *name)
 	return (0);
 }
 
+/* Whether spool_stop was called. */
+static int
+spool_stopping(void)
+{
+	int	stopping;
+
+	pthread_mutex_lock(&spool.lock);
+	stopping = spool.stopping;
+	pthread_mutex_unlock(&spool.lock);
+	return (stopping);
+}
+
 /*
  * Store what the spool holds, oldest first; stop at the first the
  * database does not take (the ones after it wait: their order is kept).
@@ -246,6 +258,8 @@ spool_drain(void)
 		return (0);
 	db = db_thread();
 	for (i = 0; i < n; i++) {
+		if (rc == 0 && spool_stopping())
+			rc = -1;	/* the rest at the next start */
 		if (rc == 0 && spool_store(db, names[i]) != 0)
 			rc = -1;
 		free(names[i]);

@@ -545,6 +545,9 @@ pool_fail_extra(struct job *job, const char *code, const char *message,
 		poold->stats.upstream_errors++;
 	else if (strcmp(code, PROTO_E_RESUME_FAILED) == 0)
 		poold->stats.resume_failed++;
+	/* Its session may hold half of the turn: ccgate-fcgi forgets it. */
+	if (job->proc != NULL && job->started_at != 0)
+		job->proc->untrusted = 1;
 	f = proto_new(PROTO_ERROR);
 	if (f != NULL) {
 		json_object_set_new(f, "code", json_string(code));
@@ -942,6 +945,29 @@ pool_place(struct job *job, int *evicting)
 		return (0);
 
 	if ((p = pool_find_bound(job)) != NULL) {
+		/*
+		 * The job names the session it continues, as the
+		 * conversation's row does.  A process holding another one
+		 * missed the turns that ran elsewhere (another node): it
+		 * goes, and the turn resumes the row's session or is
+		 * primed.  Naming none (a new session, primed from the
+		 * stored turns), the job may still take a process whose
+		 * turns all ended well (another turn of the conversation,
+		 * sent before the first one's session was stored, sees no
+		 * session yet), but not one that holds a failed turn's half.
+		 */
+		if (job->resume[0] != '\0' ? strcmp(p->session_id,
+		    job->resume) != 0 : p->untrusted) {
+			log_info("job %s: CLI %ld of conversation %s holds "
+			    "session %s%s, the turn continues %s: stopping it",
+			    job->id, (long)p->pid, job->conversation,
+			    p->session_id, p->untrusted ? " (a turn failed)" :
+			    "", job->resume[0] != '\0' ? job->resume :
+			    "a new session");
+			poold->stats.stale_sessions++;
+			proc_stop(p);
+			return (0);
+		}
 		if (profile_equal(&p->profile, &job->profile)) {
 			if (pool_start(job, p, ORIGIN_BOUND) == 0)
 				return (1);
@@ -2213,7 +2239,7 @@ pool_stats(void)
 	    (json_int_t)cf->max_messages_per_instance,
 	    "max_instance_age_ms", (json_int_t)cf->max_instance_age_ms));
 	json_object_set_new(f, "totals", json_pack("{s:I, s:I, s:I, s:I, s:I, "
-	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
+	    "s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
 	    "jobs", (json_int_t)st->jobs,
 	    "succeeded", (json_int_t)st->succeeded,
 	    "failed", (json_int_t)st->failed,
@@ -2230,6 +2256,7 @@ pool_stats(void)
 	    "exited", (json_int_t)st->exited,
 	    "recycled", (json_int_t)st->recycled,
 	    "evicted", (json_int_t)st->evicted,
+	    "stale_sessions", (json_int_t)st->stale_sessions,
 	    "unhealthy", (json_int_t)st->unhealthy));
 	json_object_set_new(f, "placed", json_pack("{s:I, s:I, s:I, s:I}",
 	    "warm", (json_int_t)st->by_origin[ORIGIN_WARM],

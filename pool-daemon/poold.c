@@ -235,7 +235,7 @@ poold_config_load(const char *path, char **cause)
 		*cause = strdup("out of memory");
 		return (NULL);
 	}
-	if (poold_config_str(c, "socket", LOCALSTATEDIR "/run/ccgate/poold.sock",
+	if (poold_config_str(c, "socket", RUNSTATEDIR "/ccgate/poold.sock",
 	    &cf->socket_path) != 0 ||
 	    poold_config_str(c, "socket_group", NULL, &cf->socket_group) != 0 ||
 	    poold_config_str(c, "state_dir", LOCALSTATEDIR "/lib/ccgate",

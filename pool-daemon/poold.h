@@ -182,6 +182,7 @@ struct proc {
 	uint64_t		 kill_at;	/* stopping: SIGKILL from then */
 	int			 status;
 
+	int			 untrusted;	/* a turn of its failed */
 	/*
 	 * A turn whose model called the client's tools waits here for their
 	 * results (the client's next request): the CLI's tools/call requests
@@ -287,6 +288,7 @@ struct poold_stats {
 	uint64_t	exited;
 	uint64_t	recycled;
 	uint64_t	evicted;
+	uint64_t	stale_sessions;	/* bound processes behind their conversation */
 	uint64_t	unhealthy;
 	uint64_t	by_origin[4];
 	uint32_t	ttfe[POOLD_SAMPLES];	/* time to first event, ms */

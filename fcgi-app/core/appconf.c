@@ -192,7 +192,7 @@ appconf_load(const char *path, char **cause)
 	}
 	if ((cf = calloc(1, sizeof *cf)) == NULL)
 		goto nomem;
-	if (app_str(c, "listen", LOCALSTATEDIR "/run/ccgate/fcgi.sock",
+	if (app_str(c, "listen", RUNSTATEDIR "/ccgate/fcgi.sock",
 	    &cf->listen) != 0 ||
 	    app_str(c, "listen_group", NULL, &cf->listen_group) != 0 ||
 	    app_str(c, "db_host", NULL, &cf->db_host) != 0 ||
@@ -206,14 +206,14 @@ appconf_load(const char *path, char **cause)
 	    &cf->key_secret_file) != 0 ||
 	    app_str(c, "admin_secret_file", SYSCONFDIR "/ccgate/admin.secret",
 	    &cf->admin_secret_file) != 0 ||
-	    app_str(c, "poold_socket", LOCALSTATEDIR "/run/ccgate/poold.sock",
+	    app_str(c, "poold_socket", RUNSTATEDIR "/ccgate/poold.sock",
 	    &cf->poold_socket) != 0 ||
 	    app_str(c, "default_model", "claude-sonnet-4-5",
 	    &cf->default_model) != 0 ||
 	    app_str(c, "node", "node1", &cf->node) != 0 ||
 	    app_str(c, "sql_dir", DATADIR "/sql", &cf->sql_dir) != 0 ||
 	    app_str(c, "cors_origins", NULL, &cf->cors_origins) != 0 ||
-	    app_str(c, "ws_listen", LOCALSTATEDIR "/run/ccgate/ws.sock",
+	    app_str(c, "ws_listen", RUNSTATEDIR "/ccgate/ws.sock",
 	    &cf->ws_listen) != 0)
 		goto nomem;
 	v = conf_str(c, "listen_mode", "0660");

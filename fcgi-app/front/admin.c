@@ -14,6 +14,7 @@
  *   ccgate-admin [-f config] usage [--key ID] [--days N]
  *   ccgate-admin [-f config] purge [--usage-days N] [--deleted-days N]
  *   ccgate-admin secret FILE
+ *   ccgate-admin --help
  *
  * secret writes 32 random bytes as 64 hex digits: the key hashing secret
  * (key_secret_file) or the admin token secret (admin_secret_file), two
@@ -46,11 +47,11 @@
 
 #define ADMIN_MAX_SQL	(4 * 1024 * 1024)
 
-/* Print usage and exit. */
-static void __attribute__((noreturn))
-usage(void)
+/* Print the usage to fp. */
+static void
+admin_help(FILE *fp)
 {
-	fprintf(stderr,
+	fprintf(fp,
 	    "usage: ccgate-admin [-f config] migrate\n"
 	    "       ccgate-admin [-f config] key create --name NAME "
 	    "[--user USER] [key options] [--json]\n"
@@ -76,6 +77,13 @@ usage(void)
 	    "    --max-tokens N|none --streaming yes|no --tools yes|no "
 	    "--project P --description D\n"
 	    "    --max-concurrent N|none --queue yes|no --signature yes|no\n");
+}
+
+/* Print usage and exit. */
+static void __attribute__((noreturn))
+usage(void)
+{
+	admin_help(stderr);
 	exit(2);
 }
 
@@ -908,6 +916,11 @@ main(int argc, char **argv)
 	int		 ch, rc;
 
 	log_init("ccgate-admin", 0);
+	if (argc == 2 && (strcmp(argv[1], "--help") == 0 ||
+	    strcmp(argv[1], "-h") == 0)) {
+		admin_help(stdout);
+		return (fflush(stdout) == 0 && !ferror(stdout) ? 0 : 1);
+	}
 	while ((ch = getopt(argc, argv, "+f:")) != -1) {
 		switch (ch) {
 		case 'f':

@@ -214,6 +214,40 @@ class Upstream(unittest.TestCase):
         self.assertEqual(stack.request("POST", "/api/chat", {
             "message": "after"}, key=key).status, 200)
 
+    def test_a_turn_after_a_failed_turn_has_each_stored_turn_once(self):
+        # A failed turn leaves its CLI session untrusted (it may hold
+        # the turn's half); the next turn starts a new session primed
+        # with the stored turns, not on the process that holds the old
+        # one, which would see the first turn twice.
+        key = stack.create_key("after-a-failure")
+        r = stack.request("POST", "/api/chat", {
+            "message": "remember the word osprey"}, key=key)
+        self.assertEqual(r.status, 200, r)
+        cid = r.json()["conversation_id"]
+        # (The mock's mode, not a marker: the primed turn quotes it.)
+        stack.mock_control(mode="fail", status=400)
+        try:
+            r = stack.request("POST", "/api/chat", {
+                "message": "and the word kestrel",
+                "conversation_id": cid}, key=key)
+        finally:
+            stack.mock_control(mode="normal")
+        self.assertEqual(r.status, 502, r)
+        ask = "which birds? (%s)" % cid
+        r = stack.request("POST", "/api/chat", {
+            "message": ask, "conversation_id": cid}, key=key)
+        self.assertEqual(r.status, 200, r)
+        last = [x for x in stack.mock_records() if ask in json.dumps(x["body"])]
+        turns = texts_of(last[-1])
+        users = [t for role, t in turns if role == "user"]
+        self.assertEqual(len([t for t in users
+                              if "remember the word osprey" in t]), 1, turns)
+        self.assertIn("[user]\nremember the word osprey\n", users[-1])
+        self.assertIn("[user]\nand the word kestrel", users[-1])
+        self.assertEqual(stack.sql(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = '%s'"
+            % cid), [["5"]])
+
 
 
 def send_chat(key, body, timeout=60):

@@ -202,6 +202,35 @@ class ScaleOut(unittest.TestCase):
         self.assertIn("vermilion", " ".join(t for _, t in texts_of(rec[-1])))
 
 
+    def test_3b_a_conversation_alternating_nodes_keeps_every_turn(self):
+        # Each node keeps the conversation's CLI bound after a turn;
+        # when the turn comes back, that process holds an old session
+        # that missed the other node's turns.  It must not be used: the
+        # turn resumes the session the row names or is primed from
+        # MariaDB, and the upstream sees every earlier turn.
+        key = front_key()
+        words = ["alder", "birch", "cedar", "dogwood", "elm"]
+        r = nodes[0].request("POST", "/api/chat", {
+            "message": "word one is " + words[0]}, key=key)
+        self.assertEqual(r.status, 200, r)
+        cid = r.json()["conversation_id"]
+        for i, w in enumerate(words[1:], 1):
+            node = nodes[i % 2]
+            msg = "word %d is %s (%s)" % (i + 1, w, cid)
+            r = node.request("POST", "/api/chat", {
+                "message": msg, "conversation_id": cid}, key=key)
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(node_of(r), node_name(node))
+            rec = [x for x in nodes[0].mock_records()
+                   if msg in json.dumps(x["body"])][-1]
+            said = " ".join(t for role, t in texts_of(rec) if role == "user")
+            for earlier in words[:i + 1]:
+                self.assertIn("is " + earlier, said, (i, texts_of(rec)))
+        self.assertEqual(nodes[0].sql(
+            "SELECT COUNT(*) FROM messages WHERE conversation_id = '%s'"
+            % cid), [[str(2 * len(words))]])
+
+
 class AdminTokens(unittest.TestCase):
     def test_an_admin_token_works_on_every_node(self):
         nodes[0].admin("user", "create", "scaler",

@@ -46,7 +46,36 @@ struct tjob {
 	json_t		*frames;
 	int		 finished;
 	int		 order;		/* 1 for the first job to end, ... */
+	char		 conv[64];
 };
+
+/*
+ * What the conversations' rows would hold: the session each one's last
+ * answered turn ended in.  submit sends it as "resume", as ccgate-fcgi
+ * does, unless the test names its own.
+ */
+#define MAX_TCONVS	16
+static struct {
+	char	conv[64];
+	char	session[64];
+} tconvs[MAX_TCONVS];
+
+/* The row of a conversation (a new one if need be). */
+static char *
+tconv_session(const char *conv)
+{
+	int	i;
+
+	for (i = 0; i < MAX_TCONVS; i++) {
+		if (tconvs[i].conv[0] == '\0')
+			snprintf(tconvs[i].conv, sizeof tconvs[i].conv, "%s",
+			    conv);
+		if (strcmp(tconvs[i].conv, conv) == 0)
+			return (tconvs[i].session);
+	}
+	ck_abort_msg("more than %d conversations", MAX_TCONVS);
+	return (NULL);
+}
 
 static int	ended;
 
@@ -71,7 +100,13 @@ static void
 sink_finished(void *arg)
 {
 	struct tjob	*tj = arg;
+	json_t		*f;
+	const char	*sid;
 
+	f = json_array_get(tj->frames, json_array_size(tj->frames) - 1);
+	sid = json_string_value(json_object_get(f, "session_id"));
+	if (f != NULL && strcmp(proto_type(f), PROTO_DONE) == 0 && sid != NULL)
+		snprintf(tconv_session(tj->conv), 64, "%s", sid);
 	tj->job = NULL;
 	tj->finished = 1;
 	tj->order = ++ended;
@@ -181,6 +216,7 @@ teardown(void)
 		json_decref(tjobs[--ntjobs]->frames);
 		free(tjobs[ntjobs]);
 	}
+	memset(tconvs, 0, sizeof tconvs);
 	loop_free(poold->loop);
 	free(poold->neutral_dir);
 	free(poold->cf->state_dir);
@@ -218,11 +254,15 @@ submit(const char *tenant, const char *conv, const char *message,
 	ck_assert_int_lt(ntjobs, MAX_TJOBS);
 	ck_assert_ptr_nonnull(tj = calloc(1, sizeof *tj));
 	ck_assert_ptr_nonnull(tj->frames = json_array());
+	snprintf(tj->conv, sizeof tj->conv, "%s", conv);
 	tjobs[ntjobs++] = tj;
 	msg = json_pack("{s:i, s:s, s:s, s:s, s:s}", "v", PROTO_VERSION,
 	    "type", "job", "tenant", tenant, "conversation", conv, "message",
 	    message);
 	ck_assert_ptr_nonnull(msg);
+	if (*tconv_session(conv) != '\0')
+		ck_assert_int_eq(json_object_set_new(msg, "resume",
+		    json_string(tconv_session(conv))), 0);
 	if (extra != NULL) {
 		ck_assert_ptr_nonnull(more = json_loads(extra, 0, NULL));
 		ck_assert_int_eq(json_object_update(msg, more), 0);
@@ -398,6 +438,53 @@ START_TEST(test_the_warm_share_holds_in_a_full_pool)
 	pool_cancel(h1->job);
 	pool_cancel(h2->job);
 	pool_cancel(h3->job);
+}
+END_TEST
+
+START_TEST(test_a_bound_process_of_another_session_is_not_used)
+{
+	struct tjob	*a;
+	struct proc	*p;
+	char		 s1[64], extra[128];
+	const char	*s2 = "55555555-5555-4555-8555-555555555555";
+
+	a = submit("t", C1, "one", NULL);
+	done(a);
+	snprintf(s1, sizeof s1, "%s", session_of(a));
+	ck_assert_ptr_nonnull(p = proc_of(C1));
+	ck_assert_int_eq(p->state, PROC_BOUND);
+	/* Its next turn, in the session it holds: the same process. */
+	ck_assert_str_eq(done(submit("t", C1, "two", NULL)), "bound");
+	ck_assert_ptr_eq(proc_of(C1), p);
+	/* A turn that ran elsewhere moved the conversation to s2. */
+	snprintf(extra, sizeof extra, "{\"resume\":\"%s\"}", s2);
+	a = submit("t", C1, "three", extra);
+	ck_assert_str_eq(done(a), "resumed");
+	ck_assert_str_eq(session_of(a), s2);
+	ck_assert_uint_eq(poold->stats.stale_sessions, 1);
+	ck_assert_int_eq(count(PROC_BOUND), 1);
+	/*
+	 * Naming no session (a new one, primed), a turn takes the process
+	 * if its turns ended well: another turn sent before the first one's
+	 * session was stored sees none yet.
+	 */
+	ck_assert_str_eq(done(submit("t", C1, "four", "{\"resume\":\"\"}")),
+	    "bound");
+	ck_assert_uint_eq(poold->stats.stale_sessions, 1);
+	/* A failed turn leaves half of it in the session: ccgate-fcgi... */
+	a = submit("t", C1, "five upstream=bad", NULL);
+	failed_with(a, PROTO_E_UPSTREAM);
+	ck_assert_int_eq(proc_of(C1)->state, PROC_BOUND);
+	/* ...forgets it, and the next turn is primed in a new one. */
+	a = submit("t", C1, "six", "{\"resume\":\"\"}");
+	ck_assert_str_eq(done(a), "spawned");
+	ck_assert_str_ne(session_of(a), s2);
+	ck_assert_str_ne(session_of(a), s1);
+	ck_assert_uint_eq(poold->stats.stale_sessions, 2);
+	/* And from there, its own process again. */
+	ck_assert_str_eq(done(submit("t", C1, "seven", NULL)), "bound");
+	ck_assert_uint_eq(poold->stats.stale_sessions, 2);
+	ck_assert_int_eq(poold->nprocs, 1);
 }
 END_TEST
 
@@ -1386,6 +1473,7 @@ main(void)
 {
 	const TTest *const tests[] = {
 		test_placement_order,
+		test_a_bound_process_of_another_session_is_not_used,
 		test_eviction_takes_the_oldest_idle_process,
 		test_the_warm_share_holds_in_a_full_pool,
 		test_tenant_and_key_caps,

@@ -21,7 +21,8 @@ message asks otherwise:
   upstream=E  fail the turn as the real CLI (2.1.197) reports an upstream
               error: E is limit=S (a plan's usage limit resetting S seconds
               from now: a rate_limit_event, then 429), rate (a bare 429),
-              overloaded (529 after an api_retry) or auth (401)
+              overloaded (529 after an api_retry), auth (401) or bad
+              (400, the request's own fault: not the account's)
   forged      answer text that reads like an API error (a model's words)
 
 With --mcp-config it first asks the daemon's MCP server for its tools.
@@ -121,6 +122,9 @@ def upstream_error(kind):
              "max_retries": 1, "retry_delay_ms": 500, "error_status": 529,
              "error": "overloaded", "session_id": session})
         status, err, text = 529, "server_error", "API Error: 529 Overloaded."
+    elif kind == "bad":
+        status, err, text = 400, "invalid_request", (
+            "API Error: 400 messages: text content blocks must be non-empty")
     else:
         status, err, text = 401, "authentication_failed", (
             "Failed to authenticate. API Error: 401 token expired")

@@ -27,7 +27,8 @@ import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Stack, wait_for, texts_of, within_one_window, main  # noqa: E402,E501
+from harness import (Stack, CLAUDE, wait_for, texts_of,  # noqa: E402
+                     within_one_window, main)
 import galera  # noqa: E402
 
 cluster = None
@@ -75,6 +76,9 @@ class GaleraStack(Stack):
 def setUpModule():
     global cluster, A, B
     why = galera.available()
+    if not CLAUDE or not os.access(CLAUDE, os.X_OK):
+        why = "CCGATE_CLAUDE is not an executable claude CLI (run " \
+            "deploy/install-claude)"
     if why:
         raise RuntimeError("the Galera test cannot run: %s (deploy/"
                            "install-deps --test installs what it needs)" % why)
@@ -98,6 +102,11 @@ def tearDownModule():
             s.stop()
     if cluster is not None:
         cluster.stop()
+
+
+def figure(text):
+    """A figure for docs/scaling.md, on a line of its own."""
+    print("\nfigure: " + text, flush=True)
 
 
 def parallel(calls):
@@ -145,9 +154,9 @@ class Galera(unittest.TestCase):
         self.assertEqual(statuses, [200] * 40)
         retried = A._log_count("fcgi.log", "is tried again") + \
             B._log_count("fcgi.log", "is tried again")
-        print("figure: 20 pairs with room: 40 of 40 answered 200 "
-              "(transactions tried again after a conflict: logged %d)" %
-              retried)
+        figure("20 pairs with room: 40 of 40 answered 200 "
+               "(transactions tried again after a conflict: logged %d)" %
+               retried)
         # rpd 1: of each pair exactly one.
         within_one_window(120, period=86400)
         for i in range(5):
@@ -161,8 +170,8 @@ class Galera(unittest.TestCase):
         within_one_window(30)
         got = parallel([models(A if i % 2 else B, k) for i in range(10)])
         self.assertEqual(sorted(got), [200] * 5 + [429] * 5, got)
-        print("figure: rpd 1, 5 races over both nodes: one 200 each; "
-              "rpm 5, 10 at once: 5 admitted, 5 refused, no 503")
+        figure("rpd 1, 5 races over both nodes: one 200 each; "
+               "rpm 5, 10 at once: 5 admitted, 5 refused, no 503")
 
     def test_2_created_on_a_read_at_once_on_b(self):
         key = A.keys["alice"]
@@ -172,8 +181,21 @@ class Galera(unittest.TestCase):
             conv = r.json()["conversation_id"]
             r = B.request("GET", "/api/conversations/" + conv, key=key)
             self.assertEqual(r.status, 200, (i, r))
-        print("figure: 60 conversations created on A, read at once on B: "
-              "60 of 60 found (wsrep_sync_wait 1)")
+        figure("60 conversations created on A, read at once on B: "
+               "60 of 60 found (wsrep_sync_wait 1)")
+        # The same without wsrep_sync_wait, for contrast (a figure: how
+        # many reads are stale varies).
+        B.set_hosts(cluster.hosts(1, 2), db_sync_wait=0)
+        stale = 0
+        for i in range(200):
+            r = A.request("POST", "/api/conversations", {}, key=key)
+            self.assertEqual(r.status, 201, r)
+            r = B.request("GET", "/api/conversations/" +
+                          r.json()["conversation_id"], key=key)
+            self.assertIn(r.status, (200, 404), r)
+            stale += r.status == 404
+        B.set_hosts(cluster.hosts(1, 2), db_sync_wait=-1)
+        figure("with db_sync_wait 0 instead: %d of 200 answered 404" % stale)
 
     def test_3_alternating_nodes_keep_every_turn(self):
         key = A.keys["alice"]
@@ -196,6 +218,8 @@ class Galera(unittest.TestCase):
         n = cluster.sql(1, "SELECT COUNT(*) FROM messages WHERE "
                         "conversation_id = '%s'" % conv)
         self.assertEqual(n, [["10"]])
+        figure("a conversation on A, B, A, B, A: the fifth turn's upstream "
+               "request held all 4 earlier turns; 10 messages stored")
 
     def test_4_failover_and_failback(self):
         key = A.keys["alice"]
@@ -217,8 +241,8 @@ class Galera(unittest.TestCase):
         wait_for(lambda: models(B, key)() == 200 and
                  B.readyz()["database_host"]["position"] == 1, 60,
                  "B to fail back to Galera node 1")
-        print("figure: Galera node 1 killed: B answered 5 of 5 chats on "
-              "node 2; node 1 back by IST from %s, B back on it" % pos)
+        figure("Galera node 1 killed: B answered 5 of 5 chats on "
+               "node 2; node 1 back by IST from %s, B back on it" % pos)
 
     def test_5_answers_in_flight_are_spooled(self):
         key = A.keys["alice"]
@@ -276,9 +300,9 @@ class Galera(unittest.TestCase):
         r = B.request("POST", "/api/conversations/%s/continue" % conv,
                       {"message": "what did I ask first?"}, key=key)
         self.assertEqual(r.status, 200, r)
-        print("figure: 3 answers in flight during B's database outage: "
-              "3 spooled with their usage rows, kept across a ccgate-fcgi "
-              "restart, 3 answers and 3 usage rows stored once")
+        figure("3 answers in flight during B's database outage: "
+               "3 spooled with their usage rows, kept across a ccgate-fcgi "
+               "restart, 3 answers and 3 usage rows stored once")
         B.set_hosts(cluster.hosts(1, 2), db_retry_ms=3000)
 
     def test_6_sigkill_under_load(self):
@@ -336,10 +360,10 @@ class Galera(unittest.TestCase):
         self.assertEqual(sorted(r[0] for r in rows), sorted(convs))
         for r in rows:
             self.assertEqual(r[1:], ["1", "1"], r)
-        print("figure: %d chats over both nodes, Galera node 1 SIGKILLed "
-              "after %d and back (IST from %s) after %d: %d answered 200, "
-              "%d usage rows on each node, %d answers stored" %
-              (len(done), at_kill, pos, at_back, len(done), len(done),
+        figure("%d chats over both nodes, Galera node 1 SIGKILLed "
+               "after %d and back (IST from %s) after %d: %d answered 200, "
+               "%d usage rows on each node, %d answers stored" %
+               (len(done), at_kill, pos, at_back, len(done), len(done),
                len(rows)))
 
 

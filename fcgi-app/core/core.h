@@ -113,6 +113,7 @@ int		 spool_answer(const char *, const char *, const char *,
 		     long long, long long, double, const char *, const char *,
 		     const char *);
 int		 spool_usage(json_t *, const char *);
+void		 spool_usage_writer(int (*)(struct db *, json_t *));
 int		 spool_ready(void);
 void		 db_host_in_use(int *, int *, int *);
 const char	*db_error(struct db *);
@@ -342,7 +343,6 @@ struct usage_rec {
 void		 usage_start(void);
 void		 usage_stop(void);
 void		 usage_submit(struct usage_rec *);
-int		 usage_store_json(struct db *, json_t *);
 
 /* core/counters.c: this process's request counters. */
 #define METRICS_SLOTS		64	/* 0: no route; then the route table's */

@@ -56,6 +56,16 @@ static struct {
 } spool = { .lock = PTHREAD_MUTEX_INITIALIZER,
     .cond = PTHREAD_COND_INITIALIZER };
 
+/* What stores a spooled usage record (usage.c's, not called by name). */
+static int	(*spool_usage_fn)(struct db *, json_t *);
+
+/* Set what stores a spooled usage record (usage_start). */
+void
+spool_usage_writer(int (*fn)(struct db *, json_t *))
+{
+	spool_usage_fn = fn;
+}
+
 /* Make dir (mode 0700) unless it exists; make it 0700 if it is more open. */
 static int
 spool_mkdir(const char *dir)
@@ -167,11 +177,15 @@ spool_store_tx(struct db *db, void *arg)
 	return (0);
 }
 
-/* Store a spooled usage record (idempotent: request_id is unique). */
+/*
+ * Store a spooled usage record with the function usage.c gave
+ * (spool_usage_writer; idempotent: request_id is unique).
+ */
 static int
 spool_store_usage(struct db *db, const char *path, json_t *a)
 {
-	if (usage_store_json(db, json_object_get(a, "usage")) != 0) {
+	if (spool_usage_fn == NULL || spool_usage_fn(db,
+	    json_object_get(a, "usage")) != 0) {
 		json_decref(a);
 		return (-1);
 	}

@@ -114,10 +114,11 @@ usage_int(json_t *o, const char *name)
 }
 
 /*
- * Write a spooled record (usage_to_json's object; spool.c) once: a row of
- * its request id already there is left as it is.  Returns 0 or -1.
+ * Write a spooled record (usage_to_json's object; spool.c calls it, as
+ * usage_start told it) once: a row of its request id already there is
+ * left as it is.  Returns 0 or -1.
  */
-int
+static int
 usage_store_json(struct db *db, json_t *o)
 {
 	struct usage_rec	u;
@@ -338,6 +339,7 @@ usage_start(void)
 		fatal("calloc");
 	if (pthread_create(&usage.thread, NULL, usage_main, NULL) != 0)
 		fatalx("pthread_create");
+	spool_usage_writer(usage_store_json);
 	usage.running = 1;
 }
 

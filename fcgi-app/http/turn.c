@@ -527,8 +527,8 @@ turn_store_answer(struct turn *t, const char *hash)
 	db_release();
 	if (spool_answer(t->conv->id, req_id(t->r), t->stored != NULL ?
 	    t->stored : t->text, t->in, t->out, t->cost,
-	    t->conv->history_hash, hash, session_done && t->session_id ==
-	    NULL ? NULL : t->session_id) != 0)
+	    t->conv->history_hash, hash, t->session_id != NULL &&
+	    util_valid_uuid(t->session_id) ? t->session_id : NULL) != 0)
 		return (-1);
 	log_warnx("request %s: the database did not take the answer for %ld "
 	    "ms: it is spooled, and stored when the database answers",

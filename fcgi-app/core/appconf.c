@@ -35,6 +35,96 @@ static const char *const app_keys[] = {
 	"spool_dir", NULL
 };
 
+/*
+ * Parse a host list ("host", "host:port", "[v6]:port", separated by
+ * commas or blanks; defport where none is given) into h (at most
+ * DB_MAX_HOSTS; names allocated).  Returns how many, or -1 (*cause says
+ * why; nothing is left allocated).
+ */
+int
+appconf_hosts_parse(const char *text, long defport, struct db_host *h,
+    char **cause)
+{
+	char	*list, *p, *tok, *colon, *end;
+	long	 port;
+	int	 n = 0;
+
+	if ((list = strdup(text)) == NULL)
+		goto nomem;
+	for (p = list; (tok = strsep(&p, ", \t")) != NULL;) {
+		if (*tok == '\0')
+			continue;
+		if (n == DB_MAX_HOSTS) {
+			util_cause(cause, "more than %d hosts", DB_MAX_HOSTS);
+			goto fail;
+		}
+		port = defport;
+		colon = NULL;
+		if (*tok == '[') {
+			if ((end = strchr(tok, ']')) == NULL ||
+			    (end[1] != '\0' && end[1] != ':')) {
+				util_cause(cause, "%s: not [address]:port", tok);
+				goto fail;
+			}
+			*end = '\0';
+			colon = end[1] == ':' ? end + 1 : NULL;
+			tok++;
+		} else if ((colon = strrchr(tok, ':')) != NULL &&
+		    strchr(tok, ':') != colon)
+			colon = NULL;	/* a bare IPv6 address */
+		if (colon != NULL) {
+			*colon = '\0';
+			port = strtol(colon + 1, &end, 10);
+			if (colon[1] == '\0' || *end != '\0' || port < 1 ||
+			    port > 65535) {
+				util_cause(cause, "%s: not a port", colon + 1);
+				goto fail;
+			}
+		}
+		if (*tok == '\0') {
+			util_cause(cause, "a host without a name");
+			goto fail;
+		}
+		if ((h[n].name = strdup(tok)) == NULL)
+			goto nomem;
+		h[n++].port = (unsigned int)port;
+	}
+	free(list);
+	if (n == 0)
+		util_cause(cause, "no host");
+	return (n > 0 ? n : -1);
+nomem:
+	util_cause(cause, "out of memory");
+fail:
+	while (n-- > 0)
+		free(h[n].name);
+	free(list);
+	return (-1);
+}
+
+/* Check db_hosts (or db_host, read the same way). */
+static int
+app_hosts(const struct app_config *cf, const char *path, char **cause)
+{
+	struct db_host	 h[DB_MAX_HOSTS];
+	const char	*list = cf->db_hosts != NULL ? cf->db_hosts :
+			    cf->db_host;
+	char		*why = NULL;
+	int		 n;
+
+	if (list == NULL)
+		return (0);
+	if ((n = appconf_hosts_parse(list, cf->db_port, h, &why)) < 0) {
+		util_cause(cause, "%s: %s: %s", path, cf->db_hosts != NULL ?
+		    "db_hosts" : "db_host", why);
+		free(why);
+		return (-1);
+	}
+	while (n-- > 0)
+		free(h[n].name);
+	return (0);
+}
+
 /* Free a configuration. */
 void
 appconf_free(struct app_config *cf)
@@ -254,6 +344,8 @@ appconf_load(const char *path, char **cause)
 	APP_INT("idempotency_lease_s", idem_lease_s, 0, 0, 86400 + 3600);
 	if (app_models(cf, conf_str(c, "models", cf->default_model),
 	    cause) != 0)
+		goto fail;
+	if (app_hosts(cf, path, cause) != 0)
 		goto fail;
 	if ((v = conf_get(c, "db_password_file")) != NULL && *v != '\0') {
 		if ((cf->db_password = app_read_line(v, cause)) == NULL)

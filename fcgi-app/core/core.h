@@ -83,6 +83,14 @@ void			 appconf_free(struct app_config *);
 #define SQL_ISO(col)	"DATE_FORMAT(" col ", " SQL_ISO_FORMAT ")"
 
 struct db;
+#define DB_MAX_HOSTS	16
+/* A database host of db_hosts (db_host and db_port: one). */
+struct db_host {
+	char		*name;		/* NULL: localhost */
+	unsigned int	 port;
+};
+int		 appconf_hosts_parse(const char *, long, struct db_host *,
+		     char **);
 struct db_res {
 	size_t		 nrows;
 	size_t		 ncols;

@@ -39,9 +39,10 @@
 
 #define DB_MAX_PARAMS	32
 #define DB_MAX_STMTS	64
-#define DB_MAX_HOSTS	16
-/* Tries of a transaction or statement the server rolled back, and the
- * first pause between two (doubled each time, with jitter, up to MAX). */
+/*
+ * Tries of a transaction or statement the server rolled back, and the
+ * first pause between two (doubled each time, with jitter, up to MAX).
+ */
 #define DB_TRIES	8
 #define DB_PAUSE_MS	10
 #define DB_PAUSE_MAX_MS	400
@@ -65,12 +66,6 @@ struct db {
 	unsigned int	 gen;		/* db_hosts.gen when connected */
 	int		 tries;		/* of the last db_tx */
 	char		 why[160];	/* a failure, for clients */
-};
-
-/* A database host of db_hosts (db_host and db_port: one). */
-struct db_host {
-	char		*name;
-	unsigned int	 port;
 };
 
 /*
@@ -151,50 +146,27 @@ db_destructor(void *arg)
 }
 
 /*
- * Parse db_hosts ("host", "host:port", "[v6]:port", separated by commas
- * or blanks; db_port where none is given) into hosts; without it, db_host
- * is read the same way (one host, or a list).
+ * The hosts: db_hosts, else db_host read the same way (one host, or a
+ * list), else localhost; appconf checked them.
  */
 static int
 db_parse_hosts(const struct app_config *cf)
 {
-	char	*list, *p, *tok, *colon, *end;
-	long	 port;
+	char	*cause = NULL;
 
-	hosts.n = 0;
 	if (cf->db_hosts == NULL && cf->db_host == NULL) {
 		hosts.h[0].name = NULL;	/* localhost */
 		hosts.h[0].port = (unsigned int)cf->db_port;
 		hosts.n = 1;
 		return (0);
 	}
-	if ((list = strdup(cf->db_hosts != NULL ? cf->db_hosts :
-	    cf->db_host)) == NULL)
+	hosts.n = appconf_hosts_parse(cf->db_hosts != NULL ? cf->db_hosts :
+	    cf->db_host, cf->db_port, hosts.h, &cause);
+	if (hosts.n < 0) {
+		log_warnx("db_hosts: %s", cause);
+		free(cause);
 		return (-1);
-	for (p = list; (tok = strsep(&p, ", \t")) != NULL;) {
-		if (*tok == '\0' || hosts.n == DB_MAX_HOSTS)
-			continue;
-		port = cf->db_port;
-		if (*tok == '[' && (end = strchr(tok, ']')) != NULL) {
-			*end = '\0';
-			colon = end[1] == ':' ? end + 1 : NULL;
-			tok++;
-		} else if ((colon = strrchr(tok, ':')) != NULL &&
-		    strchr(tok, ':') != colon)
-			colon = NULL;	/* a bare IPv6 address */
-		if (colon != NULL) {
-			*colon = '\0';
-			port = strtol(colon + 1, &end, 10);
-			if (*end != '\0' || port < 1 || port > 65535)
-				fatalx("db_hosts: %s: not a port", colon + 1);
-		}
-		if ((hosts.h[hosts.n].name = strdup(tok)) == NULL) {
-			free(list);
-			return (-1);
-		}
-		hosts.h[hosts.n++].port = (unsigned int)port;
 	}
-	free(list);
 	return (0);
 }
 
@@ -211,7 +183,7 @@ db_once_init(void)
 		fatalx("db: pthread setup failed");
 	pthread_condattr_destroy(&attr);
 	if (db_parse_hosts(appconf) != 0)
-		fatalx("db: out of memory");
+		fatalx("db: the database hosts cannot be read");
 	pool.max = (size_t)appconf->db_connections;
 	if ((pool.idle = calloc(pool.max, sizeof *pool.idle)) == NULL)
 		fatalx("db: out of memory");

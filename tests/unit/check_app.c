@@ -448,8 +448,13 @@ conf_file(char *path, const char *text)
 
 START_TEST(test_db_hosts)
 {
+	static const char *const bad[] = { "", " , ", "a:", "a:0", "a:65536",
+	    "a:12x", "[::1", "[::1]x", ":3306",
+	    "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17" };
 	struct app_config	*cf;
+	struct db_host		 h[DB_MAX_HOSTS];
 	char			 path[64], *cause = NULL;
+	size_t			 i;
 	int			 pos, n, galera;
 
 	conf_file(path, "db_hosts = 10.0.0.1:3307, [::1]:3308 host3\n"
@@ -470,6 +475,35 @@ START_TEST(test_db_hosts)
 	ck_assert_int_eq(n, 3);
 	ck_assert_int_eq(galera, 0);
 	ck_assert_str_eq(db_why(NULL), "no database connection came free");
+
+	/* The list: names, ports, db_port where none is given. */
+	ck_assert_int_eq(appconf_hosts_parse("a.example:3307, [::1]:3308 host3\t"
+	    "10.0.0.9,fe80::1", 3306, h, &cause), 5);
+	ck_assert_str_eq(h[0].name, "a.example");
+	ck_assert_int_eq(h[0].port, 3307);
+	ck_assert_str_eq(h[1].name, "::1");
+	ck_assert_int_eq(h[1].port, 3308);
+	ck_assert_str_eq(h[2].name, "host3");
+	ck_assert_int_eq(h[2].port, 3306);
+	ck_assert_str_eq(h[3].name, "10.0.0.9");
+	ck_assert_str_eq(h[4].name, "fe80::1");
+	ck_assert_int_eq(h[4].port, 3306);
+	for (i = 0; i < 5; i++)
+		free(h[i].name);
+	for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		cause = NULL;
+		ck_assert_msg(appconf_hosts_parse(bad[i], 3306, h, &cause) == -1,
+		    "%s", bad[i]);
+		ck_assert_ptr_nonnull(cause);
+		free(cause);
+	}
+	cause = NULL;
+	conf_file(path, "db_hosts = a:99999\n");
+	ck_assert_ptr_null(appconf_load(path, &cause));
+	ck_assert_ptr_nonnull(strstr(cause, "db_hosts"));
+	free(cause);
+	cause = NULL;
+	unlink(path);
 
 	/* db_sync_wait is -1 (Galera: 1) to 15. */
 	conf_file(path, "db_sync_wait = 16\n");

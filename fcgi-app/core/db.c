@@ -388,7 +388,7 @@ db_connect_host(struct db *db, int i)
 	unsigned int		 rt = t * 6;
 	char			 v[64], sql[64];
 	long			 wait;
-	int			 galera;
+	int			 galera, was;
 
 	if ((db->my = mysql_init(NULL)) == NULL) {
 		db_set_error(db, "mysql_init", "out of memory");
@@ -415,10 +415,15 @@ db_connect_host(struct db *db, int i)
 	galera = db_query_value(db->my, "SELECT @@wsrep_on", 0, v,
 	    sizeof v) == 0 && strcmp(v, "1") == 0;
 	pthread_mutex_lock(&hosts.lock);
+	was = hosts.galera;
 	hosts.galera = galera;
 	pthread_mutex_unlock(&hosts.lock);
 	if (!galera)
 		return (0);
+	if (!was)
+		log_info("database: a Galera node: each session's "
+		    "wsrep_sync_wait is %ld", cf->db_sync_wait < 0 ? 1 :
+		    cf->db_sync_wait);
 	if (db_query_value(db->my, "SHOW STATUS LIKE 'wsrep_ready'", 1, v,
 	    sizeof v) != 0 || strcmp(v, "ON") != 0) {
 		db_set_error(db, "connect", "a Galera node that is not ready "

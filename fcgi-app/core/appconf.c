@@ -63,7 +63,8 @@ appconf_hosts_parse(const char *text, long defport, struct db_host *h,
 		if (*tok == '[') {
 			if ((end = strchr(tok, ']')) == NULL ||
 			    (end[1] != '\0' && end[1] != ':')) {
-				util_cause(cause, "%s: not [address]:port", tok);
+				util_cause(cause, "%s: not [address]:port",
+				    tok);
 				goto fail;
 			}
 			*end = '\0';

@@ -7,16 +7,17 @@
  * process: the next start stores what is left.
  *
  * A file is NNNNNNNNNNNNN-NNNNNN-<request id>.json (the wall-clock time
- * in ms and a counter, so names sort in the order answers came), written under a
- * name starting with '.' and renamed once whole and synced.  It holds the
- * conversation, the request id, the answer and its usage, and the
- * conversation's history hash before and after the turn and its CLI
- * session.  Storing it is idempotent: the message is inserted unless the
- * conversation has an assistant message of that request id already (or
- * is deleted), so a file stored twice (a crash between the COMMIT and the
- * unlink) adds nothing.  The session is kept only if no other turn was
- * stored meanwhile; else it is forgotten and the next turn primes a new
- * one from the stored messages.
+ * in ms and a counter, so names sort in the order answers came), written
+ * under a name starting with '.' and renamed once whole and synced.  An
+ * answer's holds the conversation, the request id, the answer and its
+ * usage, and the conversation's history hash before and after the turn
+ * and its CLI session; a usage record's holds it under "usage".  Storing
+ * is idempotent: the message is inserted unless the conversation has an
+ * assistant message of that request id already (or is deleted), a usage
+ * row unless one of its request id is there, so a file stored twice (a
+ * crash between the COMMIT and the unlink) adds nothing.  The session is
+ * kept only if no other turn was stored meanwhile; else it is forgotten
+ * and the next turn primes a new one from the stored messages.
  *
  * The directory is the service user's, mode 0700, the files 0600: the
  * answers are the tenants' and no other local user may read them.
@@ -147,8 +148,10 @@ spool_store_tx(struct db *db, void *arg)
 {
 	json_t		*a = arg;
 	const char	*conv = json_string_value(json_object_get(a, "conv"));
-	const char	*rid = json_string_value(json_object_get(a, "request_id"));
-	const char	*prev = json_string_value(json_object_get(a, "prev_hash"));
+	const char	*rid = json_string_value(json_object_get(a,
+			    "request_id"));
+	const char	*prev = json_string_value(json_object_get(a,
+			    "prev_hash"));
 	const char	*hash = json_string_value(json_object_get(a, "hash"));
 	const char	*session = json_string_value(json_object_get(a,
 			    "session_id"));
@@ -312,6 +315,27 @@ spool_main(void *arg)
 	return (NULL);
 }
 
+/* Remove the partial files (".NNN.tmp") a process that died left. */
+static void
+spool_clean(void)
+{
+	DIR		*d;
+	struct dirent	*de;
+	size_t		 n;
+
+	if ((d = opendir(spool.dir)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		n = strlen(de->d_name);
+		if (de->d_name[0] != '.' || n < 5 ||
+		    strcmp(de->d_name + n - 4, ".tmp") != 0)
+			continue;
+		if (unlinkat(dirfd(d), de->d_name, 0) == -1)
+			log_warn("spool: unlink %s", de->d_name);
+	}
+	closedir(d);
+}
+
 /*
  * Open the spool of process name (spool_dir/name) and start its writer,
  * which stores at once what an earlier run left.  Without a spool (its
@@ -329,6 +353,7 @@ spool_start(const char *name)
 	    appconf->spool_dir, name) >= sizeof spool.dir ||
 	    spool_mkdir(spool.dir) != 0)
 		goto off;
+	spool_clean();
 	if ((names = spool_list(&n)) != NULL) {
 		for (i = 0; i < n; i++)
 			free(names[i]);

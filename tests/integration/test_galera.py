@@ -220,8 +220,12 @@ class Galera(unittest.TestCase):
         for i in range(5):
             r = chat(B, key, "during the outage %d" % i)
             self.assertEqual(r.status, 200, (i, r))
-        self.assertEqual(B.readyz()["database_host"],
+        ready = B.request("GET", "/readyz")
+        self.assertEqual(ready.json()["database_host"],
                          {"position": 2, "of": 2})
+        # Public: the position only, never a host's address or port.
+        self.assertNotIn("127.0.0.1", ready.body)
+        self.assertNotIn(str(cluster.ports[2]), ready.body)
         pos = cluster.restart(1)
         self.assertTrue(cluster.joined_by_ist(1), "node 1 needed an SST")
         # Back to its first host once it rejoined (db_failback_s 2).
@@ -266,11 +270,16 @@ class Galera(unittest.TestCase):
         B.stop_proc("fcgi")
         self.assertGreaterEqual(len([f for f in os.listdir(spool)
                                      if f.endswith(".json")]), 6)
+        # A spool opened to others is closed again at start.
+        os.chmod(spool, 0o755)
         B.start_fcgi()
+        self.assertEqual(stat.S_IMODE(os.stat(spool).st_mode), 0o700)
+        self.assertGreaterEqual(B.metric("ccgate_spooled_answers"), 6)
         cluster.restart(1)
         wait_for(lambda: not [f for f in os.listdir(spool)
                               if f.endswith(".json")], 120,
                  "the spool to be stored")
+        self.assertEqual(B.metric("ccgate_spooled_answers"), 0)
         for i in range(3):
             conv = results[i].json()["conversation_id"]
             rows = cluster.sql(2, "SELECT role, created_at >= (SELECT "

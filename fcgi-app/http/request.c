@@ -745,7 +745,7 @@ req_quota_answer(struct request *r, int rc, long retry, const char *why)
 		req_error(r, 429, NULL, "%s", why);
 	} else {
 		req_add_header(r, "Retry-After", "5");
-		req_error(r, 503, NULL, "the quota could not be checked: %s",
+		req_error(r, 503, NULL, "the key store is unavailable: %s",
 		    db_why(db_thread()));
 	}
 	return (-1);

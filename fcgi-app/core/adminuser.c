@@ -151,15 +151,65 @@ admuser_get(struct db *db, const char *name, struct op_error *e)
 	return (one);
 }
 
+/* What admuser_create's and admuser_change's transactions need. */
+struct admuser_tx {
+	const struct actor	*who;
+	const char		*name;
+	const char		*hash;		/* NULL: no new password */
+	const char		*status;	/* NULL: no new status */
+	struct op_error		*e;
+};
+
+/* The status of a failure: -1 the database's (tried again), 1 a refusal. */
+static int
+admuser_tx_fail(const struct op_error *e)
+{
+	return (e->status == 503 ? -1 : 1);
+}
+
+/* admuser_create's transaction. */
+static int
+admuser_create_tx(struct db *db, void *arg)
+{
+	struct admuser_tx	*a = arg;
+	json_t			*after;
+	uint64_t		 affected = 0;
+	int			 rc;
+
+	a->e->status = 0;
+	if (db_run(db, NULL, &affected, "INSERT IGNORE INTO admin_users "
+	    "(username, password_hash, created_at) VALUES (?, ?, "
+	    "UTC_TIMESTAMP())", "ss", a->name, a->hash) != 0)
+		return (-1);
+	if (affected != 1) {
+		op_fail(a->e, 409, "administrator %s exists already", a->name);
+		return (1);
+	}
+	if ((after = admuser_get(db, a->name, a->e)) == NULL)
+		return (admuser_tx_fail(a->e));
+	rc = audit_record(db, a->who, "admin.create", "admin_user", a->name,
+	    NULL, after);
+	json_decref(after);
+	return (rc != 0 ? -1 : 0);
+}
+
+/* After a transaction: 0, or -1 with e set (a 503 saying why). */
+static int
+admuser_tx_end(struct db *db, int rc, struct op_error *e)
+{
+	if (rc < 0)
+		op_fail(e, 503, "the database is unavailable: %s", db_why(db));
+	return (rc == 0 ? 0 : -1);
+}
+
 /* Create administrator name with password pw. */
 int
 admuser_create(struct db *db, const struct actor *who, const char *name,
     const char *pw, struct op_error *e)
 {
-	char	 hash[crypto_pwhash_STRBYTES];
-	json_t	*after;
-	uint64_t affected = 0;
-	int	 rc = -1;
+	struct admuser_tx	a = { who, name, NULL, NULL, e };
+	char			hash[crypto_pwhash_STRBYTES];
+	int			rc;
 
 	if (!admuser_valid_name(name)) {
 		op_fail(e, 400, "user name: 1 to 64 characters of A-Z a-z 0-9 "
@@ -168,35 +218,39 @@ admuser_create(struct db *db, const struct actor *who, const char *name,
 	}
 	if (admuser_hash(pw, hash, e) != 0)
 		return (-1);
-	if (db_begin(db) != 0) {
-		op_fail(e, 503, "the database is unavailable");
+	a.hash = hash;
+	rc = admuser_tx_end(db, db_tx(db, admuser_create_tx, &a), e);
+	sodium_memzero(hash, sizeof hash);
+	return (rc);
+}
+
+/* admuser_change's transaction. */
+static int
+admuser_change_tx(struct db *db, void *arg)
+{
+	struct admuser_tx	*a = arg;
+	json_t			*before, *after;
+	int			 rc;
+
+	a->e->status = 0;
+	if ((before = admuser_get(db, a->name, a->e)) == NULL)
+		return (admuser_tx_fail(a->e));
+	if (db_run(db, NULL, NULL, "UPDATE admin_users SET password_hash = "
+	    "IFNULL(?, password_hash), status = IFNULL(?, status), "
+	    "token_version = token_version + 1 WHERE username = ?", "sss",
+	    a->hash, a->status, a->name) != 0) {
+		json_decref(before);
 		return (-1);
 	}
-	if (db_run(db, NULL, &affected, "INSERT IGNORE INTO admin_users "
-	    "(username, password_hash, created_at) VALUES (?, ?, "
-	    "UTC_TIMESTAMP())", "ss", name, hash) != 0) {
-		op_fail(e, 503, "the database is unavailable");
-		goto fail;
+	if ((after = admuser_get(db, a->name, a->e)) == NULL) {
+		json_decref(before);
+		return (admuser_tx_fail(a->e));
 	}
-	if (affected != 1) {
-		op_fail(e, 409, "administrator %s exists already", name);
-		goto fail;
-	}
-	if ((after = admuser_get(db, name, e)) == NULL)
-		goto fail;
-	rc = audit_record(db, who, "admin.create", "admin_user", name, NULL,
-	    after);
+	rc = audit_record(db, a->who, a->hash != NULL ? "admin.passwd" :
+	    strcmp(a->status, "disabled") == 0 ? "admin.disable" :
+	    "admin.enable", "admin_user", a->name, before, after) != 0 ? -1 : 0;
+	json_decref(before);
 	json_decref(after);
-	if (rc != 0 || db_commit(db) != 0) {
-		op_fail(e, 503, "the database is unavailable");
-		goto fail;
-	}
-	sodium_memzero(hash, sizeof hash);
-	return (0);
-fail:
-	rc = -1;
-	(void)db_rollback(db);
-	sodium_memzero(hash, sizeof hash);
 	return (rc);
 }
 
@@ -208,40 +262,18 @@ int
 admuser_change(struct db *db, const struct actor *who, const char *name,
     const char *pw, const char *status, struct op_error *e)
 {
-	char	 hash[crypto_pwhash_STRBYTES];
-	json_t	*before, *after = NULL;
-	int	 rc = -1;
+	struct admuser_tx	a = { who, name, NULL, status, e };
+	char			hash[crypto_pwhash_STRBYTES];
+	int			rc;
 
-	if (pw != NULL && admuser_hash(pw, hash, e) != 0)
-		return (-1);
-	if (db_begin(db) != 0) {
-		op_fail(e, 503, "the database is unavailable");
-		return (-1);
+	if (pw != NULL) {
+		if (admuser_hash(pw, hash, e) != 0)
+			return (-1);
+		a.hash = hash;
 	}
-	if ((before = admuser_get(db, name, e)) == NULL)
-		goto out;
-	if (db_run(db, NULL, NULL, "UPDATE admin_users SET password_hash = "
-	    "IFNULL(?, password_hash), status = IFNULL(?, status), "
-	    "token_version = token_version + 1 WHERE username = ?", "sss",
-	    pw != NULL ? hash : NULL, status, name) != 0) {
-		op_fail(e, 503, "the database is unavailable");
-		goto out;
-	}
-	if ((after = admuser_get(db, name, e)) == NULL)
-		goto out;
-	if (audit_record(db, who, pw != NULL ? "admin.passwd" :
-	    strcmp(status, "disabled") == 0 ? "admin.disable" : "admin.enable",
-	    "admin_user", name, before, after) != 0 || db_commit(db) != 0) {
-		op_fail(e, 503, "the database is unavailable");
-		goto out;
-	}
-	rc = 0;
-out:
-	if (rc != 0)
-		(void)db_rollback(db);
-	json_decref(before);
-	json_decref(after);
-	sodium_memzero(hash, sizeof hash);
+	rc = admuser_tx_end(db, db_tx(db, admuser_change_tx, &a), e);
+	if (pw != NULL)
+		sodium_memzero(hash, sizeof hash);
 	return (rc);
 }
 

@@ -32,8 +32,100 @@ static const char *const app_keys[] = {
 	"ws_max_message", "ws_max_connections", "quota_reserve_tokens",
 	"signature_skew_s", "idempotency_window_s", "idempotency_max_answer",
 	"idempotency_key_bytes", "idempotency_lease_s", "workspace_max_bytes",
-	"workspace_max_files", "files_hash_max_bytes", NULL
+	"workspace_max_files", "files_hash_max_bytes", "db_hosts",
+	"db_failback_s", "db_sync_wait", "spool_dir", NULL
 };
+
+/*
+ * Parse a host list ("host", "host:port", "[v6]:port", separated by
+ * commas or blanks; defport where none is given) into h (at most
+ * DB_MAX_HOSTS; names allocated).  Returns how many, or -1 (*cause says
+ * why; nothing is left allocated).
+ */
+int
+appconf_hosts_parse(const char *text, long defport, struct db_host *h,
+    char **cause)
+{
+	char	*list, *p, *tok, *colon, *end;
+	long	 port;
+	int	 n = 0;
+
+	if ((list = strdup(text)) == NULL)
+		goto nomem;
+	for (p = list; (tok = strsep(&p, ", \t")) != NULL;) {
+		if (*tok == '\0')
+			continue;
+		if (n == DB_MAX_HOSTS) {
+			util_cause(cause, "more than %d hosts", DB_MAX_HOSTS);
+			goto fail;
+		}
+		port = defport;
+		colon = NULL;
+		if (*tok == '[') {
+			if ((end = strchr(tok, ']')) == NULL ||
+			    (end[1] != '\0' && end[1] != ':')) {
+				util_cause(cause, "%s: not [address]:port",
+				    tok);
+				goto fail;
+			}
+			*end = '\0';
+			colon = end[1] == ':' ? end + 1 : NULL;
+			tok++;
+		} else if ((colon = strrchr(tok, ':')) != NULL &&
+		    strchr(tok, ':') != colon)
+			colon = NULL;	/* a bare IPv6 address */
+		if (colon != NULL) {
+			*colon = '\0';
+			port = strtol(colon + 1, &end, 10);
+			if (colon[1] == '\0' || *end != '\0' || port < 1 ||
+			    port > 65535) {
+				util_cause(cause, "%s: not a port", colon + 1);
+				goto fail;
+			}
+		}
+		if (*tok == '\0') {
+			util_cause(cause, "a host without a name");
+			goto fail;
+		}
+		if ((h[n].name = strdup(tok)) == NULL)
+			goto nomem;
+		h[n++].port = (unsigned int)port;
+	}
+	free(list);
+	if (n == 0)
+		util_cause(cause, "no host");
+	return (n > 0 ? n : -1);
+nomem:
+	util_cause(cause, "out of memory");
+fail:
+	while (n-- > 0)
+		free(h[n].name);
+	free(list);
+	return (-1);
+}
+
+/* Check db_hosts (or db_host, read the same way). */
+static int
+app_hosts(const struct app_config *cf, const char *path, char **cause)
+{
+	struct db_host	 h[DB_MAX_HOSTS];
+	const char	*list = cf->db_hosts != NULL ? cf->db_hosts :
+			    cf->db_host;
+	char		*why = NULL;
+	int		 n;
+
+	if (list == NULL)
+		return (0);
+	if ((n = appconf_hosts_parse(list, cf->db_port, h, &why)) < 0) {
+		util_cause(cause, "%s: %s: %s", path, cf->db_hosts != NULL ?
+		    "db_hosts" : "db_host", why);
+		free(why);
+		return (-1);
+	}
+	while (n-- > 0)
+		free(h[n].name);
+	return (0);
+}
 
 /* Free a configuration. */
 void
@@ -47,6 +139,8 @@ appconf_free(struct app_config *cf)
 	free(cf->listen_group);
 	free(cf->ws_listen);
 	free(cf->db_host);
+	free(cf->db_hosts);
+	free(cf->spool_dir);
 	free(cf->db_socket);
 	free(cf->db_user);
 	if (cf->db_password != NULL) {
@@ -194,6 +288,9 @@ appconf_load(const char *path, char **cause)
 	    &cf->listen) != 0 ||
 	    app_str(c, "listen_group", NULL, &cf->listen_group) != 0 ||
 	    app_str(c, "db_host", NULL, &cf->db_host) != 0 ||
+	    app_str(c, "db_hosts", NULL, &cf->db_hosts) != 0 ||
+	    app_str(c, "spool_dir", LOCALSTATEDIR "/lib/ccgate/fcgi-spool",
+	    &cf->spool_dir) != 0 ||
 	    app_str(c, "db_socket", NULL, &cf->db_socket) != 0 ||
 	    app_str(c, "db_user", "ccgate", &cf->db_user) != 0 ||
 	    app_str(c, "db_name", "ccgate", &cf->db_name) != 0 ||
@@ -236,6 +333,8 @@ appconf_load(const char *path, char **cause)
 	APP_INT("rotate_grace_s", rotate_grace_s, 86400, 0, 30 * 86400);
 	APP_INT("sse_heartbeat_ms", sse_heartbeat_ms, 15000, 100, 300000);
 	APP_INT("db_retry_ms", db_retry_ms, 30000, 0, 600000);
+	APP_INT("db_failback_s", db_failback_s, 30, 1, 86400);
+	APP_INT("db_sync_wait", db_sync_wait, -1, -1, 15);
 	APP_INT("ws_threads", ws_threads, 64, 1, 4096);
 	APP_INT("ws_max_message", ws_max_message, 1024 * 1024, 1024,
 	    64 * 1024 * 1024);
@@ -255,6 +354,8 @@ appconf_load(const char *path, char **cause)
 	    256L * 1024 * 1024, 0, 1024L * 1024 * 1024 * 1024);
 	if (app_models(cf, conf_str(c, "models", cf->default_model),
 	    cause) != 0)
+		goto fail;
+	if (app_hosts(cf, path, cause) != 0)
 		goto fail;
 	if ((v = conf_get(c, "db_password_file")) != NULL && *v != '\0') {
 		if ((cf->db_password = app_read_line(v, cause)) == NULL)

@@ -153,6 +153,13 @@ conv_cache_drop(const char *id, int stale)
 	pthread_mutex_unlock(&conv_cache_lock);
 }
 
+/* Forget a conversation this process may hold (changed elsewhere). */
+void
+conv_uncache(const char *id)
+{
+	conv_cache_drop(id, 0);
+}
+
 /* The cache's counters, for /metrics. */
 void
 conv_cache_counts(uint64_t *hits, uint64_t *stale)
@@ -328,6 +335,25 @@ conv_add_message(struct db *db, const char *conv_id, const char *role,
 }
 
 /*
+ * Append request_id's answer (the assistant's message) to a conversation,
+ * unless the conversation has it already (an INSERT whose answer was lost,
+ * tried again) or is deleted.
+ */
+int
+conv_add_answer(struct db *db, const char *conv_id, const char *content,
+    const char *request_id, long long in, long long out, double cost)
+{
+	return (db_run(db, NULL, NULL,
+	    "INSERT INTO messages (conversation_id, role, content, request_id, "
+	    "input_tokens, output_tokens, cost_usd, created_at) SELECT id, "
+	    "'assistant', ?, ?, ?, ?, ?, UTC_TIMESTAMP(3) FROM conversations "
+	    "WHERE id = ? AND deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM "
+	    "messages WHERE conversation_id = ? AND request_id = ? AND role = "
+	    "'assistant')", "ssiidsss", content, request_id, in, out, cost,
+	    conv_id, conv_id, request_id));
+}
+
+/*
  * Record the CLI session that now holds the conversation, and the hash of
  * its history after the turn.
  */
@@ -416,26 +442,34 @@ conv_find_history(struct db *db, const char *tenant, const char *hash,
 	return (conv_lookup(db, tenant, id, c));
 }
 
-/*
- * Delete conversation id: its messages go, its row stays as a tombstone
- * (deleted_at, nothing of its content).  Returns 0, or -1 when MariaDB
- * failed (nothing changed).
- */
-int
-conv_delete(struct db *db, const char *id)
+/* conv_delete's transaction. */
+static int
+conv_delete_tx(struct db *db, void *arg)
 {
-	if (db_begin(db) != 0 ||
-	    db_run(db, NULL, NULL, "DELETE FROM messages WHERE "
+	const char	*id = arg;
+
+	if (db_run(db, NULL, NULL, "DELETE FROM messages WHERE "
 	    "conversation_id = ?", "s", id) != 0 ||
 	    db_run(db, NULL, NULL, "UPDATE conversations SET deleted_at = "
 	    "UTC_TIMESTAMP(3), cli_session_id = NULL, system_prompt = NULL, "
 	    "title = NULL WHERE id = ?", "s", id) != 0 ||
 	    db_run(db, NULL, NULL, "DELETE FROM idempotency_keys WHERE "
-	    "conversation_id = ?", "s", id) != 0 ||
-	    db_commit(db) != 0) {
-		(void)db_rollback(db);
+	    "conversation_id = ?", "s", id) != 0)
 		return (-1);
-	}
+	return (0);
+}
+
+/*
+ * Delete conversation id: its messages go, its row stays as a tombstone
+ * (deleted_at, nothing of its content).  Returns 0, or -1 when MariaDB
+ * failed (nothing changed; db_why says what happened).
+ */
+int
+conv_delete(struct db *db, const char *id)
+{
+	/* db_tx's argument is not const: the function only reads it. */
+	if (db_tx(db, conv_delete_tx, (void *)(uintptr_t)id) != 0)
+		return (-1);
 	conv_cache_drop(id, 0);
 	return (0);
 }

@@ -56,6 +56,10 @@ struct app_config {
 	long	 rotate_grace_s;
 	long	 sse_heartbeat_ms;
 	long	 db_retry_ms;
+	char	*db_hosts;		/* a list; NULL: db_host */
+	long	 db_failback_s;		/* the first host tried again */
+	long	 db_sync_wait;		/* wsrep_sync_wait; -1: 1 on Galera */
+	char	*spool_dir;		/* answers the database did not take */
 	char	*cors_origins;		/* "", "*", or a comma list */
 	char	*ws_listen;		/* ccgate-ws */
 	long	 ws_threads;
@@ -83,6 +87,14 @@ void			 appconf_free(struct app_config *);
 #define SQL_ISO(col)	"DATE_FORMAT(" col ", " SQL_ISO_FORMAT ")"
 
 struct db;
+#define DB_MAX_HOSTS	16
+/* A database host of db_hosts (db_host and db_port: one). */
+struct db_host {
+	char		*name;		/* NULL: localhost */
+	unsigned int	 port;
+};
+int		 appconf_hosts_parse(const char *, long, struct db_host *,
+		     char **);
 struct db_res {
 	size_t		 nrows;
 	size_t		 ncols;
@@ -102,6 +114,20 @@ int		 db_begin(struct db *);
 int		 db_commit(struct db *);
 int		 db_rollback(struct db *);
 int		 db_retryable(struct db *);
+#define DB_TX_AGAIN	(-2)	/* from a db_tx function: run it again */
+int		 db_tx(struct db *, int (*)(struct db *, void *), void *);
+const char	*db_why(struct db *);
+
+/* core/spool.c: answers the database did not take, on disk. */
+void		 spool_start(const char *);
+void		 spool_stop(void);
+int		 spool_answer(const char *, const char *, const char *,
+		     long long, long long, double, const char *, const char *,
+		     const char *);
+int		 spool_usage(json_t *, const char *);
+void		 spool_usage_writer(int (*)(struct db *, json_t *));
+int		 spool_ready(void);
+void		 db_host_in_use(int *, int *, int *);
 const char	*db_error(struct db *);
 int		 db_ping(struct db *);
 const char	*db_cell(const struct db_res *, size_t, size_t);
@@ -205,6 +231,9 @@ int		 conv_insert(struct db *, const struct apikey *, const char *,
 void		 conv_clear(struct conversation *);
 int		 conv_forget_session(struct db *, struct conversation *);
 int		 conv_delete(struct db *, const char *);
+void		 conv_uncache(const char *);
+int		 conv_add_answer(struct db *, const char *, const char *,
+		     const char *, long long, long long, double);
 int		 conv_add_message(struct db *, const char *, const char *,
 		     const char *, const char *, long long, long long,
 		     double);
@@ -355,6 +384,7 @@ struct metrics_counts {
 	double			cost;
 	uint64_t		quota_rejections;
 	uint64_t		usage_lost;
+	int64_t			spooled;	/* answers in the spool now */
 };
 
 extern const long long	metrics_le_ms[METRICS_NBUCKETS];
@@ -363,6 +393,7 @@ void		 metrics_request(int, const char *, int, uint64_t, long long,
 		     long long, long long, long long, double);
 void		 metrics_quota_rejected(void);
 void		 metrics_usage_lost(void);
+void		 metrics_spool(long);
 void		 metrics_read(void (*)(const struct metrics_counts *, void *),
 		     void *);
 

@@ -70,6 +70,15 @@ metrics_usage_lost(void)
 	pthread_mutex_unlock(&metrics_lock);
 }
 
+/* Count answers put in the spool (n > 0) or stored from it (n < 0). */
+void
+metrics_spool(long n)
+{
+	pthread_mutex_lock(&metrics_lock);
+	metrics.spooled += n;
+	pthread_mutex_unlock(&metrics_lock);
+}
+
 /* Let fn read the counters (while nothing counts). */
 void
 metrics_read(void (*fn)(const struct metrics_counts *, void *), void *arg)

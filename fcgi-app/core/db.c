@@ -32,12 +32,22 @@
 #include <errmsg.h>
 #include <mysql.h>
 #include <mysqld_error.h>
+#include <sodium.h>
 
 #include "core.h"
 #include "log.h"
 
 #define DB_MAX_PARAMS	32
 #define DB_MAX_STMTS	64
+/*
+ * Tries of a transaction or statement the server rolled back, and the
+ * first pause between two (doubled each time, with jitter, up to MAX).
+ */
+#define DB_TRIES	8
+#define DB_PAUSE_MS	10
+#define DB_PAUSE_MAX_MS	400
+/* Galera: a node that is not ready (not in the primary component). */
+#define DB_WSREP_NOT_READY	1047
 
 struct db_stmt {
 	char		*sql;
@@ -51,7 +61,26 @@ struct db {
 	int		 nstmts;
 	char		 err[512];
 	unsigned int	 errnum;	/* the last error's, 0 if none */
+	int		 host;		/* index in db_hosts connected to */
+	int		 probe;		/* connect: try the first host first */
+	unsigned int	 gen;		/* db_hosts.gen when connected */
+	int		 tries;		/* of the last db_tx */
+	char		 why[160];	/* a failure, for clients */
 };
+
+/*
+ * The hosts, the one in use (cur: the last a connection was made to) and
+ * when the first is to be tried again while another is in use.
+ */
+static struct {
+	pthread_mutex_t	 lock;
+	struct db_host	 h[DB_MAX_HOSTS];
+	int		 n;
+	int		 cur;
+	unsigned int	 gen;		/* changes when cur does */
+	uint64_t	 failback_at;	/* ms, CLOCK_MONOTONIC */
+	int		 galera;	/* the last connection's server is */
+} hosts = { .lock = PTHREAD_MUTEX_INITIALIZER };
 
 /* A thread's part: the connection it holds, if any. */
 struct db_local {
@@ -116,6 +145,31 @@ db_destructor(void *arg)
 	mysql_thread_end();
 }
 
+/*
+ * The hosts: db_hosts, else db_host read the same way (one host, or a
+ * list), else localhost; appconf checked them.
+ */
+static int
+db_parse_hosts(const struct app_config *cf)
+{
+	char	*cause = NULL;
+
+	if (cf->db_hosts == NULL && cf->db_host == NULL) {
+		hosts.h[0].name = NULL;	/* localhost */
+		hosts.h[0].port = (unsigned int)cf->db_port;
+		hosts.n = 1;
+		return (0);
+	}
+	hosts.n = appconf_hosts_parse(cf->db_hosts != NULL ? cf->db_hosts :
+	    cf->db_host, cf->db_port, hosts.h, &cause);
+	if (hosts.n < 0) {
+		log_warnx("db_hosts: %s", cause);
+		free(cause);
+		return (-1);
+	}
+	return (0);
+}
+
 /* Create the thread-specific key and the pool once. */
 static void
 db_once_init(void)
@@ -128,9 +182,32 @@ db_once_init(void)
 	    pthread_cond_init(&pool.freed, &attr) != 0)
 		fatalx("db: pthread setup failed");
 	pthread_condattr_destroy(&attr);
+	if (db_parse_hosts(appconf) != 0)
+		fatalx("db: the database hosts cannot be read");
 	pool.max = (size_t)appconf->db_connections;
 	if ((pool.idle = calloc(pool.max, sizeof *pool.idle)) == NULL)
 		fatalx("db: out of memory");
+}
+
+/*
+ * Whether connection db is to be made again: another connection moved to
+ * another host (a failover or a fail-back) since it was made, or the time
+ * came to try the first host again (one connection then does).
+ */
+static int
+db_stale(struct db *db)
+{
+	int	stale;
+
+	pthread_mutex_lock(&hosts.lock);
+	stale = db->gen != hosts.gen;
+	if (!stale && hosts.cur != 0 && util_now_ms() >= hosts.failback_at) {
+		hosts.failback_at = util_now_ms() +
+		    (uint64_t)appconf->db_failback_s * 1000;
+		stale = db->probe = 1;
+	}
+	pthread_mutex_unlock(&hosts.lock);
+	return (stale);
 }
 
 /*
@@ -167,6 +244,8 @@ db_take(void)
 		pthread_cond_signal(&pool.freed);
 		pthread_mutex_unlock(&pool.lock);
 	}
+	if (db != NULL && db->my != NULL && db_stale(db))
+		db_disconnect(db);	/* connected again, lazily */
 	return (db);
 }
 
@@ -274,24 +353,46 @@ db_error(struct db *db)
 	return (db != NULL ? db->err : "no database connection came free");
 }
 
-/* Connect if not connected. */
-int
-db_connect(struct db *db, char **cause)
+/*
+ * Run a query whose first row's column col is wanted (a variable, a
+ * status); *out gets it ("" if none).  Returns 0 or -1.
+ */
+static int
+db_query_value(MYSQL *my, const char *sql, unsigned int col, char *out,
+    size_t len)
+{
+	MYSQL_RES	*r;
+	MYSQL_ROW	 row;
+
+	*out = '\0';
+	if (mysql_query(my, sql) != 0 || (r = mysql_store_result(my)) == NULL)
+		return (-1);
+	if ((row = mysql_fetch_row(r)) != NULL && mysql_num_fields(r) > col &&
+	    row[col] != NULL)
+		snprintf(out, len, "%s", row[col]);
+	mysql_free_result(r);
+	return (0);
+}
+
+/*
+ * Connect db to host i (or the socket) and set the session up: UTC; on a
+ * Galera node, which must be ready (synced, in the primary component),
+ * wsrep_sync_wait (db_sync_wait), so that a read sees what any node
+ * committed before it.  Returns 0, or -1 (db->err says why).
+ */
+static int
+db_connect_host(struct db *db, int i)
 {
 	struct app_config	*cf = appconf;
 	unsigned int		 t = (unsigned int)cf->db_timeout_s;
 	unsigned int		 rt = t * 6;
+	char			 v[64], sql[64];
+	long			 wait;
+	int			 galera, was;
 
-	if (db == NULL) {
-		if (cause != NULL)
-			*cause = strdup(db_error(db));
-		return (-1);
-	}
-	if (db->my != NULL)
-		return (0);
 	if ((db->my = mysql_init(NULL)) == NULL) {
 		db_set_error(db, "mysql_init", "out of memory");
-		goto fail;
+		return (-1);
 	}
 	if (mysql_options(db->my, MYSQL_OPT_CONNECT_TIMEOUT, &t) != 0 ||
 	    mysql_options(db->my, MYSQL_OPT_READ_TIMEOUT, &rt) != 0 ||
@@ -301,8 +402,8 @@ db_connect(struct db *db, char **cause)
 		goto fail;
 	}
 	if (mysql_real_connect(db->my, cf->db_socket != NULL ? NULL :
-	    cf->db_host, cf->db_user, cf->db_password, cf->db_name,
-	    (unsigned int)cf->db_port, cf->db_socket, 0) == NULL) {
+	    hosts.h[i].name, cf->db_user, cf->db_password, cf->db_name,
+	    hosts.h[i].port, cf->db_socket, 0) == NULL) {
 		db_set_error(db, "connect", mysql_error(db->my));
 		goto fail;
 	}
@@ -310,14 +411,112 @@ db_connect(struct db *db, char **cause)
 		db_set_error(db, "set time_zone", mysql_error(db->my));
 		goto fail;
 	}
+	/* Not MariaDB with wsrep (the variable is unknown): no Galera. */
+	galera = db_query_value(db->my, "SELECT @@wsrep_on", 0, v,
+	    sizeof v) == 0 && strcmp(v, "1") == 0;
+	pthread_mutex_lock(&hosts.lock);
+	was = hosts.galera;
+	hosts.galera = galera;
+	pthread_mutex_unlock(&hosts.lock);
+	if (!galera)
+		return (0);
+	if (!was)
+		log_info("database: a Galera node: each session's "
+		    "wsrep_sync_wait is %ld", cf->db_sync_wait < 0 ? 1 :
+		    cf->db_sync_wait);
+	if (db_query_value(db->my, "SHOW STATUS LIKE 'wsrep_ready'", 1, v,
+	    sizeof v) != 0 || strcmp(v, "ON") != 0) {
+		db_set_error(db, "connect", "a Galera node that is not ready "
+		    "(wsrep_ready is not ON)");
+		goto fail;
+	}
+	wait = cf->db_sync_wait < 0 ? 1 : cf->db_sync_wait;
+	snprintf(sql, sizeof sql, "SET SESSION wsrep_sync_wait = %ld", wait);
+	if (mysql_query(db->my, sql) != 0) {
+		db_set_error(db, "set wsrep_sync_wait", mysql_error(db->my));
+		goto fail;
+	}
 	return (0);
 fail:
-	if (db->my != NULL)
-		mysql_close(db->my);
+	mysql_close(db->my);
 	db->my = NULL;
+	return (-1);
+}
+
+/*
+ * Connect if not connected: to the host in use, else to the others in
+ * their order (a failover); while another is in use, the first is tried
+ * first once every db_failback_s (a fail-back).  The host a connection
+ * is made to becomes the one in use.
+ */
+int
+db_connect(struct db *db, char **cause)
+{
+	uint64_t	 now;
+	int		 start, i, k, was;
+
+	if (db == NULL) {
+		if (cause != NULL)
+			*cause = strdup(db_error(db));
+		return (-1);
+	}
+	if (db->my != NULL)
+		return (0);
+	now = util_now_ms();
+	pthread_mutex_lock(&hosts.lock);
+	start = hosts.cur;
+	if (start != 0 && (db->probe || now >= hosts.failback_at)) {
+		start = 0;
+		hosts.failback_at = now + (uint64_t)appconf->db_failback_s *
+		    1000;
+	}
+	db->probe = 0;
+	pthread_mutex_unlock(&hosts.lock);
+	for (k = 0; k < hosts.n; k++) {
+		/* start first, then the others in order */
+		i = k == 0 ? start : (k <= start ? k - 1 : k);
+		if (db_connect_host(db, i) != 0) {
+			if (hosts.n > 1)
+				log_warnx("database host %d (%s): %s", i + 1,
+				    hosts.h[i].name != NULL ? hosts.h[i].name :
+				    "localhost", db->err);
+			continue;
+		}
+		pthread_mutex_lock(&hosts.lock);
+		was = hosts.cur;
+		if (i != was) {
+			hosts.cur = i;
+			hosts.gen++;
+			hosts.failback_at = now +
+			    (uint64_t)appconf->db_failback_s * 1000;
+		}
+		db->host = i;
+		db->gen = hosts.gen;
+		pthread_mutex_unlock(&hosts.lock);
+		if (i != was)
+			log_warnx("database: now using host %d (%s), not host "
+			    "%d", i + 1, hosts.h[i].name != NULL ?
+			    hosts.h[i].name : "localhost", was + 1);
+		return (0);
+	}
 	if (cause != NULL)
 		*cause = strdup(db->err);
 	return (-1);
+}
+
+/*
+ * The database host in use: its position in db_hosts (1 for the first),
+ * how many there are, and whether its server is a Galera node.
+ */
+void
+db_host_in_use(int *pos, int *n, int *galera)
+{
+	pthread_once(&db_once, db_once_init);
+	pthread_mutex_lock(&hosts.lock);
+	*pos = hosts.cur + 1;
+	*n = hosts.n;
+	*galera = hosts.galera;
+	pthread_mutex_unlock(&hosts.lock);
 }
 
 /* Return 1 if errno means the connection is gone and a retry may help. */
@@ -328,6 +527,50 @@ db_gone(unsigned int e)
 	    e == CR_CONNECTION_ERROR || e == CR_CONN_HOST_ERROR ||
 	    e == ER_UNKNOWN_STMT_HANDLER || e == CR_SERVER_LOST_EXTENDED ||
 	    e == ER_CONNECTION_KILLED || e == ER_SERVER_SHUTDOWN);
+}
+
+/* Pause before try number tries + 1: doubling, with jitter. */
+static void
+db_pause(int tries)
+{
+	struct timespec	 ts;
+	long		 ms = DB_PAUSE_MS << (tries < 6 ? tries - 1 : 5);
+
+	if (ms > DB_PAUSE_MAX_MS)
+		ms = DB_PAUSE_MAX_MS;
+	ms = ms / 2 + (long)randombytes_uniform((uint32_t)ms);
+	ts.tv_sec = ms / 1000;
+	ts.tv_nsec = (ms % 1000) * 1000000L;
+	(void)nanosleep(&ts, NULL);
+}
+
+/* Say in db->why what the last failure was, after tries tries. */
+static void
+db_set_why(struct db *db, int tries)
+{
+	const char	*what;
+
+	switch (db->errnum) {
+	case 1213:
+		what = "deadlock or Galera certification conflict";
+		break;
+	case 1205:
+		what = "lock wait timeout";
+		break;
+	case DB_WSREP_NOT_READY:
+		what = "the Galera node is not ready";
+		break;
+	default:
+		if (db->my == NULL || db_gone(db->errnum)) {
+			snprintf(db->why, sizeof db->why, "the database does "
+			    "not answer");
+			return;
+		}
+		snprintf(db->why, sizeof db->why, "the database failed");
+		return;
+	}
+	snprintf(db->why, sizeof db->why, "the database refused the write "
+	    "after %d %s (%s)", tries, tries == 1 ? "try" : "tries", what);
 }
 
 /* Find or prepare the statement for sql. */
@@ -528,7 +771,7 @@ db_run(struct db *db, struct db_res **res, uint64_t *affected, const char *sql,
 	unsigned int	 errnum;
 	va_list		 ap;
 	size_t		 i, n = strlen(types);
-	int		 rc;
+	int		 rc, tries, lost;
 
 	if (res != NULL)
 		*res = NULL;
@@ -576,20 +819,102 @@ db_run(struct db *db, struct db_res **res, uint64_t *affected, const char *sql,
 	}
 	va_end(ap);
 
+	/*
+	 * Outside a transaction: a statement the server rolled back (a
+	 * deadlock, a lock wait, a Galera conflict) is tried again up to
+	 * DB_TRIES times; a lost connection or a Galera node that is not
+	 * ready, once, connected again (to another host if need be).
+	 */
 	rc = db_run_once(db, res, affected, sql, binds, &errnum);
-	if (rc != 0 && db_gone(errnum) && !db->in_tx) {
-		log_info("database connection lost (%s): reconnecting",
-		    db->err);
-		db_disconnect(db);
+	for (tries = 1, lost = 0; rc != 0 && !db->in_tx && tries < DB_TRIES;
+	    tries++) {
+		if (db_gone(errnum) || errnum == DB_WSREP_NOT_READY) {
+			if (lost++)
+				break;
+			log_info("database connection lost (%s): "
+			    "reconnecting", db->err);
+			db_disconnect(db);
+		} else if (errnum == 1213 || errnum == 1205)
+			db_pause(tries);
+		else
+			break;
 		rc = db_run_once(db, res, affected, sql, binds, &errnum);
 	}
 	db->errnum = rc != 0 ? errnum : 0;
+	db->tries = tries;
 	if (rc != 0) {
-		if (db_gone(errnum))
+		if (db_gone(errnum) || errnum == DB_WSREP_NOT_READY)
 			db_disconnect(db);
+		db_set_why(db, tries);
 		log_warnx("database: %s", db->err);
 	}
 	return (rc);
+}
+
+/*
+ * Run fn(db, arg) in a transaction, committed if fn returns 0, rolled
+ * back if it returns more (that value is returned: a refusal, not an
+ * error).  A transaction the server rolled back (a deadlock, a Galera
+ * certification conflict, a lock wait timeout, a node not ready, a
+ * connection lost before COMMIT; or fn returned DB_TX_AGAIN) is run again,
+ * up to DB_TRIES times with growing, jittered pauses; never after a COMMIT
+ * whose answer was lost (it may have been applied).  Returns 0, fn's
+ * refusal, or -1 (db_why says what happened).
+ */
+int
+db_tx(struct db *db, int (*fn)(struct db *, void *), void *arg)
+{
+	int	tries, rc, again;
+
+	if (db == NULL)
+		return (-1);
+	db->why[0] = '\0';
+	for (tries = 1;; tries++) {
+		db->tries = tries;
+		if (db_begin(db) != 0) {
+			again = db_gone(db->errnum) || db_retryable(db);
+			db_disconnect(db);
+		} else if ((rc = fn(db, arg)) == 0) {
+			if (db_commit(db) == 0)
+				return (0);
+			/* A lost COMMIT may have been applied. */
+			again = db_retryable(db);
+			(void)db_rollback(db);
+		} else if (rc > 0) {
+			if (db_rollback(db) != 0)
+				return (-1);
+			return (rc);
+		} else {
+			again = rc == DB_TX_AGAIN || db_retryable(db) ||
+			    db_gone(db->errnum);
+			(void)db_rollback(db);
+			if (db_gone(db->errnum))
+				db_disconnect(db);
+		}
+		if (!again || tries == DB_TRIES)
+			break;
+		log_info("database: a transaction is tried again (error %u: "
+		    "%s)", db->errnum, db->err);
+		db_pause(tries);
+	}
+	db_set_why(db, tries);
+	if (tries > 1)
+		log_warnx("database: %s (%s)", db->why, db->err);
+	return (-1);
+}
+
+/*
+ * What the last failure was, in words a client may read (no host, no
+ * statement): "the database refused the write after 8 tries (deadlock)".
+ */
+const char *
+db_why(struct db *db)
+{
+	if (db == NULL)
+		return ("no database connection came free");
+	if (db->why[0] == '\0')
+		return ("the database failed");
+	return (db->why);
 }
 
 /*
@@ -603,7 +928,7 @@ int
 db_retryable(struct db *db)
 {
 	return (db != NULL && (db->errnum == 1213 || db->errnum == 1205 ||
-	    db->errnum == 1047));
+	    db->errnum == DB_WSREP_NOT_READY));
 }
 
 /* Run a script of several statements (migrations). */
@@ -642,8 +967,12 @@ fail:
 static int
 db_simple(struct db *db, const char *sql)
 {
-	if (db == NULL || db_connect(db, NULL) != 0)
+	if (db == NULL)
 		return (-1);
+	if (db_connect(db, NULL) != 0) {
+		db->errnum = CR_CONNECTION_ERROR;
+		return (-1);
+	}
 	db->errnum = 0;
 	if (mysql_query(db->my, sql) != 0) {
 		db->errnum = mysql_errno(db->my);

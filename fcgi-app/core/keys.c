@@ -588,26 +588,62 @@ keys_store(struct db *db, struct keyrec *k, struct op_error *e)
 	return (keys_store_signing(db, k, e));
 }
 
-/* Commit, or roll back and fail with 503. */
+/*
+ * The status of a transaction function's failure: -1 for the database's
+ * (db_tx tries it again if the server rolled it back), 1 for a refusal
+ * (e says which, nothing is tried again).
+ */
 static int
-keys_commit(struct db *db, struct op_error *e)
+keys_tx_fail(const struct op_error *e)
 {
-	if (db_commit(db) != 0) {
-		(void)db_rollback(db);
-		op_fail(e, 503, "the database is unavailable");
-		return (-1);
-	}
-	return (0);
+	return (e->status == 503 ? -1 : 1);
 }
 
-/* Start a transaction, or fail with 503. */
-static int
-keys_begin(struct db *db, struct op_error *e)
+/* After db_tx failed (-1): a 503 that says what the database did. */
+static void
+keys_tx_503(struct db *db, struct op_error *e)
 {
-	if (db_begin(db) != 0) {
-		op_fail(e, 503, "the database is unavailable");
+	op_fail(e, 503, "the database is unavailable: %s", db_why(db));
+}
+
+/* What keys_create's transaction needs. */
+struct keys_create_tx {
+	struct keyrec		*k;
+	const uint8_t		*hash;
+	const struct actor	*who;
+	json_t			**out;
+	struct op_error		*e;
+};
+
+/* keys_create's transaction: insert, read back, audit. */
+static int
+keys_create_tx(struct db *db, void *arg)
+{
+	struct keys_create_tx	*a = arg;
+	struct keyrec		 saved;
+
+	json_decref(*a->out);
+	*a->out = NULL;
+	a->e->status = 0;
+	if (db_run(db, NULL, NULL, "INSERT INTO api_keys (id, name, key_hash, "
+	    "tenant, status, created_at) VALUES (?, ?, ?, ?, 'active', "
+	    "UTC_TIMESTAMP())", "ssbs", a->k->id, a->k->name, a->hash,
+	    (size_t)32, a->k->tenant) != 0)
 		return (-1);
+	if (keys_store(db, a->k, a->e) != 0)
+		return (keys_tx_fail(a->e));
+	/* Read it back for its times, then audit in the same transaction. */
+	if (keys_load(db, a->k->id, 0, &saved, a->e) != 0)
+		return (keys_tx_fail(a->e));
+	*a->out = keys_json(&saved);
+	keyrec_clear(&saved);
+	if (*a->out == NULL) {
+		op_fail(a->e, 500, "out of memory");
+		return (1);
 	}
+	if (audit_record(db, a->who, "key.create", "api_key", a->k->id, NULL,
+	    *a->out) != 0)
+		return (-1);
 	return (0);
 }
 
@@ -620,10 +656,11 @@ int
 keys_create(struct db *db, const struct actor *who, json_t *spec,
     char key[KEY_LEN + 1], json_t **out, struct op_error *e)
 {
-	struct keyrec	 k, saved;
-	uint8_t		 hash[32];
-	const char	*user;
-	int		 rc = -1;
+	struct keys_create_tx	 ct;
+	struct keyrec		 k;
+	uint8_t			 hash[32];
+	const char		*user;
+	int			 rc = -1;
 
 	*out = NULL;
 	memset(&k, 0, sizeof k);
@@ -649,31 +686,17 @@ keys_create(struct db *db, const struct actor *who, json_t *spec,
 	else
 		snprintf(k.tenant, sizeof k.tenant, "key-%s", k.id);
 	auth_key_hash(appconf->key_secret, key, hash);
-	if (keys_begin(db, e) != 0)
-		goto out;
-	if (db_run(db, NULL, NULL, "INSERT INTO api_keys (id, name, key_hash, "
-	    "tenant, status, created_at) VALUES (?, ?, ?, ?, 'active', "
-	    "UTC_TIMESTAMP())", "ssbs", k.id, k.name, hash, sizeof hash,
-	    k.tenant) != 0 || keys_store(db, &k, e) != 0) {
-		(void)db_rollback(db);
-		op_fail(e, 503, "the database is unavailable");
-		goto out;
-	}
-	/* Read it back for its times, then audit in the same transaction. */
-	if (keys_load(db, k.id, 0, &saved, e) != 0) {
-		(void)db_rollback(db);
+	ct.k = &k;
+	ct.hash = hash;
+	ct.who = who;
+	ct.out = out;
+	ct.e = e;
+	if ((rc = db_tx(db, keys_create_tx, &ct)) != 0) {
+		if (rc < 0)
+			keys_tx_503(db, e);
+		rc = -1;
 		goto out;
 	}
-	*out = keys_json(&saved);
-	keyrec_clear(&saved);
-	if (*out == NULL || audit_record(db, who, "key.create", "api_key",
-	    k.id, NULL, *out) != 0) {
-		(void)db_rollback(db);
-		op_fail(e, 503, "the database is unavailable");
-		goto out;
-	}
-	if (keys_commit(db, e) != 0)
-		goto out;
 	keys_add_signing(&k, *out);
 	rc = 0;
 out:
@@ -688,9 +711,72 @@ out:
 	return (rc);
 }
 
+/* What keys_change's transaction needs and keeps. */
+struct keys_change_tx {
+	const struct actor	*who;
+	const char		*id;
+	const char		*action;
+	int			(*change)(struct db *, struct keyrec *, void *,
+				    struct op_error *);
+	void			*arg;
+	struct keyrec		 k;
+	int			 loaded;
+	json_t			**out;
+	struct op_error		*e;
+};
+
+/* keys_change's transaction: load locked, change, store, audit. */
+static int
+keys_change_tx(struct db *db, void *arg)
+{
+	struct keys_change_tx	*a = arg;
+	struct keyrec		 after;
+	json_t			*before;
+	int			 rc;
+
+	json_decref(*a->out);
+	*a->out = NULL;
+	a->e->status = 0;
+	if (a->loaded) {
+		sodium_memzero(a->k.signing_secret, sizeof a->k.signing_secret);
+		keyrec_clear(&a->k);
+		a->loaded = 0;
+	}
+	if (keys_load(db, a->id, 1, &a->k, a->e) != 0)
+		return (keys_tx_fail(a->e));
+	a->loaded = 1;
+	if (strcmp(a->k.status, "revoked") == 0) {
+		op_fail(a->e, 409, "key %s is revoked: a revoked key never "
+		    "changes", a->id);
+		return (1);
+	}
+	if ((before = keys_json(&a->k)) == NULL) {
+		op_fail(a->e, 500, "out of memory");
+		return (1);
+	}
+	if (a->change(db, &a->k, a->arg, a->e) != 0 ||
+	    keys_store(db, &a->k, a->e) != 0 ||
+	    keys_load(db, a->id, 0, &after, a->e) != 0) {
+		json_decref(before);
+		return (keys_tx_fail(a->e));
+	}
+	*a->out = keys_json(&after);
+	keyrec_clear(&after);
+	rc = 0;
+	if (*a->out == NULL) {
+		op_fail(a->e, 500, "out of memory");
+		rc = 1;
+	} else if (audit_record(db, a->who, a->action, "api_key", a->id,
+	    before, *a->out) != 0)
+		rc = -1;
+	json_decref(before);
+	return (rc);
+}
+
 /*
  * The common shape of a change: load key id locked, let change() alter
- * it, store, audit "action" with the views before and after, commit.
+ * it, store, audit "action" with the views before and after, commit, in
+ * one transaction (db_tx: tried again if the server rolled it back).
  * *out gets the view after.
  */
 static int
@@ -698,53 +784,31 @@ keys_change(struct db *db, const struct actor *who, const char *id,
     const char *action, int (*change)(struct db *, struct keyrec *, void *,
     struct op_error *), void *arg, json_t **out, struct op_error *e)
 {
-	struct keyrec	 k, after;
-	json_t		*before = NULL;
-	int		 rc = -1;
+	struct keys_change_tx	a;
+	int			rc;
 
 	*out = NULL;
-	if (keys_begin(db, e) != 0)
-		return (-1);
-	if (keys_load(db, id, 1, &k, e) != 0) {
-		(void)db_rollback(db);
-		return (-1);
-	}
-	if (strcmp(k.status, "revoked") == 0) {
-		op_fail(e, 409, "key %s is revoked: a revoked key never changes",
-		    id);
-		goto fail;
-	}
-	if ((before = keys_json(&k)) == NULL) {
-		op_fail(e, 500, "out of memory");
-		goto fail;
-	}
-	if (change(db, &k, arg, e) != 0 || keys_store(db, &k, e) != 0)
-		goto fail;
-	if (keys_load(db, id, 0, &after, e) != 0)
-		goto fail;
-	*out = keys_json(&after);
-	keyrec_clear(&after);
-	if (*out == NULL || audit_record(db, who, action, "api_key", id,
-	    before, *out) != 0) {
-		op_fail(e, 503, "the database is unavailable");
-		goto fail;
-	}
-	if (keys_commit(db, e) != 0)
-		goto done;
-	keys_add_signing(&k, *out);
-	rc = 0;
-	goto done;
-fail:
-	(void)db_rollback(db);
-done:
-	sodium_memzero(k.signing_secret, sizeof k.signing_secret);
-	if (rc != 0) {
+	memset(&a, 0, sizeof a);
+	a.who = who;
+	a.id = id;
+	a.action = action;
+	a.change = change;
+	a.arg = arg;
+	a.out = out;
+	a.e = e;
+	if ((rc = db_tx(db, keys_change_tx, &a)) == 0)
+		keys_add_signing(&a.k, *out);
+	else {
+		if (rc < 0)
+			keys_tx_503(db, e);
 		json_decref(*out);
 		*out = NULL;
 	}
-	json_decref(before);
-	keyrec_clear(&k);
-	return (rc);
+	if (a.loaded) {
+		sodium_memzero(a.k.signing_secret, sizeof a.k.signing_secret);
+		keyrec_clear(&a.k);
+	}
+	return (rc == 0 ? 0 : -1);
 }
 
 /* keys_change callback of an update: apply the body. */

@@ -9,7 +9,10 @@
  * tried again (after USAGE_RETRY_MS); when the queue is full, the request
  * thread writes its own record, so a database that is down slows workers
  * rather than losing rows.  usage_stop flushes the queue before the
- * process exits (waiting up to USAGE_STOP_MS for a database that is down).
+ * process exits, waiting up to USAGE_STOP_SPOOL_MS for a database that is
+ * down; what is left then goes to the spool (spool.c), written at the
+ * next start (without a spool, it waits USAGE_STOP_MS, then the rows are
+ * lost).
  */
 #include "config.h"
 
@@ -27,6 +30,7 @@
 #define USAGE_WAIT_MS	100	/* gathering time before a batch is written */
 #define USAGE_RETRY_MS	1000
 #define USAGE_STOP_MS	30000
+#define USAGE_STOP_SPOOL_MS 2000	/* then to the spool */
 
 /* The queue, under usage_lock. */
 struct usage_queue {
@@ -53,7 +57,11 @@ usage_rec_clear(struct usage_rec *u)
 	memset(u, 0, sizeof *u);
 }
 
-/* Insert one record (inside or outside a transaction). */
+/*
+ * Insert one record (inside or outside a transaction); one already there
+ * (request_id is unique: a batch whose COMMIT's answer was lost, tried
+ * again) is left as it is.
+ */
 static int
 usage_insert(struct db *db, const struct usage_rec *u)
 {
@@ -63,7 +71,8 @@ usage_insert(struct db *db, const struct usage_rec *u)
 	    "input_tokens, output_tokens, cache_read_tokens, "
 	    "cache_creation_tokens, total_tokens, cost_usd, ttft_ms, "
 	    "duration_ms, error, node, created_at) VALUES (?, ?, ?, ?, ?, ?, "
-	    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(? / 1000))",
+	    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FROM_UNIXTIME(? / 1000)) "
+	    "ON DUPLICATE KEY UPDATE request_id = request_id",
 	    "sssssssisiiiiidiissi", u->request_id,
 	    u->client_request_id,
 	    u->key_id[0] ? u->key_id : NULL,
@@ -73,29 +82,135 @@ usage_insert(struct db *db, const struct usage_rec *u)
 	    u->duration_ms, u->error, appconf->node, (long long)u->at_ms));
 }
 
+/* A record as JSON, for the spool; NULL when out of memory. */
+static json_t *
+usage_to_json(const struct usage_rec *u)
+{
+	return (json_pack("{s:s, s:s?, s:s, s:s, s:s, s:s, s:s?, s:s?, s:s?, "
+	    "s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:I}", "request_id",
+	    u->request_id, "client_request_id", u->client_request_id,
+	    "key_id", u->key_id, "tenant", u->tenant, "route", u->route,
+	    "method", u->method, "endpoint", u->endpoint, "model", u->model,
+	    "error", u->error, "status", u->status, "in", (json_int_t)u->in,
+	    "out", (json_int_t)u->out, "cache_read",
+	    (json_int_t)u->cache_read, "cache_creation",
+	    (json_int_t)u->cache_creation, "ttft", (json_int_t)u->ttft,
+	    "duration_ms", (json_int_t)u->duration_ms, "cost", u->cost,
+	    "at_ms", (json_int_t)u->at_ms));
+}
+
+/* A string member of o, or NULL. */
+static const char *
+usage_str(json_t *o, const char *name)
+{
+	return (json_string_value(json_object_get(o, name)));
+}
+
+/* An integer member of o. */
+static long long
+usage_int(json_t *o, const char *name)
+{
+	return ((long long)json_integer_value(json_object_get(o, name)));
+}
+
 /*
- * Write n records from the queue's head in one transaction.  Returns 0,
- * or -1 (nothing was written: the transaction rolled back).
+ * Write a spooled record (usage_to_json's object; spool.c calls it, as
+ * usage_start told it) once: a row of its request id already there is
+ * left as it is.  Returns 0 or -1.
+ */
+static int
+usage_store_json(struct db *db, json_t *o)
+{
+	struct usage_rec	u;
+	int			rc;
+
+	memset(&u, 0, sizeof u);
+	if (usage_str(o, "request_id") == NULL || usage_str(o, "route") ==
+	    NULL || usage_str(o, "method") == NULL)
+		return (0);	/* not a record: nothing to write */
+	snprintf(u.request_id, sizeof u.request_id, "%s",
+	    usage_str(o, "request_id"));
+	snprintf(u.key_id, sizeof u.key_id, "%s", usage_str(o, "key_id") ?
+	    usage_str(o, "key_id") : "");
+	snprintf(u.tenant, sizeof u.tenant, "%s", usage_str(o, "tenant") ?
+	    usage_str(o, "tenant") : "");
+	snprintf(u.route, sizeof u.route, "%s", usage_str(o, "route"));
+	snprintf(u.method, sizeof u.method, "%s", usage_str(o, "method"));
+	/* usage_insert only reads these. */
+	u.client_request_id = (char *)(uintptr_t)usage_str(o,
+	    "client_request_id");
+	u.endpoint = (char *)(uintptr_t)(usage_str(o, "endpoint") != NULL ?
+	    usage_str(o, "endpoint") : "");
+	u.model = (char *)(uintptr_t)usage_str(o, "model");
+	u.error = (char *)(uintptr_t)usage_str(o, "error");
+	u.status = (int)usage_int(o, "status");
+	u.in = usage_int(o, "in");
+	u.out = usage_int(o, "out");
+	u.cache_read = usage_int(o, "cache_read");
+	u.cache_creation = usage_int(o, "cache_creation");
+	u.ttft = usage_int(o, "ttft");
+	u.duration_ms = usage_int(o, "duration_ms");
+	u.cost = json_number_value(json_object_get(o, "cost"));
+	u.at_ms = (uint64_t)usage_int(o, "at_ms");
+	rc = usage_insert(db, &u);
+	return (rc);
+}
+
+/*
+ * At exit, the database not answering: put the queue's records in the
+ * spool (stored at the next start).  Returns how many could not be.
+ */
+static size_t
+usage_spool_queue(void)
+{
+	struct usage_rec	*u;
+	json_t			*o;
+	size_t			 i, lost = 0;
+
+	for (i = 0; i < usage.len; i++) {
+		u = &usage.q[(usage.head + i) % USAGE_QUEUE];
+		if ((o = usage_to_json(u)) == NULL ||
+		    spool_usage(o, u->request_id) != 0)
+			lost++;
+		json_decref(o);
+	}
+	return (lost);
+}
+
+/* A batch for usage_write_tx. */
+struct usage_batch {
+	struct usage_rec	*recs;
+	size_t			 n;
+};
+
+/* Insert a batch's records (in db_tx's transaction). */
+static int
+usage_write_tx(struct db *db, void *arg)
+{
+	struct usage_batch	*b = arg;
+	size_t			 i;
+
+	for (i = 0; i < b->n; i++) {
+		if (usage_insert(db, &b->recs[i]) != 0) {
+			log_warnx("usage batch: %s", db_error(db));
+			return (-1);
+		}
+	}
+	return (0);
+}
+
+/*
+ * Write n records from the queue's head in one transaction (db_tx: tried
+ * again at once when the server rolled it back).  Returns 0, or -1
+ * (nothing was written, or a lost COMMIT's answer: the batch is tried
+ * again later, and rows already there are not written twice).
  */
 static int
 usage_write(struct db *db, struct usage_rec *batch, size_t n)
 {
-	size_t	i;
+	struct usage_batch	b = { batch, n };
 
-	if (db_begin(db) != 0)
-		return (-1);
-	for (i = 0; i < n; i++) {
-		if (usage_insert(db, &batch[i]) != 0) {
-			log_warnx("usage batch: %s", db_error(db));
-			(void)db_rollback(db);
-			return (-1);
-		}
-	}
-	if (db_commit(db) != 0) {
-		(void)db_rollback(db);
-		return (-1);
-	}
-	return (0);
+	return (db_tx(db, usage_write_tx, &b) == 0 ? 0 : -1);
 }
 
 /* A deadline ms from now, for pthread_cond_timedwait. */
@@ -158,7 +273,7 @@ usage_main(void *arg)
 	struct timespec		 ts;
 	struct db		*db = db_thread();
 	uint64_t		 stop_deadline = 0;
-	size_t			 n, i;
+	size_t			 n, i, lost;
 	int			 failed = 0;
 
 	(void)arg;
@@ -191,12 +306,16 @@ usage_main(void *arg)
 		}
 		if (usage.stopping) {
 			if (stop_deadline == 0)
-				stop_deadline = util_now_ms() + USAGE_STOP_MS;
+				stop_deadline = util_now_ms() +
+				    (spool_ready() ? USAGE_STOP_SPOOL_MS :
+				    USAGE_STOP_MS);
 			if (util_now_ms() >= stop_deadline) {
-				log_warnx("stopping: %zu usage records not "
-				    "written (the database does not answer)",
-				    usage.len);
-				for (i = 0; i < usage.len; i++)
+				lost = spool_ready() ? usage_spool_queue() :
+				    usage.len;
+				log_warnx("stopping: the database does not "
+				    "answer: %zu usage records spooled, %zu "
+				    "lost", usage.len - lost, lost);
+				for (i = 0; i < lost; i++)
 					metrics_usage_lost();
 				break;
 			}
@@ -220,6 +339,7 @@ usage_start(void)
 		fatal("calloc");
 	if (pthread_create(&usage.thread, NULL, usage_main, NULL) != 0)
 		fatalx("pthread_create");
+	spool_usage_writer(usage_store_json);
 	usage.running = 1;
 }
 

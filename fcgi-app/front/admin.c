@@ -860,6 +860,36 @@ admin_delete_batches(struct db *db, const char *sql, const char *types,
 	return (0);
 }
 
+/* A key to mark expired (admin_expire_tx). */
+struct admin_expire {
+	const struct actor	*who;
+	const char		*id;
+	uint64_t		 n;	/* 1 if it was */
+};
+
+/* Mark a key whose time is past expired, audited, in one transaction. */
+static int
+admin_expire_tx(struct db *db, void *arg)
+{
+	struct admin_expire	*a = arg;
+	json_t			*before, *after;
+	int			 rc = 0;
+
+	if (db_run(db, NULL, &a->n, "UPDATE api_keys SET status = 'expired' "
+	    "WHERE id = ? AND status = 'active'", "s", a->id) != 0)
+		return (-1);
+	if (a->n != 1)
+		return (0);
+	before = json_pack("{s:s}", "status", "active");
+	after = json_pack("{s:s}", "status", "expired");
+	if (audit_record(db, a->who, "key.expire", "api_key", a->id, before,
+	    after) != 0)
+		rc = -1;
+	json_decref(before);
+	json_decref(after);
+	return (rc);
+}
+
 /*
  * purge [--usage-days N] [--deleted-days N] [--json]: delete usage rows
  * older than N days (default 90) and conversations deleted more than N
@@ -878,10 +908,11 @@ admin_purge(struct db *db, int argc, char **argv)
 	struct actor	 who;
 	struct db_res	*res = NULL;
 	long long	 udays = 90, ddays = 30;
-	uint64_t	 rows = 0, convs = 0, windows = 0, fails = 0, n;
+	uint64_t	 rows = 0, convs = 0, windows = 0, fails = 0;
 	uint64_t	 nonces = 0, idem = 0;
+	struct admin_expire	 ex;
 	size_t		 i, expired = 0;
-	json_t		*before, *after;
+	json_t		*after;
 	int		 ch, as_json = 0, rc = 1;
 
 	optind = 0;	/* glibc: start over, permuting options */
@@ -925,21 +956,12 @@ admin_purge(struct db *db, int argc, char **argv)
 	    "'active' AND expires_at <= UTC_TIMESTAMP()", "") != 0)
 		goto fail;
 	for (i = 0; i < res->nrows; i++) {
-		before = json_pack("{s:s}", "status", "active");
-		after = json_pack("{s:s}", "status", "expired");
-		if (db_begin(db) != 0 || db_run(db, NULL, &n, "UPDATE api_keys "
-		    "SET status = 'expired' WHERE id = ? AND status = 'active'",
-		    "s", db_cell(res, i, 0)) != 0 || (n == 1 && audit_record(db,
-		    &who, "key.expire", "api_key", db_cell(res, i, 0), before,
-		    after) != 0) || db_commit(db) != 0) {
-			(void)db_rollback(db);
-			json_decref(before);
-			json_decref(after);
+		ex.who = &who;
+		ex.id = db_cell(res, i, 0);
+		ex.n = 0;
+		if (db_tx(db, admin_expire_tx, &ex) != 0)
 			goto fail;
-		}
-		expired += n;
-		json_decref(before);
-		json_decref(after);
+		expired += ex.n;
 	}
 	if (as_json) {
 		after = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}",

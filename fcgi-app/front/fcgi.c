@@ -290,6 +290,7 @@ main(int argc, char **argv)
 	log_debug("%d of %ld database connections made", warm,
 	    appconf->db_connections);
 	usage_start();
+	spool_start("fcgi");
 	if (pipe2(stop_pipe, O_CLOEXEC) == -1)
 		fatal("pipe2");
 	listen_fd = open_listener();
@@ -320,6 +321,7 @@ main(int argc, char **argv)
 	}
 	for (i = 0; i < n; i++)
 		pthread_join(threads[i], NULL);
+	spool_stop();
 	usage_stop();
 	db_end();
 	close(listen_fd);

@@ -785,6 +785,7 @@ main(int argc, char **argv)
 	if (unlink(appconf->ws_listen) == -1 && errno != ENOENT)
 		fatal("unlink %s", appconf->ws_listen);
 	usage_start();
+	spool_start("ws");
 	old = umask(0177);
 	ws_ctx = lws_create_context(&info);
 	umask(old);
@@ -824,6 +825,7 @@ main(int argc, char **argv)
 	lws_context_destroy(ws_ctx);	/* closes the sockets left */
 	if (unlink(appconf->ws_listen) == -1 && errno != ENOENT)
 		log_warn("unlink %s", appconf->ws_listen);
+	spool_stop();
 	usage_stop();
 	db_end();
 	free(workers);

@@ -28,7 +28,7 @@ health_ready(struct request *r)
 	json_t		*ping, *ans = NULL, *body;
 	char		*cause = NULL;
 	const char	*up = NULL;
-	int		 db_ok, pool_ok, degraded;
+	int		 db_ok, pool_ok, degraded, pos, nhosts, galera;
 
 	db_ok = db_ping(db_thread()) == 0;
 	db_release();	/* the pool daemon may take its time */
@@ -45,6 +45,17 @@ health_ready(struct request *r)
 	body = json_pack("{s:s, s:s, s:s}", "status", !db_ok || !pool_ok ?
 	    "not ready" : degraded ? "degraded" : "ready", "database", db_ok ?
 	    "ok" : "unavailable", "pool", pool_ok ? "ok" : "unavailable");
+	/*
+	 * Which of db_hosts is in use, by its position: /readyz is public
+	 * (any client of the site reaches it), so it names no host; the log
+	 * says which host a position is, and every failover.
+	 */
+	db_host_in_use(&pos, &nhosts, &galera);
+	if (body != NULL && nhosts > 1)
+		json_object_set_new(body, "database_host", json_pack("{s:i, "
+		    "s:i}", "position", pos, "of", nhosts));
+	if (body != NULL && galera)
+		json_object_set_new(body, "database_galera", json_true());
 	if (body != NULL && up != NULL && (strcmp(up, "ok") == 0 ||
 	    strcmp(up, "limited") == 0 || strcmp(up, "overloaded") == 0 ||
 	    strcmp(up, "credential_rejected") == 0))

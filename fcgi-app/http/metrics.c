@@ -150,13 +150,16 @@ metrics_requests(const struct metrics_counts *mc, void *arg)
 	    "ccgate_quota_rejections_total %llu\n"
 	    "# HELP ccgate_usage_records_lost_total Usage records that could "
 	    "not be written.\n# TYPE ccgate_usage_records_lost_total counter\n"
-	    "ccgate_usage_records_lost_total %llu\n",
+	    "ccgate_usage_records_lost_total %llu\n"
+	    "# HELP ccgate_spooled_answers Answers waiting in the spool for "
+	    "the database.\n# TYPE ccgate_spooled_answers gauge\n"
+	    "ccgate_spooled_answers %lld\n",
 	    (unsigned long long)mc->tokens_in,
 	    (unsigned long long)mc->tokens_out,
 	    (unsigned long long)mc->cache_read,
 	    (unsigned long long)mc->cache_creation, mc->cost,
 	    (unsigned long long)mc->quota_rejections,
-	    (unsigned long long)mc->usage_lost);
+	    (unsigned long long)mc->usage_lost, (long long)mc->spooled);
 	conv_cache_counts(&hits, &stale);
 	metrics_put(b, "# HELP ccgate_conversation_cache_total Turns whose "
 	    "conversation came from this process's cache, and those of them "

@@ -757,7 +757,7 @@ req_authenticate_key(struct request *r)
 /*
  * Answer what a quota check (quota_admit, quota_reserve) returned: 0 goes
  * on; 1 is refused, 429 with the seconds to wait (none if waiting cannot
- * help: retry 0); -1 is a 503.
+ * help: retry 0); -1 is a 503 that says what the database did (db_why).
  */
 static int
 req_quota_answer(struct request *r, int rc, long retry, const char *why)
@@ -774,7 +774,8 @@ req_quota_answer(struct request *r, int rc, long retry, const char *why)
 		req_error(r, 429, NULL, "%s", why);
 	} else {
 		req_add_header(r, "Retry-After", "5");
-		req_error(r, 503, NULL, "the key store is unavailable");
+		req_error(r, 503, NULL, "the key store is unavailable: %s",
+		    db_why(db_thread()));
 	}
 	return (-1);
 }

@@ -492,7 +492,9 @@ turn_prime(struct db *db, struct turn *t)
  * the assistant's message.  While the database does not answer, try again
  * every TURN_STORE_RETRY_MS for db_retry_ms, so that an outage shorter
  * than that loses no answer (the client waits; a stream gets its
- * heartbeats meanwhile).  Returns 0, or -1 when the answer is lost.
+ * heartbeats meanwhile); then the answer goes to the spool (spool.c),
+ * stored from there when the database answers again.  Returns 0, or -1
+ * when the answer is lost (no spool, or it could not be written).
  */
 static int
 turn_store_answer(struct turn *t, const char *hash)
@@ -510,18 +512,28 @@ turn_store_answer(struct turn *t, const char *hash)
 		if (!session_done && conv_set_session(db, t->conv->id,
 		    t->session_id, hash) == 0)
 			session_done = 1;
-		if (session_done && conv_add_message(db, t->conv->id,
-		    "assistant", t->stored != NULL ? t->stored : t->text,
-		    req_id(t->r), t->in, t->out,
-		    t->cost) == 0)
+		if (session_done && conv_add_answer(db, t->conv->id,
+		    t->stored != NULL ? t->stored : t->text, req_id(t->r),
+		    t->in, t->out, t->cost) == 0)
 			return (0);
 		if (util_now_ms() >= deadline)
-			return (-1);
+			break;
 		db_release();	/* for a connection that works, next time */
 		if (t->stream && t->started)
 			(void)req_sse_data(t->r, ": keep-alive");
 		(void)nanosleep(&pause, NULL);
 	}
+	/* On disk, stored when the database answers again (spool.c). */
+	db_release();
+	if (spool_answer(t->conv->id, req_id(t->r), t->stored != NULL ?
+	    t->stored : t->text, t->in, t->out, t->cost,
+	    t->conv->history_hash, hash, t->session_id != NULL &&
+	    util_valid_uuid(t->session_id) ? t->session_id : NULL) != 0)
+		return (-1);
+	log_warnx("request %s: the database did not take the answer for %ld "
+	    "ms: it is spooled, and stored when the database answers",
+	    req_id(t->r), appconf->db_retry_ms);
+	return (0);
 }
 
 /* The answer with its tool calls as lines, into t->stored. */
@@ -650,8 +662,8 @@ turn_finish_done(struct turn *t)
 	conv_chain(h1, "assistant", t->stored != NULL ? t->stored : t->text, h2);
 	if (turn_store_answer(t, h2) != 0)
 		log_warnx("request %s: the answer could not be stored: the "
-		    "database did not answer for %ld ms", req_id(t->r),
-		    appconf->db_retry_ms);
+		    "database did not answer for %ld ms, and the spool did "
+		    "not take it", req_id(t->r), appconf->db_retry_ms);
 	db_release();	/* a slow reader must not hold it */
 	snprintf(t->conv->history_hash, sizeof t->conv->history_hash, "%s", h2);
 	turn_files(t);

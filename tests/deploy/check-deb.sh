@@ -206,7 +206,8 @@ fi
 # mode owner group of each folder
 for spec in "/etc/ccgate 750 root ccgate" "/run/ccgate 750 ccgate www-data" \
             "/run/ccgate/egress 750 root ccgate-cli" \
-            "/var/lib/ccgate 711 root ccgate" "/var/log/ccgate 750 root adm"; do
+            "/var/lib/ccgate 711 root ccgate" "/var/log/ccgate 750 root adm" \
+            "/var/lib/ccgate/fcgi-spool 700 ccgate ccgate"; do
     set -- $spec
     got=$(stat -c '%a %U %G' "$1" 2>/dev/null)
     if [ "$got" = "$2 $3 $4" ]; then

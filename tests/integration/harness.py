@@ -263,7 +263,10 @@ class Stack:
             "models = %s, claude-haiku-4-5" % DEFAULT_MODEL,
             "sql_dir = %s" % os.path.join(SRCDIR, "sql"),
             "node = %s" % self.dir.rsplit("-", 1)[-1],
+            "spool_dir = %s" % self.path("spool"),
         ]
+        if "db_hosts" in self.app_opts:     # TCP hosts, not the socket
+            lines = [ln for ln in lines if not ln.startswith("db_socket")]
         lines += ["%s = %s" % kv for kv in self.app_opts.items()]
         with open(self.path("ccgate.conf"), "w") as f:
             f.write("\n".join(lines) + "\n")

@@ -30,6 +30,9 @@ receives, and can be told how to behave, globally or per request:
 A user message may carry a directive that overrides the global mode for
 that request only, e.g. "[[mock:slow=200]]", "[[mock:fail=529]]",
 "[[mock:hang]]", "[[mock:chunks=50]]", "[[mock:text=hello]]".
+"[[mock:hold=NAME]]" holds the answer until POST /_release {"name": NAME}
+(GET /_held lists the names of answers held now), so a test can act while
+a turn is in flight and let it end after.
 "[[mock:bash=COMMAND]]", "[[mock:read=PATH]]" and "[[mock:write=PATH
 CONTENT]]" (CONTENT is what follows the first space) answer as a model
 that calls the CLI's Bash, Read or Write tool (stop_reason "tool_use");
@@ -69,6 +72,8 @@ LOCK = threading.Lock()
 STATE = {"mode": "normal", "delay_ms": 0, "status": 500, "text": None,
          "chunks": 0}
 RECORDS = []
+HELD = {}       # [[mock:hold=NAME]]: name -> threading.Event
+WAITING = set()  # names of answers held now
 # The account-wide state POST /_upstream sets (not per message: a tenant's
 # text cannot change it).
 UPSTREAM = {"mode": "ok", "count": 0, "reset_in": 60, "retry_after": 5,
@@ -168,6 +173,9 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/_records":
             with LOCK:
                 self._json(200, list(RECORDS))
+        elif self.path == "/_held":
+            with LOCK:
+                self._json(200, sorted(WAITING))
         elif self.path == "/_health":
             self._json(200, {"ok": True})
         else:
@@ -186,6 +194,12 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 STATE.update(body or {})
             self._json(200, STATE)
+            return
+        if path == "/_release":
+            with LOCK:
+                HELD.setdefault(str((body or {}).get("name")),
+                                threading.Event()).set()
+            self._json(200, {"released": True})
             return
         if path == "/_upstream":
             if not isinstance(body, dict):
@@ -264,6 +278,13 @@ class Handler(BaseHTTPRequestHandler):
                     cfg["delay_ms"] = int(value)
                 if name == "fail" and value:
                     cfg["status"] = int(value)
+            elif name == "hold" and value:
+                with LOCK:
+                    ev = HELD.setdefault(value, threading.Event())
+                    WAITING.add(value)
+                ev.wait(600)
+                with LOCK:
+                    WAITING.discard(value)
             elif name == "chunks":
                 cfg["chunks"] = int(value)
             elif name == "text":

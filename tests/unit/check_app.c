@@ -1,12 +1,14 @@
 /*
  * Unit tests: key format and hashing, routes, JSON depth, dialects, admin
- * tokens, client request ids.
+ * tokens, client request ids, database hosts (db_hosts) and their settings.
  */
 #include "config.h"
 
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -478,6 +480,90 @@ START_TEST(test_parse_time)
 }
 END_TEST
 
+/* Write text to a new temporary file; its name goes to path. */
+static void
+conf_file(char *path, const char *text)
+{
+	int	fd;
+
+	strcpy(path, "/tmp/check_app_confXXXXXX");
+	ck_assert_int_ne(fd = mkstemp(path), -1);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	ck_assert_int_eq(close(fd), 0);
+}
+
+START_TEST(test_db_hosts)
+{
+	static const char *const bad[] = { "", " , ", "a:", "a:0", "a:65536",
+	    "a:12x", "[::1", "[::1]x", ":3306",
+	    "1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17" };
+	struct app_config	*cf;
+	struct db_host		 h[DB_MAX_HOSTS];
+	char			 path[64], *cause = NULL;
+	size_t			 i;
+	int			 pos, n, galera;
+
+	conf_file(path, "db_hosts = 10.0.0.1:3307, [::1]:3308 host3\n"
+	    "db_sync_wait = 0\ndb_failback_s = 5\n"
+	    "key_secret_file = /nonexistent/k\n"
+	    "admin_secret_file = /nonexistent/a\n");
+	cf = appconf_load(path, &cause);
+	ck_assert_ptr_nonnull(cf);
+	ck_assert_str_eq(cf->db_hosts, "10.0.0.1:3307, [::1]:3308 host3");
+	ck_assert_int_eq(cf->db_sync_wait, 0);
+	ck_assert_int_eq(cf->db_failback_s, 5);
+	ck_assert_str_eq(cf->spool_dir, LOCALSTATEDIR "/lib/ccgate/fcgi-spool");
+	unlink(path);
+	/* Nothing connected yet: the first host is the one in use. */
+	appconf = cf;
+	db_host_in_use(&pos, &n, &galera);
+	ck_assert_int_eq(pos, 1);
+	ck_assert_int_eq(n, 3);
+	ck_assert_int_eq(galera, 0);
+	ck_assert_str_eq(db_why(NULL), "no database connection came free");
+
+	/* The list: names, ports, db_port where none is given. */
+	ck_assert_int_eq(appconf_hosts_parse("a.example:3307, [::1]:3308 host3\t"
+	    "10.0.0.9,fe80::1", 3306, h, &cause), 5);
+	ck_assert_str_eq(h[0].name, "a.example");
+	ck_assert_int_eq(h[0].port, 3307);
+	ck_assert_str_eq(h[1].name, "::1");
+	ck_assert_int_eq(h[1].port, 3308);
+	ck_assert_str_eq(h[2].name, "host3");
+	ck_assert_int_eq(h[2].port, 3306);
+	ck_assert_str_eq(h[3].name, "10.0.0.9");
+	ck_assert_str_eq(h[4].name, "fe80::1");
+	ck_assert_int_eq(h[4].port, 3306);
+	for (i = 0; i < 5; i++)
+		free(h[i].name);
+	for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		cause = NULL;
+		ck_assert_msg(appconf_hosts_parse(bad[i], 3306, h, &cause) == -1,
+		    "%s", bad[i]);
+		ck_assert_ptr_nonnull(cause);
+		free(cause);
+	}
+	cause = NULL;
+	conf_file(path, "db_hosts = a:99999\n");
+	ck_assert_ptr_null(appconf_load(path, &cause));
+	ck_assert_ptr_nonnull(strstr(cause, "db_hosts"));
+	free(cause);
+	cause = NULL;
+	unlink(path);
+
+	/* db_sync_wait is -1 (Galera: 1) to 15. */
+	conf_file(path, "db_sync_wait = 16\n");
+	ck_assert_ptr_null(appconf_load(path, &cause));
+	free(cause);
+	cause = NULL;
+	unlink(path);
+	conf_file(path, "db_failback_s = 0\n");
+	ck_assert_ptr_null(appconf_load(path, &cause));
+	free(cause);
+	unlink(path);
+}
+END_TEST
+
 int
 main(void)
 {
@@ -495,6 +581,7 @@ main(void)
 		test_jwt_lifetime,
 		test_client_request_id,
 		test_parse_time,
+		test_db_hosts,
 		NULL
 	};
 

@@ -224,7 +224,7 @@ poold_config_load(const char *path, char **cause)
 	const char		*mode, *v;
 	char			*end;
 	size_t			 i;
-	long			 m;
+	long			 m, ncpu;
 
 	if ((c = conf_load(path, cause)) == NULL)
 		return (NULL);
@@ -304,7 +304,11 @@ poold_config_load(const char *path, char **cause)
 	POOLD_INT("warm_window_ms", warm_window_ms, 30000, WARM_BUCKET_MS,
 	    WARM_BUCKETS * WARM_BUCKET_MS);
 	POOLD_INT("warm_profiles", warm_profiles, 4, 0, WARM_PROFILES_MAX);
-	POOLD_INT("max_spawning", max_spawning, 2, 0, 1024);
+	/* Spawns at once: one per core (at least 2), so a burst uses them. */
+	if ((ncpu = sysconf(_SC_NPROCESSORS_ONLN)) < 2)
+		ncpu = 2;
+	POOLD_INT("max_spawning", max_spawning, ncpu > 1024 ? 1024 : ncpu, 0,
+	    1024);
 	POOLD_INT("spawn_nice", spawn_nice, 10, 0, 19);
 	POOLD_INT("max_pool_rss_mb", max_pool_rss_mb, 0, 0, 16777216);
 	POOLD_INT("max_instances", max_instances, 10, 1, 1024);

@@ -53,8 +53,9 @@ MIX_NEW = float(os.environ.get("CCGATE_BENCH_MIX_NEW", "0.5"))
 MIX_FOLLOW = float(os.environ.get("CCGATE_BENCH_MIX_FOLLOW", "2"))
 
 # The defaults, as a fresh poold.conf has them (the harness's own aside).
+# (max_spawning: the daemon's own, one per core and at least 2.)
 DEFAULTS = {"min_instances": 2, "min_warm": 2, "max_warm": 8,
-            "max_instances": 10, "max_spawning": 2, "spawn_nice": 10,
+            "max_instances": 10, "spawn_nice": 10,
             "idle_timeout_ms": 300000}
 BASELINE = {"min_instances": 0, "min_warm": 0, "max_warm": 0,
             "max_instances": 10, "max_spawning": 0, "idle_timeout_ms": 0}
@@ -180,13 +181,14 @@ def limit_burst(stack, n):
     clis = [DirectCli(stack, warmup=False,
                       home=stack.path("bench-warm-direct-%d" % i))
             for i in range(n)]
-    wait_quiet([c.p.pid for c in clis])     # every one finished starting
     go = threading.Barrier(n + 1)
 
     def one(i):
         go.wait()
         return clis[i].turn("burst %d" % i)
     try:
+        # Every one finished starting (about a CPU second each).
+        wait_quiet([c.p.pid for c in clis], timeout=60 + 10 * n)
         with concurrent.futures.ThreadPoolExecutor(max_workers=n) as ex:
             futs = [ex.submit(one, i) for i in range(n)]
             go.wait()
@@ -206,11 +208,13 @@ def limit_turns(stack, n=5):
     for i in range(n):
         c = DirectCli(stack, warmup=False,
                       home=stack.path("bench-warm-direct-%d" % i))
-        wait_quiet([c.p.pid])
-        new.append(c.turn("new %d" % i))
-        time.sleep(0.05)
-        follow.append(c.turn("follow %d" % i))
-        c.close()
+        try:
+            wait_quiet([c.p.pid])
+            new.append(c.turn("new %d" % i))
+            time.sleep(0.05)
+            follow.append(c.turn("follow %d" % i))
+        finally:
+            c.close()
     return new, follow
 
 

@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <errno.h>
 #include <poll.h>
@@ -231,31 +232,41 @@ out:
 	return (ans);
 }
 
-/* SHA-256 of fd's bytes as hex into hex; -1 if it cannot be read. */
+/*
+ * SHA-256 of the size bytes fd holds, as hex into hex; -1 if it cannot be
+ * read or is not size bytes long now.  Never more than size is read: a CLI
+ * may grow the file (a sparse 200 GB) between the listing and this.
+ */
 static int
-poolc_hash_fd(int fd, char hex[65], long long *budget)
+poolc_hash_fd(int fd, char hex[65], long long size)
 {
 	crypto_hash_sha256_state	 st;
 	unsigned char			 d[crypto_hash_sha256_BYTES];
+	struct stat			 sb;
 	char				*buf;
 	ssize_t				 n;
+	long long			 left = size;
 
+	if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) ||
+	    (long long)sb.st_size != size)
+		return (-1);
 	if ((buf = malloc(POOLC_CHUNK)) == NULL)
 		return (-1);
 	crypto_hash_sha256_init(&st);
-	for (;;) {
-		n = read(fd, buf, POOLC_CHUNK);
+	while (left > 0) {
+		n = read(fd, buf, left < POOLC_CHUNK ? (size_t)left :
+		    POOLC_CHUNK);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			break;
 		crypto_hash_sha256_update(&st, (unsigned char *)buf,
 		    (size_t)n);
-		*budget -= n;
+		left -= n;
 	}
 	free(buf);
-	if (n < 0)
-		return (-1);
+	if (left != 0)
+		return (-1);	/* an error, or shorter than listed */
 	crypto_hash_sha256_final(&st, d);
 	sodium_bin2hex(hex, 65, d, sizeof d);
 	return (0);
@@ -274,7 +285,7 @@ poolc_file_sha256(const char *sock, const char *tenant, const char *path,
 	char	 hex[65], *cause = NULL;
 	int	 fd = -1, rc;
 
-	if (size > *budget || (m = json_pack("{s:i, s:s, s:s, s:s, s:s}", "v",
+	if (size < 0 || size > *budget || (m = json_pack("{s:i, s:s, s:s, s:s, s:s}", "v",
 	    PROTO_VERSION, "type", PROTO_FILE_OPEN, "tenant", tenant, "path",
 	    path, "mode", "read")) == NULL)
 		return (json_null());
@@ -289,7 +300,8 @@ poolc_file_sha256(const char *sock, const char *tenant, const char *path,
 		return (json_null());
 	}
 	json_decref(ans);
-	rc = poolc_hash_fd(fd, hex, budget);
+	*budget -= size;
+	rc = poolc_hash_fd(fd, hex, size);
 	close(fd);
 	return (rc == 0 ? json_string(hex) : json_null());
 }

@@ -260,6 +260,37 @@ class Files(unittest.TestCase):
         self.assertTrue(os.path.exists("/etc/passwd"))
         self.assertEqual(self.get("uploads/seed.txt")[2], b"seed")
 
+    def test_a_file_growing_under_a_listing_is_not_hashed_past_its_size(self):
+        # A CLI can swap a listed 1-byte file for a 200 GB sparse one
+        # between the listing and the hash: the hash reads the listed
+        # size at most (null when the file no longer has it), so every
+        # listing ends, and a sha256 is only ever that of what was listed.
+        self.assertEqual(self.put("uploads/grow.txt", b"g").status, 201)
+        loop = ("while :; do truncate -s 200G uploads/grow.txt; "
+                "truncate -s 1 uploads/grow.txt; done")
+        argv = ("sh", "-c", loop)
+        if os.geteuid() == 0:
+            cli_user()
+            argv = ("setpriv", "--reuid", CLI_USER, "--regid", CLI_USER,
+                    "--clear-groups") + argv
+        p = subprocess.Popen(argv, cwd=self.workspace())
+        try:
+            seen = set()
+            for _ in range(30):
+                r = self.stack.request(
+                    "GET", "/api/files?prefix=uploads", key=self.key)
+                self.assertEqual(r.status, 200, r)
+                f = [x for x in r.json()["files"]
+                     if x["path"] == "uploads/grow.txt"][0]
+                seen.add((f["size"], f["sha256"]))
+        finally:
+            p.kill()
+            p.wait()
+        first = hashlib.sha256(b"g").hexdigest()
+        for size, digest in seen:
+            self.assertIn(digest, (None, first, hashlib.sha256(
+                b"\0").hexdigest()) if size == 1 else (None,), seen)
+
     def test_workspace_limit(self):
         key = self.stack.create_key("files-q", user="filesq")
         out = json.loads(self.stack.admin(

@@ -140,8 +140,9 @@ def settle(stack, warm, timeout=120):
         if time.time() > deadline:
             raise RuntimeError("the pool did not settle: %r" % by)
         time.sleep(0.1)
-    wait_quiet([p["pid"] for p in st["processes"]
-                if p["state"] == "warm" and p["pid"]])
+    pids = [p["pid"] for p in st["processes"]
+            if p["state"] == "warm" and p["pid"]]
+    wait_quiet(pids, timeout=60 + 10 * len(pids))
 
 
 def fill(stack, n, tag):

@@ -196,6 +196,7 @@ void		 files_delete_handle(struct request *);
 
 /* http/signing.c: signed requests (keys with require_signature). */
 int		 sign_check(struct request *);
+int		 sign_content_sha256(struct request *, uint8_t [32]);
 
 /* http/idem.c: Idempotency-Key on the chat routes. */
 int		 idem_begin(struct request *);

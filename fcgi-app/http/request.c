@@ -1064,7 +1064,7 @@ req_cors(struct request *r)
 	req_add_header(r, "Access-Control-Allow-Headers", "Authorization, "
 	    "Content-Type, X-Api-Key, Anthropic-Version, Anthropic-Beta, "
 	    "X-Request-Id, Idempotency-Key, X-Ccgate-Timestamp, "
-	    "X-Ccgate-Signature");
+	    "X-Ccgate-Signature, X-Ccgate-Content-Sha256");
 	req_add_header(r, "Access-Control-Max-Age", "600");
 	req_send_empty(r, 204);
 	return (1);

@@ -169,8 +169,7 @@ class Allowlists(unittest.TestCase):
             for method, path in (
                     ("DELETE", "/admin/tenants/..%2F..%2Fhealthz"),
                     ("DELETE", "/admin/tenants/..%2f..%2fhealthz"),
-                    ("GET", "/admin/api-keys/%2e%2e/%2e%2e/healthz"),
-                    ("GET", "/admin/usage/..%5C..%5Chealthz")):
+                    ("GET", "/admin/api-keys/%2e%2e/%2e%2e/healthz")):
                 with self.subTest(source=source, path=path):
                     status, _, body = get(path, source=source,
                                           method=method)

@@ -12,7 +12,10 @@
  * (pool-daemon/files.c) and hands over the descriptor; the bytes move
  * here, FILES_CHUNK at a time, so no body is ever whole in memory.  An
  * upload goes to a temporary file that ccgate-poold renames into place
- * once the workspace's limits (tenant_limits) allow it.
+ * once the workspace's limits (tenant_limits) allow it.  A body whose
+ * SHA-256 the client declares (X-Ccgate-Content-Sha256, which a signed
+ * upload must send and sign: signing.c) is hashed as it streams, every
+ * byte read, and nothing of it is stored unless it matches.
  */
 #include "config.h"
 
@@ -176,6 +179,34 @@ files_limits(struct request *r, long long *max_bytes, long long *max_files)
 	return (0);
 }
 
+/*
+ * The body's declared SHA-256 into want: 1, 0 if none was declared, -1
+ * with the answer (400) sent if it is malformed.
+ */
+static int
+files_declared(struct request *r, uint8_t want[32])
+{
+	int	rc = sign_content_sha256(r, want);
+
+	if (rc == -1)
+		req_error(r, 400, NULL, "malformed X-Ccgate-Content-Sha256: "
+		    "64 hex digits");
+	return (rc);
+}
+
+/* Does the digest of a copy of st (left as it is) equal want? */
+static int
+files_digest_ok(const crypto_hash_sha256_state *st, const uint8_t want[32])
+{
+	crypto_hash_sha256_state	c = *st;
+	unsigned char			d[crypto_hash_sha256_BYTES];
+
+	crypto_hash_sha256_final(&c, d);
+	return (sodium_memcmp(d, want, sizeof d) == 0);
+}
+
+#define FILES_E_DIGEST	"the body does not match X-Ccgate-Content-Sha256"
+
 /* Hex of a SHA-256 state's digest into out (65 bytes). */
 static void
 files_hex(crypto_hash_sha256_state *st, char out[65])
@@ -229,13 +260,14 @@ files_abort(struct request *r, struct files_up *up)
 }
 
 /*
- * Begin an upload to path (checked) of len bytes (-1: not known yet):
- * the tenant's limits, a temporary file from ccgate-poold.  Returns 0, or
- * -1 with the answer sent.
+ * Begin an upload to path (checked) of len bytes (-1: not known yet),
+ * after pending bytes of uploads not yet committed: the tenant's limits,
+ * a temporary file from ccgate-poold.  Returns 0, or -1 with the answer
+ * sent.
  */
 static int
 files_up_open(struct request *r, struct files_up *up, const char *path,
-    long long len)
+    long long len, long long pending)
 {
 	long long	 used, existing;
 	json_t		*ans, *m;
@@ -268,7 +300,8 @@ files_up_open(struct request *r, struct files_up *up, const char *path,
 	}
 	up->room = -1;
 	if (up->max_bytes > 0) {
-		up->room = up->max_bytes - used + (existing > 0 ? existing : 0);
+		up->room = up->max_bytes - used + (existing > 0 ? existing : 0) -
+		    pending;
 		if (up->room < 0)
 			up->room = 0;
 	}
@@ -311,6 +344,28 @@ files_up_write(struct request *r, struct files_up *up, const char *buf,
 }
 
 /*
+ * Close an upload's temporary file, all written.  Returns 0, or -1 with
+ * the upload aborted and the answer sent.
+ */
+static int
+files_up_close(struct request *r, struct files_up *up)
+{
+	int	rc;
+
+	if (up->fd == -1)
+		return (0);
+	rc = close(up->fd);
+	up->fd = -1;
+	if (rc != 0) {
+		files_abort(r, up);
+		req_error(r, 507, NULL, "cannot write the file: %s",
+		    strerror(errno));
+		return (-1);
+	}
+	return (0);
+}
+
+/*
  * Commit an upload: ccgate-poold renames it into place if the workspace
  * stays within its limits.  Returns {path, size, sha256, created}, or
  * NULL with the answer sent (the earlier file is as it was).
@@ -320,16 +375,9 @@ files_up_commit(struct request *r, struct files_up *up)
 {
 	json_t	*ans, *m, *out;
 	char	 hex[65];
-	int	 rc;
 
-	rc = close(up->fd);
-	up->fd = -1;
-	if (rc != 0) {
-		files_abort(r, up);
-		req_error(r, 507, NULL, "cannot write the file: %s",
-		    strerror(errno));
+	if (files_up_close(r, up) != 0)
 		return (NULL);
-	}
 	files_hex(&up->st, hex);
 	if ((m = files_msg(r, PROTO_FILE_COMMIT, up->path)) != NULL) {
 		json_object_set_new(m, "temp", json_string(up->temp));
@@ -349,11 +397,13 @@ files_up_commit(struct request *r, struct files_up *up)
 }
 
 /*
- * Store len bytes of the body as path.  Returns {path, size, sha256,
- * created}, or NULL with the error answered.
+ * Store len bytes of the body as path, if their SHA-256 is want (when
+ * declared).  Returns {path, size, sha256, created}, or NULL with the
+ * error answered.
  */
 static json_t *
-files_store(struct request *r, const char *path, long long len)
+files_store(struct request *r, const char *path, long long len,
+    int declared, const uint8_t want[32])
 {
 	const struct req_transport	*tp;
 	struct files_up			 up;
@@ -367,7 +417,7 @@ files_store(struct request *r, const char *path, long long len)
 		req_error(r, 400, NULL, "no body");
 		return (NULL);
 	}
-	if (files_up_open(r, &up, path, len) != 0)
+	if (files_up_open(r, &up, path, len, 0) != 0)
 		return (NULL);
 	if ((buf = malloc(FILES_CHUNK)) == NULL) {
 		files_abort(r, &up);
@@ -390,6 +440,12 @@ files_store(struct request *r, const char *path, long long len)
 		files_abort(r, &up);
 		req_error(r, 400, NULL, "the body is shorter than its "
 		    "Content-Length");
+		return (NULL);
+	}
+	/* The raw body is the file: its hash is the body's. */
+	if (declared && !files_digest_ok(&up.st, want)) {
+		files_abort(r, &up);
+		req_error(r, 400, NULL, FILES_E_DIGEST);
 		return (NULL);
 	}
 	return (files_up_commit(r, &up));
@@ -421,14 +477,16 @@ void
 files_put_handle(struct request *r)
 {
 	char		 path[FILE_PATH_MAX + 1];
+	uint8_t		 want[32];
 	long long	 len;
 	json_t		*ans;
-	int		 created;
+	int		 created, declared;
 
 	if (files_path(r, path, sizeof path) != 0 ||
-	    (len = files_length(r)) < 0)
+	    (len = files_length(r)) < 0 ||
+	    (declared = files_declared(r, want)) < 0)
 		return;
-	if ((ans = files_store(r, path, len)) == NULL)
+	if ((ans = files_store(r, path, len, declared, want)) == NULL)
 		return;
 	created = json_is_true(json_object_get(ans, "created"));
 	json_object_del(ans, "created");
@@ -450,6 +508,7 @@ struct files_mp {
 	size_t				 cap;
 	char				 delim[FILES_BOUNDARY + 5];
 	size_t				 dlen;	/* "\r\n--" boundary */
+	crypto_hash_sha256_state	 body;	/* every byte read */
 };
 
 /* Read more of the body into the buffer: the bytes read, 0 at its end. */
@@ -466,6 +525,8 @@ files_mp_fill(struct files_mp *mp)
 	n = mp->tp->read(mp->arg, mp->buf + mp->len, want);
 	if (n <= 0)
 		return (0);
+	crypto_hash_sha256_update(&mp->body,
+	    (const unsigned char *)mp->buf + mp->len, (size_t)n);
 	mp->len += (size_t)n;
 	mp->left -= n;
 	return (n);
@@ -587,25 +648,40 @@ files_mp_boundary(const char *ct, char *out, size_t outlen)
 	return (0);
 }
 
+/* Abort the uploads of a POST not committed yet. */
+static void
+files_mp_abort(struct request *r, struct files_up *pend, int npend)
+{
+	int	i;
+
+	for (i = 0; i < npend; i++)
+		files_abort(r, &pend[i]);
+}
+
 /*
  * POST /api/files: multipart/form-data, each part with a filename stored
  * as uploads/<its last component>, streamed and committed part by part
  * (a part refused stops the request; the parts before it are stored).
+ * With X-Ccgate-Content-Sha256 declared, the parts wait, written but not
+ * committed, until the whole body is read and its hash matches: then
+ * they are committed in order; otherwise none is.
  */
 void
 files_post_handle(struct request *r)
 {
 	struct files_mp	 mp;
-	struct files_up	 up;
+	struct files_up	 up, *pend = NULL;
 	char		 boundary[FILES_BOUNDARY + 1], name[FILE_NAME_MAX + 1];
 	char		 path[FILE_PATH_MAX + 1], *hdr = NULL;
 	const char	*why;
-	long long	 len;
+	uint8_t		 want[32];
+	long long	 len, pending = 0;
 	json_t		*files = NULL, *f;
 	ssize_t		 at;
-	int		 nparts = 0;
+	int		 nparts = 0, npend = 0, declared, i;
 
-	if ((len = files_length(r)) < 0)
+	if ((len = files_length(r)) < 0 ||
+	    (declared = files_declared(r, want)) < 0)
 		return;
 	if (files_mp_boundary(req_param(r, "CONTENT_TYPE"), boundary,
 	    sizeof boundary) != 0) {
@@ -614,13 +690,15 @@ files_post_handle(struct request *r)
 		return;
 	}
 	memset(&mp, 0, sizeof mp);
+	crypto_hash_sha256_init(&mp.body);
 	req_transport_get(r, &mp.tp, &mp.arg);
 	mp.left = len;
 	mp.cap = FILES_CHUNK + FILES_MP_HEAD;
 	mp.dlen = (size_t)snprintf(mp.delim, sizeof mp.delim, "\r\n--%s",
 	    boundary);
 	if (mp.tp->read == NULL || (mp.buf = malloc(mp.cap)) == NULL ||
-	    (files = json_array()) == NULL) {
+	    (files = json_array()) == NULL || (declared &&
+	    (pend = calloc(FILES_MP_PARTS, sizeof *pend)) == NULL)) {
 		req_error(r, 500, NULL, "cannot read the body");
 		goto out;
 	}
@@ -670,12 +748,42 @@ files_post_handle(struct request *r)
 			req_error(r, 400, NULL, "invalid file name: %s", why);
 			goto out;
 		}
-		if (files_up_open(r, &up, path, -1) != 0 ||
-		    files_mp_content(r, &mp, &up) != 0 ||
-		    (f = files_up_commit(r, &up)) == NULL)
+		if (files_up_open(r, &up, path, -1, pending) != 0 ||
+		    files_mp_content(r, &mp, &up) != 0)
+			goto out;
+		if (declared) {
+			/* Held until the whole body is known. */
+			pend[npend] = up;
+			if (files_up_close(r, &pend[npend++]) != 0)
+				goto out;
+			pending += up.written;
+			continue;
+		}
+		if ((f = files_up_commit(r, &up)) == NULL)
 			goto out;
 		json_object_del(f, "created");
 		json_array_append_new(files, f);
+	}
+	if (declared) {
+		/* The epilogue is the body's too: read it all. */
+		do
+			mp.len = 0;
+		while (files_mp_fill(&mp) > 0);
+		if (mp.left != 0) {
+			req_error(r, 400, NULL, "the body is shorter than its "
+			    "Content-Length");
+			goto out;
+		}
+		if (!files_digest_ok(&mp.body, want)) {
+			req_error(r, 400, NULL, FILES_E_DIGEST);
+			goto out;
+		}
+		for (i = 0; i < npend; i++) {
+			if ((f = files_up_commit(r, &pend[i])) == NULL)
+				goto out;
+			json_object_del(f, "created");
+			json_array_append_new(files, f);
+		}
 	}
 	if (json_array_size(files) == 0) {
 		req_error(r, 400, NULL, "multipart: no part with a filename");
@@ -684,6 +792,10 @@ files_post_handle(struct request *r)
 	req_send_json(r, 201, json_pack("{s:b, s:O}", "success", 1, "files",
 	    files));
 out:
+	if (pend != NULL) {
+		files_mp_abort(r, pend, npend);
+		free(pend);
+	}
 	json_decref(files);
 	free(hdr);
 	free(mp.buf);

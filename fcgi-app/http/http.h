@@ -58,8 +58,9 @@ struct route {
 	enum dialect	 dialect;
 	const char	*name;		/* for logs and usage: "/api/chat" */
 	char		 param[64];	/* :id */
-	int		 status;	/* 0, or 404 / 405 when def is NULL */
+	int		 status;	/* 0, or 400 / 404 / 405 when def is NULL */
 	char		 allow[64];	/* with 405: the Allow header */
+	const char	*why;		/* with 400: the path's fault */
 };
 
 /*
@@ -77,6 +78,7 @@ struct route_table {
 void		 route_match(const struct route_table *, const char *,
 		     const char *, struct route *);
 const char	*route_query(const char *, const char *, char *, size_t);
+const char	*route_path_bad(const char *);
 
 /* http/routes.c: the API's routes. */
 extern const struct route_table	http_routes;
@@ -196,6 +198,7 @@ void		 files_delete_handle(struct request *);
 
 /* http/signing.c: signed requests (keys with require_signature). */
 int		 sign_check(struct request *);
+int		 sign_content_sha256(struct request *, uint8_t [32]);
 
 /* http/idem.c: Idempotency-Key on the chat routes. */
 int		 idem_begin(struct request *);

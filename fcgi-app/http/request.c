@@ -1054,6 +1054,10 @@ req_cors(struct request *r)
 		req_error(r, 404, NULL, "no such route: %s", r->path);
 		return (1);
 	}
+	if (r->route.status == 400) {
+		req_error(r, 400, NULL, "%s", r->route.why);
+		return (1);
+	}
 	if (!allowed) {
 		req_error(r, 403, NULL, "origin not allowed: set cors_origins "
 		    "in ccgate.conf");
@@ -1064,7 +1068,7 @@ req_cors(struct request *r)
 	req_add_header(r, "Access-Control-Allow-Headers", "Authorization, "
 	    "Content-Type, X-Api-Key, Anthropic-Version, Anthropic-Beta, "
 	    "X-Request-Id, Idempotency-Key, X-Ccgate-Timestamp, "
-	    "X-Ccgate-Signature");
+	    "X-Ccgate-Signature, X-Ccgate-Content-Sha256");
 	req_add_header(r, "Access-Control-Max-Age", "600");
 	req_send_empty(r, 204);
 	return (1);
@@ -1099,7 +1103,9 @@ req_dispatch(struct request *r)
 	if (req_cors(r))
 		return;
 	if (d == NULL) {
-		if (r->route.status == 405)
+		if (r->route.status == 400)
+			req_error(r, 400, NULL, "%s", r->route.why);
+		else if (r->route.status == 405)
 			req_error(r, 405, NULL, "method %s is not allowed here",
 			    r->method);
 		else

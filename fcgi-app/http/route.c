@@ -5,7 +5,12 @@
  * matches the rest of the path, at least one byte (the handler reads it
  * from req_path).  A path that
  * matches with another method answers 405 with Allow; anything else 404,
- * in the dialect of the path's family (/v1/... or /api/...).
+ * in the dialect of the path's family (/v1/... or /api/...).  A path
+ * that nginx and ccgate could read differently is refused with 400
+ * before any row is tried: nginx picks a location (the admin allowlist
+ * on /admin/, say) by its normalised $uri, ccgate routes on the raw
+ * REQUEST_URI, so an encoded '/' or '\\' or a dot segment, literal or
+ * percent-encoded, could aim one at a route the other did not check.
  */
 #include "config.h"
 
@@ -50,6 +55,48 @@ route_path_match(const char *pattern, const char *path, char *param,
 	return (*s == '\0');
 }
 
+/* Is s (n bytes) "%2e" in either case? */
+static int
+route_enc_dot(const char *s, size_t n)
+{
+	return (n >= 3 && s[0] == '%' && s[1] == '2' &&
+	    (s[2] == 'e' || s[2] == 'E'));
+}
+
+/*
+ * Why path (without its query) is refused, or NULL: an encoded '/' or
+ * '\\' anywhere, or a segment that is "." or "..", each dot literal or
+ * "%2e".
+ */
+const char *
+route_path_bad(const char *path)
+{
+	const char	*p, *seg, *end;
+	size_t		 dots, k;
+
+	for (p = path; (p = strchr(p, '%')) != NULL; p++) {
+		if ((p[1] == '2' && (p[2] == 'f' || p[2] == 'F')) ||
+		    (p[1] == '5' && (p[2] == 'c' || p[2] == 'C')))
+			return ("invalid path: an encoded '/' or '\\' "
+			    "(%2F, %5C) is refused");
+	}
+	for (seg = path; *seg != '\0'; seg = *end != '\0' ? end + 1 : end) {
+		end = seg + strcspn(seg, "/");
+		for (k = 0, dots = 0; seg + k < end; dots++) {
+			if (seg[k] == '.')
+				k++;
+			else if (route_enc_dot(seg + k, (size_t)(end - seg - k)))
+				k += 3;
+			else
+				break;
+		}
+		if (seg + k == end && (dots == 1 || dots == 2))
+			return ("invalid path: a '.' or '..' segment (literal "
+			    "or percent-encoded) is refused");
+	}
+	return (NULL);
+}
+
 /* The dialect of a path's family, for 404 and 405 answers. */
 static enum dialect
 route_family(const char *path)
@@ -77,6 +124,10 @@ route_match(const struct route_table *t, const char *method,
 	memset(r, 0, sizeof *r);
 	r->dialect = route_family(path);
 	r->name = path;
+	if ((r->why = route_path_bad(path)) != NULL) {
+		r->status = 400;
+		return;
+	}
 	for (i = 0; i < t->n; i++) {
 		if (!route_path_match(routes[i].pattern, path, param,
 		    sizeof param))

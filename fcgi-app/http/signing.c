@@ -11,6 +11,12 @@
  *
  * where path-with-query is the request target exactly as sent
  * (REQUEST_URI) and the body is the bytes sent (none: the SHA-256 of "").
+ * A route whose body is streamed, never held (ROUTE_NO_BODY: the files
+ * API's uploads), signs instead the SHA-256 the client declares in
+ * X-Ccgate-Content-Sha256 (required there, in lowercase hex in the
+ * string to sign); files.c hashes the bytes as they stream and refuses
+ * the upload, before anything is stored, when they differ (as AWS SigV4's
+ * x-amz-content-sha256).
  * The timestamp may carry a fraction ("1795190400.125"), signed as sent.
  * "v1=" before the hex is accepted too.  A timestamp further than
  * signature_skew_s from the clock is stale; a signature already seen
@@ -71,23 +77,42 @@ sign_parse_sig(const char *s, uint8_t out[32])
 	return (0);
 }
 
-/* The HMAC of the request under the secret made from salt. */
+/*
+ * The body's SHA-256 a client declares in X-Ccgate-Content-Sha256 (64 hex
+ * digits, either case) into out: 1, 0 if it sent none, -1 if malformed.
+ */
+int
+sign_content_sha256(struct request *r, uint8_t out[32])
+{
+	const char	*s = req_header(r, "HTTP_X_CCGATE_CONTENT_SHA256");
+	size_t		 bin_len;
+
+	if (s == NULL)
+		return (0);
+	if (strlen(s) != 64 ||
+	    strspn(s, "0123456789abcdefABCDEF") != 64 ||
+	    sodium_hex2bin(out, 32, s, 64, NULL, &bin_len, NULL) != 0 ||
+	    bin_len != 32)
+		return (-1);
+	return (1);
+}
+
+/*
+ * The HMAC of the request under the secret made from salt; declared is
+ * the body's SHA-256 (that of the bytes held, or the one declared for a
+ * streamed body).
+ */
 static void
 sign_mac(struct request *r, const char *ts, const uint8_t salt[16],
-    uint8_t mac[32])
+    const uint8_t h[32], uint8_t mac[32])
 {
 	crypto_auth_hmacsha256_state	 st;
 	const struct apikey		*k = req_key(r);
 	const char			*uri, *method;
-	const char			*body;
 	char				 secret[SIGNING_SECRET_LEN + 1];
 	char				 hex[65];
-	uint8_t				 h[32];
-	size_t				 len;
 
-	body = req_body(r, &len);
-	crypto_hash_sha256(h, (const unsigned char *)body, len);
-	sodium_bin2hex(hex, sizeof hex, h, sizeof h);
+	sodium_bin2hex(hex, sizeof hex, h, 32);
 	if ((uri = req_param(r, "REQUEST_URI")) == NULL)
 		uri = "";
 	if ((method = req_param(r, "REQUEST_METHOD")) == NULL)
@@ -130,8 +155,10 @@ int
 sign_check(struct request *r)
 {
 	const struct apikey	*k = req_key(r);
-	const char		*ts_s, *sig_s;
-	uint8_t			 sig[32], mac[32];
+	const struct route_def	*d = req_route(r)->def;
+	const char		*ts_s, *sig_s, *body;
+	uint8_t			 sig[32], mac[32], h[32];
+	size_t			 len;
 	long long		 ts, now = (long long)time(NULL), left;
 	uint64_t		 fresh = 0;
 	int			 ok;
@@ -152,10 +179,25 @@ sign_check(struct request *r)
 	if (!k->have_signing_salt)
 		return (sign_refuse(r, "this key has no signing secret: "
 		    "turn require_signature off and on again"));
-	sign_mac(r, ts_s, k->signing_salt, mac);
+	if (d != NULL && (d->flags & ROUTE_NO_BODY)) {
+		/* A streamed body: files.c holds it to what is declared. */
+		switch (sign_content_sha256(r, h)) {
+		case 0:
+			return (sign_refuse(r, "a signed upload must declare "
+			    "its body's SHA-256 in X-Ccgate-Content-Sha256"));
+		case -1:
+			req_error(r, 400, NULL, "malformed "
+			    "X-Ccgate-Content-Sha256: 64 hex digits");
+			return (-1);
+		}
+	} else {
+		body = req_body(r, &len);
+		crypto_hash_sha256(h, (const unsigned char *)body, len);
+	}
+	sign_mac(r, ts_s, k->signing_salt, h, mac);
 	ok = sodium_memcmp(mac, sig, 32) == 0;
 	if (!ok && k->have_prev_signing_salt) {
-		sign_mac(r, ts_s, k->prev_signing_salt, mac);
+		sign_mac(r, ts_s, k->prev_signing_salt, h, mac);
 		ok = sodium_memcmp(mac, sig, 32) == 0;
 	}
 	sodium_memzero(mac, sizeof mac);

@@ -159,6 +159,25 @@ class Allowlists(unittest.TestCase):
             "X-Forwarded-For": "203.0.113.9"})
         self.assertEqual(status, 403)
 
+    def test_paths_nginx_and_ccgate_read_apart(self):
+        # nginx decodes and resolves these to another location than the
+        # raw path ccgate routes on: /admin/tenants/..%2F..%2Fhealthz is
+        # /healthz to nginx's admin allowlist, an admin route to the raw
+        # path.  ccgate refuses every such path with its own 400, from an
+        # address outside the admin allowlist (127.0.0.3) or inside it.
+        for source in ("127.0.0.3", "127.0.0.1"):
+            for method, path in (
+                    ("DELETE", "/admin/tenants/..%2F..%2Fhealthz"),
+                    ("DELETE", "/admin/tenants/..%2f..%2fhealthz"),
+                    ("GET", "/admin/api-keys/%2e%2e/%2e%2e/healthz")):
+                with self.subTest(source=source, path=path):
+                    status, _, body = get(path, source=source,
+                                          method=method)
+                    self.assertEqual(status, 400, body)
+                    err = json.loads(body)
+                    self.assertIs(err["success"], False)
+                    self.assertIn("invalid path", err["error"]["message"])
+
     def test_hsts(self):
         for path in ("/healthz", "/admin/", "/no/such/route"):
             _, headers, _ = get(path, source="127.0.0.1")

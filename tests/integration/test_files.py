@@ -190,7 +190,11 @@ class Files(unittest.TestCase):
             ("a/../../../etc/passwd", "'.' or '..'"),
             ("%2e%2e/%2e%2e/etc/passwd", "'.' or '..'"),
             ("uploads/..", "'.' or '..'"),
-            ("%2Fetc%2Fpasswd", "relative"),
+            # The router refuses encoded slashes and dot segments first.
+            ("%2Fetc%2Fpasswd", "an encoded '/'"),
+            ("uploads%2F..%2F..%2Fx", "an encoded '/'"),
+            ("uploads/%2E%2e", "'.' or '..'"),
+            ("uploads/a%5Cb", "an encoded '/' or '\\'"),
             ("uploads//x", "empty component"),
             ("uploads/a%00b", None),    # nginx refuses it first
             ("uploads/a%01b", "control character"),

@@ -281,6 +281,158 @@ class Refusals(unittest.TestCase):
         self.assertEqual(r.status, 200, r)
 
 
+class Uploads(unittest.TestCase):
+    """An upload's body is streamed, never held: the string to sign holds
+    the SHA-256 declared in X-Ccgate-Content-Sha256, and the files API
+    stores nothing whose bytes do not match it."""
+
+    def put(self, k, path, data, declared=None, signed_hash=None,
+            omit=False):
+        """PUT data, signed over signed_hash (the declared one by
+        default), declaring declared (the data's by default)."""
+        if declared is None:
+            declared = hashlib.sha256(data).hexdigest()
+        if signed_hash is None:
+            signed_hash = declared
+        uri = "/api/files/" + path
+        ts = str(time.time())
+        text = "\n".join([ts, "PUT", uri, signed_hash.lower()])
+        h = {"X-Ccgate-Timestamp": ts,
+             "X-Ccgate-Signature": hmac.new(
+                 k["signing_secret"].encode(), text.encode(),
+                 hashlib.sha256).hexdigest(),
+             "Content-Type": "application/octet-stream"}
+        if not omit:
+            h["X-Ccgate-Content-Sha256"] = declared
+        return stack.request("PUT", uri, raw=data, key=k["key"], headers=h)
+
+    def get(self, k, path):
+        return stack.request("GET", "/api/files/" + path, key=k["key"],
+                             headers=signed_headers(k, "GET",
+                                                    "/api/files/" + path))
+
+    def listing(self, k):
+        r = stack.request("GET", "/api/files?prefix=uploads", key=k["key"],
+                          headers=signed_headers(k, "GET",
+                                                 "/api/files?prefix=uploads"))
+        self.assertEqual(r.status, 200, r)
+        return sorted(f["path"] for f in r.json()["files"])
+
+    def refused(self, r, status, text):
+        self.assertEqual(r.status, status, r)
+        self.assertIs(r.json()["success"], False, r)
+        self.assertIn(text, r.json()["error"]["message"])
+
+    def test_signed_put(self):
+        k = new_key(require_signature=True, metadata={"user_id": "sigput"})
+        data = os.urandom(100000).hex().encode()
+        r = self.put(k, "uploads/good.bin", data)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(r.json()["sha256"], hashlib.sha256(data).hexdigest())
+        r = self.get(k, "uploads/good.bin")
+        self.assertEqual((r.status, r.body), (200, data.decode()))
+        # Upper case hex is declared as well; lower case is signed.
+        r = self.put(k, "uploads/upper.bin", b"abc",
+                     declared=hashlib.sha256(b"abc").hexdigest().upper())
+        self.assertEqual(r.status, 201, r)
+        # A missing declaration: 401 before anything is read.
+        self.refused(self.put(k, "uploads/missing.bin", b"x", omit=True),
+                     401, "X-Ccgate-Content-Sha256")
+        # Malformed: 400.
+        self.refused(self.put(k, "uploads/bad.bin", b"x", declared="zz"),
+                     400, "X-Ccgate-Content-Sha256")
+        # Signed and declared, but other bytes sent: nothing stored.
+        other = hashlib.sha256(b"what was meant").hexdigest()
+        self.refused(self.put(k, "uploads/swapped.bin", b"what was sent",
+                              declared=other),
+                     400, "does not match X-Ccgate-Content-Sha256")
+        # The right declaration, signed over another one: 401.
+        self.refused(self.put(k, "uploads/resigned.bin", b"y",
+                              signed_hash=other),
+                     401, "invalid signature")
+        # An old body's signature cannot carry new bytes over the old file.
+        self.refused(self.put(k, "uploads/good.bin", b"replaced",
+                              declared=hashlib.sha256(data).hexdigest()),
+                     400, "does not match")
+        self.assertEqual(self.listing(k), ["uploads/good.bin",
+                                           "uploads/upper.bin"])
+        r = stack.request("GET", "/api/files?prefix=uploads", key=k["key"],
+                          headers=signed_headers(
+                              k, "GET", "/api/files?prefix=uploads"))
+        sums = dict((f["path"], f["sha256"]) for f in r.json()["files"])
+        self.assertEqual(sums["uploads/good.bin"],
+                         hashlib.sha256(data).hexdigest())
+
+    def multipart(self, parts, boundary="sigbound"):
+        out = b""
+        for name, data in parts:
+            out += (b"--" + boundary.encode() + b"\r\n"
+                    b"Content-Disposition: form-data; name=\"f\"; "
+                    b"filename=\"" + name.encode() + b"\"\r\n\r\n" +
+                    data + b"\r\n")
+        return out + b"--" + boundary.encode() + b"--\r\nepilogue\r\n"
+
+    def post(self, k, body, declared=None, sign_it=True):
+        if declared is None:
+            declared = hashlib.sha256(body).hexdigest()
+        h = {"Content-Type": "multipart/form-data; boundary=sigbound",
+             "X-Ccgate-Content-Sha256": declared}
+        if sign_it:
+            ts = str(time.time())
+            text = "\n".join([ts, "POST", "/api/files", declared])
+            h["X-Ccgate-Timestamp"] = ts
+            h["X-Ccgate-Signature"] = hmac.new(
+                k["signing_secret"].encode(), text.encode(),
+                hashlib.sha256).hexdigest()
+        return stack.request("POST", "/api/files", raw=body, key=k["key"],
+                             headers=h)
+
+    def test_signed_multipart(self):
+        k = new_key(require_signature=True, metadata={"user_id": "sigmp"})
+        body = self.multipart([("a.txt", b"alpha"), ("b.txt", b"beta")])
+        r = self.post(k, body)
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual([f["path"] for f in r.json()["files"]],
+                         ["uploads/a.txt", "uploads/b.txt"])
+        # The hash covers the framing and the epilogue too: a body whose
+        # files are the same but whose epilogue differs is refused, and
+        # so is one whose second part differs; neither stores a part.
+        good = hashlib.sha256(
+            self.multipart([("c.txt", b"gamma"), ("d.txt", b"delta")]))
+        tail = self.multipart([("c.txt", b"gamma"), ("d.txt", b"delta")])
+        tail = tail.replace(b"epilogue", b"EPILOGUE")
+        self.refused(self.post(k, tail, declared=good.hexdigest()), 400,
+                     "does not match X-Ccgate-Content-Sha256")
+        swapped = self.multipart([("c.txt", b"gamma"), ("d.txt", b"DELTA")])
+        self.refused(self.post(k, swapped, declared=good.hexdigest()), 400,
+                     "does not match")
+        self.assertEqual(self.listing(k), ["uploads/a.txt", "uploads/b.txt"])
+
+    def test_unsigned_key_declaring_is_checked(self):
+        k = new_key(metadata={"user_id": "sigplain"})
+        data = b"checked in transit"
+        h = {"X-Ccgate-Content-Sha256": hashlib.sha256(b"no").hexdigest()}
+        r = stack.request("PUT", "/api/files/uploads/u.bin", raw=data,
+                          key=k["key"], headers=h)
+        self.refused(r, 400, "does not match X-Ccgate-Content-Sha256")
+        h["X-Ccgate-Content-Sha256"] = hashlib.sha256(data).hexdigest()
+        r = stack.request("PUT", "/api/files/uploads/u.bin", raw=data,
+                          key=k["key"], headers=h)
+        self.assertEqual(r.status, 201, r)
+        body = self.multipart([("m.txt", b"m")])
+        r = self.post(k, body, declared=hashlib.sha256(b"").hexdigest(),
+                      sign_it=False)
+        self.refused(r, 400, "does not match")
+        r = stack.request("GET", "/api/files?prefix=uploads", key=k["key"])
+        self.assertEqual([f["path"] for f in r.json()["files"]],
+                         ["uploads/u.bin"])
+
+
+def signed_headers(k, method, uri, body=b""):
+    ts, sig = sign(k["signing_secret"], method, uri, body, time.time())
+    return {"X-Ccgate-Timestamp": ts, "X-Ccgate-Signature": sig}
+
+
 class WebSocket(unittest.TestCase):
     """The upgrade is signed (GET /api/ws, no body); its turns are not."""
 

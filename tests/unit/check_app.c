@@ -167,6 +167,42 @@ START_TEST(test_routes)
 	route_match(&http_routes, "PUT", "/api/files", &r);
 	ck_assert_ptr_null(r.def);
 	ck_assert_int_eq(r.status, 405);
+	/*
+	 * What nginx and ccgate could read differently is refused before any
+	 * row: encoded '/' and '\\', dot segments literal or encoded.
+	 */
+	expect_route("DELETE", "/admin/tenants/..%2F..%2Fapi", NULL, 0, 400,
+	    NULL);
+	route_match(&http_routes, "DELETE", "/admin/tenants/..%2f..%2fapi", &r);
+	ck_assert_int_eq(r.status, 400);
+	ck_assert_int_eq(r.dialect, DIALECT_NATIVE);
+	ck_assert_ptr_nonnull(strstr(r.why, "encoded '/'"));
+	route_match(&http_routes, "GET", "/api/../admin/usage", &r);
+	ck_assert_int_eq(r.status, 400);
+	ck_assert_ptr_nonnull(strstr(r.why, "'.' or '..'"));
+	expect_route("GET", "/api/files/a%5Cb", NULL, 0, 400, NULL);
+	expect_route("GET", "/api/files/a%5cb", NULL, 0, 400, NULL);
+	expect_route("GET", "/api/files/a%2fb", NULL, 0, 400, NULL);
+	expect_route("GET", "/api/files/./a", NULL, 0, 400, NULL);
+	expect_route("GET", "/api/files/a/.", NULL, 0, 400, NULL);
+	expect_route("GET", "/api/files/%2e%2e/x", NULL, 0, 400, NULL);
+	expect_route("GET", "/api/files/.%2E/x", NULL, 0, 400, NULL);
+	expect_route("GET", "/api/files/%2E", NULL, 0, 400, NULL);
+	expect_route("GET", "/admin/../admin/usage", NULL, 0, 400, NULL);
+	expect_route("POST", "/v1/./chat/completions", NULL, 0, 400, NULL);
+	/* Dots that are no segment of their own, and other escapes, route. */
+	expect_route("GET", "/api/files/a..b", files_get_handle, ACCESS_KEY,
+	    0, NULL);
+	expect_route("GET", "/api/files/.../x", files_get_handle, ACCESS_KEY,
+	    0, NULL);
+	expect_route("GET", "/api/files/x.%2e%2e", files_get_handle,
+	    ACCESS_KEY, 0, NULL);
+	expect_route("GET", "/api/files/a%20b%25", files_get_handle,
+	    ACCESS_KEY, 0, NULL);
+	expect_route("GET", "/api/files/a%2", files_get_handle, ACCESS_KEY, 0,
+	    NULL);
+	ck_assert_ptr_null(route_path_bad("/api/conversations/"
+	    "0b9f6a5e-1c2d-4e3f-8a9b-0c1d2e3f4a5b"));
 }
 END_TEST
 

@@ -57,12 +57,26 @@
 #define FILES_WALK_DEPTH	64
 #define FILES_UPLOADS_MAX	4	/* a tenant's uploads at once */
 #define FILES_UPLOAD_IDLE_S	600	/* an upload counts while this fresh */
-#define FILES_LIST_MAX		10000
-#define FILES_LIST_BYTES	(2 * 1024 * 1024)	/* of paths, a listing */
-#define FILES_TEMP_LEN		32
+#define FILES_CACHE_MS		2000	/* a workspace's measure is reused */
+#define FILES_CACHE_TENANTS	4096
 
 /* Tests set it to take the O_NOFOLLOW walk where openat2 would do. */
 int	files_no_openat2;
+
+/*
+ * Each workspace's last complete measure: {tenant: [bytes, files, when
+ * (ms)]}, reused for FILES_CACHE_MS (so an upload's open and commit do
+ * not walk twice) and adjusted by this daemon's own commits and deletes;
+ * what the CLI changes meanwhile is seen once it expires (and a turn's
+ * end drops it).
+ */
+static json_t	*files_cache;
+
+/* Folders files_open_dir made (counted into the cache). */
+static int	 files_dirs_made;
+#define FILES_LIST_MAX		10000
+#define FILES_LIST_BYTES	(2 * 1024 * 1024)	/* of paths, a listing */
+#define FILES_TEMP_LEN		32
 
 /* A walk's totals. */
 struct files_walk {
@@ -192,7 +206,9 @@ files_open_dir(int ws, const char *dir, int create)
 	for (p = buf; p != NULL; p = slash) {
 		if ((slash = strchr(p, '/')) != NULL)
 			*slash++ = '\0';
-		if (create && mkdirat(fd, p, 0700) == -1 && errno != EEXIST) {
+		if (create && mkdirat(fd, p, 0700) == 0)
+			files_dirs_made++;
+		else if (create && errno != EEXIST) {
 			close(fd);
 			return (-1);
 		}
@@ -362,6 +378,60 @@ files_measure(int ws, struct files_walk *w)
 		files_walk_dir(fd, "", 0, w);
 }
 
+/*
+ * Measure tenant t's workspace ws into w (its limits set), from the cache
+ * while it is fresh; a complete walk is cached.
+ */
+static void
+files_measure_cached(const char *t, int ws, struct files_walk *w)
+{
+	json_t		*c = json_object_get(files_cache, t);
+	uint64_t	 now = util_now_ms();
+
+	if (c != NULL && now - (uint64_t)json_integer_value(json_array_get(c,
+	    2)) < FILES_CACHE_MS) {
+		w->bytes = json_integer_value(json_array_get(c, 0));
+		w->files = json_integer_value(json_array_get(c, 1));
+		return;
+	}
+	files_measure(ws, w);
+	if (w->over || w->incomplete) {
+		if (files_cache != NULL)
+			(void)json_object_del(files_cache, t);
+		return;
+	}
+	if (files_cache == NULL || json_object_size(files_cache) >=
+	    FILES_CACHE_TENANTS) {
+		json_decref(files_cache);
+		if ((files_cache = json_object()) == NULL)
+			return;
+	}
+	json_object_set_new(files_cache, t, json_pack("[I, I, I]",
+	    (json_int_t)w->bytes, (json_int_t)w->files, (json_int_t)now));
+}
+
+/* Drop tenant t's cached measure: its CLI changed the workspace. */
+void
+files_forget(const char *t)
+{
+	if (files_cache != NULL)
+		(void)json_object_del(files_cache, t);
+}
+
+/* Adjust tenant t's cached measure by bytes and files, if it has one. */
+static void
+files_cache_add(const char *t, long long bytes, long long files)
+{
+	json_t	*c = json_object_get(files_cache, t);
+
+	if (c == NULL)
+		return;
+	json_array_set_new(c, 0, json_integer(json_integer_value(
+	    json_array_get(c, 0)) + bytes));
+	json_array_set_new(c, 1, json_integer(json_integer_value(
+	    json_array_get(c, 1)) + files));
+}
+
 /* A new temporary name: FILES_TEMP_LEN hex digits. */
 static int
 files_temp_name(char out[FILES_TEMP_LEN + 1])
@@ -515,8 +585,8 @@ files_unmeasured(void)
  * once: past them, busy.
  */
 static json_t *
-files_open_write(int ws, int inc, const char *path, json_t *msg,
-    int *passfd)
+files_open_write(const char *t, int ws, int inc, const char *path,
+    json_t *msg, int *passfd)
 {
 	struct files_walk	 w;
 	char			 temp[FILES_TEMP_LEN + 1];
@@ -536,7 +606,7 @@ files_open_write(int ws, int inc, const char *path, json_t *msg,
 	w.max_files = max_files;
 	w.max_bytes = max_bytes > 0 ? max_bytes + (existing > 0 ? existing :
 	    0) : 0;
-	files_measure(ws, &w);
+	files_measure_cached(t, ws, &w);
 	if (w.incomplete)
 		return (files_unmeasured());
 	w.bytes += up_bytes;
@@ -572,7 +642,8 @@ files_limits(json_t *msg, long long *max_bytes, long long *max_files)
  * else remove it, and the earlier file stays.
  */
 static json_t *
-files_commit(int ws, int inc, const char *path, json_t *msg)
+files_commit(const char *t, int ws, int inc, const char *path,
+    json_t *msg)
 {
 	const char		*temp = json_string_value(json_object_get(msg,
 				    "temp"));
@@ -603,7 +674,7 @@ files_commit(int ws, int inc, const char *path, json_t *msg)
 	w.max_files = max_files;
 	w.max_bytes = max_bytes > 0 ? max_bytes + (existing > 0 ? existing :
 	    0) : 0;
-	files_measure(ws, &w);
+	files_measure_cached(t, ws, &w);
 	if (w.incomplete) {
 		err = files_unmeasured();
 		goto fail;
@@ -627,16 +698,21 @@ files_commit(int ws, int inc, const char *path, json_t *msg)
 		goto fail;
 	}
 	files_split(path, dir, sizeof dir, &base);
+	files_dirs_made = 0;
 	if ((dfd = files_open_dir(ws, dir, 1)) == -1) {
+		files_cache_add(t, 0, files_dirs_made);
 		err = files_errno(path, errno);
 		goto fail;
 	}
+	files_cache_add(t, 0, files_dirs_made);
 	if (renameat(inc, temp, dfd, base) == -1) {
 		err = files_errno(path, errno);
 		close(dfd);
 		goto fail;
 	}
 	close(dfd);
+	files_cache_add(t, (long long)sb.st_size - (existing > 0 ? existing :
+	    0), existing == -1 ? 1 : 0);
 	return (json_pack("{s:s, s:i, s:I, s:b, s:I, s:I}", "type", PROTO_OK,
 	    "v", PROTO_VERSION, "size", (json_int_t)sb.st_size, "created",
 	    existing == -1, "used_bytes", (json_int_t)bytes, "used_files",
@@ -666,7 +742,7 @@ files_abort(int inc, json_t *msg)
  * an empty folder.
  */
 static json_t *
-files_delete(int ws, const char *path)
+files_delete(const char *t, int ws, const char *path)
 {
 	char		 dir[FILE_PATH_MAX + 1];
 	const char	*base;
@@ -687,6 +763,8 @@ files_delete(int ws, const char *path)
 		    "empty", path));
 	if (rc == -1)
 		return (files_errno(path, errno));
+	files_cache_add(t, S_ISREG(sb.st_mode) ? -(long long)sb.st_size : 0,
+	    -1);
 	return (json_pack("{s:s, s:i}", "type", PROTO_OK, "v", PROTO_VERSION));
 }
 
@@ -908,16 +986,17 @@ files_handle(json_t *msg, int *passfd)
 		if (mode != NULL && strcmp(mode, "read") == 0)
 			ans = files_open_read(ws, path, passfd);
 		else if (mode != NULL && strcmp(mode, "write") == 0)
-			ans = files_open_write(ws, inc, path, msg, passfd);
+			ans = files_open_write(t, ws, inc, path, msg,
+			    passfd);
 		else
 			ans = files_error(PROTO_E_BAD_REQUEST, "mode: read or "
 			    "write");
 	} else if (strcmp(type, PROTO_FILE_COMMIT) == 0)
-		ans = files_commit(ws, inc, path, msg);
+		ans = files_commit(t, ws, inc, path, msg);
 	else if (strcmp(type, PROTO_FILE_ABORT) == 0)
 		ans = files_abort(inc, msg);
 	else if (strcmp(type, PROTO_FILE_DELETE) == 0)
-		ans = files_delete(ws, path);
+		ans = files_delete(t, ws, path);
 	else
 		ans = files_list(ws, msg);
 	files_as_self();
@@ -1050,6 +1129,8 @@ files_changes(const char *t, json_t *before, int *partial)
 	int		 p2 = 0;
 	void		*it;
 
+	/* The turn's CLI changed the workspace: measure it again. */
+	files_forget(t);
 	if ((after = files_snapshot(t, &p2)) == NULL)
 		return (NULL);
 	*partial = *partial || p2;

@@ -518,6 +518,7 @@ int		 files_type(const char *);
 json_t		*files_snapshot(const char *, int *);
 json_t		*files_changes(const char *, json_t *, int *);
 json_t		*files_tenant_usage(const char *);
+void		 files_forget(const char *);
 void		 files_tick(uint64_t);
 
 /* workspace.c */

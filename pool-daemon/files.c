@@ -1167,6 +1167,7 @@ files_changes(const char *t, json_t *before, int *partial)
 }
 
 #define FILES_INCOMING_MAX_S	3600	/* an upload's temporary file */
+#define FILES_TRASH_STEP	5000	/* entries of the trash a tick removes */
 
 /*
  * Remove what in folder fd (closed here) was last modified before
@@ -1245,6 +1246,8 @@ files_tick(uint64_t now)
 	char		 path[PATH_MAX];
 	long		 budget = FILES_WALK_MAX;
 
+	/* Purged tenants' folders, a bounded step each tick. */
+	workspace_trash_step(poold->cf->state_dir, FILES_TRASH_STEP);
 	if (last != 0 && now - last <
 	    (uint64_t)poold->cf->temp_sweep_interval_ms)
 		return;

@@ -535,6 +535,7 @@ int		 workspace_slot_bind(const char *, int, const char *,
 		     const char *, char **);
 void		 workspace_slot_remove(const char *, int);
 int		 workspace_delete_tenant(const char *, const char *);
+void		 workspace_trash_step(const char *, long);
 int		 workspace_delete_home(const char *, const char *,
 		     const char *);
 

@@ -581,6 +581,9 @@ class Operators(unittest.TestCase):
         # Removed at once, or again once its killed CLI is gone (it may
         # write in its HOME until then).
         wait_for(lambda: not os.path.exists(home), 60, "the folder removed")
+        # Moved to the trash at once, removed from it in steps by the tick.
+        trash = s.path("state", "trash")
+        wait_for(lambda: os.listdir(trash) == [], 60, "the trash emptied")
         r = s.request("GET", "/api/conversations/" + conv, key=key)
         self.assertEqual(r.status, 404, r)
         r = s.request("GET", "/api/files/uploads/x.txt", key=key)

@@ -406,6 +406,37 @@ START_TEST(test_busy)
 }
 END_TEST
 
+/*
+ * A purged tenant's folder leaves at once and is removed from the trash in
+ * bounded steps, however deep its CLI nested folders.
+ */
+START_TEST(test_purge_steps)
+{
+	char		 p[PATH_MAX];
+	struct dirent	*de;
+	DIR		*d;
+	int		 steps, left;
+
+	snprintf(p, sizeof p, "%s/trash", state);
+	ck_assert_int_eq(mkdir(p, 0700), 0);
+	plant_deep("deep", 300);
+	ck_assert_int_eq(workspace_delete_tenant(state, "t"), 1);
+	snprintf(p, sizeof p, "%s/tenants/t", state);
+	ck_assert_int_eq(access(p, F_OK), -1);
+	for (steps = 0, left = 1; left && steps < 1000; steps++) {
+		workspace_trash_step(state, 50);
+		snprintf(p, sizeof p, "%s/trash", state);
+		ck_assert_ptr_nonnull(d = opendir(p));
+		left = 0;
+		while ((de = readdir(d)) != NULL)
+			left += de->d_name[0] != '.';
+		closedir(d);
+	}
+	ck_assert_int_eq(left, 0);
+	ck_assert_int_gt(steps, 1);	/* 300 folders: more than one step */
+}
+END_TEST
+
 /* A turn's changes: created, changed, deleted. */
 START_TEST(test_changes)
 {
@@ -456,6 +487,7 @@ main(void)
 		test_unmeasured,
 		test_folders_count,
 		test_busy,
+		test_purge_steps,
 		test_changes,
 		NULL
 	};

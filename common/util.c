@@ -110,12 +110,13 @@ util_valid_tenant(const char *s)
  * components separated by single '/', none empty, "." or "..", none
  * starting with '.' (the CLI's own files, such as .claude/, never cross
  * the files API), no NUL or control character, at most FILE_NAME_MAX
- * bytes a component and FILE_PATH_MAX in all.
+ * bytes a component and FILE_PATH_MAX in all, at most FILE_PATH_DEPTH
+ * components (deeper than a workspace's measuring walk would look).
  */
 const char *
 util_file_path(const char *path, size_t len)
 {
-	size_t	i, start;
+	size_t	i, start, n;
 
 	if (len == 0)
 		return ("the path is empty");
@@ -130,7 +131,9 @@ util_file_path(const char *path, size_t len)
 		    (unsigned char)path[i] == 0x7f)
 			return ("the path holds a control character");
 	}
-	for (start = 0; start <= len; start = i + 1) {
+	for (start = 0, n = 0; start <= len; start = i + 1) {
+		if (++n > FILE_PATH_DEPTH)
+			return ("the path has more than 32 components");
 		for (i = start; i < len && path[i] != '/'; i++)
 			;
 		if (i == start)

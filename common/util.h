@@ -18,6 +18,7 @@ int		util_valid_tool_name(const char *);
 /* A workspace file's path: relative, components of at most 255 bytes. */
 #define FILE_PATH_MAX	1024
 #define FILE_NAME_MAX	255
+#define FILE_PATH_DEPTH	32	/* components a files API path may have */
 const char	*util_file_path(const char *, size_t);
 int		util_set_nonblock(int);
 int		util_write_all(int, const void *, size_t);

@@ -55,26 +55,46 @@
 
 #define FILES_WALK_MAX		200000	/* entries a walk looks at */
 #define FILES_WALK_DEPTH	64
-#define FILES_LIST_MAX		10000
-#define FILES_LIST_BYTES	(2 * 1024 * 1024)	/* of paths, a listing */
-#define FILES_TEMP_LEN		32
+#define FILES_UPLOADS_MAX	4	/* a tenant's uploads at once */
+#define FILES_UPLOAD_IDLE_S	600	/* an upload counts while this fresh */
+#define FILES_CACHE_MS		2000	/* a workspace's measure is reused */
+#define FILES_CACHE_TENANTS	4096
 
 /* Tests set it to take the O_NOFOLLOW walk where openat2 would do. */
 int	files_no_openat2;
+
+/*
+ * Each workspace's last complete measure: {tenant: [bytes, files, when
+ * (ms)]}, reused for FILES_CACHE_MS (so an upload's open and commit do
+ * not walk twice) and adjusted by this daemon's own commits and deletes;
+ * what the CLI changes meanwhile is seen once it expires (and a turn's
+ * end drops it).
+ */
+static json_t	*files_cache;
+
+/* Folders files_open_dir made (counted into the cache). */
+static int	 files_dirs_made;
+#define FILES_LIST_MAX		10000
+#define FILES_LIST_BYTES	(2 * 1024 * 1024)	/* of paths, a listing */
+#define FILES_TEMP_LEN		32
 
 /* A walk's totals. */
 struct files_walk {
 	long long	 bytes;		/* regular files' st_size */
 	long long	 disk;		/* st_blocks * 512 of all */
-	long long	 files;		/* entries but folders */
+	long long	 files;		/* entries, folders too */
 	long long	 entries;	/* everything seen */
 	long long	 max_files;	/* stop once files pass it; 0: no */
-	int		 over;		/* stopped early */
+	long long	 max_bytes;	/* stop once bytes pass it; 0: no */
+	int		 over;		/* stopped early: past a limit */
+	int		 incomplete;	/* an entry could not be measured */
 	json_t		*list;		/* listing: [{path,size,modified}] */
 	long		 limit;		/* of list */
 	size_t		 list_bytes;	/* of its paths */
 	int		 truncated;
 };
+
+static void	files_limits(json_t *, long long *, long long *);
 
 /* An error answer. */
 static json_t *
@@ -186,7 +206,9 @@ files_open_dir(int ws, const char *dir, int create)
 	for (p = buf; p != NULL; p = slash) {
 		if ((slash = strchr(p, '/')) != NULL)
 			*slash++ = '\0';
-		if (create && mkdirat(fd, p, 0700) == -1 && errno != EEXIST) {
+		if (create && mkdirat(fd, p, 0700) == 0)
+			files_dirs_made++;
+		else if (create && errno != EEXIST) {
 			close(fd);
 			return (-1);
 		}
@@ -259,6 +281,11 @@ files_check_stat(const char *path, const struct stat *sb)
 /*
  * Walk folder fd (its path rel, "" for the top), counting into w; with
  * w->list, also list its regular files.  Never follows a link; closes fd.
+ * Nothing is skipped in silence: what cannot be measured (too deep, a
+ * path too long, a folder that cannot be opened or read) sets
+ * w->incomplete.  The walk stops (w->over) once past w->max_files or
+ * w->max_bytes: the answer is then known, and a walk costs no more than
+ * the tenant's own limits.
  */
 static void
 files_walk_dir(int fd, const char *rel, int depth, struct files_walk *w)
@@ -271,36 +298,57 @@ files_walk_dir(int fd, const char *rel, int depth, struct files_walk *w)
 
 	if ((d = fdopendir(fd)) == NULL) {
 		close(fd);
+		w->incomplete = 1;
 		return;
 	}
-	while (!w->over && (de = readdir(d)) != NULL) {
+	for (;;) {
+		/* A listing goes on past what it cannot see; a count stops. */
+		if (w->over || (w->incomplete && w->list == NULL))
+			break;
+		errno = 0;
+		if ((de = readdir(d)) == NULL) {
+			if (errno != 0)
+				w->incomplete = 1;
+			break;
+		}
 		if (strcmp(de->d_name, ".") == 0 ||
 		    strcmp(de->d_name, "..") == 0)
 			continue;
 		if (++w->entries > FILES_WALK_MAX) {
-			w->over = 1;
+			w->over = w->incomplete = 1;
 			break;
 		}
 		if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) ==
-		    -1)
+		    -1) {
+			if (errno != ENOENT)
+				w->incomplete = 1;
 			continue;
+		}
 		w->disk += (long long)sb.st_blocks * 512;
+		w->files++;
+		if (w->max_files > 0 && w->files > w->max_files)
+			w->over = 1;
 		if (snprintf(path, sizeof path, "%s%s%s", rel, *rel != '\0' ?
-		    "/" : "", de->d_name) >= (int)sizeof path)
+		    "/" : "", de->d_name) >= (int)sizeof path) {
+			w->incomplete = 1;
 			continue;
+		}
 		if (S_ISDIR(sb.st_mode)) {
-			if (depth >= FILES_WALK_DEPTH)
+			if (depth >= FILES_WALK_DEPTH) {
+				w->incomplete = 1;
 				continue;
+			}
 			sub = openat(dirfd(d), de->d_name, O_RDONLY |
 			    O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (sub != -1)
 				files_walk_dir(sub, path, depth + 1, w);
+			else if (errno != ENOENT)
+				w->incomplete = 1;
 			continue;
 		}
-		w->files++;
 		if (S_ISREG(sb.st_mode))
 			w->bytes += (long long)sb.st_size;
-		if (w->max_files > 0 && w->files > w->max_files)
+		if (w->max_bytes > 0 && w->bytes > w->max_bytes)
 			w->over = 1;
 		if (w->list == NULL || !S_ISREG(sb.st_mode) ||
 		    de->d_name[0] == '.' || util_file_path(path,
@@ -328,6 +376,60 @@ files_measure(int ws, struct files_walk *w)
 
 	if ((fd = fcntl(ws, F_DUPFD_CLOEXEC, 0)) != -1)
 		files_walk_dir(fd, "", 0, w);
+}
+
+/*
+ * Measure tenant t's workspace ws into w (its limits set), from the cache
+ * while it is fresh; a complete walk is cached.
+ */
+static void
+files_measure_cached(const char *t, int ws, struct files_walk *w)
+{
+	json_t		*c = json_object_get(files_cache, t);
+	uint64_t	 now = util_now_ms();
+
+	if (c != NULL && now - (uint64_t)json_integer_value(json_array_get(c,
+	    2)) < FILES_CACHE_MS) {
+		w->bytes = json_integer_value(json_array_get(c, 0));
+		w->files = json_integer_value(json_array_get(c, 1));
+		return;
+	}
+	files_measure(ws, w);
+	if (w->over || w->incomplete) {
+		if (files_cache != NULL)
+			(void)json_object_del(files_cache, t);
+		return;
+	}
+	if (files_cache == NULL || json_object_size(files_cache) >=
+	    FILES_CACHE_TENANTS) {
+		json_decref(files_cache);
+		if ((files_cache = json_object()) == NULL)
+			return;
+	}
+	json_object_set_new(files_cache, t, json_pack("[I, I, I]",
+	    (json_int_t)w->bytes, (json_int_t)w->files, (json_int_t)now));
+}
+
+/* Drop tenant t's cached measure: its CLI changed the workspace. */
+void
+files_forget(const char *t)
+{
+	if (files_cache != NULL)
+		(void)json_object_del(files_cache, t);
+}
+
+/* Adjust tenant t's cached measure by bytes and files, if it has one. */
+static void
+files_cache_add(const char *t, long long bytes, long long files)
+{
+	json_t	*c = json_object_get(files_cache, t);
+
+	if (c == NULL)
+		return;
+	json_array_set_new(c, 0, json_integer(json_integer_value(
+	    json_array_get(c, 0)) + bytes));
+	json_array_set_new(c, 1, json_integer(json_integer_value(
+	    json_array_get(c, 1)) + files));
 }
 
 /* A new temporary name: FILES_TEMP_LEN hex digits. */
@@ -425,23 +527,89 @@ files_existing(int ws, const char *path, json_t **err)
 }
 
 /*
- * {"type":"file_open","mode":"write"}: a new temporary file, with what the
- * workspace holds now (so the writer can stop at the limit).
+ * The uploads in progress in incoming/ (inc, not closed) but skip: how
+ * many were written to in the last FILES_UPLOAD_IDLE_S (*count) and the
+ * bytes all of them hold so far (*bytes).  At most FILES_LIST_MAX entries
+ * are looked at; past them, *count is FILES_UPLOADS_MAX.
+ */
+static void
+files_incoming(int inc, const char *skip, int *count, long long *bytes)
+{
+	struct dirent	*de;
+	struct stat	 sb;
+	DIR		*d;
+	time_t		 fresh = time(NULL) - FILES_UPLOAD_IDLE_S;
+	long		 seen = 0;
+	int		 fd;
+
+	*count = 0;
+	*bytes = 0;
+	if ((fd = openat(inc, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		return;
+	if ((d = fdopendir(fd)) == NULL) {
+		close(fd);
+		return;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (!files_temp_ok(de->d_name) || (skip != NULL &&
+		    strcmp(de->d_name, skip) == 0))
+			continue;
+		if (++seen > FILES_LIST_MAX) {
+			*count = FILES_UPLOADS_MAX;
+			break;
+		}
+		if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) ==
+		    -1 || !S_ISREG(sb.st_mode))
+			continue;
+		*bytes += (long long)sb.st_size;
+		if (sb.st_mtime >= fresh)
+			(*count)++;
+	}
+	closedir(d);
+}
+
+/* The 413 of a workspace that holds what its walk could not measure. */
+static json_t *
+files_unmeasured(void)
+{
+	return (files_error(PROTO_E_TOO_LARGE, "the workspace holds entries "
+	    "that cannot be measured (nested deeper than %d folders, a path "
+	    "too long, or a folder that cannot be read): remove them first",
+	    FILES_WALK_DEPTH));
+}
+
+/*
+ * {"type":"file_open","mode":"write","max_bytes","max_files"}: a new
+ * temporary file, with what the workspace holds now (so the writer can
+ * stop at the limit).  At most FILES_UPLOADS_MAX uploads of a tenant at
+ * once: past them, busy.
  */
 static json_t *
-files_open_write(int ws, int inc, const char *path, int *passfd)
+files_open_write(const char *t, int ws, int inc, const char *path,
+    json_t *msg, int *passfd)
 {
 	struct files_walk	 w;
 	char			 temp[FILES_TEMP_LEN + 1];
-	long long		 existing;
+	long long		 existing, max_bytes, max_files, up_bytes;
 	json_t			*err;
-	int			 fd;
+	int			 fd, ups;
 
 	existing = files_existing(ws, path, &err);
 	if (err != NULL)
 		return (err);
+	files_incoming(inc, NULL, &ups, &up_bytes);
+	if (ups >= FILES_UPLOADS_MAX)
+		return (files_error(PROTO_E_BUSY, "%d uploads to this "
+		    "workspace are in progress already", FILES_UPLOADS_MAX));
+	files_limits(msg, &max_bytes, &max_files);
 	memset(&w, 0, sizeof w);
-	files_measure(ws, &w);
+	w.max_files = max_files;
+	w.max_bytes = max_bytes > 0 ? max_bytes + (existing > 0 ? existing :
+	    0) : 0;
+	files_measure_cached(t, ws, &w);
+	if (w.incomplete)
+		return (files_unmeasured());
+	w.bytes += up_bytes;
 	if (files_temp_name(temp) != 0)
 		return (files_error(PROTO_E_INTERNAL, "getrandom failed"));
 	fd = openat(inc, temp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW |
@@ -474,7 +642,8 @@ files_limits(json_t *msg, long long *max_bytes, long long *max_files)
  * else remove it, and the earlier file stays.
  */
 static json_t *
-files_commit(int ws, int inc, const char *path, json_t *msg)
+files_commit(const char *t, int ws, int inc, const char *path,
+    json_t *msg)
 {
 	const char		*temp = json_string_value(json_object_get(msg,
 				    "temp"));
@@ -483,8 +652,9 @@ files_commit(int ws, int inc, const char *path, json_t *msg)
 	char			 dir[FILE_PATH_MAX + 1];
 	const char		*base;
 	long long		 existing, max_bytes, max_files, bytes, files;
+	long long		 up_bytes;
 	json_t			*err;
-	int			 dfd;
+	int			 dfd, ups;
 
 	if (!files_temp_ok(temp))
 		return (files_error(PROTO_E_BAD_REQUEST, "bad temporary name"));
@@ -496,10 +666,23 @@ files_commit(int ws, int inc, const char *path, json_t *msg)
 	existing = files_existing(ws, path, &err);
 	if (err != NULL)
 		goto fail;
+	/*
+	 * Stop the walk once the answer is known: past max_files, or past
+	 * max_bytes plus the file this one replaces.
+	 */
 	memset(&w, 0, sizeof w);
 	w.max_files = max_files;
-	files_measure(ws, &w);
-	bytes = w.bytes - (existing > 0 ? existing : 0) + (long long)sb.st_size;
+	w.max_bytes = max_bytes > 0 ? max_bytes + (existing > 0 ? existing :
+	    0) : 0;
+	files_measure_cached(t, ws, &w);
+	if (w.incomplete) {
+		err = files_unmeasured();
+		goto fail;
+	}
+	/* The other uploads in progress hold their bytes already. */
+	files_incoming(inc, temp, &ups, &up_bytes);
+	bytes = w.bytes - (existing > 0 ? existing : 0) + (long long)sb.st_size +
+	    up_bytes;
 	files = w.files + (existing == -1 ? 1 : 0);
 	if (max_bytes > 0 && bytes > max_bytes) {
 		err = files_error(PROTO_E_TOO_LARGE, "the workspace would hold "
@@ -509,21 +692,27 @@ files_commit(int ws, int inc, const char *path, json_t *msg)
 	}
 	if (w.over || (max_files > 0 && files > max_files)) {
 		err = files_error(PROTO_E_TOO_LARGE, "the workspace would hold "
-		    "more than its limit of %lld files (workspace_max_files)",
+		    "more than its limit of %lld files and folders "
+		    "(workspace_max_files)",
 		    max_files > 0 ? max_files : (long long)FILES_WALK_MAX);
 		goto fail;
 	}
 	files_split(path, dir, sizeof dir, &base);
+	files_dirs_made = 0;
 	if ((dfd = files_open_dir(ws, dir, 1)) == -1) {
+		files_cache_add(t, 0, files_dirs_made);
 		err = files_errno(path, errno);
 		goto fail;
 	}
+	files_cache_add(t, 0, files_dirs_made);
 	if (renameat(inc, temp, dfd, base) == -1) {
 		err = files_errno(path, errno);
 		close(dfd);
 		goto fail;
 	}
 	close(dfd);
+	files_cache_add(t, (long long)sb.st_size - (existing > 0 ? existing :
+	    0), existing == -1 ? 1 : 0);
 	return (json_pack("{s:s, s:i, s:I, s:b, s:I, s:I}", "type", PROTO_OK,
 	    "v", PROTO_VERSION, "size", (json_int_t)sb.st_size, "created",
 	    existing == -1, "used_bytes", (json_int_t)bytes, "used_files",
@@ -553,7 +742,7 @@ files_abort(int inc, json_t *msg)
  * an empty folder.
  */
 static json_t *
-files_delete(int ws, const char *path)
+files_delete(const char *t, int ws, const char *path)
 {
 	char		 dir[FILE_PATH_MAX + 1];
 	const char	*base;
@@ -574,6 +763,8 @@ files_delete(int ws, const char *path)
 		    "empty", path));
 	if (rc == -1)
 		return (files_errno(path, errno));
+	files_cache_add(t, S_ISREG(sb.st_mode) ? -(long long)sb.st_size : 0,
+	    -1);
 	return (json_pack("{s:s, s:i}", "type", PROTO_OK, "v", PROTO_VERSION));
 }
 
@@ -615,7 +806,8 @@ files_list(int ws, json_t *msg)
 
 /*
  * What tenant t's workspace holds: {bytes, files, disk_bytes, partial},
- * or NULL if it has none.
+ * or NULL if it has none.  files counts folders too; partial: the walk
+ * stopped or could not see everything.
  */
 json_t *
 files_tenant_usage(const char *t)
@@ -637,11 +829,12 @@ files_tenant_usage(const char *t)
 	files_as_self();
 	return (json_pack("{s:I, s:I, s:I, s:b}", "bytes", (json_int_t)w.bytes,
 	    "files", (json_int_t)w.files, "disk_bytes", (json_int_t)w.disk,
-	    "partial", w.over));
+	    "partial", w.over || w.incomplete));
 }
 
 #define FILES_USAGE_TENANTS	1000	/* tenants one usage answer lists */
 #define FILES_USAGE_CACHE_MS	30000
+#define FILES_USAGE_MEASURE	4	/* tenants one usage answer walks */
 
 /*
  * Each tenant's usage as last measured: {tenant: [usage, when (ms)]}, a
@@ -658,6 +851,7 @@ files_usage_every(void)
 	char		 path[PATH_MAX];
 	json_t		*out, *u, *c, *cache;
 	uint64_t	 now = util_now_ms();
+	int		 walks = 0;
 
 	if (snprintf(path, sizeof path, "%s/tenants", poold->cf->state_dir) >=
 	    (int)sizeof path || (out = json_object()) == NULL)
@@ -671,11 +865,20 @@ files_usage_every(void)
 		    json_object_size(out) < FILES_USAGE_TENANTS) {
 			if (!util_valid_tenant(de->d_name))
 				continue;
+			/*
+			 * A stale entry is measured again only while this
+			 * answer has walks left: the others show their last
+			 * measure (a tenant never measured waits its turn).
+			 */
 			c = json_object_get(files_usage_cache, de->d_name);
-			if (c != NULL && now - (uint64_t)json_integer_value(
-			    json_array_get(c, 1)) < FILES_USAGE_CACHE_MS)
+			if (c != NULL && (walks >= FILES_USAGE_MEASURE ||
+			    now - (uint64_t)json_integer_value(json_array_get(c,
+			    1)) < FILES_USAGE_CACHE_MS))
 				u = json_incref(json_array_get(c, 0));
-			else if ((u = files_tenant_usage(de->d_name)) == NULL)
+			else if (walks >= FILES_USAGE_MEASURE)
+				continue;
+			else if (walks++, (u = files_tenant_usage(de->d_name)) ==
+			    NULL)
 				continue;
 			else
 				c = NULL;
@@ -756,7 +959,11 @@ files_handle(json_t *msg, int *passfd)
 			return (files_error(PROTO_E_BAD_REQUEST, "%s", why));
 	}
 	if ((ws = files_tenant_dir(t, "workspace", &cause)) == -1) {
-		ans = files_error(PROTO_E_INTERNAL, "%s", cause);
+		/* The cause names host paths: the log has it, not the client. */
+		log_warnx("files: tenant %s: %s", t, cause != NULL ? cause :
+		    "?");
+		ans = files_error(PROTO_E_INTERNAL, "cannot open the tenant's "
+		    "workspace");
 		free(cause);
 		return (ans);
 	}
@@ -765,7 +972,11 @@ files_handle(json_t *msg, int *passfd)
 	    strcmp(type, PROTO_FILE_ABORT) == 0) &&
 	    (inc = files_tenant_dir(t, "incoming", &cause)) == -1) {
 		close(ws);
-		ans = files_error(PROTO_E_INTERNAL, "%s", cause);
+		/* The cause names host paths: the log has it, not the client. */
+		log_warnx("files: tenant %s: %s", t, cause != NULL ? cause :
+		    "?");
+		ans = files_error(PROTO_E_INTERNAL, "cannot open the tenant's "
+		    "workspace");
 		free(cause);
 		return (ans);
 	}
@@ -775,16 +986,17 @@ files_handle(json_t *msg, int *passfd)
 		if (mode != NULL && strcmp(mode, "read") == 0)
 			ans = files_open_read(ws, path, passfd);
 		else if (mode != NULL && strcmp(mode, "write") == 0)
-			ans = files_open_write(ws, inc, path, passfd);
+			ans = files_open_write(t, ws, inc, path, msg,
+			    passfd);
 		else
 			ans = files_error(PROTO_E_BAD_REQUEST, "mode: read or "
 			    "write");
 	} else if (strcmp(type, PROTO_FILE_COMMIT) == 0)
-		ans = files_commit(ws, inc, path, msg);
+		ans = files_commit(t, ws, inc, path, msg);
 	else if (strcmp(type, PROTO_FILE_ABORT) == 0)
 		ans = files_abort(inc, msg);
 	else if (strcmp(type, PROTO_FILE_DELETE) == 0)
-		ans = files_delete(ws, path);
+		ans = files_delete(t, ws, path);
 	else
 		ans = files_list(ws, msg);
 	files_as_self();
@@ -802,6 +1014,7 @@ files_type(const char *type)
 }
 
 #define FILES_SNAP_MAX		10000	/* files a turn's snapshot keeps */
+#define FILES_SNAP_WALK		20000	/* entries its walk looks at */
 #define FILES_CHANGES_MAX	1000	/* changes a done frame lists */
 
 /*
@@ -823,25 +1036,35 @@ files_snap_dir(int fd, const char *rel, int depth, json_t *snap, int *over,
 		return;
 	}
 	while (!*over && (de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.')
-			continue;	/* ".", "..", and dot names */
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
 		if (--*budget < 0) {
 			*over = 1;
 			break;
 		}
+		if (de->d_name[0] == '.')
+			continue;	/* dot names: counted, not listed */
 		if (snprintf(path, sizeof path, "%s%s%s", rel, *rel != '\0' ?
-		    "/" : "", de->d_name) >= (int)sizeof path ||
-		    fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) ==
+		    "/" : "", de->d_name) >= (int)sizeof path) {
+			*over = 1;	/* not seen: the snapshot is partial */
+			continue;
+		}
+		if (fstatat(dirfd(d), de->d_name, &sb, AT_SYMLINK_NOFOLLOW) ==
 		    -1)
 			continue;
 		if (S_ISDIR(sb.st_mode)) {
-			if (depth >= FILES_WALK_DEPTH)
+			if (depth >= FILES_WALK_DEPTH) {
+				*over = 1;
 				continue;
+			}
 			sub = openat(dirfd(d), de->d_name, O_RDONLY |
 			    O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (sub != -1)
 				files_snap_dir(sub, path, depth + 1, snap, over,
 				    budget);
+			else if (errno != ENOENT)
+				*over = 1;
 			continue;
 		}
 		if (!S_ISREG(sb.st_mode) || util_file_path(path,
@@ -862,15 +1085,17 @@ files_snap_dir(int fd, const char *rel, int depth, json_t *snap, int *over,
 
 /*
  * A snapshot of tenant t's workspace: {path: [size, inode, mtime, ctime]}
- * of its regular files (no dot names, at most FILES_SNAP_MAX: then
- * *partial is set), taken as the CLI user.  NULL if there is none.
+ * of its regular files (no dot names, at most FILES_SNAP_MAX, a walk of
+ * at most FILES_SNAP_WALK entries; past them, or with a folder it could
+ * not see, *partial is set), taken as the CLI user.  NULL if there is
+ * none.
  */
 json_t *
 files_snapshot(const char *t, int *partial)
 {
 	char	 path[PATH_MAX];
 	json_t	*snap;
-	long	 budget = FILES_WALK_MAX;
+	long	 budget = FILES_SNAP_WALK;
 	int	 fd;
 
 	*partial = 0;
@@ -904,6 +1129,8 @@ files_changes(const char *t, json_t *before, int *partial)
 	int		 p2 = 0;
 	void		*it;
 
+	/* The turn's CLI changed the workspace: measure it again. */
+	files_forget(t);
 	if ((after = files_snapshot(t, &p2)) == NULL)
 		return (NULL);
 	*partial = *partial || p2;
@@ -939,7 +1166,8 @@ files_changes(const char *t, json_t *before, int *partial)
 	return (out);
 }
 
-#define FILES_INCOMING_MAX_S	86400	/* an upload's temporary file */
+#define FILES_INCOMING_MAX_S	3600	/* an upload's temporary file */
+#define FILES_TRASH_STEP	5000	/* entries of the trash a tick removes */
 
 /*
  * Remove what in folder fd (closed here) was last modified before
@@ -1006,7 +1234,7 @@ files_sweep(const char *t, const char *sub, time_t age, long *budget)
 /*
  * Once every temp_sweep_interval_ms: remove what every tenant's
  * workspace/temp/ has not changed for temp_retention_s, and uploads left
- * in incoming/ for a day (their ccgate-fcgi died).  At most
+ * in incoming/ for an hour (their ccgate-fcgi died).  At most
  * FILES_WALK_MAX entries a sweep.
  */
 void
@@ -1018,6 +1246,8 @@ files_tick(uint64_t now)
 	char		 path[PATH_MAX];
 	long		 budget = FILES_WALK_MAX;
 
+	/* Purged tenants' folders, a bounded step each tick. */
+	workspace_trash_step(poold->cf->state_dir, FILES_TRASH_STEP);
 	if (last != 0 && now - last <
 	    (uint64_t)poold->cf->temp_sweep_interval_ms)
 		return;

@@ -518,6 +518,7 @@ int		 files_type(const char *);
 json_t		*files_snapshot(const char *, int *);
 json_t		*files_changes(const char *, json_t *, int *);
 json_t		*files_tenant_usage(const char *);
+void		 files_forget(const char *);
 void		 files_tick(uint64_t);
 
 /* workspace.c */
@@ -534,6 +535,7 @@ int		 workspace_slot_bind(const char *, int, const char *,
 		     const char *, char **);
 void		 workspace_slot_remove(const char *, int);
 int		 workspace_delete_tenant(const char *, const char *);
+void		 workspace_trash_step(const char *, long);
 int		 workspace_delete_home(const char *, const char *,
 		     const char *);
 

@@ -162,6 +162,95 @@ ws_rmtree(const char *path)
 	return (ws_rmtree_at(AT_FDCWD, path, 0));
 }
 
+#define WS_TRASH_DEPTH	128	/* deeper: moved up to the trash's top */
+
+/*
+ * Remove name below at, looking at most at *budget entries: 1 once it is
+ * gone, 0 if some is left for the next step, -1 on an error.  Never
+ * follows a link.  A folder WS_TRASH_DEPTH deep is moved up to the
+ * trash's top (top) and removed from there later, so no tree a CLI made
+ * is too deep to remove.
+ */
+static int
+ws_rm_step(int top, int at, const char *name, int depth, long *budget)
+{
+	static unsigned long	 moves;
+	struct dirent		*de;
+	DIR			*d;
+	char			 moved[64];
+	int			 fd, r, rc = 1;
+
+	if (--*budget < 0)
+		return (0);
+	if (unlinkat(at, name, 0) == 0 || errno == ENOENT)
+		return (1);
+	if (errno != EISDIR && errno != EPERM)
+		return (-1);
+	if (depth >= WS_TRASH_DEPTH) {
+		snprintf(moved, sizeof moved, "deep-%llu-%lu",
+		    (unsigned long long)util_now_ms(), moves++);
+		return (renameat(at, name, top, moved) == 0 ? 1 : -1);
+	}
+	fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+	    O_CLOEXEC);
+	if (fd == -1)
+		return (-1);
+	if ((d = fdopendir(fd)) == NULL) {
+		close(fd);
+		return (-1);
+	}
+	while (*budget >= 0 && (de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		r = ws_rm_step(top, dirfd(d), de->d_name, depth + 1, budget);
+		if (r == -1)
+			rc = -1;
+		else if (r == 0 && rc == 1)
+			rc = 0;
+	}
+	closedir(d);
+	if (*budget < 0 && rc == 1)
+		rc = 0;
+	if (rc == 1 && unlinkat(at, name, AT_REMOVEDIR) == -1 &&
+	    errno != ENOENT)
+		rc = -1;
+	return (rc);
+}
+
+/*
+ * Remove what is in state/trash, looking at most at budget entries (a
+ * step of the event loop's tick): a purged tenant's folder goes away in
+ * bounded steps.  A step goes down at most WS_TRASH_DEPTH folders before
+ * it removes anything: a budget of twice that always makes progress.
+ */
+void
+workspace_trash_step(const char *state, long budget)
+{
+	struct dirent	*de;
+	DIR		*d;
+	char		 path[PATH_MAX];
+	int		 top;
+
+	if (budget < 2 * WS_TRASH_DEPTH)
+		budget = 2 * WS_TRASH_DEPTH;
+	if (snprintf(path, sizeof path, "%s/trash", state) >=
+	    (int)sizeof path || (top = open(path, O_RDONLY | O_DIRECTORY |
+	    O_NOFOLLOW | O_CLOEXEC)) == -1)
+		return;
+	if ((d = fdopendir(top)) == NULL) {
+		close(top);
+		return;
+	}
+	while (budget >= 0 && (de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (ws_rm_step(dirfd(d), dirfd(d), de->d_name, 0, &budget) ==
+		    -1)
+			log_debug("trash: cannot remove %s yet", de->d_name);
+	}
+	closedir(d);
+}
+
 /* Remove every entry of directory path (what a crash left behind). */
 static void
 ws_empty(const char *path)
@@ -196,6 +285,7 @@ workspace_init(const char *state, char **cause)
 		{ "warm", ws_dir_mode() },
 		{ "slots", ws_dir_mode() },
 		{ "neutral", 0555 },
+		{ "trash", 0700 },	/* purged tenants, removed in steps */
 	};
 	char	*p;
 	size_t	 i;
@@ -432,13 +522,24 @@ workspace_delete_home(const char *state, const char *t, const char *c)
 int
 workspace_delete_tenant(const char *state, const char *t)
 {
-	struct stat	sb;
-	char		path[PATH_MAX];
+	static unsigned long	purges;
+	struct stat		sb;
+	char			path[PATH_MAX], trash[PATH_MAX];
 
 	if (!util_valid_tenant(t) || snprintf(path, sizeof path,
 	    "%s/tenants/%s", state, t) >= (int)sizeof path)
 		return (-1);
 	if (lstat(path, &sb) == -1)
 		return (errno == ENOENT ? 0 : -1);
+	/*
+	 * Moved aside at once (the tenant is gone as of now), removed from
+	 * the trash in bounded steps by the tick (workspace_trash_step):
+	 * a tenant's million files never stop the event loop.
+	 */
+	if (snprintf(trash, sizeof trash, "%s/trash/%s-%llu-%lu", state, t,
+	    (unsigned long long)util_now_ms(), purges++) < (int)sizeof trash &&
+	    rename(path, trash) == 0)
+		return (1);
+	log_warn("move %s to the trash", path);
 	return (ws_rmtree(path) == 0 ? 1 : -1);
 }

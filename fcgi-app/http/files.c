@@ -153,7 +153,10 @@ files_call(struct request *r, json_t *m, int *fd)
 			req_error(r, 413, NULL, "%s", msg);
 		else if (strcmp(code, PROTO_E_BAD_REQUEST) == 0)
 			req_error(r, 400, NULL, "%s", msg);
-		else
+		else if (strcmp(code, PROTO_E_BUSY) == 0) {
+			req_add_header(r, "Retry-After", "1");
+			req_error(r, 429, NULL, "%s", msg);
+		} else
 			req_error(r, 500, NULL, "%s", msg);
 		if (dfd != -1)
 			close(dfd);
@@ -284,8 +287,14 @@ files_up_open(struct request *r, struct files_up *up, const char *path,
 		    len, up->max_bytes);
 		return (-1);
 	}
-	if ((m = files_msg(r, PROTO_FILE_OPEN, path)) != NULL)
+	if ((m = files_msg(r, PROTO_FILE_OPEN, path)) != NULL) {
 		json_object_set_new(m, "mode", json_string("write"));
+		/* The daemon's walk stops once past them. */
+		json_object_set_new(m, "max_bytes",
+		    json_integer(up->max_bytes));
+		json_object_set_new(m, "max_files",
+		    json_integer(up->max_files));
+	}
 	if ((ans = files_call(r, m, &up->fd)) == NULL)
 		return (-1);
 	temp = json_string_value(json_object_get(ans, "temp"));

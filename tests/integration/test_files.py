@@ -52,7 +52,7 @@ class Files(unittest.TestCase):
     def workspace(self, tenant="filesa"):
         return self.stack.path("state", "tenants", tenant, "workspace")
 
-    def as_cli(self, *argv):
+    def as_cli(self, *argv, tenant="filesa"):
         """Run a command as the CLI user in the workspace (what a tools-on
         CLI could do): paths are relative to it (the user cannot cross the
         daemon's folders above it; the CLI sees it as /workspace)."""
@@ -60,7 +60,7 @@ class Files(unittest.TestCase):
             cli_user()
             argv = ("setpriv", "--reuid", CLI_USER, "--regid", CLI_USER,
                     "--clear-groups") + argv
-        subprocess.run(argv, check=True, cwd=self.workspace())
+        subprocess.run(argv, check=True, cwd=self.workspace(tenant))
 
     def assert_native_error(self, r, status, text=None):
         self.assertEqual(r.status, status, r)
@@ -299,9 +299,9 @@ class Files(unittest.TestCase):
         key = self.stack.create_key("files-q", user="filesq")
         out = json.loads(self.stack.admin(
             "tenant", "set", "filesq", "--workspace-max-bytes", "4096",
-            "--workspace-max-files", "3").stdout)
+            "--workspace-max-files", "6").stdout)
         self.assertEqual((out["workspace_max_bytes"],
-                          out["workspace_max_files"]), (4096, 3))
+                          out["workspace_max_files"]), (4096, 6))
         first = b"a" * 1000
         self.assertEqual(self.put("uploads/one.txt", first, key=key).status,
                          201)
@@ -316,8 +316,10 @@ class Files(unittest.TestCase):
         self.assertEqual(self.get("uploads/one.txt", key=key)[2], first)
         self.assertEqual(self.put("uploads/two.txt", b"2", key=key).status,
                          201)
+        # README.md, projects/, temp/, uploads/ (seed 001: folders
+        # count), one.txt, two.txt: 6.
         r = self.put("uploads/three.txt", b"3", key=key)
-        self.assert_native_error(r, 413, "3 files")
+        self.assert_native_error(r, 413, "6 files and folders")
         self.assertEqual(self.get("uploads/three.txt", key=key)[0], 404)
         # Nothing of the refused uploads is left behind.
         inc = self.stack.path("state", "tenants", "filesq", "incoming")
@@ -327,7 +329,7 @@ class Files(unittest.TestCase):
         tok = self.stack.admin_token("filesadm", "pw-files-0123456789")
         h = {"Authorization": "Bearer " + tok}
         r = self.stack.request("GET", "/admin/tenants/filesq", headers=h)
-        self.assertEqual(r.json()["workspace_max_files"], 3, r)
+        self.assertEqual(r.json()["workspace_max_files"], 6, r)
         r = self.stack.request("PUT", "/admin/tenants/filesq",
                                {"workspace_max_files": 10}, headers=h)
         self.assertEqual(r.status, 200, r)
@@ -341,6 +343,60 @@ class Files(unittest.TestCase):
         rows = self.stack.sql("SELECT action FROM audit_log WHERE "
                               "object_id = 'filesq' ORDER BY id")
         self.assertEqual([r[0] for r in rows], ["tenant.update"] * 2)
+
+    def wait_unmeasured(self, key):
+        """Until a 1-byte upload is refused as unmeasurable."""
+        def refused():
+            r = self.put("uploads/probe", b"p", key=key)
+            return r.status == 413 and "cannot be measured" in \
+                r.json()["error"]["message"]
+        wait_for(refused, 60, "the unmeasurable entry seen")
+
+    def test_nothing_bypasses_the_limit(self):
+        """Deeper than the walk, or in a folder it cannot read: every
+        upload is refused until it is gone; never free space."""
+        key = self.stack.create_key("files-deep", user="filesdeep")
+        self.stack.admin("tenant", "set", "filesdeep",
+                         "--workspace-max-bytes", "10000",
+                         "--workspace-max-files", "200")
+        r = self.put("/".join(["d"] * 33) + "/x.bin", b"x", key=key)
+        self.assert_native_error(r, 400, "32 components")
+        self.assertEqual(self.put("/".join(["d"] * 31) + "/x.bin", b"x",
+                                  key=key).status, 201)
+        self.assertEqual(self.put("uploads/a.bin", b"a", key=key).status,
+                         201)
+        ws = self.workspace("filesdeep")
+        deep = "/".join(["e"] * 70)
+        self.as_cli("mkdir", "-p", deep,
+                    tenant="filesdeep")
+        self.as_cli("sh", "-c", "head -c 9500 /dev/zero > " + deep + "/x",
+                    tenant="filesdeep")
+        # What the CLI wrote outside a turn is seen once the daemon's
+        # measure (reused for 2 s) expires.
+        self.wait_unmeasured(key)
+        r = self.put("uploads/b.bin", b"b" * 9500, key=key)
+        self.assert_native_error(r, 413, "cannot be measured")
+        r = self.put("uploads/b.bin", b"b", key=key)
+        self.assert_native_error(r, 413, "cannot be measured")
+        self.as_cli("rm", "-rf", "e",
+                    tenant="filesdeep")
+        self.assertEqual(self.put("uploads/b.bin", b"b", key=key).status,
+                         201)
+        # A folder the CLI made unreadable.
+        self.as_cli("mkdir", "locked",
+                    tenant="filesdeep")
+        self.as_cli("sh", "-c", "head -c 9000 /dev/zero > locked/big",
+                    tenant="filesdeep")
+        self.as_cli("chmod", "000", "locked",
+                    tenant="filesdeep")
+        self.wait_unmeasured(key)
+        r = self.put("uploads/c.bin", b"c" * 2000, key=key)
+        self.assert_native_error(r, 413, "cannot be measured")
+        self.as_cli("chmod", "700", "locked",
+                    tenant="filesdeep")
+        r = self.put("uploads/c.bin", b"c" * 2000, key=key)
+        self.assert_native_error(r, 413, "10000 bytes")
+        self.assertTrue(os.path.isdir(ws))
 
 
 class ToolTurn(unittest.TestCase):
@@ -560,6 +616,9 @@ class Operators(unittest.TestCase):
         # Removed at once, or again once its killed CLI is gone (it may
         # write in its HOME until then).
         wait_for(lambda: not os.path.exists(home), 60, "the folder removed")
+        # Moved to the trash at once, removed from it in steps by the tick.
+        trash = s.path("state", "trash")
+        wait_for(lambda: os.listdir(trash) == [], 60, "the trash emptied")
         r = s.request("GET", "/api/conversations/" + conv, key=key)
         self.assertEqual(r.status, 404, r)
         r = s.request("GET", "/api/files/uploads/x.txt", key=key)

@@ -74,11 +74,13 @@ plant(const char *path, const char *text)
 	ck_assert_int_ne(fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600), -1);
 	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
 	close(fd);
+	files_forget("t");	/* as a turn's end does */
 }
 
-/* Upload text as path: open, write, commit; the commit's code. */
+/* Upload text as path within limits: open, write, commit; the code. */
 static const char *
-upload(const char *path, const char *text, long long max_bytes)
+upload_lim(const char *path, const char *text, long long max_bytes,
+    long long max_files)
 {
 	json_t		*a, *m;
 	const char	*code;
@@ -87,6 +89,8 @@ upload(const char *path, const char *text, long long max_bytes)
 
 	m = msg(PROTO_FILE_OPEN, path);
 	json_object_set_new(m, "mode", json_string("write"));
+	json_object_set_new(m, "max_bytes", json_integer(max_bytes));
+	json_object_set_new(m, "max_files", json_integer(max_files));
 	code = call(m, &fd, &a);
 	if (strcmp(code, "ok") != 0) {
 		json_decref(a);
@@ -100,8 +104,40 @@ upload(const char *path, const char *text, long long max_bytes)
 	m = msg(PROTO_FILE_COMMIT, path);
 	json_object_set_new(m, "temp", json_string(temp));
 	json_object_set_new(m, "max_bytes", json_integer(max_bytes));
-	json_object_set_new(m, "max_files", json_integer(0));
+	json_object_set_new(m, "max_files", json_integer(max_files));
 	return (call(m, NULL, NULL));
+}
+
+/* Upload text as path: open, write, commit; the commit's code. */
+static const char *
+upload(const char *path, const char *text, long long max_bytes)
+{
+	return (upload_lim(path, text, max_bytes, 0));
+}
+
+/* Make folders d/d/.../d, n deep, below the workspace's folder top. */
+static void
+plant_deep(const char *top, int n)
+{
+	char	p[PATH_MAX];
+	int	fd, nfd, i;
+
+	snprintf(p, sizeof p, "%s/%s", ws, top);
+	ck_assert_int_eq(mkdir(p, 0700), 0);
+	ck_assert_int_ne(fd = open(p, O_RDONLY | O_DIRECTORY), -1);
+	for (i = 0; i < n; i++) {
+		ck_assert_int_eq(mkdirat(fd, "d", 0700), 0);
+		ck_assert_int_ne(nfd = openat(fd, "d", O_RDONLY | O_DIRECTORY),
+		    -1);
+		close(fd);
+		fd = nfd;
+	}
+	ck_assert_int_ne(nfd = openat(fd, "x.bin", O_WRONLY | O_CREAT, 0600),
+	    -1);
+	ck_assert_int_eq(write(nfd, "0123456789", 10), 10);
+	close(nfd);
+	close(fd);
+	files_forget("t");	/* as a turn's end does */
 }
 
 /* Read path through files_handle: its bytes into buf, or the code. */
@@ -264,9 +300,140 @@ START_TEST(test_limits)
 	ck_assert_int_eq(json_array_size(json_object_get(a, "files")), 3);
 	json_decref(a);
 	ck_assert_ptr_nonnull(a = files_tenant_usage("t"));
-	ck_assert_int_eq(json_integer_value(json_object_get(a, "files")), 3);
+	/* Folders count too. */
+	ck_assert_int_gt(json_integer_value(json_object_get(a, "files")), 3);
 	ck_assert_int_gt(json_integer_value(json_object_get(a, "bytes")), 200);
 	json_decref(a);
+}
+END_TEST
+
+/* A path of more than 32 components is refused; 32 are taken. */
+START_TEST(test_depth)
+{
+	char	p[200];
+	int	i;
+
+	for (i = 0; i < 32; i++) {
+		p[2 * i] = 'd';
+		p[2 * i + 1] = '/';
+	}
+	p[63] = '\0';
+	ck_assert_str_eq(upload(p, "x", 0), "ok");
+	ck_assert_str_eq(upload(strcat(p, "/x"), "x", 0),
+	    PROTO_E_BAD_REQUEST);
+	ck_assert_ptr_nonnull(util_file_path(p, strlen(p)));
+}
+END_TEST
+
+/*
+ * What a walk cannot measure (planted deeper than it looks) refuses
+ * every upload: nothing bypasses the limit, and the space is not free.
+ */
+START_TEST(test_unmeasured)
+{
+	char	p[PATH_MAX];
+	json_t	*a;
+
+	ck_assert_str_eq(upload_lim("uploads/a", "x", 1000000, 1000), "ok");
+	plant_deep("deep", 70);
+	ck_assert_str_eq(upload_lim("uploads/b", "x", 1000000, 1000),
+	    PROTO_E_TOO_LARGE);
+	ck_assert_str_eq(upload_lim("uploads/b", "x", 0, 0),
+	    PROTO_E_TOO_LARGE);
+	ck_assert_ptr_nonnull(a = files_tenant_usage("t"));
+	ck_assert(json_is_true(json_object_get(a, "partial")));
+	json_decref(a);
+	/* Out of the way, uploads go on. */
+	snprintf(p, sizeof p, "rm -rf '%s/deep'", ws);
+	ck_assert_int_eq(system(p), 0);
+	files_forget("t");
+	ck_assert_str_eq(upload_lim("uploads/b", "x", 1000000, 1000), "ok");
+	/* Within the walk's depth, it is measured and counted. */
+	plant_deep("deep", 40);
+	ck_assert_str_eq(upload_lim("uploads/c", "x", 1000000, 1000), "ok");
+	ck_assert_str_eq(upload_lim("uploads/d", "x", 1000000, 40),
+	    PROTO_E_TOO_LARGE);
+}
+END_TEST
+
+/* Folders count toward max_files. */
+START_TEST(test_folders_count)
+{
+	json_t	*a;
+	long	 n;
+
+	ck_assert_ptr_nonnull(a = files_tenant_usage("t"));
+	n = (long)json_integer_value(json_object_get(a, "files"));
+	json_decref(a);
+	/* a/b/c/f.txt adds three folders and a file. */
+	ck_assert_str_eq(upload_lim("a/b/c/f.txt", "x", 0, n + 4), "ok");
+	ck_assert_str_eq(upload_lim("a/b/c/g.txt", "x", 0, n + 4),
+	    PROTO_E_TOO_LARGE);
+	ck_assert_str_eq(upload_lim("a/b/c/g.txt", "x", 0, n + 5), "ok");
+}
+END_TEST
+
+/* A tenant's fifth upload at once is busy; an abort frees its place. */
+START_TEST(test_busy)
+{
+	json_t		*a, *m;
+	const char	*temp;
+	char		 name[64];
+	json_int_t	 n;
+	int		 fd[5], i;
+
+	for (i = 0; i < 4; i++) {
+		snprintf(name, sizeof name, "uploads/u%d", i);
+		m = msg(PROTO_FILE_OPEN, name);
+		json_object_set_new(m, "mode", json_string("write"));
+		ck_assert_str_eq(call(m, &fd[i], i == 3 ? &a : NULL), "ok");
+		ck_assert_int_eq(write(fd[i], "0123456789", 10), 10);
+	}
+	ck_assert_str_eq(upload("uploads/u4", "x", 0), PROTO_E_BUSY);
+	temp = json_string_value(json_object_get(a, "temp"));
+	m = msg(PROTO_FILE_ABORT, NULL);
+	json_object_set_new(m, "temp", json_string(temp));
+	ck_assert_str_eq(call(m, NULL, NULL), "ok");
+	json_decref(a);
+	/* The three uploads in progress hold their 30 bytes already. */
+	ck_assert_ptr_nonnull(a = files_tenant_usage("t"));
+	n = json_integer_value(json_object_get(a, "bytes"));
+	json_decref(a);
+	ck_assert_str_eq(upload("uploads/u4", "x", n + 30), PROTO_E_TOO_LARGE);
+	ck_assert_str_eq(upload("uploads/u4", "x", n + 31), "ok");
+	for (i = 0; i < 4; i++)
+		close(fd[i]);
+}
+END_TEST
+
+/*
+ * A purged tenant's folder leaves at once and is removed from the trash in
+ * bounded steps, however deep its CLI nested folders.
+ */
+START_TEST(test_purge_steps)
+{
+	char		 p[PATH_MAX];
+	struct dirent	*de;
+	DIR		*d;
+	int		 steps, left;
+
+	snprintf(p, sizeof p, "%s/trash", state);
+	ck_assert_int_eq(mkdir(p, 0700), 0);
+	plant_deep("deep", 300);
+	ck_assert_int_eq(workspace_delete_tenant(state, "t"), 1);
+	snprintf(p, sizeof p, "%s/tenants/t", state);
+	ck_assert_int_eq(access(p, F_OK), -1);
+	for (steps = 0, left = 1; left && steps < 1000; steps++) {
+		workspace_trash_step(state, 50);
+		snprintf(p, sizeof p, "%s/trash", state);
+		ck_assert_ptr_nonnull(d = opendir(p));
+		left = 0;
+		while ((de = readdir(d)) != NULL)
+			left += de->d_name[0] != '.';
+		closedir(d);
+	}
+	ck_assert_int_eq(left, 0);
+	ck_assert_int_gt(steps, 1);	/* 300 folders: more than one step */
 }
 END_TEST
 
@@ -316,6 +483,11 @@ main(void)
 		test_links_openat2,
 		test_links_walk,
 		test_limits,
+		test_depth,
+		test_unmeasured,
+		test_folders_count,
+		test_busy,
+		test_purge_steps,
 		test_changes,
 		NULL
 	};

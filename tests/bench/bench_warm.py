@@ -49,8 +49,8 @@ IDLE_S = float(os.environ.get("CCGATE_BENCH_IDLE_S", "60"))
 BOUND = int(os.environ.get("CCGATE_BENCH_BOUND", "10"))
 LIVE = int(os.environ.get("CCGATE_BENCH_LIVE", "50"))
 MIX_S = float(os.environ.get("CCGATE_BENCH_MIX_S", "60"))
-MIX_NEW = float(os.environ.get("CCGATE_BENCH_MIX_NEW", "0.5"))
-MIX_FOLLOW = float(os.environ.get("CCGATE_BENCH_MIX_FOLLOW", "2"))
+MIX_NEW = float(os.environ.get("CCGATE_BENCH_MIX_NEW", "0.2"))
+MIX_FOLLOW = float(os.environ.get("CCGATE_BENCH_MIX_FOLLOW", "0.3"))
 
 # The defaults, as a fresh poold.conf has them (the harness's own aside).
 # (max_spawning: the daemon's own, one per core and at least 2.)

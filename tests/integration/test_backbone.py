@@ -3,8 +3,6 @@
 -> mock upstream, with MariaDB.  What a client and an operator would check."""
 
 import os
-import re
-import signal
 import sys
 import time
 import unittest

@@ -10,7 +10,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import time
 import unittest
 import uuid
 

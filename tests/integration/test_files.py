@@ -425,6 +425,38 @@ class ToolTurn(unittest.TestCase):
                                       "Content-Type":
                                       "application/octet-stream"})
 
+    def test_links_a_turn_plants_are_not_followed(self):
+        # The CLI itself (its Bash tool) plants links to the host's /etc:
+        # seen from ccgate-poold, outside the sandbox, they point there.
+        s = self.stack
+        before = open("/etc/hostname", "rb").read()
+        r = s.request("POST", "/api/chat", {
+            "message": "[[mock:bash=ln -s /etc /workspace/uploads/etc && "
+                       "ln -s /etc/hostname /workspace/uploads/host]]"},
+            key=self.key)
+        self.assertEqual(r.status, 200, r)
+        ws = s.path("state", "tenants", "tooler", "workspace", "uploads")
+        self.assertEqual(os.readlink(os.path.join(ws, "etc")), "/etc")
+        self.assertEqual(os.readlink(os.path.join(ws, "host")),
+                         "/etc/hostname")
+        for path in ("uploads/etc/passwd", "uploads/etc/hostname",
+                     "uploads/host"):
+            c = s.conn()
+            try:
+                c.request("GET", "/api/files/" + path,
+                          headers={"Authorization": "Bearer " + self.key})
+                resp = c.getresponse()
+                body = resp.read()
+            finally:
+                c.close()
+            self.assertEqual(resp.status, 403, (path, body))
+            self.assertNotIn(b"root:", body)
+        for path in ("uploads/host", "uploads/etc/ccgate-planted"):
+            r = self.put(path, b"overwritten")
+            self.assertEqual(r.status, 403, (path, r))
+        self.assertEqual(open("/etc/hostname", "rb").read(), before)
+        self.assertFalse(os.path.exists("/etc/ccgate-planted"))
+
     def test_turn_reads_writes_and_lists_its_files(self):
         s = self.stack
         self.assertEqual(self.put("uploads/in.txt", b"the input 42\n").status,

@@ -167,6 +167,22 @@ files_tenant_dir(const char *t, const char *sub, char **cause)
 }
 
 /*
+ * Open tenant t's workspace as it is (nothing created): a descriptor, or
+ * -1 if t is not a tenant's name or it has none.
+ */
+static int
+files_workspace_open(const char *t)
+{
+	char	path[PATH_MAX];
+
+	if (!util_valid_tenant(t) || snprintf(path, sizeof path,
+	    "%s/tenants/%s/workspace", poold->cf->state_dir, t) >=
+	    (int)sizeof path)
+		return (-1);
+	return (open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+}
+
+/*
  * Open folder dir (a checked path, "" for the workspace itself) beneath
  * the workspace's descriptor ws, creating what is missing if create.
  * Returns the descriptor, or -1 with errno set (ELOOP, ENOTDIR: a link or
@@ -813,15 +829,9 @@ json_t *
 files_tenant_usage(const char *t)
 {
 	struct files_walk	 w;
-	char			 path[PATH_MAX];
 	int			 fd;
 
-	if (!util_valid_tenant(t) || snprintf(path, sizeof path,
-	    "%s/tenants/%s/workspace", poold->cf->state_dir, t) >=
-	    (int)sizeof path)
-		return (NULL);
-	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-	    O_CLOEXEC)) == -1)
+	if ((fd = files_workspace_open(t)) == -1)
 		return (NULL);
 	memset(&w, 0, sizeof w);
 	files_as_user();
@@ -1093,18 +1103,12 @@ files_snap_dir(int fd, const char *rel, int depth, json_t *snap, int *over,
 json_t *
 files_snapshot(const char *t, int *partial)
 {
-	char	 path[PATH_MAX];
 	json_t	*snap;
 	long	 budget = FILES_SNAP_WALK;
 	int	 fd;
 
 	*partial = 0;
-	if (!util_valid_tenant(t) || snprintf(path, sizeof path,
-	    "%s/tenants/%s/workspace", poold->cf->state_dir, t) >=
-	    (int)sizeof path)
-		return (NULL);
-	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
-	    O_CLOEXEC)) == -1)
+	if ((fd = files_workspace_open(t)) == -1)
 		return (NULL);
 	if ((snap = json_object()) == NULL) {
 		close(fd);
